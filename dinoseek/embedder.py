@@ -1,0 +1,238 @@
+"""The embedder: DINOv2 CLS vectors (L2-normalised, float32) for batches of images.
+
+Loaded with ``transformers`` ``from_pretrained`` from a hub id or a local directory, so it
+works offline (``HF_HUB_OFFLINE=1``) when the model is cached or local. Geometric
+preprocessing (resize, crop) follows the model's own ``preprocessor_config.json`` and runs with
+Pillow wherever the image is decoded (see ``images.Preprocessing``); rescaling and
+normalisation run batched on the model's device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dinoseek.errors import ConfigError, EmbeddingError, ModelLoadError
+from dinoseek.images import Preprocessing, preprocessing_from_processor_config
+from dinoseek.space import EmbeddingSpace
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means cuda when available, else cpu. Asking for cuda without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device 'cuda' was requested but torch sees no CUDA GPU "
+            f"(torch {torch.__version__}); use --device cpu or auto"
+        )
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` means bfloat16 on cuda and float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}") from None
+
+
+def default_batch_size(device: torch.device) -> int:
+    """A batch size that keeps the device busy without exhausting its memory."""
+    return 128 if device.type == "cuda" else 16
+
+
+@dataclass(frozen=True)
+class PatchEmbeddings:
+    """CLS vectors (N, dim), L2-normalised, and raw patch tokens (N, patches, dim)."""
+
+    cls: np.ndarray
+    patch_tokens: np.ndarray
+
+
+class Embedder:
+    """A frozen DINOv2 on one device. Not thread-safe: callers serialise forward passes."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocessing: Preprocessing,
+        *,
+        model_id: str,
+        dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        num_register_tokens: int = 0,
+    ) -> None:
+        self.model = model
+        self.preprocessing = preprocessing
+        self.model_id = model_id
+        self.dim = dim
+        self.device = device
+        self.dtype = dtype
+        self.num_register_tokens = num_register_tokens
+        self._mean = torch.tensor(preprocessing.mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(preprocessing.std, device=device).view(1, 3, 1, 1)
+
+    @classmethod
+    def from_pretrained(
+        cls, model_id: str, *, device: str = "auto", dtype: str = "auto"
+    ) -> Embedder:
+        """Load a DINOv2 checkpoint (hub id or local directory) and its processor config."""
+        from transformers import AutoConfig, AutoModel, ImageProcessingMixin
+
+        if os.path.isdir(model_id):
+            # Recorded with the collection: an absolute path works from any directory.
+            model_id = os.path.abspath(model_id)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        try:
+            config = AutoConfig.from_pretrained(model_id)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(_load_failure_message(model_id, exc)) from None
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ModelLoadError(
+                f"{model_id} is a {config.model_type!r} model; dinoseek needs a DINOv2 "
+                f"checkpoint ({', '.join(SUPPORTED_MODEL_TYPES)}), e.g. facebook/dinov2-base"
+            )
+        try:
+            processor_config, _ = ImageProcessingMixin.get_image_processor_dict(model_id)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(_load_failure_message(model_id, exc)) from None
+        try:
+            preprocessing = preprocessing_from_processor_config(processor_config)
+        except (ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{model_id}: unusable preprocessor_config.json: {exc}") from None
+        try:
+            model = AutoModel.from_pretrained(
+                model_id, dtype=torch_dtype, attn_implementation="sdpa"
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(_load_failure_message(model_id, exc)) from None
+        model.eval().requires_grad_(False).to(torch_device)
+        log.info("loaded %s on %s (%s)", model_id, torch_device, torch_dtype)
+        return cls(
+            model,
+            preprocessing,
+            model_id=model_id,
+            dim=int(config.hidden_size),
+            device=torch_device,
+            dtype=torch_dtype,
+            num_register_tokens=int(getattr(config, "num_register_tokens", 0) or 0),
+        )
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model input."""
+        return self.preprocessing.output_size
+
+    @cached_property
+    def space(self) -> EmbeddingSpace:
+        """The embedding space of this model, with its fingerprint (one forward pass)."""
+        fingerprint = self.embed_pixels(fingerprint_pixels(self.input_size)[None])[0]
+        return EmbeddingSpace(
+            model_id=self.model_id,
+            dim=self.dim,
+            preprocessing=self.preprocessing.describe(),
+            fingerprint=tuple(float(v) for v in fingerprint),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Model id, dim, device, dtype and preprocessing, for logs and ``info``."""
+        return {
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "preprocessing": self.preprocessing.describe(),
+        }
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """Resize and crop one decoded RGB image to the model's input (uint8, H x W x 3)."""
+        return self.preprocessing.to_pixels(image)
+
+    def embed_images(
+        self, images: Sequence[Image.Image], *, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Embed decoded RGB images: float32 array (N, dim) of L2-normalised CLS vectors."""
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        size = batch_size or default_batch_size(self.device)
+        chunks = [
+            self.embed_pixels(np.stack([self.prepare(image) for image in images[i : i + size]]))
+            for i in range(0, len(images), size)
+        ]
+        return np.concatenate(chunks)
+
+    def embed_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Embed preprocessed uint8 pixels (N, H, W, 3) in one forward pass.
+
+        Returns float32 (N, dim), each row L2-normalised. Raises ``EmbeddingError`` if any
+        output is not finite, so such a vector is never stored.
+        """
+        hidden = self._forward(pixels)
+        return self._normalised_cls(hidden)
+
+    def embed_pixels_with_patches(self, pixels: np.ndarray | torch.Tensor) -> PatchEmbeddings:
+        """Like ``embed_pixels``, plus the raw patch tokens (N, patches, dim), float32."""
+        hidden = self._forward(pixels)
+        patches = hidden[:, 1 + self.num_register_tokens :].float().cpu().numpy()
+        return PatchEmbeddings(cls=self._normalised_cls(hidden), patch_tokens=patches)
+
+    def _forward(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        batch = torch.as_tensor(pixels)
+        if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(f"expected uint8 pixels (N, H, W, 3), got {tuple(batch.shape)}")
+        with torch.inference_mode():
+            batch = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            batch = (batch * self.preprocessing.rescale_factor - self._mean) / self._std
+            output = self.model(pixel_values=batch.to(self.dtype))
+            hidden: torch.Tensor = output.last_hidden_state
+        return hidden
+
+    def _normalised_cls(self, hidden: torch.Tensor) -> np.ndarray:
+        cls = hidden[:, 0].float()
+        finite = torch.isfinite(cls).all(dim=1)
+        if not bool(finite.all()):
+            bad = [int(i) for i in torch.nonzero(~finite).flatten()]
+            raise EmbeddingError(
+                f"{self.model_id} produced non-finite embeddings for batch rows {bad} "
+                f"(dtype {self.dtype}); try --dtype float32"
+            )
+        cls = torch.nn.functional.normalize(cls, dim=1)
+        return cls.cpu().numpy().astype(np.float32, copy=False)
+
+
+def fingerprint_pixels(size: tuple[int, int]) -> np.ndarray:
+    """A fixed, structured synthetic image (uint8, H x W x 3) whose embedding identifies a model."""
+    height, width = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    red = 127.5 + 127.5 * np.sin(x / 9.0) * np.cos(y / 13.0)
+    green = 255.0 * (x + y) / (height + width)
+    blue = np.where(((x // 28) + (y // 28)) % 2 == 0, 230.0, 25.0)
+    return np.stack([red, green, blue], axis=-1).round().astype(np.uint8)
+
+
+def _load_failure_message(model_id: str, exc: Exception) -> str:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"cannot load model {model_id!r}: {first_line}. Pass a hub id such as "
+        "facebook/dinov2-base (needs the network once, or HF_HUB_OFFLINE=1 with the model in "
+        "the Hugging Face cache) or a local directory written by save_pretrained"
+    )

@@ -1,0 +1,112 @@
+"""Domain errors of the dinoseek core.
+
+Every error carries a machine-readable ``code`` and a human ``message`` that names the thing
+that failed and, where there is one, the remedy. The apps translate them at their edge: the
+HTTP API into a status and ``{"error": {"code", "message"}}``, the CLI into a message on
+stderr and an exit code. The core never decides HTTP statuses or exit codes.
+"""
+
+from __future__ import annotations
+
+
+class DinoseekError(Exception):
+    """Base class of every error the core raises on purpose."""
+
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(DinoseekError):
+    """A setting or argument is invalid."""
+
+    code = "invalid_config"
+
+
+class ImageError(DinoseekError):
+    """An image could not be read or decoded. ``code`` says why (see ``ImageErrorCode``)."""
+
+    code = "invalid_image"
+
+
+class ImageErrorCode:
+    """The codes an ``ImageError`` can carry."""
+
+    FILE_NOT_FOUND = "file_not_found"
+    FILE_UNREADABLE = "file_unreadable"
+    FILE_TOO_LARGE = "file_too_large"
+    EMPTY_FILE = "empty_file"
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    CORRUPT_IMAGE = "corrupt_image"
+    TRUNCATED_IMAGE = "truncated_image"
+    TOO_MANY_PIXELS = "too_many_pixels"
+
+
+class ModelLoadError(DinoseekError):
+    """The model or its image processor could not be loaded."""
+
+    code = "model_load_failed"
+
+
+class EmbeddingError(DinoseekError):
+    """The model produced something that must not be stored (for example NaN)."""
+
+    code = "embedding_failed"
+
+
+class StoreError(DinoseekError):
+    """Base class of the vector store's errors."""
+
+    code = "store_error"
+
+
+class StoreLockedError(StoreError):
+    """The embedded store is held by another process.
+
+    ``holder`` is what that process wrote into the lock file: its ``pid``, and for a running
+    server its ``command`` and ``url``, which lets the CLI go through that server instead.
+    """
+
+    code = "store_locked"
+
+    def __init__(self, message: str, *, holder: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.holder: dict[str, object] = dict(holder or {})
+
+
+class StoreUnavailableError(StoreError):
+    """The Qdrant server cannot be reached or answered with an error."""
+
+    code = "store_unavailable"
+
+
+class CollectionNotFoundError(StoreError):
+    """The named collection does not exist."""
+
+    code = "collection_not_found"
+
+
+class CollectionMismatchError(StoreError):
+    """The collection was built with another model, dimension or preprocessing."""
+
+    code = "collection_mismatch"
+
+
+class PointNotFoundError(StoreError):
+    """No point has the requested id."""
+
+    code = "point_not_found"
+
+
+class InvalidPointIdError(StoreError):
+    """A point id is not a UUID."""
+
+    code = "invalid_point_id"

@@ -1,0 +1,81 @@
+"""Settings: one pydantic-settings object, read from ``DINOSEEK_*`` variables.
+
+Build it once at the edge of an app (CLI command, server start) and pass it on. Command-line
+flags override the environment by being passed as keyword arguments::
+
+    settings = Settings(**{name: value for name, value in flags.items() if value is not None})
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "facebook/dinov2-base"
+COLLECTION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+DeviceName = Literal["auto", "cpu", "cuda"]
+DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def validate_collection_name(name: str) -> str:
+    """Return ``name`` if it is a valid collection name, else raise ``ValueError``.
+
+    Names become directory names in the embedded store, so they are restricted to letters,
+    digits, ``_``, ``.`` and ``-`` (at most 64 characters, not starting with a symbol).
+    """
+    if not COLLECTION_NAME_PATTERN.match(name):
+        raise ValueError(
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class Settings(BaseSettings):
+    """Everything dinoseek can be configured with. Field docs double as ``--help`` text."""
+
+    model_config = SettingsConfigDict(env_prefix="DINOSEEK_", extra="ignore", frozen=True)
+
+    model: str = Field(
+        DEFAULT_MODEL, description="DINOv2 model: a Hugging Face hub id or a local directory"
+    )
+    device: DeviceName = Field("auto", description="auto (cuda when available), cpu or cuda")
+    dtype: DtypeName = Field(
+        "auto", description="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16"
+    )
+    data_dir: Path = Field(Path("./dinoseek-data"), description="directory of the embedded store")
+    qdrant_url: str | None = Field(
+        None, description="Qdrant server URL; when set, the server is used instead of data_dir"
+    )
+    qdrant_api_key: SecretStr | None = Field(None, description="API key of the Qdrant server")
+    api_key: SecretStr | None = Field(None, description="API key the search service requires")
+    collection: str = Field("images", description="collection name")
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="largest image accepted, in pixels (checked from the header)"
+    )
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, gt=0, description="largest upload the search service accepts, in bytes"
+    )
+    batch_size: int | None = Field(
+        None, gt=0, description="images per forward pass (default: chosen for the device)"
+    )
+
+    @field_validator("collection")
+    @classmethod
+    def _check_collection(cls, value: str) -> str:
+        return validate_collection_name(value)
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _empty_url_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def uses_server(self) -> bool:
+        """True when a Qdrant server is configured (server mode), False for the embedded store."""
+        return self.qdrant_url is not None

@@ -1,0 +1,49 @@
+"""Vector stores: the embedded Qdrant Edge store and a Qdrant server, behind one interface."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dinoseek.settings import Settings
+from dinoseek.store.edge import EdgeStore
+from dinoseek.store.protocol import (
+    FILTER_FIELDS,
+    CollectionInfo,
+    PointRecord,
+    SearchHit,
+    SearchQuery,
+    StoredPoint,
+    VectorStore,
+    point_id_for_sha256,
+    search_by_id,
+    validate_point_id,
+)
+from dinoseek.store.server import ServerStore
+
+__all__ = [
+    "FILTER_FIELDS",
+    "CollectionInfo",
+    "EdgeStore",
+    "PointRecord",
+    "SearchHit",
+    "SearchQuery",
+    "ServerStore",
+    "StoredPoint",
+    "VectorStore",
+    "open_store",
+    "point_id_for_sha256",
+    "search_by_id",
+    "validate_point_id",
+]
+
+
+def open_store(settings: Settings, *, owner: Mapping[str, Any] | None = None) -> VectorStore:
+    """The server store when ``settings.qdrant_url`` is set, else the embedded store.
+
+    ``owner`` describes this process in the embedded store's lock files (see ``EdgeStore``).
+    """
+    if settings.qdrant_url:
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return ServerStore.connect(settings.qdrant_url, api_key=api_key)
+    return EdgeStore(settings.data_dir, owner=owner)

@@ -1,0 +1,139 @@
+"""The embedder against the reference transformers pipeline, and its failure modes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dinoseek.embedder import Embedder, fingerprint_pixels, resolve_device, resolve_dtype
+from dinoseek.errors import ConfigError, EmbeddingError, ModelLoadError
+from dinoseek.images import decode_image
+from tests.helpers import encode, photo
+
+# Varied sizes: landscape, portrait, square, tiny, extreme aspect ratio, larger than the input.
+SIZES = [(500, 375), (375, 500), (224, 224), (31, 17), (900, 120), (1200, 800)]
+
+
+def reference_embeddings(model_dir: str, images: list[Image.Image]) -> np.ndarray:
+    """The plain transformers pipeline: AutoImageProcessor + AutoModel in fp32, CLS token."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        inputs = processor(images=images, return_tensors="pt")
+        cls = model(**inputs).last_hidden_state[:, 0]
+    return torch.nn.functional.normalize(cls, dim=1).numpy()
+
+
+def test_matches_the_reference_pipeline_on_varied_images(embedder: Embedder) -> None:
+    images = [
+        decode_image(encode(photo(seed, size, kind)), max_pixels=10**8).image
+        for seed, (size, kind) in enumerate(
+            zip(SIZES, ["circles", "stripes", "squares", "triangles", "dots", "waves"], strict=True)
+        )
+    ]
+    ours = embedder.embed_images(images, batch_size=4)
+    reference = reference_embeddings(embedder.model_id, images)
+    cosines = (ours * reference).sum(axis=1)
+    assert cosines.min() >= 0.9999, cosines
+
+
+def test_vectors_are_normalised_float32(embedder: Embedder) -> None:
+    vectors = embedder.embed_images([photo(1), photo(2, kind="stripes")])
+    assert vectors.shape == (2, embedder.dim)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert embedder.embed_images([]).shape == (0, embedder.dim)
+
+
+def test_batching_does_not_change_vectors(embedder: Embedder) -> None:
+    images = [photo(seed) for seed in range(5)]
+    one_by_one = np.concatenate([embedder.embed_images([image]) for image in images])
+    batched = embedder.embed_images(images, batch_size=3)
+    np.testing.assert_allclose(one_by_one, batched, atol=1e-5)
+
+
+def test_patch_tokens(embedder: Embedder) -> None:
+    pixels = np.stack([embedder.prepare(photo(0)), embedder.prepare(photo(1))])
+    result = embedder.embed_pixels_with_patches(pixels)
+    assert result.cls.shape == (2, embedder.dim)
+    assert result.patch_tokens.shape == (2, (224 // 14) ** 2, embedder.dim)
+    np.testing.assert_allclose(result.cls, embedder.embed_pixels(pixels), atol=1e-6)
+
+
+def test_describes_itself(embedder: Embedder) -> None:
+    description = embedder.describe()
+    assert description["dim"] == 32
+    assert description["dtype"] == "float32"
+    assert description["preprocessing"]["crop"] == [224, 224]
+    assert description["preprocessing"]["resample"] == "bicubic"
+
+
+def test_space_fingerprint_separates_models(embedder: Embedder, other_model_dir: Path) -> None:
+    other = Embedder.from_pretrained(str(other_model_dir), device="cpu")
+    assert embedder.space.dim == other.space.dim
+    with pytest.raises(Exception, match="different model"):
+        other.space.check_compatible(embedder.space, "images")
+    same = Embedder.from_pretrained(embedder.model_id, device="cpu")
+    same.space.check_compatible(embedder.space, "images")
+    assert fingerprint_pixels((224, 224)).shape == (224, 224, 3)
+
+
+def test_non_finite_output_is_an_error(tiny_model_dir: Path) -> None:
+    broken = Embedder.from_pretrained(str(tiny_model_dir), device="cpu")
+    with torch.no_grad():
+        broken.model.layernorm.weight.fill_(float("nan"))
+    with pytest.raises(EmbeddingError, match="non-finite"):
+        broken.embed_images([photo(0)])
+
+
+def test_rejects_pixels_of_the_wrong_shape(embedder: Embedder) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        embedder.embed_pixels(np.zeros((1, 3, 224, 224), dtype=np.float32))
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="cannot load model") as caught:
+        Embedder.from_pretrained(str(tmp_path / "no-such-model"), device="cpu")
+    assert "save_pretrained" in caught.value.message
+
+
+def test_non_dinov2_model_is_refused(tmp_path: Path) -> None:
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(
+        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="needs a DINOv2"):
+        Embedder.from_pretrained(str(tmp_path), device="cpu")
+
+
+def test_device_and_dtype_resolution() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == cpu
+        with pytest.raises(ConfigError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+REAL_MODEL = os.environ.get("DINOSEEK_TEST_REAL_MODEL", "facebook/dinov2-small")
+
+
+@pytest.mark.real_weights
+def test_real_weights_match_the_reference() -> None:
+    """Needs real DINOv2 weights: set DINOSEEK_TEST_REAL_MODEL or have dinov2-small cached."""
+    try:
+        real = Embedder.from_pretrained(REAL_MODEL, device="cpu")
+    except ModelLoadError as exc:
+        pytest.skip(f"real DINOv2 weights are not available here ({REAL_MODEL}): {exc.message}")
+    images = [photo(seed, size) for seed, size in enumerate(SIZES[:3])]
+    cosines = (real.embed_images(images) * reference_embeddings(REAL_MODEL, images)).sum(axis=1)
+    assert cosines.min() >= 0.9999

@@ -1,0 +1,257 @@
+"""One contract, two stores: the embedded Qdrant Edge store and the server store.
+
+The server store runs on qdrant-client's in-process mode (``QdrantClient(":memory:")``), which
+speaks the same API as a Qdrant server; no server runs here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from dinoseek.errors import (
+    CollectionMismatchError,
+    CollectionNotFoundError,
+    InvalidPointIdError,
+    PointNotFoundError,
+)
+from dinoseek.space import EmbeddingSpace
+from dinoseek.store import (
+    EdgeStore,
+    PointRecord,
+    SearchQuery,
+    ServerStore,
+    VectorStore,
+    point_id_for_sha256,
+    search_by_id,
+    validate_point_id,
+)
+from tests.helpers import unit_vectors
+
+DIM = 16
+PREPROCESSING = {"crop": [224, 224]}
+
+
+def make_space(dim: int = DIM, seed: int = 0, model_id: str = "test/model") -> EmbeddingSpace:
+    fingerprint = tuple(float(v) for v in unit_vectors(1, dim, seed=100 + seed)[0])
+    return EmbeddingSpace(model_id, dim, dict(PREPROCESSING), fingerprint)
+
+
+StoreFactory = Callable[[], VectorStore]
+
+
+@pytest.fixture(params=["edge", "server"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Opens the same store again on each call (to check persistence); closes all at the end."""
+    opened: list[VectorStore] = []
+
+    def factory() -> VectorStore:
+        for previous in opened:
+            previous.close()
+        store: VectorStore
+        if request.param == "edge":
+            store = EdgeStore(tmp_path / "data")
+        else:
+            store = ServerStore(QdrantClient(path=str(tmp_path / "qdrant-local")))
+        opened.append(store)
+        return store
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> VectorStore:
+    return store_factory()
+
+
+def records(count: int, *, seed: int = 0, label_every: int = 2) -> list[PointRecord]:
+    vectors = unit_vectors(count, DIM, seed=seed)
+    return [
+        PointRecord(
+            id=point_id_for_sha256(f"{seed:04d}{i:060d}"),
+            vector=vectors[i],
+            payload={
+                "paths": [f"/photos/{i}.jpg"],
+                "label": "cat" if i % label_every == 0 else "dog",
+                "roots": ["/photos"],
+                "index": i,
+            },
+        )
+        for i in range(count)
+    ]
+
+
+def test_ensure_creates_and_lists(store: VectorStore) -> None:
+    assert store.list_collections() == []
+    store.ensure_collection("images", make_space())
+    store.ensure_collection("images", make_space())  # idempotent
+    assert store.list_collections() == ["images"]
+    assert store.count("images") == 0
+    info = store.collection_info("images")
+    assert info.points == 0
+    assert info.space is not None
+    assert info.space.model_id == "test/model"
+    assert info.space.dim == DIM
+
+
+def test_mismatched_space_is_refused(store: VectorStore) -> None:
+    store.ensure_collection("images", make_space())
+    with pytest.raises(CollectionMismatchError, match="768-d"):
+        store.ensure_collection("images", make_space(dim=768))
+    with pytest.raises(CollectionMismatchError, match="different model"):
+        store.ensure_collection("images", make_space(seed=1, model_id="other/model"))
+    # The same weights under another name (a local copy of a hub model) are accepted.
+    store.ensure_collection("images", make_space(model_id="/models/local-copy"))
+
+
+def test_unknown_collection(store: VectorStore) -> None:
+    with pytest.raises(CollectionNotFoundError, match="dinoseek index"):
+        store.count("nope")
+    with pytest.raises(CollectionNotFoundError):
+        store.collection_space("nope")
+
+
+def test_upsert_get_and_idempotence(store: VectorStore) -> None:
+    store.ensure_collection("images", make_space())
+    points = records(10)
+    store.upsert("images", points)
+    store.upsert("images", points[:4])  # same ids again: no duplicates
+    assert store.count("images") == 10
+    got = store.get(
+        "images",
+        [points[3].id, "00000000-0000-0000-0000-000000000000", points[1].id],
+        with_vectors=True,
+    )
+    assert [p.id for p in got] == [points[3].id, points[1].id]
+    assert got[0].payload["paths"] == ["/photos/3.jpg"]
+    assert got[0].vector is not None
+    np.testing.assert_allclose(got[0].vector, points[3].vector, atol=1e-6)
+    assert store.get("images", [points[0].id])[0].vector is None
+
+
+def test_search_ranks_the_exact_vector_first(store: VectorStore) -> None:
+    store.ensure_collection("images", make_space())
+    points = records(50)
+    store.upsert("images", points)
+    store.optimize("images")
+    hits = store.search("images", SearchQuery(vector=points[7].vector, top_k=5))
+    assert len(hits) == 5
+    assert hits[0].id == points[7].id
+    assert hits[0].score >= 0.999
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert hits[0].payload["index"] == 7
+
+
+def test_search_filters_offset_threshold_and_exclusions(store: VectorStore) -> None:
+    store.ensure_collection("images", make_space())
+    points = records(40)
+    store.upsert("images", points)
+    query = points[2].vector  # label "cat"
+    dogs = store.search("images", SearchQuery(vector=query, top_k=40, filters={"label": "dog"}))
+    assert len(dogs) == 20
+    assert {h.payload["label"] for h in dogs} == {"dog"}
+    by_path = store.search(
+        "images", SearchQuery(vector=query, top_k=5, filters={"paths": "/photos/5.jpg"})
+    )
+    assert [h.payload["index"] for h in by_path] == [5]
+    full = store.search("images", SearchQuery(vector=query, top_k=10))
+    paged = store.search("images", SearchQuery(vector=query, top_k=5, offset=5))
+    assert [h.id for h in paged] == [h.id for h in full[5:10]]
+    threshold = full[3].score - 1e-4
+    above = store.search("images", SearchQuery(vector=query, top_k=40, score_threshold=threshold))
+    assert all(h.score >= threshold - 1e-6 for h in above)
+    assert len(above) >= 4
+    excluded = store.search(
+        "images", SearchQuery(vector=query, top_k=3, exclude_ids=(points[2].id,))
+    )
+    assert points[2].id not in {h.id for h in excluded}
+
+
+def test_search_many_matches_single_searches(store: VectorStore) -> None:
+    store.ensure_collection("images", make_space())
+    points = records(30)
+    store.upsert("images", points)
+    queries = [
+        SearchQuery(vector=points[0].vector, top_k=3),
+        SearchQuery(vector=points[1].vector, top_k=5, filters={"label": "cat"}),
+    ]
+    batched = store.search_many("images", queries)
+    singles = [store.search("images", q) for q in queries]
+    assert [[h.id for h in hits] for hits in batched] == [[h.id for h in hits] for hits in singles]
+    assert store.search_many("images", []) == []
+
+
+def test_search_by_id_excludes_itself(store: VectorStore) -> None:
+    store.ensure_collection("images", make_space())
+    points = records(20)
+    store.upsert("images", points)
+    hits = search_by_id(store, "images", points[4].id, top_k=5)
+    assert len(hits) == 5
+    assert points[4].id not in {h.id for h in hits}
+    with pytest.raises(PointNotFoundError):
+        search_by_id(store, "images", "00000000-0000-0000-0000-000000000000")
+    with pytest.raises(InvalidPointIdError):
+        search_by_id(store, "images", "../etc/passwd")
+
+
+def test_scroll_pages_through_everything(store: VectorStore) -> None:
+    store.ensure_collection("images", make_space())
+    points = records(23)
+    store.upsert("images", points)
+    seen = list(store.scroll("images", batch_size=5, with_vectors=True))
+    assert sorted(p.id for p in seen) == sorted(p.id for p in points)
+    assert all(p.vector is not None and p.vector.shape == (DIM,) for p in seen)
+    cats = list(store.scroll("images", filters={"label": "cat"}, batch_size=4))
+    assert len(cats) == 12
+
+
+def test_delete_and_set_payload(store: VectorStore) -> None:
+    store.ensure_collection("images", make_space())
+    points = records(6)
+    store.upsert("images", points)
+    store.delete("images", [points[0].id, points[1].id, "00000000-0000-0000-0000-000000000000"])
+    assert store.count("images") == 4
+    store.set_payload("images", points[2].id, {"paths": ["/a.jpg", "/b.jpg"], "label": "fox"})
+    stored = store.get("images", [points[2].id], with_vectors=True)[0]
+    assert stored.payload == {"paths": ["/a.jpg", "/b.jpg"], "label": "fox"}
+    assert stored.vector is not None
+    np.testing.assert_allclose(stored.vector, points[2].vector, atol=1e-6)
+
+
+def test_data_survives_reopening(store_factory: StoreFactory) -> None:
+    first = store_factory()
+    first.ensure_collection("images", make_space())
+    first.upsert("images", records(12))
+    reopened = store_factory()  # closes the first
+    assert reopened.count("images") == 12
+    assert reopened.collection_space("images").model_id == "test/model"
+
+
+def test_delete_collection(store: VectorStore) -> None:
+    store.ensure_collection("images", make_space())
+    store.ensure_collection("other", make_space())
+    store.upsert("images", records(3))
+    store.delete_collection("images")
+    assert store.list_collections() == ["other"]
+    with pytest.raises(CollectionNotFoundError):
+        store.delete_collection("images")
+
+
+def test_point_ids_are_deterministic_uuids() -> None:
+    sha = "ab" * 32
+    assert point_id_for_sha256(sha) == point_id_for_sha256(sha.upper())
+    assert validate_point_id(point_id_for_sha256(sha).upper()) == point_id_for_sha256(sha)
+    with pytest.raises(InvalidPointIdError):
+        validate_point_id("not-a-uuid")
+
+
+@pytest.mark.parametrize("name", ["", "../evil", "a/b", ".hidden", "x" * 65])
+def test_invalid_collection_names_are_refused(store: VectorStore, name: str) -> None:
+    with pytest.raises(ValueError, match="invalid collection name"):
+        store.ensure_collection(name, make_space())
