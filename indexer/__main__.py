@@ -1,0 +1,5 @@
+"""``python -m indexer``: the ``dinoseek`` command."""
+
+from indexer.cli import main
+
+main()

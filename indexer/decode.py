@@ -1,0 +1,171 @@
+"""The decode stage: worker processes, a bounded window of files in flight, shared memory.
+
+Files are decoded in submission order by a pool of spawned processes (fork is unsafe once
+torch runs threads). At most ``window`` files are in flight, each owning one shared-memory
+slot, so memory stays bounded on any folder size. A worker that dies (killed, or crashed in a
+decoder) is replaced with a fresh pool and fresh shared memory; the files that were in flight
+are retried one at a time, and a file that kills its worker again is reported as
+``decoder_crashed`` instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+from multiprocessing.shared_memory import SharedMemory
+
+from indexer.scan import ScannedFile
+from indexer.workers import (
+    FailedFile,
+    PreparedFile,
+    WorkerConfig,
+    init_worker,
+    prepare_file,
+    prepare_into_slot,
+    shared_buffer,
+    slot_view,
+)
+
+log = logging.getLogger(__name__)
+
+Result = PreparedFile | FailedFile
+
+
+class _Generation:
+    """One pool of workers and the shared memory they write into."""
+
+    def __init__(self, config: WorkerConfig, workers: int, slots: int) -> None:
+        height, width = config.preprocessing.output_size
+        self.shape = (height, width, 3)
+        self.shared = SharedMemory(create=True, size=max(1, slots * height * width * 3))
+        self.free = deque(range(slots))
+        self.executor = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=get_context("spawn"),
+            initializer=init_worker,
+            initargs=(config, self.shared.name, self.shape),
+        )
+
+    def submit(self, file: ScannedFile) -> tuple[int, Future[Result]]:
+        slot = self.free.popleft()
+        return slot, self.executor.submit(prepare_into_slot, str(file.path), slot)
+
+    def collect(self, slot: int, result: Result) -> Result:
+        """Copy the pixels out of ``slot`` and free it."""
+        if isinstance(result, PreparedFile) and result.slot is not None:
+            pixels = slot_view(shared_buffer(self.shared), slot, self.shape).copy()
+            result = dataclasses.replace(result, pixels=pixels, slot=None)
+        self.free.append(slot)
+        return result
+
+    def close(self, *, wait: bool) -> None:
+        self.executor.shutdown(wait=wait, cancel_futures=True)
+        self.shared.close()
+        self.shared.unlink()
+
+
+class DecodePool:
+    """Decodes files in parallel processes (or in this process when ``workers`` is 0)."""
+
+    def __init__(self, config: WorkerConfig, workers: int, window: int) -> None:
+        self.config = config
+        self.workers = workers
+        self.window = max(1, window)
+        self._generation: _Generation | None = None
+
+    def results(
+        self, files: Sequence[ScannedFile], stop: threading.Event
+    ) -> Iterator[tuple[ScannedFile, Result]]:
+        """Decode ``files``, yielding results in order, until done or ``stop`` is set."""
+        if self.workers == 0:
+            for file in files:
+                if stop.is_set():
+                    return
+                yield file, prepare_file(str(file.path), self.config)
+            return
+        self._generation = _Generation(self.config, self.workers, self.window)
+        upcoming: Iterator[ScannedFile] = iter(files)
+        in_flight: deque[tuple[ScannedFile, int, Future[Result]]] = deque()
+        isolating = 0  # after a worker death: files still to run one at a time
+        broken = False  # a worker died; everything in flight is lost
+
+        def fill() -> None:
+            nonlocal upcoming, broken
+            assert self._generation is not None
+            limit = 1 if isolating else self.window
+            while len(in_flight) < limit and not stop.is_set():
+                file = next(upcoming, None)
+                if file is None:
+                    return
+                try:
+                    slot, future = self._generation.submit(file)
+                except BrokenProcessPool:
+                    upcoming = _chain([file], upcoming)
+                    broken = True
+                    return
+                in_flight.append((file, slot, future))
+
+        fill()
+        while not stop.is_set():
+            if broken:
+                # Retry what was in flight one file at a time, so that a file that kills its
+                # worker again is identified.
+                broken = False
+                lost = [file for file, _, _ in in_flight]
+                in_flight.clear()
+                self._restart()
+                if lost:
+                    log.warning("a decode worker died; retrying the files it may have held")
+                    upcoming = _chain(lost, upcoming)
+                    isolating = len(lost)
+                fill()
+                continue
+            if not in_flight:
+                return
+            file, slot, future = in_flight.popleft()
+            try:
+                raw = future.result()
+            except BrokenProcessPool:
+                if not isolating:
+                    in_flight.appendleft((file, slot, future))
+                    broken = True
+                    continue
+                # It ran alone and its worker died again: this file is the cause.
+                isolating -= 1
+                self._restart()
+                yield (
+                    file,
+                    FailedFile(
+                        str(file.path),
+                        "decoder_crashed",
+                        f"{file.path}: the decode process died twice while reading this file "
+                        "(a decoder crash, or killed for lack of memory); skipped",
+                    ),
+                )
+                fill()
+                continue
+            isolating = max(0, isolating - 1)
+            yield file, self._generation.collect(slot, raw)
+            fill()
+
+    def _restart(self) -> None:
+        if self._generation is not None:
+            self._generation.close(wait=False)
+        self._generation = _Generation(self.config, self.workers, self.window)
+
+    def close(self) -> None:
+        """Stop the workers and free the shared memory."""
+        if self._generation is not None:
+            self._generation.close(wait=True)
+            self._generation = None
+
+
+def _chain(first: Sequence[ScannedFile], rest: Iterator[ScannedFile]) -> Iterator[ScannedFile]:
+    yield from first
+    yield from rest

@@ -1,0 +1,479 @@
+"""The indexing pipeline: scan -> plan -> decode (processes) -> embed (batches) -> upsert (thread).
+
+- Plan: compare the scan with the catalog (the store's own payloads). Unchanged files (same
+  path, size, mtime) are skipped without being read; files that failed before and have not
+  changed are skipped unless ``retry_failed``; files gone from a scanned root are pruned.
+- Decode: worker processes read, hash, decode and preprocess files (see ``indexer.decode``);
+  memory stays bounded on any folder size, and a dying worker loses nothing.
+- Embed: the main thread embeds full batches. A batch that fails for lack of memory is split
+  and retried; a single image that still fails is reported, not fatal.
+- Upsert: a writer thread applies the store operations in order, through a bounded queue.
+
+Every operation is idempotent and the plan is rebuilt from the store on each run, so killing
+the indexer at any moment and running it again converges to the state of one clean run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dinoseek.embedder import Embedder
+from dinoseek.errors import EmbeddingError
+from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
+from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload
+from indexer.decode import DecodePool
+from indexer.progress import Progress
+from indexer.report import FailureRecord, load_failures, write_failures
+from indexer.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
+from indexer.workers import FailedFile, PreparedFile, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """What to index and how."""
+
+    roots: tuple[Path, ...]
+    collection: str
+    failures_report: Path
+    batch_size: int = 16
+    workers: int = 1
+    max_image_pixels: int = 40_000_000
+    labels: LabelSource = field(default_factory=LabelSource)
+    scan: ScanOptions = field(default_factory=ScanOptions)
+    prune: bool = True
+    retry_failed: bool = False
+    optimize: bool = True
+    progress: str = "auto"  # bar, log, off or auto
+
+
+@dataclass
+class IndexSummary:
+    """What a run did. ``to_dict`` is the ``--json`` output."""
+
+    collection: str
+    store: str
+    model: str
+    scanned: int = 0
+    embedded: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    relabelled: int = 0
+    removed: int = 0
+    failed: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    known_failures_skipped: int = 0
+    excluded: int = 0
+    links_skipped: int = 0
+    points: int = 0
+    elapsed_s: float = 0.0
+    embed_elapsed_s: float = 0.0
+    optimize_s: float = 0.0
+    images_per_s: float = 0.0
+    interrupted: bool = False
+    failures_report: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able."""
+        return dict(self.__dict__)
+
+
+# Store operations, applied in order by the writer thread.
+@dataclass(frozen=True)
+class Upsert:
+    """Insert or replace points."""
+
+    points: list[PointRecord]
+
+
+@dataclass(frozen=True)
+class SetPayload:
+    """Replace one point's payload."""
+
+    point_id: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete points."""
+
+    ids: list[str]
+
+
+Operation = Upsert | SetPayload | Delete
+
+
+class StoreWriter:
+    """Applies operations on a thread, in order, through a bounded queue."""
+
+    def __init__(self, store: VectorStore, collection: str, *, depth: int = 4) -> None:
+        self.store = store
+        self.collection = collection
+        self._queue: queue.Queue[Operation | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dinoseek-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, operation: Operation) -> None:
+        """Queue an operation (blocks while the queue is full); re-raise a writer failure."""
+        self._raise_if_failed()
+        while True:
+            try:
+                self._queue.put(operation, timeout=0.5)
+                return
+            except queue.Full:
+                self._raise_if_failed()
+
+    def close(self) -> None:
+        """Apply everything queued, stop the thread, re-raise a writer failure."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            operation = self._queue.get()
+            if operation is None:
+                return
+            if self._error is not None:
+                continue  # drain without applying: the run is failing
+            try:
+                self._apply(operation)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                self._error = exc
+
+    def _apply(self, operation: Operation) -> None:
+        if isinstance(operation, Upsert):
+            self.store.upsert(self.collection, operation.points)
+        elif isinstance(operation, SetPayload):
+            self.store.set_payload(self.collection, operation.point_id, operation.payload)
+        else:
+            self.store.delete(self.collection, operation.ids)
+
+
+@dataclass
+class _Pending:
+    """A new point waiting for its batch to be embedded."""
+
+    point_id: str
+    pixels: np.ndarray
+
+
+class IndexRun:
+    """One run of ``dinoseek index``: build with everything it needs, then call ``run()``."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        store: VectorStore,
+        options: IndexOptions,
+        *,
+        stop: threading.Event | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.embedder = embedder
+        self.store = store
+        self.options = options
+        self.stop = stop or threading.Event()
+        self.on_progress = on_progress
+        self.summary = IndexSummary(
+            collection=options.collection, store=store.describe(), model=embedder.model_id
+        )
+        self.catalog = Catalog()
+        self.failures: dict[str, FailureRecord] = {}
+        self._batch: list[_Pending] = []
+        self._writer: StoreWriter | None = None
+
+    def run(self) -> IndexSummary:
+        """Scan, plan, process, flush, optimise; always returns a summary unless the store fails."""
+        started = time.perf_counter()
+        options = self.options
+        self.store.ensure_collection(options.collection, self.embedder.space)
+        self.catalog = Catalog.load(self.store, options.collection)
+        previous_failures = load_failures(options.failures_report)
+        files, problems = self._scan()
+        self._writer = StoreWriter(self.store, options.collection)
+        try:
+            to_process = self._plan(files, problems, previous_failures)
+            embed_started = time.perf_counter()
+            self._process(to_process)
+            self.summary.embed_elapsed_s = round(time.perf_counter() - embed_started, 3)
+        finally:
+            self._writer.close()
+        self.summary.interrupted = self.stop.is_set()
+        write_failures(options.failures_report, self.failures.values())
+        self.summary.failures_report = str(options.failures_report) if self.failures else None
+        if options.optimize and not self.summary.interrupted:
+            optimize_started = time.perf_counter()
+            self.store.optimize(options.collection)
+            self.summary.optimize_s = round(time.perf_counter() - optimize_started, 3)
+        self.summary.points = self.store.count(options.collection)
+        self.summary.elapsed_s = round(time.perf_counter() - started, 3)
+        if self.summary.embed_elapsed_s > 0:
+            rate = self.summary.embedded / self.summary.embed_elapsed_s
+            self.summary.images_per_s = round(rate, 2)
+        self.summary.failed = sum(self.summary.failed_by_reason.values())
+        return self.summary
+
+    # -- plan -------------------------------------------------------------------------------
+
+    def _scan(self) -> tuple[list[ScannedFile], list[ScanProblem]]:
+        counts = ScanCounts()
+        files: list[ScannedFile] = []
+        problems: list[ScanProblem] = []
+        for item in scan(self.options.roots, self.options.scan, counts):
+            if isinstance(item, ScannedFile):
+                files.append(item)
+            else:
+                problems.append(item)
+        self.summary.scanned = len(files)
+        self.summary.excluded = counts.excluded
+        self.summary.links_skipped = counts.links_skipped
+        return files, problems
+
+    def _plan(
+        self,
+        files: list[ScannedFile],
+        problems: list[ScanProblem],
+        previous_failures: dict[str, FailureRecord],
+    ) -> list[ScannedFile]:
+        to_process: list[ScannedFile] = []
+        relabelled: set[str] = set()
+        for file in files:
+            path = str(file.path)
+            entry = self.catalog.unchanged(path, file.size, file.mtime_ns)
+            if entry is not None:
+                self.summary.unchanged += 1
+                label = self.options.labels.label_for(path, file.relative_path)
+                if label != entry.label:
+                    (point_id,) = self.catalog.owners(path)
+                    self.catalog.set_label(point_id, path, label)
+                    relabelled.add(point_id)
+                continue
+            known = previous_failures.get(path)
+            if (
+                known is not None
+                and not self.options.retry_failed
+                and (known.size, known.mtime_ns) == (file.size, file.mtime_ns)
+            ):
+                self.failures[path] = known
+                self.summary.known_failures_skipped += 1
+                continue
+            to_process.append(file)
+        for problem in problems:
+            self._record_failure(str(problem.path), "unreadable_folder", problem.message, None)
+        for point_id in sorted(relabelled):
+            self._put(SetPayload(point_id, build_payload(self.catalog.points[point_id])))
+        self.summary.relabelled = len(relabelled)
+        if self.options.prune:
+            self._prune(files, problems)
+        return to_process
+
+    def _prune(self, files: list[ScannedFile], problems: list[ScanProblem]) -> None:
+        """Forget files that vanished from a scanned root (never under an unreadable folder,
+        never all of a root that now looks empty: that is more likely an unmounted disk)."""
+        seen = {str(f.path) for f in files}
+        roots_with_files = {str(f.root) for f in files}
+        blocked = [str(p.path) + os.sep for p in problems]
+        for root in self.options.roots:
+            root_text = os.path.abspath(root)
+            prefix = root_text + os.sep
+            recorded = [p for p in self.catalog.paths() if p.startswith(prefix)]
+            vanished = [
+                p for p in recorded if p not in seen and not any(p.startswith(b) for b in blocked)
+            ]
+            if not vanished:
+                continue
+            if root_text not in roots_with_files:
+                self.summary.warnings.append(
+                    f"{root_text} holds no images now but {len(recorded)} indexed files were "
+                    "under it; nothing was removed (is a disk unmounted?). Pass --no-prune to "
+                    "silence this, or delete the collection to start over"
+                )
+                continue
+            for path in sorted(vanished):
+                self._forget_path(path)
+                self.summary.removed += 1
+
+    # -- process ----------------------------------------------------------------------------
+
+    def _process(self, files: list[ScannedFile]) -> None:
+        options = self.options
+        config = WorkerConfig(self.embedder.preprocessing, options.max_image_pixels)
+        window = max(2 * options.batch_size, 4 * options.workers)
+        pool = DecodePool(config, options.workers, window)
+        progress = Progress(len(files), description="indexing", mode=options.progress)
+        try:
+            for file, result in pool.results(files, self.stop):
+                if isinstance(result, FailedFile):
+                    self._forget_path(str(file.path))
+                    self._record_failure(result.path, result.code, result.message, file)
+                else:
+                    self._accept(file, result)
+                if len(self._batch) >= options.batch_size:
+                    self._flush_batch()
+                progress.advance()
+                if self.on_progress is not None:
+                    self.on_progress(progress.done)
+            if not self.stop.is_set():
+                self._flush_batch()
+        finally:
+            pool.close()
+            progress.close()
+
+    def _accept(self, file: ScannedFile, prepared: PreparedFile) -> None:
+        path = str(file.path)
+        point_id = point_id_for_sha256(prepared.sha256)
+        self._forget_path(path, keep=point_id)
+        already_listed = path in self.catalog.points.get(point_id, _NO_POINT).files
+        entry = FileEntry(
+            path=path,
+            root=str(file.root),
+            relative_path=file.relative_path,
+            size=prepared.size,
+            mtime_ns=prepared.mtime_ns,
+            label=self.options.labels.label_for(path, file.relative_path),
+        )
+        content = {
+            "sha256": prepared.sha256,
+            "size": prepared.size,
+            "width": prepared.width,
+            "height": prepared.height,
+            "format": prepared.format,
+            "model_id": self.embedder.model_id,
+            "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        self.failures.pop(path, None)
+        if self.catalog.add_file(point_id, entry, content):
+            assert prepared.pixels is not None, "the decode stage delivers pixels"
+            self._batch.append(_Pending(point_id, prepared.pixels))
+            return
+        if already_listed:
+            self.summary.unchanged += 1  # touched, same content: only the mtime is refreshed
+        else:
+            self.summary.duplicates += 1
+        if not any(p.point_id == point_id for p in self._batch):
+            self._put(SetPayload(point_id, build_payload(self.catalog.points[point_id])))
+
+    def _forget_path(self, path: str, *, keep: str | None = None) -> None:
+        updated, emptied = self.catalog.remove_path(path, keep=keep)
+        pending = {p.point_id for p in self._batch}
+        for point_id in updated:
+            if point_id not in pending:
+                self._put(SetPayload(point_id, build_payload(self.catalog.points[point_id])))
+        if emptied:
+            self._batch = [p for p in self._batch if p.point_id not in emptied]
+            self._put(Delete(emptied))
+
+    def _flush_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        for pending, vector in self._embed(batch):
+            point = self.catalog.points.get(pending.point_id)
+            if point is None:
+                continue
+            record = PointRecord(pending.point_id, vector, build_payload(point))
+            self._put(Upsert([record]))
+            self.summary.embedded += 1
+
+    def _embed(self, batch: list[_Pending]) -> list[tuple[_Pending, np.ndarray]]:
+        """Embed a batch; split it on out-of-memory; report images that cannot be embedded."""
+        try:
+            vectors = self.embedder.embed_pixels(np.stack([p.pixels for p in batch]))
+        except EmbeddingError as exc:
+            if len(batch) == 1:
+                self._fail_point(batch[0].point_id, exc.code, exc.message)
+                return []
+            return self._embed_halves(batch)
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            if len(batch) == 1:
+                message = f"not enough memory to embed this image on {self.embedder.device}"
+                self._fail_point(batch[0].point_id, "out_of_memory", message)
+                return []
+            log.warning("out of memory at batch size %d; retrying in halves", len(batch))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return self._embed_halves(batch)
+        return list(zip(batch, vectors, strict=True))
+
+    def _embed_halves(self, batch: list[_Pending]) -> list[tuple[_Pending, np.ndarray]]:
+        middle = len(batch) // 2
+        return self._embed(batch[:middle]) + self._embed(batch[middle:])
+
+    def _fail_point(self, point_id: str, code: str, message: str) -> None:
+        point = self.catalog.points.get(point_id)
+        if point is None:
+            return
+        for path, entry in list(point.files.items()):
+            self.catalog.remove_path(path)
+            self._record_failure(path, code, f"{path}: {message}", entry)
+
+    def _record_failure(
+        self, path: str, code: str, message: str, stat: ScannedFile | FileEntry | None
+    ) -> None:
+        self.failures[path] = FailureRecord(
+            path=path,
+            code=code,
+            message=message,
+            size=stat.size if stat else None,
+            mtime_ns=stat.mtime_ns if stat else None,
+            failed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        reasons = Counter(self.summary.failed_by_reason)
+        reasons[code] += 1
+        self.summary.failed_by_reason = dict(sorted(reasons.items()))
+
+    def _put(self, operation: Operation) -> None:
+        assert self._writer is not None
+        self._writer.put(operation)
+
+
+class _NoPoint:
+    files: dict[str, FileEntry] = {}  # noqa: RUF012 - a read-only sentinel
+
+
+_NO_POINT = _NoPoint()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return (
+        isinstance(exc, torch.cuda.OutOfMemoryError)
+        or "out of memory" in text
+        or ("can't allocate memory" in text)
+    )
+
+
+def index_folders(
+    embedder: Embedder,
+    store: VectorStore,
+    options: IndexOptions,
+    *,
+    stop: threading.Event | None = None,
+) -> IndexSummary:
+    """Make ``options.collection`` mirror ``options.roots``. See ``IndexRun``."""
+    return IndexRun(embedder, store, options, stop=stop).run()

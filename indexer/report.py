@@ -1,0 +1,62 @@
+"""The failures report: one JSON line per file that currently cannot be indexed.
+
+It doubles as memory between runs: a file that failed and has not changed since (same size
+and mtime) is not decoded again on the next run unless ``--retry-failed`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """Why one file is not in the collection."""
+
+    path: str
+    code: str
+    message: str
+    size: int | None
+    mtime_ns: int | None
+    failed_at: str
+
+
+def load_failures(path: Path) -> dict[str, FailureRecord]:
+    """Read a report; a missing or unreadable report is an empty one (it is only a cache)."""
+    records: dict[str, FailureRecord] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return records
+    for line in lines:
+        try:
+            raw = json.loads(line)
+            record = FailureRecord(
+                path=str(raw["path"]),
+                code=str(raw["code"]),
+                message=str(raw["message"]),
+                size=raw.get("size"),
+                mtime_ns=raw.get("mtime_ns"),
+                failed_at=str(raw.get("failed_at", "")),
+            )
+        except (ValueError, KeyError, TypeError):
+            continue
+        records[record.path] = record
+    return records
+
+
+def write_failures(path: Path, records: Iterable[FailureRecord]) -> None:
+    """Replace the report atomically (a crash leaves the old or the new one, never half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for record in sorted(records, key=lambda r: r.path):
+            handle.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

@@ -1,0 +1,140 @@
+"""Decode workers: read, hash, decode and preprocess one file, in a separate process.
+
+This module imports neither torch nor the store, so worker processes start in a fraction of a
+second. A worker never raises for a bad file: it returns a ``FailedFile`` instead.
+
+Pixels travel through shared memory, not through the result pipe: each file in flight owns a
+slot, the worker writes the preprocessed image there and sends back only a small record. A
+record that small is written to the pipe in one atomic write, so a worker killed at any moment
+can never leave half a message that would stall the parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+
+from dinoseek.errors import ImageError, ImageErrorCode
+from dinoseek.images import Preprocessing, decode_image
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker needs, sent once when the worker starts."""
+
+    preprocessing: Preprocessing
+    max_image_pixels: int
+
+
+@dataclass(frozen=True)
+class PreparedFile:
+    """A decoded file: its identity, facts for the payload, and the model-ready pixels
+    (uint8, H x W x 3), either in ``pixels`` or in shared-memory ``slot``."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    width: int
+    height: int
+    format: str
+    pixels: np.ndarray | None = None
+    slot: int | None = None
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    """A file that could not be used, and why."""
+
+    path: str
+    code: str
+    message: str
+
+
+def attach_shared_memory(name: str) -> SharedMemory:
+    """Open the parent's segment. Spawned workers share the parent's resource tracker, so
+    their registration of the segment is a no-op and only the parent unlinks it."""
+    return SharedMemory(name=name)
+
+
+def slot_view(buffer: memoryview, slot: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """The (H, W, 3) uint8 array of one slot."""
+    size = shape[0] * shape[1] * shape[2]
+    return np.ndarray(shape, dtype=np.uint8, buffer=buffer, offset=slot * size)
+
+
+def shared_buffer(shared: SharedMemory) -> memoryview:
+    """The segment's buffer (typed: it is None only after close())."""
+    if shared.buf is None:
+        raise RuntimeError(f"shared memory {shared.name} is closed")
+    return shared.buf
+
+
+class _WorkerState:
+    config: WorkerConfig | None = None
+    shared: SharedMemory | None = None
+    shape: tuple[int, int, int] = (0, 0, 0)
+
+
+def init_worker(config: WorkerConfig, shared_name: str, shape: tuple[int, int, int]) -> None:
+    """Pool initializer. Workers ignore SIGINT: the parent decides how to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WorkerState.config = config
+    _WorkerState.shared = attach_shared_memory(shared_name)
+    _WorkerState.shape = shape
+
+
+def prepare_into_slot(path: str, slot: int) -> PreparedFile | FailedFile:
+    """Worker entry point: prepare ``path`` and put its pixels into ``slot``."""
+    config, shared = _WorkerState.config, _WorkerState.shared
+    if config is None or shared is None:
+        raise RuntimeError("prepare_into_slot runs only in workers started by init_worker")
+    result = prepare_file(path, config)
+    if isinstance(result, FailedFile) or result.pixels is None:
+        return result
+    slot_view(shared_buffer(shared), slot, _WorkerState.shape)[...] = result.pixels
+    return PreparedFile(
+        path=result.path,
+        size=result.size,
+        mtime_ns=result.mtime_ns,
+        sha256=result.sha256,
+        width=result.width,
+        height=result.height,
+        format=result.format,
+        slot=slot,
+    )
+
+
+def prepare_file(path: str, config: WorkerConfig) -> PreparedFile | FailedFile:
+    """Read, hash, decode and preprocess ``path`` (in any process)."""
+    try:
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            data = handle.read()
+    except FileNotFoundError:
+        return FailedFile(path, ImageErrorCode.FILE_NOT_FOUND, f"{path}: vanished before reading")
+    except OSError as exc:
+        message = f"{path}: cannot be read ({exc.strerror or exc}); check its permissions"
+        return FailedFile(path, ImageErrorCode.FILE_UNREADABLE, message)
+    try:
+        decoded = decode_image(data, max_pixels=config.max_image_pixels, name=path)
+        pixels = config.preprocessing.to_pixels(decoded.image)
+    except ImageError as exc:
+        return FailedFile(path, exc.code, exc.message)
+    except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
+        return FailedFile(path, "decode_error", f"{path}: {type(exc).__name__}: {exc}")
+    return PreparedFile(
+        path=path,
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        sha256=hashlib.sha256(data).hexdigest(),
+        width=decoded.width,
+        height=decoded.height,
+        format=decoded.format,
+        pixels=pixels,
+    )

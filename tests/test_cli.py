@@ -1,0 +1,167 @@
+"""The ``dinoseek`` command through click's CliRunner: output, JSON, errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from indexer.cli import main
+from tests.helpers import write_bad_files, write_tree
+
+
+def invoke(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def indexed(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, Path, list[Path]]:
+    """A labelled tree (with bad files) indexed into ``tmp_path / data``."""
+    photos = tmp_path / "photos"
+    paths = write_tree(photos, per_class=3)
+    write_bad_files(photos / "broken")
+    data = tmp_path / "data"
+    result = invoke(
+        "index",
+        photos,
+        "--model",
+        tiny_model_dir,
+        "--data-dir",
+        data,
+        "--labels-from-folders",
+        "--workers",
+        "0",
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    return photos, data, paths
+
+
+def test_help_explains_commands_and_environment() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("index", "search", "info"):
+        assert command in result.output
+    index_help = invoke("index", "--help").output
+    assert "DINOSEEK_MODEL" in index_help
+    assert "--labels-from-folders" in index_help
+    assert "Exit codes" in index_help
+
+
+def test_index_json_is_one_document(tmp_path: Path, tiny_model_dir: Path) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=2)
+    write_bad_files(photos / "bad")
+    result = invoke(
+        "index",
+        photos,
+        "--model",
+        tiny_model_dir,
+        "--data-dir",
+        tmp_path / "d",
+        "--workers",
+        "0",
+        "--json",
+    )
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert summary["embedded"] == 4
+    assert summary["failed"] == 10
+    assert summary["failed_by_reason"]["too_many_pixels"] == 2
+    assert Path(summary["failures_report"]).exists()
+    assert "loaded" in result.stderr
+
+
+def test_index_human_summary(tmp_path: Path, tiny_model_dir: Path) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=2)
+    result = invoke(
+        "index", photos, "--model", tiny_model_dir, "--data-dir", tmp_path / "d", "--workers", "0"
+    )
+    assert result.exit_code == 0
+    assert "embedded           4" in result.stdout
+    assert "holds 4 images" in result.stdout
+
+
+def test_search_table_json_and_filters(
+    indexed: tuple[Path, Path, list[Path]], tiny_model_dir: Path
+) -> None:
+    _, data, paths = indexed
+    # No --model: the collection's own model is used.
+    table = invoke("search", paths[0], "--data-dir", data, "-k", "3")
+    assert table.exit_code == 0, table.output
+    first_row = table.stdout.splitlines()[1]
+    assert str(paths[0]) in first_row
+    assert "cats" in first_row
+
+    as_json = invoke(
+        "search", paths[0], "--data-dir", data, "-k", "6", "--json", "--filter", "label=dogs"
+    )
+    document = json.loads(as_json.stdout)
+    assert len(document["results"]) == 3
+    assert {r["label"] for r in document["results"]} == {"dogs"}
+    assert document["model"] == str(tiny_model_dir)
+
+
+def test_search_errors_have_exit_codes(
+    indexed: tuple[Path, Path, list[Path]], tmp_path: Path
+) -> None:
+    photos, data, paths = indexed
+    bad_filter = invoke("search", paths[0], "--data-dir", data, "--filter", "colour=red")
+    assert bad_filter.exit_code == 2
+    assert "label, root, path" in bad_filter.output
+    missing = invoke("search", tmp_path / "nope.jpg", "--data-dir", data)
+    assert missing.exit_code == 1
+    assert "file not found" in missing.stderr
+    corrupt = invoke("search", photos / "broken" / "truncated.jpg", "--data-dir", data, "--json")
+    assert corrupt.exit_code == 1
+    assert json.loads(corrupt.stdout)["error"]["code"] == "truncated_image"
+    unknown = invoke("search", paths[0], "--data-dir", data, "--collection", "other")
+    assert unknown.exit_code == 1
+    assert "dinoseek index" in unknown.stderr
+
+
+def test_mismatched_model_is_refused(
+    indexed: tuple[Path, Path, list[Path]], other_model_dir: Path
+) -> None:
+    photos, data, paths = indexed
+    result = invoke(
+        "index", photos, "--model", other_model_dir, "--data-dir", data, "--workers", "0"
+    )
+    assert result.exit_code == 1
+    assert "different model" in result.stderr
+    searched = invoke("search", paths[0], "--model", other_model_dir, "--data-dir", data)
+    assert searched.exit_code == 1
+
+
+def test_info(indexed: tuple[Path, Path, list[Path]]) -> None:
+    _, data, _ = indexed
+    text = invoke("info", "--data-dir", data)
+    assert text.exit_code == 0
+    assert "images" in text.stdout
+    assert "6" in text.stdout
+    document = json.loads(invoke("info", "--data-dir", data, "--json").stdout)
+    (collection,) = document["collections"]
+    assert collection["points"] == 6
+    assert collection["dim"] == 32
+    assert document["size_bytes"] > 0
+    empty = invoke("info", "--data-dir", data / "nothing-here")
+    assert "no collections yet" in empty.stdout
+
+
+def test_invalid_settings_are_usage_errors(tmp_path: Path) -> None:
+    result = invoke("info", "--data-dir", tmp_path, "--collection", "../escape")
+    assert result.exit_code == 2
+    assert "invalid collection name" in result.output
+
+
+def test_python_dash_m_indexer() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "indexer", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0
+    assert "dinoseek" in result.stdout

@@ -1,0 +1,286 @@
+"""The indexing pipeline on the real embedded store with the tiny model."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dinoseek.embedder import Embedder
+from dinoseek.store import EdgeStore, SearchQuery, point_id_for_sha256
+from indexer.catalog import LabelSource
+from indexer.pipeline import IndexOptions, IndexSummary, index_folders
+from indexer.report import load_failures
+from tests.helpers import encode, photo, write_bad_files, write_tree
+
+
+def run(
+    embedder: Embedder, data_dir: Path, *roots: Path, workers: int = 0, **overrides: object
+) -> IndexSummary:
+    options = IndexOptions(
+        roots=tuple(roots),
+        collection="images",
+        failures_report=data_dir / "reports" / "images.failures.jsonl",
+        batch_size=4,
+        workers=workers,
+        progress="off",
+        **overrides,  # type: ignore[arg-type]
+    )
+    with EdgeStore(data_dir) as store:
+        return index_folders(embedder, store, options)
+
+
+def stored_points(data_dir: Path) -> dict[str, dict[str, object]]:
+    with EdgeStore(data_dir) as store:
+        return {p.id: p.payload for p in store.scroll("images")}
+
+
+def test_first_run_embeds_reports_and_describes(embedder: Embedder, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    good = write_tree(photos, per_class=3)
+    expected_failures = write_bad_files(photos / "broken")
+    (photos / "cats" / "copy_of_cat.jpg").write_bytes(good[0].read_bytes())
+    (photos / "notes.txt").write_text("not scanned")
+
+    summary = run(embedder, tmp_path / "data", photos, workers=1)
+
+    assert summary.scanned == len(good) + 1 + len(expected_failures)
+    assert summary.embedded == len(good)
+    assert summary.duplicates == 1
+    assert summary.failed == len(expected_failures)
+    assert sum(summary.failed_by_reason.values()) == summary.failed
+    assert summary.points == len(good)
+    assert not summary.interrupted
+
+    failures = load_failures(tmp_path / "data" / "reports" / "images.failures.jsonl")
+    assert {Path(p).name: r.code for p, r in failures.items()} == expected_failures
+    assert all(Path(p).name in r.message for p, r in failures.items())
+
+    points = stored_points(tmp_path / "data")
+    cat_id = point_id_for_sha256(__import__("hashlib").sha256(good[0].read_bytes()).hexdigest())
+    cat = points[cat_id]
+    assert cat["paths"] == sorted([str(good[0]), str(photos / "cats" / "copy_of_cat.jpg")])
+    assert cat["label"] is None  # labels were not asked for
+    assert cat["width"] == 160
+    assert cat["height"] == 120
+    assert cat["format"] == "JPEG"
+    assert cat["roots"] == [str(photos)]
+    assert cat["model_id"] == embedder.model_id
+    assert len(cat["files"]) == 2  # type: ignore[arg-type]
+
+
+def test_stored_vector_is_the_embedders_vector(embedder: Embedder, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (path,) = write_tree(photos, per_class=1, classes=("a",))
+    run(embedder, tmp_path / "data", photos)
+    from dinoseek.images import load_image
+
+    vector = embedder.embed_images([load_image(path, max_pixels=10**8).image])[0]
+    with EdgeStore(tmp_path / "data") as store:
+        (hit,) = store.search("images", SearchQuery(vector=vector, top_k=1))
+    assert hit.payload["path"] == str(path)
+    assert hit.score >= 0.999
+
+
+def test_second_run_over_an_unchanged_folder_embeds_nothing(
+    embedder: Embedder, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=3)
+    write_bad_files(photos / "broken")
+    first = run(embedder, tmp_path / "data", photos)
+    second = run(embedder, tmp_path / "data", photos)
+    assert second.embedded == 0
+    assert second.unchanged == first.embedded
+    assert second.failed == 0
+    assert second.known_failures_skipped == first.failed
+    assert second.points == first.points
+    # The report still lists the files that fail: it is the current state, not one run's log.
+    assert len(load_failures(tmp_path / "data" / "reports" / "images.failures.jsonl")) == (
+        first.failed
+    )
+
+
+def test_changed_touched_and_retried_files(embedder: Embedder, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    paths = write_tree(photos, per_class=2, classes=("a",))
+    bad = photos / "a" / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a whole jpeg")
+    run(embedder, tmp_path / "data", photos)
+    before = stored_points(tmp_path / "data")
+
+    paths[0].write_bytes(encode(photo(999, (100, 100))))  # new content
+    stat = paths[1].stat()
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched only
+    summary = run(embedder, tmp_path / "data", photos)
+
+    assert summary.embedded == 1
+    assert summary.unchanged == 1
+    after = stored_points(tmp_path / "data")
+    assert len(after) == 2
+    assert len(set(after) - set(before)) == 1  # the old content's point was replaced
+
+    retried = run(embedder, tmp_path / "data", photos, retry_failed=True)
+    assert retried.failed_by_reason == {"corrupt_image": 1}
+    bad.write_bytes(encode(photo(5, (90, 90))))
+    fixed = run(embedder, tmp_path / "data", photos)
+    assert fixed.embedded == 1
+    assert fixed.failed == 0
+    assert not (tmp_path / "data" / "reports" / "images.failures.jsonl").read_text().strip()
+
+
+def test_duplicates_share_one_point_until_one_copy_goes(embedder: Embedder, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (original,) = write_tree(photos, per_class=1, classes=("a",))
+    copy = photos / "b" / "copy.jpg"
+    copy.parent.mkdir()
+    copy.write_bytes(original.read_bytes())
+    summary = run(embedder, tmp_path / "data", photos)
+    assert (summary.embedded, summary.duplicates, summary.points) == (1, 1, 1)
+    (payload,) = stored_points(tmp_path / "data").values()
+    assert payload["paths"] == [str(original), str(copy)]
+
+    original.unlink()
+    summary = run(embedder, tmp_path / "data", photos)
+    assert (summary.embedded, summary.removed, summary.points) == (0, 1, 1)
+    (payload,) = stored_points(tmp_path / "data").values()
+    assert payload["paths"] == [str(copy)]
+    assert payload["path"] == str(copy)
+
+
+def test_pruning_and_no_prune(embedder: Embedder, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    paths = write_tree(photos, per_class=3, classes=("a",))
+    run(embedder, tmp_path / "data", photos)
+    paths[0].unlink()
+    kept = run(embedder, tmp_path / "data", photos, prune=False)
+    assert (kept.removed, kept.points) == (0, 3)
+    pruned = run(embedder, tmp_path / "data", photos)
+    assert (pruned.removed, pruned.points) == (1, 2)
+
+
+def test_a_root_that_looks_empty_is_not_wiped(embedder: Embedder, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=2, classes=("a",))
+    run(embedder, tmp_path / "data", photos)
+    for path in (photos / "a").iterdir():
+        path.unlink()  # as if the disk behind the folder were unmounted
+    summary = run(embedder, tmp_path / "data", photos)
+    assert summary.removed == 0
+    assert summary.points == 2
+    assert "nothing was removed" in summary.warnings[0]
+
+
+def test_other_roots_are_left_alone(embedder: Embedder, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_tree(first, per_class=2, classes=("a",))
+    write_tree(second, per_class=2, classes=("b",))
+    run(embedder, tmp_path / "data", first, second)
+    summary = run(embedder, tmp_path / "data", second)
+    assert (summary.removed, summary.points) == (0, 4)
+
+
+def test_labels_from_folders_csv_and_relabelling(embedder: Embedder, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    paths = write_tree(photos, per_class=2)
+    nested = photos / "cats" / "kittens" / "k.jpg"
+    nested.parent.mkdir()
+    nested.write_bytes(encode(photo(77)))
+    top = photos / "top.jpg"
+    top.write_bytes(encode(photo(78)))
+    run(embedder, tmp_path / "data", photos)
+    assert {p["label"] for p in stored_points(tmp_path / "data").values()} == {None}
+
+    summary = run(embedder, tmp_path / "data", photos, labels=LabelSource(from_folders=True))
+    assert summary.embedded == 0
+    assert summary.relabelled == len(paths) + 1  # top.jpg sits in the root: no label
+    labels = {p["path"]: p["label"] for p in stored_points(tmp_path / "data").values()}
+    assert labels[str(paths[0])] == "cats"
+    assert labels[str(paths[-1])] == "dogs"
+    assert labels[str(nested)] == "kittens"
+    assert labels[str(top)] is None
+
+    mapping = {str(top): "landscape", "cats/kittens/k.jpg": "kitten"}
+    run(embedder, tmp_path / "data", photos, labels=LabelSource(from_folders=True, mapping=mapping))
+    labels = {p["path"]: p["label"] for p in stored_points(tmp_path / "data").values()}
+    assert labels[str(top)] == "landscape"
+    assert labels[str(nested)] == "kitten"
+    assert labels[str(paths[0])] == "cats"
+
+
+def test_model_mismatch_is_refused(
+    embedder: Embedder, other_model_dir: Path, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=1, classes=("a",))
+    run(embedder, tmp_path / "data", photos)
+    other = Embedder.from_pretrained(str(other_model_dir), device="cpu")
+    from dinoseek.errors import CollectionMismatchError
+
+    with pytest.raises(CollectionMismatchError, match="different model"):
+        run(other, tmp_path / "data", photos)
+
+
+class OutOfMemoryAbove(Embedder):
+    """Stands in for a GPU that runs out of memory: no GPU here. Batches larger than
+    ``limit`` raise torch's real OutOfMemoryError; a limit of 0 fails even single images."""
+
+    def __init__(self, inner: Embedder, limit: int) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.limit = limit
+        self.calls: list[int] = []
+
+    def embed_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+        self.calls.append(len(pixels))
+        if len(pixels) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().embed_pixels(pixels)
+
+
+def test_out_of_memory_batches_are_split_not_fatal(embedder: Embedder, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=4)
+    flaky = OutOfMemoryAbove(embedder, limit=1)
+    summary = run(flaky, tmp_path / "data", photos)
+    assert summary.embedded == 8
+    assert summary.failed == 0
+    assert 4 in flaky.calls
+    assert 2 in flaky.calls
+    hopeless = OutOfMemoryAbove(embedder, limit=0)
+    summary = run(hopeless, tmp_path / "other", photos)
+    assert summary.embedded == 0
+    assert summary.failed_by_reason == {"out_of_memory": 8}
+
+
+def test_stop_event_ends_the_run_cleanly(embedder: Embedder, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=10)
+    stop = threading.Event()
+    options = IndexOptions(
+        roots=(photos,),
+        collection="images",
+        batch_size=2,
+        workers=0,
+        progress="off",
+        failures_report=tmp_path / "report.jsonl",
+    )
+    with EdgeStore(tmp_path / "data") as store:
+        from indexer.pipeline import IndexRun
+
+        run_ = IndexRun(
+            embedder,
+            store,
+            options,
+            stop=stop,
+            on_progress=lambda done: stop.set() if done >= 5 else None,
+        )
+        summary = run_.run()
+    assert summary.interrupted
+    assert 0 < summary.points < 20
+    resumed = run(embedder, tmp_path / "data", photos)
+    assert resumed.points == 20
+    assert resumed.unchanged == summary.points

@@ -1,0 +1,202 @@
+"""The indexer as a process: SIGKILL at any moment, SIGINT, a dying decode worker, and a
+store held by another process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dinoseek.store import EdgeStore
+from indexer.cli import main
+from tests.helpers import write_bad_files, write_tree
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).parent.parent
+
+
+def start_index(photos: Path, data: Path, model: Path, *extra: str) -> subprocess.Popen[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "indexer",
+        "index",
+        str(photos),
+        "--model",
+        str(model),
+        "--data-dir",
+        str(data),
+        "--batch-size",
+        "2",
+        "--labels-from-folders",
+        *extra,
+    ]
+    return subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_for_line(process: subprocess.Popen[str], text: str, timeout_s: float = 60) -> None:
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if text in line:
+            return
+        if not line and process.poll() is not None:
+            raise AssertionError(f"process ended before printing {text!r}")
+    raise AssertionError(f"no {text!r} within {timeout_s} s")
+
+
+def snapshot(data: Path) -> dict[str, tuple[tuple[str, ...], object]]:
+    """Point id -> (paths, label): the state that must converge."""
+    with EdgeStore(data) as store:
+        return {
+            p.id: (tuple(p.payload["paths"]), p.payload["label"]) for p in store.scroll("images")
+        }
+
+
+def test_sigkill_at_any_moment_then_rerun_converges(tmp_path: Path, tiny_model_dir: Path) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=60, classes=("a", "b"))
+    write_bad_files(photos / "broken")
+    (photos / "a" / "dup.jpg").write_bytes((photos / "b" / "b_3.jpg").read_bytes())
+
+    clean = start_index(photos, tmp_path / "clean", tiny_model_dir)
+    assert clean.wait(timeout=120) == 0
+    expected = snapshot(tmp_path / "clean")
+
+    killed = tmp_path / "killed"
+    for delay in (0.3, 0.8, 1.5):
+        process = start_index(photos, killed, tiny_model_dir)
+        wait_for_line(process, "loaded")
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    final = start_index(photos, killed, tiny_model_dir, "--json")
+    out, _ = final.communicate(timeout=120)
+    assert final.returncode == 0
+    assert '"unchanged": 0,' not in out, "the kills came too late to interrupt anything"
+    state = snapshot(killed)
+    assert state == expected
+    all_paths = [path for paths, _ in state.values() for path in paths]
+    assert len(all_paths) == len(set(all_paths)), "a file is listed by two points"
+
+
+def test_sigint_stops_cleanly_and_the_rerun_resumes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=200, classes=("a", "b"))
+    process = start_index(photos, tmp_path / "data", tiny_model_dir)
+    wait_for_line(process, "loaded")
+    time.sleep(2.0)  # past the decode workers' start
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "stopped early" in out
+    with EdgeStore(tmp_path / "data") as store:
+        partial = store.count("images")
+    assert 0 < partial < 400
+    rerun = start_index(photos, tmp_path / "data", tiny_model_dir)
+    out, _ = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0
+    assert f"unchanged   {partial:>8,}" in out
+    assert "holds 400 images" in out
+
+
+def decode_workers(parent: int) -> list[int]:
+    workers = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        parent_pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent_pid == parent and b"spawn_main" in cmdline:
+            workers.append(int(entry))
+    return workers
+
+
+def test_a_killed_decode_worker_loses_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=80, classes=("a", "b"))
+    process = start_index(photos, tmp_path / "data", tiny_model_dir, "--workers", "2", "--json")
+    wait_for_line(process, "loaded")
+    deadline = time.monotonic() + 30
+    while not (workers := decode_workers(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers, "no decode worker appeared"
+    time.sleep(0.3)
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "a decode worker died" in err
+    assert '"failed": 0' in out
+    with EdgeStore(tmp_path / "data") as store:
+        assert store.count("images") == 160
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from dinoseek.embedder import Embedder
+    from dinoseek.store import EdgeStore
+    embedder = Embedder.from_pretrained(sys.argv[2], device="cpu")
+    store = EdgeStore(Path(sys.argv[1]), owner={"command": "dinoseek serve",
+                                               "url": "http://127.0.0.1:8000"})
+    store.ensure_collection("images", embedder.space)
+    print("ready", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_index_refuses_a_store_held_by_a_server(tmp_path: Path, tiny_model_dir: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "data"), str(tiny_model_dir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        photos = tmp_path / "photos"
+        write_tree(photos, per_class=1)
+        started = time.perf_counter()
+        result = CliRunner().invoke(
+            main,
+            [
+                "index",
+                str(photos),
+                "--model",
+                str(tiny_model_dir),
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--workers",
+                "0",
+            ],
+        )
+        assert time.perf_counter() - started < 10
+        assert result.exit_code == 3
+        assert "http://127.0.0.1:8000" in result.stderr
+        assert "DINOSEEK_QDRANT_URL" in result.stderr
+        assert f"pid {holder.pid}" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
