@@ -38,13 +38,16 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-## make run [IMAGES=folder MODEL=hub-id-or-dir]: index IMAGES into ./dinoseek-data, then query it.
-## Without IMAGES/MODEL it builds a demo folder and a tiny random-weight DINOv2, offline.
+## make run [IMAGES=folder MODEL=hub-id-or-dir PORT=8000]: index IMAGES into ./dinoseek-data,
+## then serve the HTTP API on 127.0.0.1:PORT (Ctrl-C stops it). Without IMAGES and MODEL it
+## builds a demo folder and a tiny random-weight DINOv2, offline.
 run: install
 	@if [ -z "$(IMAGES)$(MODEL)" ]; then $(MAKE) --no-print-directory demo-data; fi
-	$(BIN)/dinoseek index $(or $(IMAGES),$(DEMO_DIR)/images) --labels-from-folders $(if $(or $(MODEL),$(IMAGES)),$(if $(MODEL),--model $(MODEL)),--model $(DEMO_DIR)/tiny-dinov2)
-	$(BIN)/dinoseek info
-	$(BIN)/dinoseek search "$$(find $(or $(IMAGES),$(DEMO_DIR)/images) -type f -iname '*.jp*g' | sort | head -n 1)" --top-k 5
+	$(BIN)/dinoseek index $(or $(IMAGES),$(DEMO_DIR)/images) --labels-from-folders $(RUN_MODEL)
+	$(BIN)/dinoseek serve --port $(PORT) $(RUN_MODEL)
+
+# The demo model unless MODEL is given; with only IMAGES, the collection's or the default model.
+RUN_MODEL = $(if $(MODEL),--model $(MODEL),$(if $(IMAGES),,--model $(DEMO_DIR)/tiny-dinov2))
 
 demo-data: install
 	@test -d $(DEMO_DIR)/tiny-dinov2 || $(BIN)/python -m dinoseek.synthetic model $(DEMO_DIR)/tiny-dinov2

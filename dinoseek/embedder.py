@@ -53,6 +53,26 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ConfigError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}") from None
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (respects affinity and container CPU sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def share_cpu_with_workers(workers: int) -> int:
+    """Leave cores to ``workers`` decode processes: torch's intra-op threads busy-wait between
+    operations, and on a small machine that starves the decoders (measured here: 7 img/s
+    instead of 56 with the tiny model on 2 cores). Returns the torch thread count set; an
+    explicit OMP_NUM_THREADS is left alone."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    threads = max(1, available_cores() - workers)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def default_batch_size(device: torch.device) -> int:
     """A batch size that keeps the device busy without exhausting its memory."""
     return 128 if device.type == "cuda" else 16

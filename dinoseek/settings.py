@@ -39,7 +39,10 @@ def validate_collection_name(name: str) -> str:
 class Settings(BaseSettings):
     """Everything dinoseek can be configured with. Field docs double as ``--help`` text."""
 
-    model_config = SettingsConfigDict(env_prefix="DINOSEEK_", extra="ignore", frozen=True)
+    # An empty variable (DINOSEEK_API_KEY=) means "not set", never an empty key.
+    model_config = SettingsConfigDict(
+        env_prefix="DINOSEEK_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     model: str = Field(
         DEFAULT_MODEL, description="DINOv2 model: a Hugging Face hub id or a local directory"
@@ -64,6 +67,24 @@ class Settings(BaseSettings):
     batch_size: int | None = Field(
         None, gt=0, description="images per forward pass (default: chosen for the device)"
     )
+    batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="how long the service waits to fill a batch, in ms"
+    )
+    max_queue: int = Field(
+        256, gt=0, description="queries the service holds before answering 503 (overload)"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="origins allowed by CORS (JSON list; off when empty)"
+    )
+    qdrant_shards: int | None = Field(
+        None, gt=0, description="shards of a new collection on a Qdrant server or cluster"
+    )
+    qdrant_replication_factor: int | None = Field(
+        None, gt=0, description="replicas of each shard of a new collection (cluster)"
+    )
+    qdrant_write_consistency: int | None = Field(
+        None, gt=0, description="replicas that must acknowledge a write (cluster)"
+    )
 
     @field_validator("collection")
     @classmethod
@@ -74,6 +95,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_url_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("api_key", "qdrant_api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
 
     @property
     def uses_server(self) -> bool:

@@ -15,9 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import SecretStr
 
 from dinoseek import __version__
-from dinoseek.embedder import Embedder, default_batch_size
+from dinoseek.embedder import (
+    Embedder,
+    available_cores,
+    default_batch_size,
+    share_cpu_with_workers,
+)
 from dinoseek.errors import StoreLockedError
 from dinoseek.images import load_image
 from dinoseek.settings import Settings
@@ -37,6 +43,7 @@ from indexer.options import (
     store_owner,
 )
 from indexer.pipeline import IndexOptions, IndexSummary, index_folders
+from indexer.remote import remote_collections, remote_search
 from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
 
 EPILOG = """\b
@@ -65,7 +72,7 @@ def main() -> None:
 
 def default_workers(device_type: str) -> int:
     """Decode processes: all cores feeding a GPU; a few beside the model on a CPU."""
-    cores = os.cpu_count() or 2
+    cores = available_cores()
     if device_type == "cuda":
         return min(16, cores)
     return max(1, min(4, cores // 2))
@@ -133,6 +140,14 @@ def default_workers(device_type: str) -> int:
     is_flag=True,
     help="Skip building the search index at the end (embedded store).",
 )
+@click.option(
+    "--log-every",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Progress log interval when stderr is not a terminal.",
+)
 @model_options
 @store_options
 @output_options
@@ -150,6 +165,7 @@ def index(
     workers: int | None,
     failures_report: Path | None,
     no_optimize: bool,
+    log_every: float,
     as_json: bool,
     quiet: bool,
     **flags: Any,
@@ -165,15 +181,20 @@ def index(
     settings = load_settings(batch_size=batch_size, **flags)
     store = open_store(settings, owner=store_owner("dinoseek index"))
     try:
+        if settings.collection in store.list_collections():
+            store.count(settings.collection)  # take the collection before loading a model
         model = resolve_model(settings, store)
         embedder = Embedder.from_pretrained(model, device=settings.device, dtype=settings.dtype)
+        decode_workers = workers if workers is not None else default_workers(embedder.device.type)
+        if embedder.device.type == "cpu":
+            share_cpu_with_workers(decode_workers)
         options = IndexOptions(
             roots=tuple(Path(os.path.abspath(f)) for f in folders),
             collection=settings.collection,
             failures_report=failures_report
             or settings.data_dir / "reports" / f"{settings.collection}.failures.jsonl",
             batch_size=settings.batch_size or default_batch_size(embedder.device),
-            workers=workers if workers is not None else default_workers(embedder.device.type),
+            workers=decode_workers,
             max_image_pixels=settings.max_image_pixels,
             labels=LabelSource(
                 from_folders=labels_from_folders,
@@ -187,7 +208,8 @@ def index(
             prune=not no_prune,
             retry_failed=retry_failed,
             optimize=not no_optimize,
-            progress="off" if quiet or as_json else "auto",
+            progress="off" if quiet else "auto",
+            progress_interval_s=log_every,
         )
         with graceful_stop() as stop:
             summary = index_folders(embedder, store, options, stop=stop)
@@ -206,14 +228,16 @@ def index(
 
 
 def _index_locked_message(error: StoreLockedError) -> str:
-    if error.holder.get("url"):
-        return (
-            f"{error.message}. Indexing needs the embedded store to itself: stop the server "
-            f"(pid {error.holder.get('pid', '?')}), run `dinoseek index`, then start it again. "
-            "To index while serving, run Qdrant as a server and set DINOSEEK_QDRANT_URL "
-            "(see the README, 'Run with docker compose')"
-        )
-    return error.message
+    holder = error.holder
+    if not holder.get("url"):
+        return error.message
+    return (
+        f"the collection is held by {holder.get('command', 'a server')} "
+        f"(pid {holder.get('pid', '?')}) at {holder['url']}. Indexing needs the embedded "
+        "store to itself: stop the server, run `dinoseek index`, then start it again. To index "
+        "while serving, run Qdrant as a server and set DINOSEEK_QDRANT_URL (README: 'Run with "
+        "docker compose')"
+    )
 
 
 def render_summary(summary: IndexSummary) -> str:
@@ -285,24 +309,71 @@ def search(
     settings = load_settings(**flags)
     payload_filters = parse_filters(filters)
     with open_store(settings, owner=store_owner("dinoseek search")) as store:
-        stored_space = store.collection_space(settings.collection)
-        model = resolve_model(settings, store)
-        embedder = Embedder.from_pretrained(model, device=settings.device, dtype=settings.dtype)
-        embedder.space.check_compatible(stored_space, settings.collection)
-        decoded = load_image(image, max_pixels=settings.max_image_pixels)
-        vector = embedder.embed_images([decoded.image])[0]
-        query = SearchQuery(
-            vector=vector,
-            top_k=top_k,
-            offset=offset,
-            score_threshold=threshold,
-            filters=payload_filters,
-        )
-        hits = store.search(settings.collection, query)
+        try:
+            store.count(settings.collection)  # opens the collection: is it ours to open?
+        except StoreLockedError as error:
+            url = server_holding(error)
+            click.echo(
+                f"note: the server at {url} holds {settings.collection!r}; asking it", err=True
+            )
+            model, hits = remote_search(
+                url,
+                _secret(settings.api_key),
+                image,
+                collection=settings.collection,
+                top_k=top_k,
+                offset=offset,
+                threshold=threshold,
+                filters=payload_filters,
+            )
+        else:
+            model, hits = _search_here(
+                settings,
+                store,
+                image,
+                payload_filters,
+                top_k=top_k,
+                offset=offset,
+                threshold=threshold,
+            )
     if as_json:
-        click.echo(json.dumps(search_document(settings, embedder.model_id, image, hits)))
+        click.echo(json.dumps(search_document(settings, model, image, hits)))
     else:
         click.echo(render_hits(hits))
+
+
+def _search_here(
+    settings: Settings,
+    store: VectorStore,
+    image: Path,
+    filters: dict[str, str],
+    *,
+    top_k: int,
+    offset: int,
+    threshold: float | None,
+) -> tuple[str, list[SearchHit]]:
+    stored_space = store.collection_space(settings.collection)
+    model = resolve_model(settings, store)
+    embedder = Embedder.from_pretrained(model, device=settings.device, dtype=settings.dtype)
+    embedder.space.check_compatible(stored_space, settings.collection)
+    decoded = load_image(image, max_pixels=settings.max_image_pixels)
+    vector = embedder.embed_images([decoded.image])[0]
+    query = SearchQuery(
+        vector=vector, top_k=top_k, offset=offset, score_threshold=threshold, filters=filters
+    )
+    return embedder.model_id, store.search(settings.collection, query)
+
+
+def server_holding(error: StoreLockedError) -> str:
+    """The URL of the dinoseek server holding the store, or re-raise ``error``."""
+    url = error.holder.get("url")
+    if not url:
+        raise error
+    return str(url)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def search_document(
@@ -350,6 +421,7 @@ def info(as_json: bool, quiet: bool, **flags: Any) -> None:
     settings = load_settings(**flags)
     with open_store(settings, owner=store_owner("dinoseek info")) as store:
         document = info_document(settings, store)
+    add_counts_from_servers(document, _secret(settings.api_key))
     if as_json:
         click.echo(json.dumps(document))
     else:
@@ -376,6 +448,18 @@ def info_document(settings: Settings, store: VectorStore) -> dict[str, Any]:
         document["data_dir"] = str(settings.data_dir.resolve())
         document["size_bytes"] = directory_size(settings.data_dir)
     return document
+
+
+def add_counts_from_servers(document: dict[str, Any], api_key: str | None) -> None:
+    """Collections held by a running server get their counts from that server."""
+    for entry in document["collections"]:
+        url = (entry.get("in_use_by") or {}).get("url")
+        if not url:
+            continue
+        remote = remote_collections(str(url), api_key)
+        for summary in remote.get("collections", []):
+            if summary["name"] == entry["name"]:
+                entry.update(points=summary["points"], indexed_vectors=summary["indexed_vectors"])
 
 
 def render_info(document: dict[str, Any]) -> str:
@@ -426,3 +510,58 @@ def format_bytes(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TB"
+
+
+@main.command(epilog=EPILOG)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind (0.0.0.0 for every interface, e.g. in a container).",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@model_options
+@store_options
+@click.option("--quiet", "-q", is_flag=True, help="Log warnings and errors only.")
+@handle_errors
+def serve(host: str, port: int, quiet: bool, **flags: Any) -> None:
+    """Serve the HTTP API: /search, /search/batch, /points/{id}/similar, /embed, /docs.
+
+    Loads the model once, opens the store and checks that the collection was built with the
+    same model. With the embedded store the server owns the collection while it runs:
+    `dinoseek search` and `dinoseek info` then go through it, and `dinoseek index` asks you to
+    stop it first (or to use a Qdrant server, which both can share).
+    """
+    from search_api.server import public_url, run_server
+
+    configure_logging(quiet=quiet)
+    settings = load_settings(**flags)
+    url = public_url(host, port)
+    store = open_store(settings, owner={"command": "dinoseek serve", "url": url})
+    try:
+        model = resolve_model(settings, store)
+        embedder = Embedder.from_pretrained(model, device=settings.device, dtype=settings.dtype)
+        if settings.collection in store.list_collections():
+            embedder.space.check_compatible(
+                store.collection_space(settings.collection), settings.collection
+            )
+            store.count(settings.collection)  # opens the collection now: it is ours
+    except BaseException:
+        store.close()
+        raise
+    click.echo(
+        f"serving {settings.collection!r} ({store.describe()}) on {url}; docs at {url}/docs",
+        err=True,
+    )
+    try:
+        run_server(
+            settings,
+            host=host,
+            port=port,
+            embedder=embedder,
+            store=store,
+            log_level="warning" if quiet else "info",
+        )
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal: done, not failed.
+        click.echo("stopped", err=True)

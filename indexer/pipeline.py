@@ -59,6 +59,7 @@ class IndexOptions:
     retry_failed: bool = False
     optimize: bool = True
     progress: str = "auto"  # bar, log, off or auto
+    progress_interval_s: float = 10.0
 
 
 @dataclass
@@ -323,7 +324,12 @@ class IndexRun:
         config = WorkerConfig(self.embedder.preprocessing, options.max_image_pixels)
         window = max(2 * options.batch_size, 4 * options.workers)
         pool = DecodePool(config, options.workers, window)
-        progress = Progress(len(files), description="indexing", mode=options.progress)
+        progress = Progress(
+            len(files),
+            description="indexing",
+            mode=options.progress,
+            interval_s=options.progress_interval_s,
+        )
         try:
             for file, result in pool.results(files, self.stop):
                 if isinstance(result, FailedFile):

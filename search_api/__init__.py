@@ -1,0 +1,1 @@
+"""The dinoseek HTTP service: FastAPI app factory, routes, micro-batching, limits, metrics."""

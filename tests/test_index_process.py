@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from dinoseek.store import EdgeStore
+from dinoseek.synthetic import write_image_folder
 from indexer.cli import main
 from tests.helpers import write_bad_files, write_tree
 
@@ -36,6 +37,8 @@ def start_index(photos: Path, data: Path, model: Path, *extra: str) -> subproces
         "--batch-size",
         "2",
         "--labels-from-folders",
+        "--log-every",
+        "0.2",
         *extra,
     ]
     return subprocess.Popen(
@@ -48,16 +51,25 @@ def start_index(photos: Path, data: Path, model: Path, *extra: str) -> subproces
     )
 
 
-def wait_for_line(process: subprocess.Popen[str], text: str, timeout_s: float = 60) -> None:
+def wait_for_line(process: subprocess.Popen[str], text: str, timeout_s: float = 60) -> str:
     assert process.stderr is not None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         line = process.stderr.readline()
         if text in line:
-            return
+            return line
         if not line and process.poll() is not None:
             raise AssertionError(f"process ended before printing {text!r}")
     raise AssertionError(f"no {text!r} within {timeout_s} s")
+
+
+def wait_for_progress(process: subprocess.Popen[str], at_least: int) -> None:
+    """Until a progress line (``indexing: N/M ...``, every 0.2 s) shows N >= at_least."""
+    while True:
+        line = wait_for_line(process, "indexing: ")
+        done = int(line.split("indexing: ")[1].split("/")[0].replace(",", ""))
+        if done >= at_least:
+            return
 
 
 def snapshot(data: Path) -> dict[str, tuple[tuple[str, ...], object]]:
@@ -70,25 +82,29 @@ def snapshot(data: Path) -> dict[str, tuple[tuple[str, ...], object]]:
 
 def test_sigkill_at_any_moment_then_rerun_converges(tmp_path: Path, tiny_model_dir: Path) -> None:
     photos = tmp_path / "photos"
-    write_tree(photos, per_class=60, classes=("a", "b"))
+    paths = write_image_folder(photos, count=150, classes=("a", "b"))  # 500x375 JPEGs
     write_bad_files(photos / "broken")
-    (photos / "a" / "dup.jpg").write_bytes((photos / "b" / "b_3.jpg").read_bytes())
+    (photos / "a" / "dup.jpg").write_bytes(paths[3].read_bytes())
 
     clean = start_index(photos, tmp_path / "clean", tiny_model_dir)
     assert clean.wait(timeout=120) == 0
     expected = snapshot(tmp_path / "clean")
 
     killed = tmp_path / "killed"
-    for delay in (0.3, 0.8, 1.5):
+    # Killed early (while workers start), then twice in the middle of embedding and writing.
+    for progress in (0, 10, 40):
         process = start_index(photos, killed, tiny_model_dir)
-        wait_for_line(process, "loaded")
-        time.sleep(delay)
+        if progress:
+            wait_for_progress(process, progress)
+        else:
+            wait_for_line(process, "loaded")
         process.send_signal(signal.SIGKILL)
         process.wait()
     final = start_index(photos, killed, tiny_model_dir, "--json")
     out, _ = final.communicate(timeout=120)
     assert final.returncode == 0
-    assert '"unchanged": 0,' not in out, "the kills came too late to interrupt anything"
+    assert '"unchanged": 0,' not in out, "nothing was written before the kills"
+    assert '"embedded": 0,' not in out, "the kills came after the end of the work"
     state = snapshot(killed)
     assert state == expected
     all_paths = [path for paths, _ in state.values() for path in paths]
@@ -97,10 +113,9 @@ def test_sigkill_at_any_moment_then_rerun_converges(tmp_path: Path, tiny_model_d
 
 def test_sigint_stops_cleanly_and_the_rerun_resumes(tmp_path: Path, tiny_model_dir: Path) -> None:
     photos = tmp_path / "photos"
-    write_tree(photos, per_class=200, classes=("a", "b"))
+    write_image_folder(photos, count=400, classes=("a", "b"))
     process = start_index(photos, tmp_path / "data", tiny_model_dir)
-    wait_for_line(process, "loaded")
-    time.sleep(2.0)  # past the decode workers' start
+    wait_for_progress(process, 20)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -133,21 +148,18 @@ def decode_workers(parent: int) -> list[int]:
 
 def test_a_killed_decode_worker_loses_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
     photos = tmp_path / "photos"
-    write_tree(photos, per_class=80, classes=("a", "b"))
+    write_image_folder(photos, count=200, classes=("a", "b"))
     process = start_index(photos, tmp_path / "data", tiny_model_dir, "--workers", "2", "--json")
-    wait_for_line(process, "loaded")
-    deadline = time.monotonic() + 30
-    while not (workers := decode_workers(process.pid)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert workers, "no decode worker appeared"
-    time.sleep(0.3)
+    wait_for_progress(process, 10)
+    workers = decode_workers(process.pid)
+    assert workers, "no decode worker found"
     os.kill(workers[0], signal.SIGKILL)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert "a decode worker died" in err
     assert '"failed": 0' in out
     with EdgeStore(tmp_path / "data") as store:
-        assert store.count("images") == 160
+        assert store.count("images") == 200
 
 
 HOLDER = textwrap.dedent(

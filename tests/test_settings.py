@@ -38,9 +38,15 @@ def test_environment_then_explicit_values(monkeypatch: pytest.MonkeyPatch) -> No
     assert Settings(collection="other").collection == "other"
 
 
-def test_empty_url_means_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DINOSEEK_QDRANT_URL", "")
-    assert not Settings().uses_server
+    monkeypatch.setenv("DINOSEEK_API_KEY", "")
+    monkeypatch.setenv("DINOSEEK_BATCH_SIZE", "")
+    settings = Settings()
+    assert not settings.uses_server
+    assert settings.api_key is None  # an empty key must not look like a configured one
+    assert settings.batch_size is None
+    assert Settings(api_key="").api_key is None
 
 
 @pytest.mark.parametrize(

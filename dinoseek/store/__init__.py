@@ -45,5 +45,11 @@ def open_store(settings: Settings, *, owner: Mapping[str, Any] | None = None) ->
     """
     if settings.qdrant_url:
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        return ServerStore.connect(settings.qdrant_url, api_key=api_key)
+        return ServerStore.connect(
+            settings.qdrant_url,
+            api_key=api_key,
+            shard_number=settings.qdrant_shards,
+            replication_factor=settings.qdrant_replication_factor,
+            write_consistency_factor=settings.qdrant_write_consistency,
+        )
     return EdgeStore(settings.data_dir, owner=owner)

@@ -1,0 +1,132 @@
+"""Micro-batching: concurrent queries share one forward pass.
+
+Each request puts its preprocessed pixels on a bounded queue and awaits its vector. One task
+takes the first waiting item, gathers more until ``max_batch`` items or ``max_wait_s`` have
+passed, runs one forward pass on the model thread, and answers every request of the batch.
+When the queue is full the request is refused at once (``OverloadedError``: 503 + Retry-After)
+instead of waiting behind work it would time out on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class OverloadedError(Exception):
+    """The queue is full."""
+
+
+@dataclass
+class _Request:
+    pixels: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    enqueued: float
+
+
+class MicroBatcher:
+    """Gathers single images into batches for ``run_batch`` (N, H, W, 3) -> (N, dim)."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[np.ndarray], np.ndarray],
+        *,
+        executor: Executor,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        """``on_batch(size, seconds)`` is called after each forward pass (for metrics)."""
+        self.run_batch = run_batch
+        self.executor = executor
+        self.max_batch = max(1, max_batch)
+        self.max_wait_s = max(0.0, max_wait_s)
+        self.max_queue = max(1, max_queue)
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Request] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a forward pass."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def start(self) -> None:
+        """Start the batching task on the running event loop."""
+        self._queue = asyncio.Queue(maxsize=self.max_queue)
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        """Stop the task; requests still queued fail."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while self._queue is not None and not self._queue.empty():
+            request = self._queue.get_nowait()
+            if not request.future.done():
+                request.future.set_exception(OverloadedError("the service is shutting down"))
+
+    async def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """The vector of one preprocessed image (H, W, 3), computed within a batch."""
+        if self._queue is None:
+            raise RuntimeError("MicroBatcher.start() was not called")
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Request(pixels, future, time.perf_counter()))
+        except asyncio.QueueFull:
+            raise OverloadedError(
+                f"{self.max_queue} queries are already waiting; try again shortly"
+            ) from None
+        return await future
+
+    async def _loop(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            live = [r for r in batch if not r.future.done()]  # a client may have gone
+            if live:
+                await self._run(live)
+
+    async def _run(self, batch: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            pixels = np.stack([r.pixels for r in batch])
+            vectors = await loop.run_in_executor(self.executor, self.run_batch, pixels)
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - started)
+        for request, vector in zip(batch, vectors, strict=True):
+            if not request.future.done():
+                request.future.set_result(vector)

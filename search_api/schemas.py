@@ -1,0 +1,146 @@
+"""Pydantic models of the HTTP API: what each endpoint returns, with OpenAPI examples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EXAMPLE_ID = "6b1c1f6e-3d0e-5b8e-9c55-2d1b0e8f4a11"
+EXAMPLE_PAYLOAD: dict[str, Any] = {
+    "path": "/photos/cats/tabby.jpg",
+    "paths": ["/photos/cats/tabby.jpg"],
+    "root": "/photos",
+    "label": "cats",
+    "width": 500,
+    "height": 375,
+    "format": "JPEG",
+    "sha256": "9f2c...",
+}
+
+
+class ErrorDetail(BaseModel):
+    """``code`` is machine-readable; ``message`` says what went wrong and what to do."""
+
+    code: str = Field(examples=["corrupt_image"])
+    message: str = Field(examples=["upload.jpg: image data is corrupt"])
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+class SearchResult(BaseModel):
+    """One neighbour."""
+
+    id: str = Field(examples=[EXAMPLE_ID])
+    score: float = Field(description="cosine similarity, 1.0 for the same image", examples=[0.93])
+    path: str | None = Field(examples=["/photos/cats/tabby.jpg"])
+    label: str | None = Field(examples=["cats"])
+    payload: dict[str, Any] = Field(examples=[EXAMPLE_PAYLOAD])
+
+
+class Timings(BaseModel):
+    """Milliseconds spent in each stage of the request."""
+
+    decode: float | None = None
+    embed: float | None = None
+    search: float | None = None
+    total: float
+
+
+class SearchResponse(BaseModel):
+    """Neighbours of one query image."""
+
+    model: str = Field(examples=["facebook/dinov2-base"])
+    collection: str = Field(examples=["images"])
+    timings_ms: Timings
+    results: list[SearchResult]
+
+
+class BatchItem(BaseModel):
+    """The result for one image of a batch: its neighbours, or why it failed."""
+
+    index: int
+    filename: str | None
+    results: list[SearchResult] | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchSearchResponse(BaseModel):
+    """One item per uploaded image, in upload order."""
+
+    model: str
+    collection: str
+    timings_ms: Timings
+    items: list[BatchItem]
+
+
+class SimilarResponse(BaseModel):
+    """Neighbours of a stored point (the point itself excluded)."""
+
+    collection: str
+    id: str
+    timings_ms: Timings
+    results: list[SearchResult]
+
+
+class PointResponse(BaseModel):
+    """A stored point's payload."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"id": EXAMPLE_ID, "payload": EXAMPLE_PAYLOAD}}
+    )
+
+    id: str
+    collection: str
+    payload: dict[str, Any]
+
+
+class EmbedResponse(BaseModel):
+    """The embedding of an uploaded image, as the indexer would store it."""
+
+    model: str
+    dim: int
+    vector: list[float] = Field(description="L2-normalised CLS embedding")
+    patch_tokens: list[list[float]] | None = Field(
+        None, description="raw patch tokens (patches x dim), when asked for"
+    )
+    timings_ms: Timings
+
+
+class CollectionSummary(BaseModel):
+    """A collection, its size and the model it was built with."""
+
+    name: str
+    points: int
+    indexed_vectors: int | None
+    model: str | None
+    dim: int | None
+
+
+class CollectionsResponse(BaseModel):
+    """Every collection of the store."""
+
+    store: str
+    collections: list[CollectionSummary]
+
+
+class HealthResponse(BaseModel):
+    """The process is alive."""
+
+    status: str = "ok"
+
+
+class ReadyResponse(BaseModel):
+    """The service can answer queries."""
+
+    ready: bool
+    model: str
+    device: str
+    store: str
+    collection: str
+    collection_exists: bool
+    points: int | None

@@ -1,0 +1,377 @@
+"""The HTTP API through its ASGI client: the real app, the tiny model, a real embedded store."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from dinoseek.embedder import Embedder
+from dinoseek.errors import CollectionMismatchError
+from dinoseek.settings import Settings
+from dinoseek.store import EdgeStore, ServerStore, point_id_for_sha256
+from indexer.pipeline import IndexOptions, index_folders
+from search_api.app import create_app
+from tests.helpers import bad_image_samples, encode, photo, write_tree
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> tuple[Path, Path]:
+    """(data dir, photos dir): a labelled tree indexed into an embedded store."""
+    root = tmp_path_factory.mktemp("api")
+    photos = root / "photos"
+    write_tree(photos, per_class=5, classes=("cats", "dogs", "birds"))
+    from indexer.catalog import LabelSource
+
+    options = IndexOptions(
+        roots=(photos,),
+        collection="images",
+        failures_report=root / "failures.jsonl",
+        workers=0,
+        progress="off",
+        labels=LabelSource(from_folders=True),
+    )
+    with EdgeStore(root / "data") as store:
+        index_folders(embedder, store, options)
+    return root / "data", photos
+
+
+def make_client(embedder: Embedder, data_dir: Path, **overrides: object) -> TestClient:
+    settings = Settings(model=embedder.model_id, device="cpu", data_dir=data_dir, **overrides)  # type: ignore[arg-type]
+    return TestClient(create_app(settings, embedder=embedder, store=EdgeStore(data_dir)))
+
+
+@pytest.fixture
+def client(embedder: Embedder, indexed: tuple[Path, Path]) -> Iterator[TestClient]:
+    with make_client(embedder, indexed[0]) as test_client:
+        yield test_client
+
+
+def upload(data: bytes, name: str = "query.jpg") -> dict[str, tuple[str, bytes]]:
+    return {"image": (name, data)}
+
+
+def photo_paths(indexed: tuple[Path, Path]) -> list[Path]:
+    return sorted(indexed[1].rglob("*.jpg"))
+
+
+def test_health_and_ready(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready").json()
+    assert ready["ready"] is True
+    assert ready["points"] == 15
+    assert ready["collection_exists"] is True
+
+
+def test_exact_copy_comes_first(client: TestClient, indexed: tuple[Path, Path]) -> None:
+    path = photo_paths(indexed)[4]
+    response = client.post("/search", files=upload(path.read_bytes()), params={"top_k": 5})
+    assert response.status_code == 200
+    body = response.json()
+    assert len(body["results"]) == 5
+    first = body["results"][0]
+    assert first["path"] == str(path)
+    assert first["score"] >= 0.999
+    assert first["label"] == path.parent.name
+    assert first["id"] == point_id_for_sha256(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert set(body["timings_ms"]) >= {"decode", "embed", "search", "total"}
+    assert body["collection"] == "images"
+
+
+def test_filters_offset_and_threshold(client: TestClient, indexed: tuple[Path, Path]) -> None:
+    data = photo_paths(indexed)[0].read_bytes()
+    dogs = client.post("/search", files=upload(data), params={"label": "dogs", "top_k": 20})
+    assert {r["label"] for r in dogs.json()["results"]} == {"dogs"}
+    assert len(dogs.json()["results"]) == 5
+    rooted = client.post("/search", files=upload(data), params={"root": str(indexed[1])})
+    assert len(rooted.json()["results"]) == 10
+    elsewhere = client.post("/search", files=upload(data), params={"root": "/elsewhere"})
+    assert elsewhere.json()["results"] == []
+    full = client.post("/search", files=upload(data), params={"top_k": 6}).json()["results"]
+    page = client.post("/search", files=upload(data), params={"top_k": 3, "offset": 3})
+    assert [r["id"] for r in page.json()["results"]] == [r["id"] for r in full[3:6]]
+    strict = client.post("/search", files=upload(data), params={"score_threshold": 0.9999})
+    assert [r["score"] >= 0.9999 for r in strict.json()["results"]] == [True]
+
+
+@pytest.mark.parametrize(("name", "sample"), sorted(bad_image_samples().items()))
+def test_bad_uploads_get_4xx_with_the_error_body(
+    client: TestClient, name: str, sample: tuple[bytes, str]
+) -> None:
+    data, code = sample
+    response = client.post("/search", files=upload(data, name))
+    assert 400 <= response.status_code < 500
+    assert response.json()["error"]["code"] == code
+    expected_status = {"unsupported_format": 415, "not_an_image": 415, "too_many_pixels": 413}
+    assert response.status_code == expected_status.get(code, 422)
+
+
+def test_parameter_and_routing_errors(client: TestClient, indexed: tuple[Path, Path]) -> None:
+    data = photo_paths(indexed)[0].read_bytes()
+    for params in ({"top_k": 0}, {"top_k": 1001}, {"offset": -1}, {"score_threshold": 2}):
+        response = client.post("/search", files=upload(data), params=params)
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "invalid_request"
+    missing = client.post("/search", data={"other": "x"})
+    assert missing.status_code == 422
+    assert "image" in missing.json()["error"]["message"]
+    unknown = client.post("/search", files=upload(data), params={"collection": "nope"})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "collection_not_found"
+    invalid = client.post("/search", files=upload(data), params={"collection": "../x"})
+    assert invalid.status_code == 422
+    assert client.get("/nowhere").json()["error"]["code"] == "not_found"
+    assert client.get("/search").json()["error"]["code"] == "method_not_allowed"
+
+
+def test_upload_size_limit(embedder: Embedder, indexed: tuple[Path, Path]) -> None:
+    with make_client(embedder, indexed[0], max_upload_bytes=10_000) as small:
+        big = encode(photo(1, (800, 600)), "PNG")
+        assert len(big) > 10_000
+        declared = small.post("/search", files=upload(big, "big.png"))
+        assert declared.status_code == 413
+        assert declared.json()["error"]["code"] == "upload_too_large"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+            yield (
+                b'--abc\r\nContent-Disposition: form-data; name="image"; '
+                b'filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+            )
+            for _ in range(20):
+                yield b"x" * 1000
+            yield b"\r\n--abc--\r\n"
+
+        streamed = small.post(
+            "/search",
+            content=chunks(),
+            headers={"content-type": "multipart/form-data; boundary=abc"},
+        )
+        assert streamed.status_code == 413
+        assert streamed.json()["error"]["code"] == "upload_too_large"
+        assert small.get("/health").status_code == 200
+
+
+def test_batch_search_answers_each_image(client: TestClient, indexed: tuple[Path, Path]) -> None:
+    paths = photo_paths(indexed)
+    files = [
+        ("images", ("a.jpg", paths[0].read_bytes())),
+        ("images", ("bad.jpg", b"\xff\xd8\xff\xe0 broken")),
+        ("images", ("c.jpg", paths[7].read_bytes())),
+    ]
+    response = client.post("/search/batch", files=files, params={"top_k": 2})
+    assert response.status_code == 200
+    items = response.json()["items"]
+    assert [item["index"] for item in items] == [0, 1, 2]
+    assert items[0]["results"][0]["path"] == str(paths[0])
+    assert items[1]["error"]["code"] == "corrupt_image"
+    assert items[1]["results"] is None
+    assert items[2]["results"][0]["path"] == str(paths[7])
+    too_many = [("images", ("x.jpg", b"x"))] * 65
+    assert client.post("/search/batch", files=too_many).status_code == 413
+
+
+def test_points_similar_and_image(client: TestClient, indexed: tuple[Path, Path]) -> None:
+    path = photo_paths(indexed)[2]
+    point_id = client.post("/search", files=upload(path.read_bytes())).json()["results"][0]["id"]
+
+    stored = client.get(f"/points/{point_id}").json()
+    assert stored["payload"]["path"] == str(path)
+
+    similar = client.get(f"/points/{point_id}/similar", params={"top_k": 4}).json()
+    assert len(similar["results"]) == 4
+    assert point_id not in {r["id"] for r in similar["results"]}
+
+    original = client.get(f"/points/{point_id}/image")
+    assert original.status_code == 200
+    assert original.content == path.read_bytes()
+    assert original.headers["content-type"] == "image/jpeg"
+    thumbnail = client.get(f"/points/{point_id}/image", params={"size": 64})
+    assert thumbnail.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumbnail.content)).size) <= 64
+
+    unknown = "00000000-0000-0000-0000-000000000000"
+    assert client.get(f"/points/{unknown}").status_code == 404
+    assert client.get(f"/points/{unknown}/similar").status_code == 404
+    invalid = client.get("/points/..%2F..%2Fetc%2Fpasswd/image")
+    assert invalid.status_code in (404, 422)
+    assert client.get("/points/not-a-uuid").json()["error"]["code"] == "invalid_point_id"
+
+
+def test_image_of_a_changed_file_is_not_served(embedder: Embedder, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (path,) = write_tree(photos, per_class=1, classes=("a",))
+    options = IndexOptions(
+        roots=(photos,),
+        collection="images",
+        workers=0,
+        progress="off",
+        failures_report=tmp_path / "f.jsonl",
+    )
+    with EdgeStore(tmp_path / "data") as store:
+        index_folders(embedder, store, options)
+    point_id = point_id_for_sha256(hashlib.sha256(path.read_bytes()).hexdigest())
+    path.write_bytes(encode(photo(42)))
+    with make_client(embedder, tmp_path / "data") as client:
+        response = client.get(f"/points/{point_id}/image")
+    assert response.status_code == 404
+    assert "re-run `dinoseek index`" in response.json()["error"]["message"]
+
+
+def test_embed_returns_the_stored_vector(
+    client: TestClient, indexed: tuple[Path, Path], embedder: Embedder
+) -> None:
+    path = photo_paths(indexed)[5]
+    body = client.post("/embed", files=upload(path.read_bytes())).json()
+    assert body["dim"] == embedder.dim
+    vector = np.asarray(body["vector"], dtype=np.float32)
+    point_id = point_id_for_sha256(hashlib.sha256(path.read_bytes()).hexdigest())
+    service = client.app.state.service  # type: ignore[attr-defined]
+    (stored,) = service.store.get("images", [point_id], with_vectors=True)
+    assert float(vector @ stored.vector) >= 0.9999
+    patches = client.post(
+        "/embed", files=upload(path.read_bytes()), params={"patch_tokens": True}
+    ).json()
+    assert np.asarray(patches["patch_tokens"]).shape == (256, embedder.dim)
+    np.testing.assert_allclose(patches["vector"], body["vector"], atol=1e-5)
+
+
+def test_collections_and_metrics(client: TestClient, indexed: tuple[Path, Path]) -> None:
+    (collection,) = client.get("/collections").json()["collections"]
+    assert collection["name"] == "images"
+    assert collection["points"] == 15
+    assert collection["dim"] == 32
+    point_id = client.post("/search", files=upload(photo_paths(indexed)[0].read_bytes())).json()[
+        "results"
+    ][0]["id"]
+    client.get(f"/points/{point_id}")
+    text = client.get("/metrics").text
+    assert 'dinoseek_request_seconds_count{method="POST",route="/search",status="200"}' in text
+    assert 'route="/points/{point_id}"' in text
+    assert 'dinoseek_stage_seconds_count{stage="decode"}' in text
+    assert "dinoseek_batch_size_bucket" in text
+    assert "dinoseek_queue_depth" in text
+
+
+def test_api_key(embedder: Embedder, indexed: tuple[Path, Path]) -> None:
+    with make_client(embedder, indexed[0], api_key="s3cret") as keyed:
+        data = photo_paths(indexed)[0].read_bytes()
+        assert keyed.post("/search", files=upload(data)).status_code == 401
+        wrong = keyed.post("/search", files=upload(data), headers={"X-API-Key": "nope"})
+        assert wrong.status_code == 401
+        assert wrong.json()["error"]["code"] == "unauthorized"
+        right = keyed.post("/search", files=upload(data), headers={"X-API-Key": "s3cret"})
+        assert right.status_code == 200
+        assert keyed.get("/health").status_code == 200
+        assert keyed.get("/ready").status_code == 200
+        assert keyed.get("/collections").status_code == 401
+
+
+def test_cors_is_off_unless_configured(embedder: Embedder, indexed: tuple[Path, Path]) -> None:
+    origin = {"Origin": "https://photos.example"}
+    with make_client(embedder, indexed[0]) as plain:
+        assert "access-control-allow-origin" not in plain.get("/health", headers=origin).headers
+    with make_client(embedder, indexed[0], cors_origins=["https://photos.example"]) as cors:
+        headers = cors.get("/health", headers=origin).headers
+        assert headers["access-control-allow-origin"] == "https://photos.example"
+
+
+def test_start_up_refuses_a_collection_of_another_model(
+    other_model_dir: Path, indexed: tuple[Path, Path]
+) -> None:
+    other = Embedder.from_pretrained(str(other_model_dir), device="cpu")
+    with pytest.raises(CollectionMismatchError), make_client(other, indexed[0]):
+        pass
+
+
+def test_unreachable_qdrant_is_a_503(embedder: Embedder, tmp_path: Path) -> None:
+    # A real qdrant-client against a closed port: no Qdrant server runs here.
+    store = ServerStore.connect("http://127.0.0.1:9", timeout_s=1, retry_delays_s=(0.01,))
+    settings = Settings(model=embedder.model_id, device="cpu", qdrant_url="http://127.0.0.1:9")
+    with TestClient(create_app(settings, embedder=embedder, store=store)) as client:
+        response = client.post("/search", files=upload(encode(photo(1))))
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["error"]["code"] == "store_unavailable"
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert client.get("/health").status_code == 200
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app's lifespan and an async client, on the current event loop."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            yield http
+
+
+class SlowEmbedder(Embedder):
+    """The tiny model, slowed down so that a queue builds up (no GPU here to saturate)."""
+
+    def __init__(self, inner: Embedder, delay_s: float) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.delay_s = delay_s
+
+    def embed_pixels(self, pixels: object) -> np.ndarray:
+        time.sleep(self.delay_s)
+        return super().embed_pixels(pixels)  # type: ignore[arg-type]
+
+
+def test_overload_is_a_503_with_retry_after(embedder: Embedder, indexed: tuple[Path, Path]) -> None:
+    slow = SlowEmbedder(embedder, delay_s=0.3)
+    settings = Settings(
+        model=embedder.model_id, device="cpu", data_dir=indexed[0], max_queue=2, batch_size=1
+    )
+    app = create_app(settings, embedder=slow, store=EdgeStore(indexed[0]))
+    data = photo_paths(indexed)[0].read_bytes()
+
+    async def burst() -> list[httpx.Response]:
+        async with serving(app) as http:
+            return await asyncio.gather(
+                *(http.post("/search", files=upload(data)) for _ in range(10))
+            )
+
+    responses = asyncio.run(burst())
+    statuses = sorted(r.status_code for r in responses)
+    assert 200 in statuses
+    assert 503 in statuses
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "overloaded"
+
+
+def test_concurrent_queries_are_batched_and_each_gets_its_answer(
+    embedder: Embedder, indexed: tuple[Path, Path]
+) -> None:
+    settings = Settings(
+        model=embedder.model_id, device="cpu", data_dir=indexed[0], batch_wait_ms=20
+    )
+    app = create_app(settings, embedder=embedder, store=EdgeStore(indexed[0]))
+    paths = photo_paths(indexed)[:8]
+
+    async def concurrent() -> tuple[list[httpx.Response], str]:
+        async with serving(app) as http:
+            responses = await asyncio.gather(
+                *(http.post("/search", files=upload(p.read_bytes())) for p in paths)
+            )
+            return responses, (await http.get("/metrics")).text
+
+    responses, metrics = asyncio.run(concurrent())
+    for path, response in zip(paths, responses, strict=True):
+        assert response.status_code == 200
+        assert response.json()["results"][0]["path"] == str(path)
+    # Eight queries, fewer forward passes: some were batched together.
+    forward_passes = float(metrics.split("dinoseek_batch_size_count ")[1].split()[0])
+    assert forward_passes < 8

@@ -1,0 +1,128 @@
+"""A real ``dinoseek serve`` (uvicorn) on a loopback port, and the CLI going through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from dinoseek.store import EdgeStore
+from indexer.cli import main
+from tests.helpers import write_tree
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, tiny_model_dir: Path
+) -> Iterator[tuple[str, Path, list[Path], subprocess.Popen[str]]]:
+    """(url, data dir, indexed photos, server process)."""
+    photos = tmp_path / "photos"
+    paths = write_tree(photos, per_class=4)
+    data = tmp_path / "data"
+    indexed = CliRunner().invoke(
+        main,
+        [
+            "index",
+            str(photos),
+            "--model",
+            str(tiny_model_dir),
+            "--data-dir",
+            str(data),
+            "--workers",
+            "0",
+            "--labels-from-folders",
+            "-q",
+        ],
+    )
+    assert indexed.exit_code == 0, indexed.output
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "search_api", "--port", str(port), "--data-dir", str(data)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            output = server.stdout.read() if server.stdout else ""
+            raise AssertionError(f"the server did not become ready:\n{output}")
+        time.sleep(0.2)
+    try:
+        yield url, data, paths, server
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_search_over_http_and_the_cli_through_the_server(
+    served: tuple[str, Path, list[Path], subprocess.Popen[str]],
+) -> None:
+    url, data, paths, server = served
+    response = httpx.post(
+        f"{url}/search", files={"image": paths[3].open("rb")}, params={"top_k": 3}
+    )
+    assert response.status_code == 200
+    assert response.json()["results"][0]["path"] == str(paths[3])
+
+    runner = CliRunner()
+    searched = runner.invoke(main, ["search", str(paths[5]), "--data-dir", str(data), "--json"])
+    assert searched.exit_code == 0, searched.output
+    assert f"the server at {url} holds" in searched.stderr
+    assert json.loads(searched.stdout)["results"][0]["path"] == str(paths[5])
+
+    info = runner.invoke(main, ["info", "--data-dir", str(data), "--json"])
+    (collection,) = json.loads(info.stdout)["collections"]
+    assert collection["points"] == 8
+    assert collection["in_use_by"]["url"] == url
+
+    started = time.perf_counter()
+    refused = runner.invoke(main, ["index", str(paths[0].parent), "--data-dir", str(data)])
+    assert refused.exit_code == 3
+    assert time.perf_counter() - started < 10
+    assert "stop the server" in refused.stderr
+
+    server.send_signal(signal.SIGINT)
+    assert server.wait(timeout=20) == 0
+    with EdgeStore(data) as store:  # released on shutdown
+        assert store.count("images") == 8
+
+
+def test_python_dash_m_search_api_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "search_api", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "--host" in result.stdout
