@@ -110,3 +110,9 @@ class InvalidPointIdError(StoreError):
     """A point id is not a UUID."""
 
     code = "invalid_point_id"
+
+
+class ProbeNotFoundError(StoreError):
+    """No probe of that name is stored for the collection."""
+
+    code = "probe_not_found"

@@ -22,15 +22,15 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 
-def validate_collection_name(name: str) -> str:
-    """Return ``name`` if it is a valid collection name, else raise ``ValueError``.
+def validate_collection_name(name: str, *, kind: str = "collection") -> str:
+    """Return ``name`` if it is a valid collection (or probe) name, else raise ``ValueError``.
 
-    Names become directory names in the embedded store, so they are restricted to letters,
-    digits, ``_``, ``.`` and ``-`` (at most 64 characters, not starting with a symbol).
+    Names become file and directory names in the embedded store, so they are restricted to
+    letters, digits, ``_``, ``.`` and ``-`` (at most 64 characters, not starting with a symbol).
     """
     if not COLLECTION_NAME_PATTERN.match(name):
         raise ValueError(
-            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            f"invalid {kind} name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
         )
     return name

@@ -8,6 +8,7 @@ stderr.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from dinoseek.embedder import (
 )
 from dinoseek.errors import StoreLockedError
 from dinoseek.images import load_image
+from dinoseek.labelling import choose_probe, knn_labels, load_probe, probe_labels
 from dinoseek.settings import Settings
 from dinoseek.store import SearchHit, SearchQuery, VectorStore, open_store
 from indexer.catalog import LabelSource, read_labels_csv
@@ -43,7 +45,8 @@ from indexer.options import (
     store_owner,
 )
 from indexer.pipeline import IndexOptions, IndexSummary, index_folders
-from indexer.remote import remote_collections, remote_search
+from indexer.probe_cli import probe as probe_group
+from indexer.remote import SearchOutcome, remote_collections, remote_search
 from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
 
 EPILOG = """\b
@@ -316,7 +319,7 @@ def search(
             click.echo(
                 f"note: the server at {url} holds {settings.collection!r}; asking it", err=True
             )
-            model, hits = remote_search(
+            outcome = remote_search(
                 url,
                 _secret(settings.api_key),
                 image,
@@ -327,7 +330,7 @@ def search(
                 filters=payload_filters,
             )
         else:
-            model, hits = _search_here(
+            outcome = _search_here(
                 settings,
                 store,
                 image,
@@ -337,9 +340,9 @@ def search(
                 threshold=threshold,
             )
     if as_json:
-        click.echo(json.dumps(search_document(settings, model, image, hits)))
+        click.echo(json.dumps(search_document(settings, image, outcome)))
     else:
-        click.echo(render_hits(hits))
+        click.echo(render_outcome(outcome))
 
 
 def _search_here(
@@ -351,7 +354,7 @@ def _search_here(
     top_k: int,
     offset: int,
     threshold: float | None,
-) -> tuple[str, list[SearchHit]]:
+) -> SearchOutcome:
     stored_space = store.collection_space(settings.collection)
     model = resolve_model(settings, store)
     embedder = Embedder.from_pretrained(model, device=settings.device, dtype=settings.dtype)
@@ -361,7 +364,14 @@ def _search_here(
     query = SearchQuery(
         vector=vector, top_k=top_k, offset=offset, score_threshold=threshold, filters=filters
     )
-    return embedder.model_id, store.search(settings.collection, query)
+    hits = store.search(settings.collection, query)
+    probe_name = choose_probe(store.list_probes(settings.collection))
+    if probe_name is None:
+        labels = knn_labels(hits)
+    else:
+        probe = load_probe(store, settings.collection, probe_name, embedder.space)
+        labels = probe_labels(probe, vector)
+    return SearchOutcome(embedder.model_id, hits, labels)
 
 
 def server_holding(error: StoreLockedError) -> str:
@@ -376,14 +386,13 @@ def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
 
 
-def search_document(
-    settings: Settings, model: str, image: Path, hits: list[SearchHit]
-) -> dict[str, Any]:
+def search_document(settings: Settings, image: Path, outcome: SearchOutcome) -> dict[str, Any]:
     """The --json output of ``search``."""
     return {
         "query": str(image),
         "collection": settings.collection,
-        "model": model,
+        "model": outcome.model,
+        "labels": [dataclasses.asdict(label) for label in outcome.labels or []],
         "results": [
             {
                 "id": hit.id,
@@ -392,9 +401,21 @@ def search_document(
                 "label": hit.payload.get("label"),
                 "payload": hit.payload,
             }
-            for hit in hits
+            for hit in outcome.hits
         ],
     }
+
+
+def render_outcome(outcome: SearchOutcome) -> str:
+    """Predicted labels, then the table of neighbours."""
+    lines = []
+    if outcome.labels:
+        first = outcome.labels[0]
+        how = f"probe {first.probe!r}" if first.method == "probe" else "vote of the neighbours"
+        shown = ", ".join(f"{p.label} {p.probability:.0%}" for p in outcome.labels[:3])
+        lines.append(f"labels ({how}): {shown}")
+    lines.append(render_hits(outcome.hits))
+    return "\n".join(lines)
 
 
 def render_hits(hits: list[SearchHit]) -> str:
@@ -565,3 +586,6 @@ def serve(host: str, port: int, quiet: bool, **flags: Any) -> None:
     except KeyboardInterrupt:
         # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal: done, not failed.
         click.echo("stopped", err=True)
+
+
+main.add_command(probe_group)

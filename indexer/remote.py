@@ -7,15 +7,26 @@ of failing; ``index`` cannot, and says how to proceed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from dinoseek.errors import ConfigError, DinoseekError, StoreUnavailableError
+from dinoseek.labelling import LabelPrediction
 from dinoseek.store import SearchHit
 
 TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """What ``dinoseek search`` shows: the model, the neighbours and the predicted labels."""
+
+    model: str
+    hits: list[SearchHit]
+    labels: list[LabelPrediction] | None
 
 
 def _client(url: str, api_key: str | None) -> httpx.Client:
@@ -48,9 +59,14 @@ def remote_search(
     offset: int,
     threshold: float | None,
     filters: dict[str, str],
-) -> tuple[str, list[SearchHit]]:
-    """POST /search on the server: (model, hits)."""
-    params: dict[str, Any] = {"top_k": top_k, "offset": offset, "collection": collection}
+) -> SearchOutcome:
+    """POST /search on the server (labels included)."""
+    params: dict[str, Any] = {
+        "top_k": top_k,
+        "offset": offset,
+        "collection": collection,
+        "with_labels": True,
+    }
     if threshold is not None:
         params["score_threshold"] = threshold
     for field, value in filters.items():
@@ -70,7 +86,11 @@ def remote_search(
         raise StoreUnavailableError(f"the server at {url} holds the store but {exc}") from None
     body = _check(response, url)
     hits = [SearchHit(id=r["id"], score=r["score"], payload=r["payload"]) for r in body["results"]]
-    return str(body["model"]), hits
+    labels = [
+        LabelPrediction(p["label"], p["probability"], p["method"], p.get("probe"))
+        for p in body.get("labels") or []
+    ]
+    return SearchOutcome(str(body["model"]), hits, labels)
 
 
 def remote_collections(url: str, api_key: str | None) -> dict[str, Any]:

@@ -22,9 +22,11 @@ from dinoseek.errors import (
     InvalidPointIdError,
     ModelLoadError,
     PointNotFoundError,
+    ProbeNotFoundError,
     StoreLockedError,
     StoreUnavailableError,
 )
+from dinoseek.probe import ProbeMismatchError, ProbeTrainingError
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +67,13 @@ def status_for(error: DinoseekError) -> int:
     """HTTP status of a domain error."""
     if isinstance(error, ImageError):
         return _IMAGE_STATUS.get(error.code, 422)
-    if isinstance(error, CollectionNotFoundError | PointNotFoundError):
+    if isinstance(error, CollectionNotFoundError | PointNotFoundError | ProbeNotFoundError):
         return 404
-    if isinstance(error, CollectionMismatchError):
+    if isinstance(error, CollectionMismatchError | ProbeMismatchError):
         return 409
     if isinstance(error, StoreLockedError | StoreUnavailableError | ModelLoadError):
         return 503
-    if isinstance(error, InvalidPointIdError | ConfigError | EmbeddingError):
+    if isinstance(error, InvalidPointIdError | ConfigError | EmbeddingError | ProbeTrainingError):
         return 422
     return 500
 

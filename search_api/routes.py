@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import mimetypes
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Header, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 
 from dinoseek.errors import DinoseekError, StoreError
+from dinoseek.labelling import LabelPrediction, choose_probe
 from dinoseek.settings import validate_collection_name
 from dinoseek.store import SearchHit, SearchQuery
 from search_api.batching import OverloadedError
@@ -18,13 +19,17 @@ from search_api.errors import RETRY_AFTER_S, ApiError
 from search_api.schemas import (
     BatchItem,
     BatchSearchResponse,
+    ClassifyResponse,
     CollectionsResponse,
     CollectionSummary,
     EmbedResponse,
     ErrorBody,
     ErrorDetail,
     HealthResponse,
+    LabelOut,
     PointResponse,
+    ProbesResponse,
+    ProbeSummary,
     ReadyResponse,
     SearchResponse,
     SearchResult,
@@ -82,6 +87,20 @@ Threshold = Annotated[float | None, Query(ge=-1.0, le=1.0, description="minimum 
 Label = Annotated[str | None, Query(description="only neighbours with this label")]
 Root = Annotated[str | None, Query(description="only neighbours indexed under this folder")]
 Collection = Annotated[str | None, Query(description="collection (default: the service's)")]
+WithLabels = Annotated[
+    bool | None,
+    Query(description="predict labels (default: yes when the collection has a probe)"),
+]
+LabelMethod = Annotated[
+    Literal["probe", "knn"] | None,
+    Query(
+        description="probe: a trained linear probe; knn: a vote of the neighbours' labels "
+        "(default: the probe when there is one, else knn)"
+    ),
+]
+ProbeName = Annotated[
+    str | None, Query(description="which probe (default: 'default', else the newest)")
+]
 
 
 def _filters(label: str | None, root: str | None) -> dict[str, str]:
@@ -91,6 +110,15 @@ def _filters(label: str | None, root: str | None) -> dict[str, str]:
     if root is not None:
         filters["roots"] = root
     return filters
+
+
+def _labels(labels: list[LabelPrediction] | None) -> list[LabelOut] | None:
+    if labels is None:
+        return None
+    return [
+        LabelOut(label=p.label, probability=p.probability, method=p.method, probe=p.probe)
+        for p in labels
+    ]
 
 
 def _results(hits: list[SearchHit]) -> list[SearchResult]:
@@ -135,8 +163,12 @@ async def search(
     label: Label = None,
     root: Root = None,
     collection: Collection = None,
+    with_labels: WithLabels = None,
+    label_method: LabelMethod = None,
+    probe: ProbeName = None,
 ) -> SearchResponse:
-    """Nearest neighbours of an uploaded image in the collection."""
+    """Nearest neighbours of an uploaded image in the collection, and its predicted labels
+    (by default when the collection has a probe)."""
     clock = StageClock()
     name = _collection(service, collection)
     vector = await _embed(service, image, clock)
@@ -148,11 +180,15 @@ async def search(
         filters=_filters(label, root),
     )
     hits = await service.search(name, query, clock)
+    labels = await service.labels(
+        name, vector, hits, with_labels=with_labels, method=label_method, probe_name=probe
+    )
     return SearchResponse(
         model=service.embedder.model_id,
         collection=name,
         timings_ms=Timings(**clock.as_dict()),
         results=_results(hits),
+        labels=_labels(labels),
     )
 
 
@@ -168,6 +204,9 @@ async def search_batch(
     label: Label = None,
     root: Root = None,
     collection: Collection = None,
+    with_labels: WithLabels = None,
+    label_method: LabelMethod = None,
+    probe: ProbeName = None,
 ) -> BatchSearchResponse:
     """One result list per image, in upload order. An image that cannot be used gets an error
     item; the others are still answered."""
@@ -206,10 +245,20 @@ async def search_batch(
                     filters=_filters(label, root),
                 )
             )
-    answered = iter(await service.search_many(name, queries, clock))
+    answered = iter(zip(queries, await service.search_many(name, queries, clock), strict=True))
     for item in items:
         if item.error is None:
-            item.results = _results(next(answered))
+            query, hits = next(answered)
+            item.results = _results(hits)
+            labels = await service.labels(
+                name,
+                query.vector,
+                hits,
+                with_labels=with_labels,
+                method=label_method,
+                probe_name=probe,
+            )
+            item.labels = _labels(labels)
     return BatchSearchResponse(
         model=service.embedder.model_id,
         collection=name,
@@ -319,6 +368,58 @@ async def embed(
         vector=result.cls[0].tolist(),
         patch_tokens=result.patch_tokens[0].tolist(),
         timings_ms=Timings(**clock.as_dict()),
+    )
+
+
+@routes.post("/classify", response_model=ClassifyResponse, summary="Labels of an image")
+async def classify(
+    service: Service,
+    image: Annotated[UploadFile, File(description="the image")],
+    label_method: LabelMethod = None,
+    probe: ProbeName = None,
+    top_k: Annotated[int, Query(ge=1, le=1000, description="neighbours that vote (knn)")] = 10,
+    labels: Annotated[int, Query(ge=1, le=100, description="labels to return")] = 5,
+    collection: Collection = None,
+) -> ClassifyResponse:
+    """Predicted labels only: the collection's probe, or a kNN vote when it has none."""
+    clock = StageClock()
+    name = _collection(service, collection)
+    vector = await _embed(service, image, clock)
+    hits: list[SearchHit] = []
+    if label_method != "probe":
+        hits = await service.search(name, SearchQuery(vector=vector, top_k=top_k), clock)
+    predicted = await service.labels(
+        name, vector, hits, with_labels=True, method=label_method, probe_name=probe, top_k=labels
+    )
+    return ClassifyResponse(
+        model=service.embedder.model_id,
+        collection=name,
+        timings_ms=Timings(**clock.as_dict()),
+        labels=_labels(predicted) or [],
+    )
+
+
+@routes.get("/probes", response_model=ProbesResponse, summary="Trained probes")
+async def probes(service: Service, collection: Collection = None) -> ProbesResponse:
+    """The linear probes trained on the collection (`dinoseek probe train`)."""
+    name = _collection(service, collection)
+    stored = await service.list_probes(name)
+    return ProbesResponse(
+        collection=name,
+        default=choose_probe(stored),
+        probes=[
+            ProbeSummary(
+                name=p.name,
+                classes=list(p.info.get("classes", [])),
+                accuracy=p.info.get("accuracy"),
+                trained_at=p.info.get("trained_at"),
+                train_size=p.info.get("train_size"),
+                label_field=p.info.get("label_field"),
+                model_id=p.info.get("model_id"),
+                min_confidence=p.info.get("min_confidence"),
+            )
+            for p in stored
+        ],
     )
 
 

@@ -51,13 +51,55 @@ class Timings(BaseModel):
     total: float
 
 
+class LabelOut(BaseModel):
+    """A predicted label. ``method`` is ``probe`` (a trained linear probe, calibrated
+    probabilities) or ``knn`` (a similarity-weighted vote of the neighbours' labels)."""
+
+    label: str = Field(examples=["cats"])
+    probability: float = Field(examples=[0.91])
+    method: str = Field(examples=["probe"])
+    probe: str | None = Field(None, examples=["default"])
+
+
 class SearchResponse(BaseModel):
-    """Neighbours of one query image."""
+    """Neighbours of one query image, and its predicted labels when asked (or when the
+    collection has a probe)."""
 
     model: str = Field(examples=["facebook/dinov2-base"])
     collection: str = Field(examples=["images"])
     timings_ms: Timings
     results: list[SearchResult]
+    labels: list[LabelOut] | None = None
+
+
+class ClassifyResponse(BaseModel):
+    """Predicted labels only."""
+
+    model: str
+    collection: str
+    timings_ms: Timings
+    labels: list[LabelOut]
+
+
+class ProbeSummary(BaseModel):
+    """A trained probe of the collection."""
+
+    name: str
+    classes: list[str]
+    accuracy: float | None
+    trained_at: str | None
+    train_size: int | None
+    label_field: str | None
+    model_id: str | None
+    min_confidence: float | None
+
+
+class ProbesResponse(BaseModel):
+    """The probes of a collection; ``default`` is the one used when none is named."""
+
+    collection: str
+    default: str | None
+    probes: list[ProbeSummary]
 
 
 class BatchItem(BaseModel):
@@ -66,6 +108,7 @@ class BatchItem(BaseModel):
     index: int
     filename: str | None
     results: list[SearchResult] | None = None
+    labels: list[LabelOut] | None = None
     error: ErrorDetail | None = None
 
 

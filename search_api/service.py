@@ -22,14 +22,21 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from dinoseek.embedder import Embedder, PatchEmbeddings, default_batch_size
-from dinoseek.errors import CollectionNotFoundError, PointNotFoundError, StoreUnavailableError
+from dinoseek.errors import (
+    CollectionNotFoundError,
+    PointNotFoundError,
+    ProbeNotFoundError,
+    StoreUnavailableError,
+)
 from dinoseek.images import decode_image, load_image
+from dinoseek.labelling import LabelPrediction, ProbeCache, knn_labels, probe_labels
 from dinoseek.settings import Settings
 from dinoseek.store import (
     CollectionInfo,
     SearchHit,
     SearchQuery,
     StoredPoint,
+    StoredProbe,
     VectorStore,
     search_by_id,
     validate_point_id,
@@ -99,6 +106,7 @@ class SearchService:
             on_batch=self.metrics.observe_batch,
         )
         self._compatible: set[str] = set()
+        self.probes: ProbeCache | None = None
         self.warmed_up = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -107,6 +115,7 @@ class SearchService:
         """Check the default collection, warm the model up, start the batcher."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.model_thread, self._warm_up)
+        self.probes = ProbeCache(self.store, self.embedder.space)
         await run_in_threadpool(self._check_default_collection)
         self.batcher.start()
         self.warmed_up = True
@@ -202,6 +211,40 @@ class SearchService:
     def _search_many(self, collection: str, queries: list[SearchQuery]) -> list[list[SearchHit]]:
         self.check_collection(collection)
         return self.store.search_many(collection, queries)
+
+    async def labels(
+        self,
+        collection: str,
+        vector: np.ndarray,
+        hits: list[SearchHit],
+        *,
+        with_labels: bool | None,
+        method: str | None,
+        probe_name: str | None,
+        top_k: int = 5,
+    ) -> list[LabelPrediction] | None:
+        """Predicted labels of a query: from a probe when there is one (or ``method`` says
+        so), else from the neighbours' labels (kNN vote). ``with_labels`` None means: only
+        when the collection has a probe."""
+        if with_labels is False:
+            return None
+        if method == "knn":
+            return knn_labels(hits, top_k)
+        assert self.probes is not None, "start() builds the probe cache"
+        probe = await self._in_thread(self.probes.get, collection, probe_name)
+        if probe is not None:
+            return probe_labels(probe, vector, top_k)
+        if method == "probe":
+            raise ProbeNotFoundError(
+                f"collection {collection!r} has no probe; train one with `dinoseek probe "
+                "train`, or ask for label_method=knn"
+            )
+        return knn_labels(hits, top_k) if with_labels else None
+
+    async def list_probes(self, collection: str) -> list[StoredProbe]:
+        """The collection's probes (cached for a few seconds)."""
+        assert self.probes is not None, "start() builds the probe cache"
+        return await self._in_thread(self.probes.list, collection)
 
     async def similar(
         self, collection: str, point_id: str, clock: StageClock, **options: Any

@@ -94,7 +94,9 @@ def test_search_table_json_and_filters(
     # No --model: the collection's own model is used.
     table = invoke("search", paths[0], "--data-dir", data, "-k", "3")
     assert table.exit_code == 0, table.output
-    first_row = table.stdout.splitlines()[1]
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("labels (vote of the neighbours): cats")
+    first_row = lines[2]
     assert str(paths[0]) in first_row
     assert "cats" in first_row
 

@@ -255,3 +255,31 @@ def test_point_ids_are_deterministic_uuids() -> None:
 def test_invalid_collection_names_are_refused(store: VectorStore, name: str) -> None:
     with pytest.raises(ValueError, match="invalid collection name"):
         store.ensure_collection(name, make_space())
+
+
+def test_probes_are_stored_per_collection(store: VectorStore) -> None:
+    from dinoseek.errors import ProbeNotFoundError
+
+    store.ensure_collection("images", make_space())
+    store.ensure_collection("other", make_space())
+    assert store.list_probes("images") == []
+    store.save_probe("images", "default", b"\x00weights\xff", {"classes": ["a", "b"]})
+    store.save_probe("images", "fine", b"more", {"classes": ["x", "y"], "trained_at": "t"})
+    store.save_probe("images", "default", b"\x00replaced", {"classes": ["a", "b", "c"]})
+    assert [p.name for p in store.list_probes("images")] == ["default", "fine"]
+    assert store.list_probes("images")[0].info == {"classes": ["a", "b", "c"]}
+    assert store.load_probe("images", "default") == b"\x00replaced"
+    assert store.list_probes("other") == []
+    with pytest.raises(ProbeNotFoundError, match="dinoseek probe train"):
+        store.load_probe("other", "default")
+    store.delete_probe("images", "fine")
+    assert [p.name for p in store.list_probes("images")] == ["default"]
+    with pytest.raises(ProbeNotFoundError):
+        store.delete_probe("images", "fine")
+    with pytest.raises(ValueError, match="invalid probe name"):
+        store.save_probe("images", "../x", b"", {})
+    with pytest.raises(CollectionNotFoundError):
+        store.save_probe("nope", "default", b"", {})
+    store.delete_collection("images")
+    store.ensure_collection("images", make_space())
+    assert store.list_probes("images") == []  # a collection's probes go with it

@@ -6,7 +6,10 @@ Layout::
       COLLECTION/
         collection.json   embedding space (model, dim, preprocessing, fingerprint)
         shard/            the Qdrant Edge shard (segments + write-ahead log)
+        probes/NAME.safetensors, probes/NAME.json   linear probes and their reports
         .lock             who holds the collection (JSON), under an exclusive flock
+
+Probes are plain files written atomically: reading or replacing them needs no lock.
 
 Only one process can open a Qdrant Edge shard, and Edge has no read-only mode. dinoseek takes
 an exclusive ``flock`` on ``.lock`` before opening a shard and writes who holds it there, so a
@@ -34,6 +37,7 @@ import qdrant_edge as qe
 
 from dinoseek.errors import (
     CollectionNotFoundError,
+    ProbeNotFoundError,
     StoreError,
     StoreLockedError,
 )
@@ -47,12 +51,14 @@ from dinoseek.store.protocol import (
     SearchHit,
     SearchQuery,
     StoredPoint,
+    StoredProbe,
 )
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "collection.json"
 SHARD_DIR = "shard"
+PROBES_DIR = "probes"
 LOCK_FILE = ".lock"
 
 
@@ -231,6 +237,45 @@ class EdgeStore:
         if changed:
             log.info("optimised %s in %.1f s", name, time.perf_counter() - started)
 
+    def save_probe(self, collection: str, name: str, data: bytes, info: Mapping[str, Any]) -> None:
+        """Written as two files, each replaced atomically (the info last)."""
+        directory = self._probes_dir(collection)
+        directory.mkdir(exist_ok=True)
+        name = validate_collection_name(name, kind="probe")
+        _write_bytes_atomic(directory / f"{name}.safetensors", data)
+        _write_json_atomic(directory / f"{name}.json", info)
+
+    def list_probes(self, collection: str) -> list[StoredProbe]:
+        """Probes whose info and data are both present."""
+        directory = self._probes_dir(collection)
+        probes = []
+        for info_path in sorted(directory.glob("*.json")):
+            if not info_path.with_suffix(".safetensors").exists():
+                continue
+            try:
+                info = json.loads(info_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                log.warning("skipping unreadable probe info %s", info_path)
+                continue
+            probes.append(StoredProbe(name=info_path.stem, info=info))
+        return probes
+
+    def load_probe(self, collection: str, name: str) -> bytes:
+        """The probe's safetensors bytes."""
+        path = self._probe_path(collection, name)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ProbeNotFoundError(self._probe_missing(collection, name)) from None
+
+    def delete_probe(self, collection: str, name: str) -> None:
+        """Remove both files."""
+        path = self._probe_path(collection, name)
+        if not path.exists():
+            raise ProbeNotFoundError(self._probe_missing(collection, name))
+        path.with_suffix(".json").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+
     def close(self) -> None:
         """Flush and close every open shard, then release the locks."""
         with self._guard:
@@ -248,6 +293,23 @@ class EdgeStore:
 
     def _collection_dir(self, name: str) -> Path:
         return self.data_dir / validate_collection_name(name)
+
+    def _probes_dir(self, collection: str) -> Path:
+        directory = self._collection_dir(collection)
+        if not (directory / METADATA_FILE).exists():
+            raise CollectionNotFoundError(self._not_found_message(collection))
+        return directory / PROBES_DIR
+
+    def _probe_path(self, collection: str, name: str) -> Path:
+        name = validate_collection_name(name, kind="probe")
+        return self._probes_dir(collection) / f"{name}.safetensors"
+
+    def _probe_missing(self, collection: str, name: str) -> str:
+        names = ", ".join(p.name for p in self.list_probes(collection)) or "none"
+        return (
+            f"no probe {name!r} for collection {collection!r} (existing: {names}); "
+            "train one with `dinoseek probe train`"
+        )
 
     def _not_found_message(self, name: str) -> str:
         existing = ", ".join(self.list_collections()) or "none"
@@ -349,9 +411,14 @@ def _open_or_create_shard(path: Path, space: EmbeddingSpace) -> qe.EdgeShard:
 
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    _write_bytes_atomic(path, json.dumps(data, indent=1).encode("utf-8"))
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file, fsync, rename over ``path``, fsync the directory."""
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
+    with open(temporary, "wb") as handle:
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)

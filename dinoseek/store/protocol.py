@@ -95,6 +95,14 @@ class CollectionInfo:
     space: EmbeddingSpace | None
 
 
+@dataclass(frozen=True)
+class StoredProbe:
+    """A probe's description (``info``: the probe's metadata and training report)."""
+
+    name: str
+    info: dict[str, Any]
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """Where the vectors live: the embedded Qdrant Edge store or a Qdrant server."""
@@ -174,6 +182,22 @@ class VectorStore(Protocol):
 
     def optimize(self, name: str) -> None:
         """Build the search index after bulk writes (blocking where the backend needs it)."""
+        ...
+
+    def save_probe(self, collection: str, name: str, data: bytes, info: Mapping[str, Any]) -> None:
+        """Store (or replace) a named probe of a collection: its bytes and a JSON-able info."""
+        ...
+
+    def list_probes(self, collection: str) -> list[StoredProbe]:
+        """The probes of a collection, by name."""
+        ...
+
+    def load_probe(self, collection: str, name: str) -> bytes:
+        """A probe's bytes (``ProbeNotFoundError``)."""
+        ...
+
+    def delete_probe(self, collection: str, name: str) -> None:
+        """Remove a probe (``ProbeNotFoundError``)."""
         ...
 
     def close(self) -> None:

@@ -1,7 +1,10 @@
 """The server store: qdrant-client against a Qdrant server (or cluster) at a URL.
 
 The embedding space of a collection lives in Qdrant's collection metadata, under the key
-``dinoseek``. Writes use ``wait=True`` and are split so that each request stays well under
+``dinoseek``. Probes live in one vectorless collection, ``dinoseek-probes``: one point per
+(collection, name), its bytes base64-encoded in the payload.
+
+Writes use ``wait=True`` and are split so that each request stays well under
 Qdrant's request-size limit. Transient failures (connection refused, timeouts, 502/503/504)
 are retried with exponential backoff a bounded number of times, then surface as
 ``StoreUnavailableError``.
@@ -12,9 +15,11 @@ speaks the same API; a real server needs only ``ServerStore.connect(url)``.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -27,6 +32,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from dinoseek.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
+    ProbeNotFoundError,
     StoreError,
     StoreUnavailableError,
 )
@@ -34,18 +40,21 @@ from dinoseek.settings import validate_collection_name
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store.protocol import (
     INDEXED_FIELDS,
+    POINT_NAMESPACE,
     CollectionInfo,
     FilterValue,
     PointRecord,
     SearchHit,
     SearchQuery,
     StoredPoint,
+    StoredProbe,
 )
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 METADATA_KEY = "dinoseek"
+PROBES_COLLECTION = "dinoseek-probes"
 # Qdrant refuses requests over 32 MiB by default; stay far below it.
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)
@@ -144,9 +153,17 @@ class ServerStore:
         space.check_compatible(self.collection_space(name), name)
 
     def delete_collection(self, name: str) -> None:
-        """Drop the collection on the server."""
+        """Drop the collection on the server, and its probes."""
         self._collection(name)
         self._call(self.client.delete_collection, name)
+        if self._call(self.client.collection_exists, PROBES_COLLECTION):
+            condition = models.FieldCondition(key="collection", match=models.MatchValue(value=name))
+            self._call(
+                self.client.delete,
+                PROBES_COLLECTION,
+                points_selector=models.FilterSelector(filter=models.Filter(must=[condition])),
+                wait=True,
+            )
 
     # -- points -----------------------------------------------------------------------------
 
@@ -251,6 +268,73 @@ class ServerStore:
     def optimize(self, name: str) -> None:
         """Nothing to do: a Qdrant server builds its index in the background."""
 
+    def save_probe(self, collection: str, name: str, data: bytes, info: Mapping[str, Any]) -> None:
+        """One point of ``dinoseek-probes`` (created on first use)."""
+        self._collection(collection)
+        name = validate_collection_name(name, kind="probe")
+        if not self._call(self.client.collection_exists, PROBES_COLLECTION):
+            self._call(self.client.create_collection, PROBES_COLLECTION, vectors_config={})
+        payload = {
+            "collection": collection,
+            "name": name,
+            "info": dict(info),
+            "data": base64.b64encode(data).decode("ascii"),
+        }
+        point = models.PointStruct(id=_probe_id(collection, name), vector={}, payload=payload)
+        self._call(self.client.upsert, PROBES_COLLECTION, points=[point], wait=True)
+
+    def list_probes(self, collection: str) -> list[StoredProbe]:
+        """Scrolls ``dinoseek-probes`` for this collection (without the bytes)."""
+        self._collection(collection)
+        if not self._call(self.client.collection_exists, PROBES_COLLECTION):
+            return []
+        condition = models.FieldCondition(
+            key="collection", match=models.MatchValue(value=collection)
+        )
+        records, _ = self._call(
+            self.client.scroll,
+            PROBES_COLLECTION,
+            scroll_filter=models.Filter(must=[condition]),
+            limit=10_000,
+            with_payload=["name", "info"],
+        )
+        probes = [
+            StoredProbe(name=str(r.payload["name"]), info=dict(r.payload.get("info") or {}))
+            for r in records
+            if r.payload
+        ]
+        return sorted(probes, key=lambda p: p.name)
+
+    def load_probe(self, collection: str, name: str) -> bytes:
+        """Decodes the stored base64."""
+        record = self._probe_record(collection, name, with_data=True)
+        return base64.b64decode(str(record["data"]))
+
+    def delete_probe(self, collection: str, name: str) -> None:
+        """Deletes the probe's point."""
+        self._probe_record(collection, name, with_data=False)
+        selector = models.PointIdsList(points=[_probe_id(collection, name)])
+        self._call(self.client.delete, PROBES_COLLECTION, points_selector=selector, wait=True)
+
+    def _probe_record(self, collection: str, name: str, *, with_data: bool) -> dict[str, Any]:
+        self._collection(collection)
+        name = validate_collection_name(name, kind="probe")
+        found = []
+        if self._call(self.client.collection_exists, PROBES_COLLECTION):
+            found = self._call(
+                self.client.retrieve,
+                PROBES_COLLECTION,
+                [_probe_id(collection, name)],
+                with_payload=True if with_data else ["name"],
+            )
+        if not found or not found[0].payload:
+            existing = ", ".join(p.name for p in self.list_probes(collection)) or "none"
+            raise ProbeNotFoundError(
+                f"no probe {name!r} for collection {collection!r} (existing: {existing}); "
+                "train one with `dinoseek probe train`"
+            )
+        return dict(found[0].payload)
+
     def close(self) -> None:
         """Close the client's connections."""
         self.client.close()
@@ -313,6 +397,10 @@ class ServerStore:
             f"the {self.describe()} is unreachable ({failure}); check DINOSEEK_QDRANT_URL and "
             "that the server is running"
         )
+
+
+def _probe_id(collection: str, name: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, f"probe:{collection}/{name}"))
 
 
 def _reason(exc: UnexpectedResponse) -> str:

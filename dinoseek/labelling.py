@@ -1,0 +1,204 @@
+"""Labels for vectors: probes trained on a collection's stored vectors, and the kNN vote.
+
+- ``train_collection_probe`` reads the labelled points of a collection (no re-embedding),
+  trains a calibrated linear probe (``dinoseek.probe``) and stores it with the collection.
+- ``ProbeCache`` gives the service the probes of a collection that fit its model, re-reading
+  the list every few seconds so that a probe trained meanwhile (Qdrant server mode) appears.
+- ``knn_labels`` is the method that needs no training: a similarity-weighted vote over the
+  labels of the neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dinoseek.errors import ProbeNotFoundError
+from dinoseek.probe import LinearProbe, ProbeTrainingResult, knn_vote, train_probe
+from dinoseek.space import EmbeddingSpace
+from dinoseek.store import SearchHit, StoredProbe, VectorStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROBE = "default"
+
+
+@dataclass(frozen=True)
+class LabelPrediction:
+    """One predicted label: its probability and the method (and probe) that produced it."""
+
+    label: str
+    probability: float
+    method: str  # "probe" or "knn"
+    probe: str | None = None
+
+
+def labelled_vectors(
+    store: VectorStore, collection: str, label_field: str = "label"
+) -> tuple[np.ndarray, list[str | None]]:
+    """Every point's vector (N, dim) and its label (None where unlabelled)."""
+    vectors: list[np.ndarray] = []
+    labels: list[str | None] = []
+    for point in store.scroll(collection, with_vectors=True, batch_size=1024):
+        if point.vector is None:
+            continue
+        vectors.append(point.vector)
+        value = point.payload.get(label_field)
+        labels.append(str(value) if value not in (None, "") else None)
+    dim = store.collection_space(collection).dim
+    matrix = np.stack(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)
+    return matrix.astype(np.float32, copy=False), labels
+
+
+def train_collection_probe(
+    store: VectorStore,
+    collection: str,
+    *,
+    name: str = DEFAULT_PROBE,
+    label_field: str = "label",
+    holdout: float = 0.2,
+    min_per_class: int = 5,
+    min_confidence: float | None = None,
+    seed: int = 0,
+) -> ProbeTrainingResult:
+    """Train a probe on the collection's labelled points and store it under ``name``."""
+    space = store.collection_space(collection)
+    vectors, labels = labelled_vectors(store, collection, label_field)
+    result = train_probe(
+        vectors,
+        labels,
+        name=name,
+        model_id=space.model_id,
+        dim=space.dim,
+        fingerprint=space.fingerprint,
+        holdout=holdout,
+        min_per_class=min_per_class,
+        min_confidence=min_confidence,
+        label_field=label_field,
+        seed=seed,
+    )
+    info = {**result.probe.metadata(), "report": result.report.to_dict()}
+    store.save_probe(collection, name, result.probe.to_bytes(), info)
+    return result
+
+
+def load_probe(
+    store: VectorStore, collection: str, name: str, space: EmbeddingSpace
+) -> LinearProbe:
+    """A stored probe, refused (``ProbeMismatchError``) unless it fits ``space``."""
+    probe = LinearProbe.from_bytes(store.load_probe(collection, name))
+    probe.check_compatible(space.model_id, space.dim, space.fingerprint)
+    return probe
+
+
+def evaluate_probe(
+    probe: LinearProbe, vectors: np.ndarray, labels: Sequence[str | None]
+) -> dict[str, Any]:
+    """Accuracy of ``probe`` on labelled vectors, overall and per class (classes the probe
+    does not know count as errors)."""
+    rows = [i for i, label in enumerate(labels) if label is not None]
+    if not rows:
+        return {"points": 0, "accuracy": None, "per_class": {}}
+    predicted = [p[0].label for p in probe.predict(vectors[rows], top_k=1)]
+    truth = [str(labels[i]) for i in rows]
+    totals = Counter(truth)
+    correct = Counter(t for t, p in zip(truth, predicted, strict=True) if t == p)
+    return {
+        "points": len(rows),
+        "accuracy": round(sum(correct.values()) / len(rows), 4),
+        "per_class": {
+            label: {"points": totals[label], "accuracy": round(correct[label] / totals[label], 4)}
+            for label in sorted(totals)
+        },
+        "unknown_classes": sorted(set(truth) - set(probe.classes)),
+    }
+
+
+def choose_probe(probes: Sequence[StoredProbe]) -> str | None:
+    """The probe used when none is named: ``default`` if present, else the newest."""
+    if not probes:
+        return None
+    names = {p.name for p in probes}
+    if DEFAULT_PROBE in names:
+        return DEFAULT_PROBE
+    return max(probes, key=lambda p: str(p.info.get("trained_at", ""))).name
+
+
+def knn_labels(hits: Sequence[SearchHit], top_k: int = 5) -> list[LabelPrediction]:
+    """Similarity-weighted vote over the neighbours' labels."""
+    votes = knn_vote([_label_of(hit) for hit in hits], [hit.score for hit in hits], top_k=top_k)
+    return [LabelPrediction(v.label, round(v.probability, 6), "knn") for v in votes]
+
+
+def probe_labels(probe: LinearProbe, vector: np.ndarray, top_k: int = 5) -> list[LabelPrediction]:
+    """The probe's top classes for one vector, with calibrated probabilities."""
+    scores = probe.predict(np.asarray(vector, dtype=np.float32)[None], top_k=top_k)[0]
+    return [LabelPrediction(s.label, round(s.probability, 6), "probe", probe.name) for s in scores]
+
+
+def _label_of(hit: SearchHit) -> str | None:
+    value = hit.payload.get("label")
+    return str(value) if value not in (None, "") else None
+
+
+class ProbeCache:
+    """The probes of each collection that fit one model, loaded once, listed every ``ttl_s``."""
+
+    def __init__(self, store: VectorStore, space: EmbeddingSpace, *, ttl_s: float = 10.0) -> None:
+        self.store = store
+        self.space = space
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._listed: dict[str, tuple[float, list[StoredProbe]]] = {}
+        self._loaded: dict[tuple[str, str, str], LinearProbe] = {}
+
+    def list(self, collection: str) -> list[StoredProbe]:
+        """The stored probes of ``collection`` (cached for ``ttl_s``)."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._listed.get(collection)
+            if cached is not None and now - cached[0] < self.ttl_s:
+                return cached[1]
+        probes = self.store.list_probes(collection)
+        with self._lock:
+            self._listed[collection] = (now, probes)
+        return probes
+
+    def get(self, collection: str, name: str | None) -> LinearProbe | None:
+        """The named probe, or the default one; None when ``name`` is None and there is none.
+
+        Raises ``ProbeNotFoundError`` for a named probe that does not exist, and
+        ``ProbeMismatchError`` for one trained on another model.
+        """
+        probes = self.list(collection)
+        chosen = name or choose_probe(probes)
+        if chosen is None:
+            return None
+        stored = next((p for p in probes if p.name == chosen), None)
+        if stored is None:
+            self.invalidate(collection)
+            stored = next((p for p in self.list(collection) if p.name == chosen), None)
+        if stored is None:
+            raise ProbeNotFoundError(
+                f"no probe {chosen!r} for collection {collection!r}; see GET /probes"
+            )
+        key = (collection, chosen, str(stored.info.get("trained_at", "")))
+        with self._lock:
+            probe = self._loaded.get(key)
+        if probe is None:
+            probe = load_probe(self.store, collection, chosen, self.space)
+            with self._lock:
+                self._loaded[key] = probe
+        return probe
+
+    def invalidate(self, collection: str) -> None:
+        """Forget the cached list of ``collection``."""
+        with self._lock:
+            self._listed.pop(collection, None)
