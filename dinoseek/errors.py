@@ -116,3 +116,15 @@ class ProbeNotFoundError(StoreError):
     """No probe of that name is stored for the collection."""
 
     code = "probe_not_found"
+
+
+class CollectionExistsError(StoreError):
+    """A collection of that name exists already (a restore refuses to overwrite it)."""
+
+    code = "collection_exists"
+
+
+class SnapshotError(StoreError):
+    """A snapshot archive is unreadable, damaged, unsafe or of an unknown format."""
+
+    code = "invalid_snapshot"

@@ -8,8 +8,21 @@ Layout::
         shard/            the Qdrant Edge shard (segments + write-ahead log)
         probes/NAME.safetensors, probes/NAME.json   linear probes and their reports
         .lock             who holds the collection (JSON), under an exclusive flock
+      .restore.lock       held by a running ``restore`` (and by the recovery of a crashed one)
 
 Probes are plain files written atomically: reading or replacing them needs no lock.
+
+Snapshots (``snapshot``/``restore``, format in ``dinoseek.store.snapshot``) archive a
+collection while holding its lock, with the shard flushed and closed. A restore extracts into
+a hidden staging directory of the data directory, checks it (manifest, ``collection.json``,
+the shard opens and holds the recorded number of points), then swaps it in with renames while
+holding the target's lock: ``.NAME.restore-ready`` (complete and fsynced) -> the old
+``NAME`` is renamed to ``.NAME.restore-old`` -> ``.NAME.restore-ready`` becomes ``NAME`` ->
+the old one is deleted. A crash at any point leaves leftovers that the next ``EdgeStore`` on
+the data directory resolves before anything else (``_recover_interrupted_restores``): a ready
+directory beside an existing ``NAME`` is dropped (the old collection stays), a ready
+directory without ``NAME`` is moved in (the swap completes), and an old one beside ``NAME``
+is deleted. Either the old or the new collection survives, never a mix.
 
 Only one process can open a Qdrant Edge shard, and Edge has no read-only mode. dinoseek takes
 an exclusive ``flock`` on ``.lock`` before opening a shard and writes who holds it there, so a
@@ -29,6 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,8 +50,10 @@ import numpy as np
 import qdrant_edge as qe
 
 from dinoseek.errors import (
+    CollectionExistsError,
     CollectionNotFoundError,
     ProbeNotFoundError,
+    SnapshotError,
     StoreError,
     StoreLockedError,
 )
@@ -50,8 +66,26 @@ from dinoseek.store.protocol import (
     PointRecord,
     SearchHit,
     SearchQuery,
+    SnapshotInfo,
     StoredPoint,
     StoredProbe,
+)
+from dinoseek.store.snapshot import (
+    EDGE_DATA_DIR,
+    Member,
+    SnapshotManifest,
+    check_kind,
+    check_target,
+    collect_probes,
+    extract_archive,
+    file_member,
+    fsync_directory,
+    fsync_tree,
+    new_manifest,
+    probe_members,
+    read_manifest,
+    tree_members,
+    write_snapshot,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +94,10 @@ METADATA_FILE = "collection.json"
 SHARD_DIR = "shard"
 PROBES_DIR = "probes"
 LOCK_FILE = ".lock"
+RESTORE_LOCK_FILE = ".restore.lock"
+STAGING_PREFIX = ".restore-tmp-"
+READY_SUFFIX = ".restore-ready"
+OLD_SUFFIX = ".restore-old"
 
 
 class _OpenCollection:
@@ -80,6 +118,7 @@ class EdgeStore:
         self.owner = dict(owner or {})
         self._open: dict[str, _OpenCollection] = {}
         self._guard = threading.RLock()
+        self._recover_interrupted_restores()
 
     def __enter__(self) -> EdgeStore:
         return self
@@ -97,7 +136,11 @@ class EdgeStore:
         """Collections are the sub-directories that hold a ``collection.json``."""
         if not self.data_dir.is_dir():
             return []
-        return sorted(p.parent.name for p in self.data_dir.glob(f"*/{METADATA_FILE}"))
+        return sorted(
+            p.parent.name
+            for p in self.data_dir.glob(f"*/{METADATA_FILE}")
+            if not p.parent.name.startswith(".")  # staging directories of a restore
+        )
 
     def collection_space(self, name: str) -> EmbeddingSpace:
         """Read from ``collection.json``; needs no lock."""
@@ -276,6 +319,187 @@ class EdgeStore:
         path.with_suffix(".json").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
 
+    # -- snapshots --------------------------------------------------------------------------
+
+    def snapshot(self, collection: str, target: Path) -> SnapshotInfo:
+        """Archive the collection (``collection.json``, the shard, the probes) into ``target``.
+
+        Holds the collection's lock throughout (``StoreLockedError`` while another process,
+        such as ``dinoseek serve``, has it open). The shard is flushed and closed while it is
+        archived, so the copy is a consistent set of files, and reopened afterwards; other
+        threads of this process must not use the collection meanwhile.
+        """
+        target = Path(target)
+        check_target(target)
+        with self._guard:
+            shard = self._shard(collection)
+            opened = self._open[collection]
+            probes = collect_probes(self, collection)
+            points = int(shard.count(qe.CountRequest(exact=True)))
+            manifest = new_manifest("edge", collection, opened.space, points, probes)
+            directory = self._collection_dir(collection)
+            try:
+                shard.flush()
+                shard.close()
+                members = [
+                    *probe_members(probes),
+                    Member(EDGE_DATA_DIR),
+                    file_member(f"{EDGE_DATA_DIR}/{METADATA_FILE}", directory / METADATA_FILE),
+                    *tree_members(f"{EDGE_DATA_DIR}/{SHARD_DIR}", directory / SHARD_DIR),
+                ]
+                write_snapshot(target, manifest, members)
+            finally:
+                self._reopen(collection, opened)
+        log.debug("snapshot of %s (%d points) written to %s", collection, points, target)
+        return manifest.info(target, collection)
+
+    def restore(self, collection: str, source: Path, *, replace: bool = False) -> SnapshotInfo:
+        """Recreate ``collection`` from an embedded-store snapshot (see the module doc).
+
+        The snapshot is extracted and checked in a staging directory first; the collection
+        is swapped only once the copy is complete, so a bad archive or a crash never leaves a
+        half-restored collection. An existing collection needs ``replace=True``.
+        """
+        name = validate_collection_name(collection)
+        source = Path(source)
+        check_kind(read_manifest(source), "edge", source)
+        if not replace and self._exists(name):
+            raise CollectionExistsError(self._exists_message(name))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.data_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        with self._restore_lock():
+            try:
+                manifest = extract_archive(source, staging, kind="edge")
+                staged = self._stage_collection(staging, manifest, source)
+                self._swap_in(name, staged, replace=replace)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        log.debug("restored %s (%d points) from %s", name, manifest.points, source)
+        return manifest.info(source, name)
+
+    def _exists(self, name: str) -> bool:
+        return (self._collection_dir(name) / METADATA_FILE).exists()
+
+    def _exists_message(self, name: str) -> str:
+        return (
+            f"collection {name!r} already exists in the {self.describe()}; pass --replace to "
+            "overwrite it with the snapshot, or restore under another --collection"
+        )
+
+    def _reopen(self, name: str, opened: _OpenCollection) -> None:
+        """Reopen a shard closed for a snapshot; on failure, give the collection up."""
+        try:
+            shard_dir = self._collection_dir(name) / SHARD_DIR
+            opened.shard = _open_or_create_shard(shard_dir, opened.space)
+        except BaseException:
+            self._open.pop(name, None)
+            _release(opened.lock_file)
+            raise
+
+    def _stage_collection(self, staging: Path, manifest: SnapshotManifest, source: Path) -> Path:
+        """Assemble and check the restored collection directory inside ``staging``."""
+        staged = staging / EDGE_DATA_DIR
+        if (staging / PROBES_DIR).is_dir():
+            os.rename(staging / PROBES_DIR, staged / PROBES_DIR)
+        try:
+            metadata = json.loads((staged / METADATA_FILE).read_text(encoding="utf-8"))
+            space = EmbeddingSpace.from_metadata(metadata)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SnapshotError(f"{source}: its collection.json is invalid ({exc})") from None
+        if (space.model_id, space.dim) != (manifest.space.model_id, manifest.space.dim):
+            raise SnapshotError(
+                f"{source}: its collection.json ({space.model_id}, {space.dim}-d) contradicts "
+                f"its manifest ({manifest.space.model_id}, {manifest.space.dim}-d)"
+            )
+        points = _count_staged_points(staged / SHARD_DIR, source)
+        if points != manifest.points:
+            raise SnapshotError(
+                f"{source}: its shard holds {points} points but the manifest records "
+                f"{manifest.points}; the snapshot is damaged"
+            )
+        fsync_tree(staged)
+        return staged
+
+    def _swap_in(self, name: str, staged: Path, *, replace: bool) -> None:
+        """Move ``staged`` to ``DATA_DIR/NAME``, the old collection aside, then delete it."""
+        target = self._collection_dir(name)
+        ready = self.data_dir / f".{name}{READY_SUFFIX}"
+        aside = self.data_dir / f".{name}{OLD_SUFFIX}"
+        with self._guard:
+            lock_file = self._take_for_swap(name) if target.exists() else None
+            try:
+                if not replace and self._exists(name):
+                    raise CollectionExistsError(self._exists_message(name))
+                os.rename(staged, ready)
+                fsync_directory(self.data_dir)
+                if target.exists():
+                    os.rename(target, aside)
+                _move_in(ready, target, aside)
+                fsync_directory(self.data_dir)
+            finally:
+                if lock_file is not None:
+                    _release(lock_file)
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def _take_for_swap(self, name: str) -> IO[str]:
+        """The target's lock: this store's own (its shard closed) or taken now."""
+        opened = self._open.pop(name, None)
+        if opened is None:
+            return self._lock(name)
+        try:
+            opened.shard.flush()
+            opened.shard.close()
+        except Exception:
+            log.exception("closing collection %s before the restore failed", name)
+        return opened.lock_file
+
+    @contextmanager
+    def _restore_lock(self) -> Iterator[None]:
+        """One restore at a time per data directory; leftovers of a crashed one are resolved."""
+        lock_file = _try_flock(self.data_dir / RESTORE_LOCK_FILE)
+        if lock_file is None:
+            raise StoreLockedError(
+                f"another `dinoseek snapshot restore` is running in the {self.describe()}; "
+                "wait for it to finish, then try again"
+            )
+        try:
+            self._resolve_leftovers()
+            yield
+        finally:
+            _release(lock_file)
+
+    def _recover_interrupted_restores(self) -> None:
+        """Resolve what a crashed restore left behind, unless a restore is running now."""
+        if not self.data_dir.is_dir() or not any(self.data_dir.glob(".*restore-*")):
+            return
+        lock_file = _try_flock(self.data_dir / RESTORE_LOCK_FILE)
+        if lock_file is None:
+            return
+        try:
+            self._resolve_leftovers()
+        finally:
+            _release(lock_file)
+
+    def _resolve_leftovers(self) -> None:
+        """Finish or undo interrupted swaps (see the module doc); needs the restore lock."""
+        for ready in self.data_dir.glob(f".*{READY_SUFFIX}"):
+            target = self.data_dir / ready.name[1 : -len(READY_SUFFIX)]
+            if target.exists():
+                log.warning("dropping %s: an interrupted restore never replaced %s", ready, target)
+                shutil.rmtree(ready, ignore_errors=True)
+            else:
+                log.warning("completing an interrupted restore of %s", target.name)
+                os.rename(ready, target)
+        for aside in self.data_dir.glob(f".*{OLD_SUFFIX}"):
+            target = self.data_dir / aside.name[1 : -len(OLD_SUFFIX)]
+            if target.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.rename(aside, target)
+        for staging in self.data_dir.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(staging, ignore_errors=True)
+        fsync_directory(self.data_dir)
+
     def close(self) -> None:
         """Flush and close every open shard, then release the locks."""
         with self._guard:
@@ -385,6 +609,46 @@ def _release(lock_file: IO[str]) -> None:
         fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
     finally:
         lock_file.close()
+
+
+def _try_flock(path: Path) -> IO[str] | None:
+    """An exclusive flock on ``path`` (written with our pid), or None if someone holds it."""
+    lock_file = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - returned to the caller
+    try:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.close()
+        return None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(json.dumps({"pid": os.getpid(), "since": time.time()}))
+    lock_file.flush()
+    return lock_file
+
+
+def _move_in(ready: Path, target: Path, aside: Path) -> None:
+    """The last rename of a restore; if it fails, put the old collection back."""
+    try:
+        os.rename(ready, target)
+    except OSError as exc:
+        if aside.exists() and not target.exists():
+            os.rename(aside, target)
+        shutil.rmtree(ready, ignore_errors=True)
+        raise StoreError(
+            f"cannot move the restored collection into {target} ({exc}); nothing was changed"
+        ) from None
+
+
+def _count_staged_points(path: Path, source: Path) -> int:
+    """Open a restored shard once, to prove it loads, and count its points."""
+    try:
+        shard = qe.EdgeShard.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - Qdrant Edge raises plain Exception
+        raise SnapshotError(f"{source}: the shard in the snapshot does not open ({exc})") from None
+    try:
+        return int(shard.count(qe.CountRequest(exact=True)))
+    finally:
+        shard.close()
 
 
 def _open_or_create_shard(path: Path, space: EmbeddingSpace) -> qe.EdgeShard:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -103,6 +104,47 @@ class StoredProbe:
     info: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot archive written by ``VectorStore.snapshot`` or read by ``restore``.
+
+    ``collection`` is the collection it was written from or restored into;
+    ``source_collection`` is the name recorded in the archive (they differ when a snapshot is
+    restored under another name). ``points`` is the number of points in the collection;
+    ``created_at`` is when the snapshot was taken (ISO 8601, UTC).
+    """
+
+    path: Path
+    collection: str
+    source_collection: str
+    kind: str
+    points: int
+    size_bytes: int
+    created_at: str
+    model_id: str
+    dim: int
+    probes: tuple[str, ...] = ()
+    format_version: int = 1
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (``--json`` output)."""
+        return {
+            "path": str(self.path),
+            "collection": self.collection,
+            "source_collection": self.source_collection,
+            "kind": self.kind,
+            "points": self.points,
+            "size_bytes": self.size_bytes,
+            "created_at": self.created_at,
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "probes": list(self.probes),
+            "format_version": self.format_version,
+            "warnings": list(self.warnings),
+        }
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """Where the vectors live: the embedded Qdrant Edge store or a Qdrant server."""
@@ -198,6 +240,22 @@ class VectorStore(Protocol):
 
     def delete_probe(self, collection: str, name: str) -> None:
         """Remove a probe (``ProbeNotFoundError``)."""
+        ...
+
+    def snapshot(self, collection: str, target: Path) -> SnapshotInfo:
+        """Write a backup of the collection (data, embedding space, probes) to ``target``.
+
+        ``target`` is one archive (see ``dinoseek.store.snapshot``); it is written under a
+        temporary name and renamed when complete, and an existing file is never overwritten.
+        """
+        ...
+
+    def restore(self, collection: str, source: Path, *, replace: bool = False) -> SnapshotInfo:
+        """Recreate ``collection`` from the snapshot archive ``source``.
+
+        The snapshot may have been taken of a collection with another name. An existing
+        collection is refused (``CollectionExistsError``) unless ``replace`` is true.
+        """
         ...
 
     def close(self) -> None:

@@ -11,6 +11,11 @@ are retried with exponential backoff a bounded number of times, then surface as
 
 Tests run this class on qdrant-client's in-process mode (``QdrantClient(":memory:")``), which
 speaks the same API; a real server needs only ``ServerStore.connect(url)``.
+
+Snapshots (``snapshot``/``restore``) use Qdrant's collection snapshots over REST
+(``dinoseek.store.qdrant_rest``), wrapped with the probes in dinoseek's archive format
+(``dinoseek.store.snapshot``). The in-process mode has no snapshot API: there they raise a
+``StoreError`` saying that a Qdrant server is needed.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import tempfile
 import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -30,8 +37,10 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from dinoseek.errors import (
+    CollectionExistsError,
     CollectionMismatchError,
     CollectionNotFoundError,
+    ConfigError,
     ProbeNotFoundError,
     StoreError,
     StoreUnavailableError,
@@ -46,8 +55,27 @@ from dinoseek.store.protocol import (
     PointRecord,
     SearchHit,
     SearchQuery,
+    SnapshotInfo,
     StoredPoint,
     StoredProbe,
+)
+from dinoseek.store.qdrant_rest import SNAPSHOTS_DOCS, QdrantRest
+from dinoseek.store.snapshot import (
+    SERVER_DATA_DIR,
+    SERVER_DATA_FILE,
+    Member,
+    ProbeFile,
+    SnapshotManifest,
+    check_kind,
+    check_target,
+    collect_probes,
+    extract_archive,
+    file_member,
+    new_manifest,
+    probe_members,
+    read_manifest,
+    read_probe_files,
+    write_snapshot,
 )
 
 log = logging.getLogger(__name__)
@@ -73,8 +101,11 @@ class ServerStore:
         replication_factor: int | None = None,
         write_consistency_factor: int | None = None,
         retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
+        rest: QdrantRest | None = None,
     ) -> None:
+        """``rest`` overrides the snapshot endpoints derived from ``client`` (tests)."""
         self.client = client
+        self._rest_override = rest
         self._description = description
         self.shard_number = shard_number
         self.replication_factor = replication_factor
@@ -334,6 +365,132 @@ class ServerStore:
                 "train one with `dinoseek probe train`"
             )
         return dict(found[0].payload)
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def snapshot(self, collection: str, target: Path) -> SnapshotInfo:
+        """Have Qdrant snapshot the collection, download it, and archive it with the probes.
+
+        The server-side snapshot file is deleted afterwards, also on failure. In a cluster
+        the snapshot holds only the node's own shards: that is reported as a warning.
+        """
+        target = Path(target)
+        check_target(target)
+        rest = self._rest()
+        space = self.collection_space(collection)
+        notes = self._cluster_warnings(rest, "snapshot")
+        probes = collect_probes(self, collection)
+        manifest = new_manifest("server", collection, space, self.count(collection), probes)
+        remote = rest.create_snapshot(collection)
+        download = target.with_name(f".{target.name}.{uuid.uuid4().hex}.download")
+        try:
+            rest.download_snapshot(collection, remote, download)
+            members = [
+                *probe_members(probes),
+                Member(SERVER_DATA_DIR),
+                file_member(SERVER_DATA_FILE, download),
+            ]
+            write_snapshot(target, manifest, members)
+        finally:
+            download.unlink(missing_ok=True)
+            self._delete_remote_snapshot(rest, collection, remote.name)
+        return manifest.info(target, collection, warnings=notes)
+
+    def restore(self, collection: str, source: Path, *, replace: bool = False) -> SnapshotInfo:
+        """Upload the archived Qdrant snapshot as ``collection``, then restore its probes.
+
+        The archive is checked and extracted to a temporary directory first (``TMPDIR``
+        needs room for it); Qdrant recovers the collection from the upload (``priority=
+        snapshot``), replacing an existing one only with ``replace=True``.
+        """
+        name = validate_collection_name(collection)
+        if name == PROBES_COLLECTION:
+            raise ConfigError(f"{name!r} holds dinoseek's probes; choose another --collection")
+        source = Path(source)
+        check_kind(read_manifest(source), "server", source)
+        rest = self._rest()
+        if not replace and self._call(self.client.collection_exists, name):
+            raise CollectionExistsError(
+                f"collection {name!r} already exists on the {self.describe()}; pass --replace "
+                "to overwrite it with the snapshot, or restore under another --collection"
+            )
+        notes = self._cluster_warnings(rest, "restore")
+        with tempfile.TemporaryDirectory(prefix="dinoseek-restore-") as directory:
+            staging = Path(directory) / "snapshot"
+            manifest = extract_archive(source, staging, kind="server")
+            probes = read_probe_files(staging, manifest.probes)
+            rest.upload_snapshot(name, staging / SERVER_DATA_FILE)
+        self._replace_probes(name, probes)
+        points = self.count(name)
+        checks = self._check_restored(name, manifest)
+        if points != manifest.points:
+            checks.append(
+                f"the restored collection holds {points:,} points; the snapshot recorded "
+                f"{manifest.points:,}"
+            )
+        for note in checks:
+            log.warning("%s", note)
+        return manifest.info(source, name, points=points, warnings=[*notes, *checks])
+
+    def _rest(self) -> QdrantRest:
+        if self._rest_override is not None:
+            return self._rest_override
+        return QdrantRest.from_client(self.client, description=self.describe())
+
+    def _cluster_warnings(self, rest: QdrantRest, action: str) -> list[str]:
+        """A warning when the server runs in distributed mode (see ``qdrant_rest``)."""
+        try:
+            enabled, peers = rest.cluster_enabled()
+        except StoreError as exc:
+            log.debug("cannot read the cluster status: %s", exc)
+            return []
+        if not enabled:
+            return []
+        scope = "holds only the shards stored on" if action == "snapshot" else "recovers only"
+        note = (
+            f"the {self.describe()} runs in distributed mode ({peers} peers): a collection "
+            f"{action} {scope} the node it talks to, so it may be incomplete for a cluster; "
+            f"back up every node with Qdrant's own snapshots: {SNAPSHOTS_DOCS}"
+        )
+        log.warning("%s", note)
+        return [note]
+
+    def _delete_remote_snapshot(self, rest: QdrantRest, collection: str, snapshot: str) -> None:
+        try:
+            rest.delete_snapshot(collection, snapshot)
+        except StoreError as exc:
+            log.warning(
+                "could not delete the snapshot %s of %s on the %s (%s); delete it with "
+                "DELETE /collections/%s/snapshots/%s",
+                snapshot,
+                collection,
+                self.describe(),
+                exc,
+                collection,
+                snapshot,
+            )
+
+    def _check_restored(self, name: str, manifest: SnapshotManifest) -> list[str]:
+        """Warnings if the restored collection does not carry the snapshot's space."""
+        try:
+            space = self.collection_space(name)
+        except CollectionMismatchError as exc:
+            return [str(exc)]
+        if (space.model_id, space.dim) != (manifest.space.model_id, manifest.space.dim):
+            return [
+                f"the restored collection records {space.model_id} ({space.dim}-d), the "
+                f"snapshot's manifest {manifest.space.model_id} ({manifest.space.dim}-d)"
+            ]
+        return []
+
+    def _replace_probes(self, collection: str, probes: Sequence[ProbeFile]) -> None:
+        """Make the collection's probes exactly those of the snapshot."""
+        keep = {p.name for p in probes}
+        for stale in self.list_probes(collection):
+            if stale.name not in keep:
+                self.delete_probe(collection, stale.name)
+        for probe in probes:
+            self.save_probe(collection, probe.name, probe.data, probe.info)
 
     def close(self) -> None:
         """Close the client's connections."""
