@@ -158,6 +158,37 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> Decode
     return DecodedImage(image=rgb, width=rgb.width, height=rgb.height, format=fmt)
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, without decoding pixels. ``orientation`` is the EXIF tag (1-8)."""
+
+    format: str
+    width: int
+    height: int
+    orientation: int
+
+
+def inspect_image(data: bytes, *, max_pixels: int, name: str = "image") -> ImageHeader:
+    """Check format and pixel limit and read the EXIF orientation, decoding no pixels.
+
+    For decoders other than Pillow (nvJPEG): the same refusals as ``decode_image`` for
+    everything a header can tell.
+    """
+    if not data:
+        raise ImageError(f"{name}: the file is empty (0 bytes)", code=ImageErrorCode.EMPTY_FILE)
+    image = _open(data, max_pixels=max_pixels, name=name)
+    try:
+        orientation = int(image.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - malformed EXIF: no orientation, as in decode_image
+        orientation = 1
+    return ImageHeader(
+        format=str(image.format or "unknown"),
+        width=image.width,
+        height=image.height,
+        orientation=orientation if 1 <= orientation <= 8 else 1,
+    )
+
+
 def _open(data: bytes, *, max_pixels: int, name: str) -> Image.Image:
     allowed = allowed_formats()
     sniffed = sniff_format(data[:_SNIFF_BYTES])

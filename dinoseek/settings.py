@@ -19,6 +19,7 @@ DEFAULT_MODEL = "facebook/dinov2-base"
 COLLECTION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 DeviceName = Literal["auto", "cpu", "cuda"]
+CompileMode = Literal["off", "default", "max-autotune", "reduce-overhead"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 
@@ -66,6 +67,11 @@ class Settings(BaseSettings):
     )
     batch_size: int | None = Field(
         None, gt=0, description="images per forward pass (default: chosen for the device)"
+    )
+    compile: CompileMode = Field(
+        "off",
+        description="torch.compile the model: default or max-autotune (throughput), "
+        "reduce-overhead (CUDA graphs: low-latency queries); slower start",
     )
     batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="how long the service waits to fill a batch, in ms"

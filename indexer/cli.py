@@ -33,7 +33,9 @@ from dinoseek.store import SearchHit, SearchQuery, VectorStore, open_store
 from indexer.catalog import LabelSource, read_labels_csv
 from indexer.options import (
     EXIT_INTERRUPTED,
+    compile_option,
     configure_logging,
+    format_bytes,
     graceful_stop,
     handle_errors,
     load_settings,
@@ -48,6 +50,7 @@ from indexer.pipeline import IndexOptions, IndexSummary, index_folders
 from indexer.probe_cli import probe as probe_group
 from indexer.remote import SearchOutcome, remote_collections, remote_search
 from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
+from indexer.snapshot_cli import snapshot as snapshot_group
 
 EPILOG = """\b
 Exit codes: 0 done (bad image files are reported, not fatal), 1 error, 2 usage error,
@@ -144,6 +147,12 @@ def default_workers(device_type: str) -> int:
     help="Skip building the search index at the end (embedded store).",
 )
 @click.option(
+    "--gpu-decode",
+    is_flag=True,
+    help="Decode JPEGs on the GPU with nvJPEG (needs torchvision, the gpu extra); a resize "
+    "slightly different from Pillow's, within cosine 0.999 of it.",
+)
+@click.option(
     "--log-every",
     type=click.FloatRange(min=0.1),
     default=10.0,
@@ -151,6 +160,7 @@ def default_workers(device_type: str) -> int:
     metavar="SECONDS",
     help="Progress log interval when stderr is not a terminal.",
 )
+@compile_option
 @model_options
 @store_options
 @output_options
@@ -168,6 +178,7 @@ def index(
     workers: int | None,
     failures_report: Path | None,
     no_optimize: bool,
+    gpu_decode: bool,
     log_every: float,
     as_json: bool,
     quiet: bool,
@@ -191,12 +202,17 @@ def index(
         decode_workers = workers if workers is not None else default_workers(embedder.device.type)
         if embedder.device.type == "cpu":
             share_cpu_with_workers(decode_workers)
+        batch = settings.batch_size or default_batch_size(embedder.device)
+        if settings.compile != "off":
+            _ = embedder.space  # the fingerprint's batch of 1 runs before compiling
+            embedder.compile(settings.compile, max_batch=batch)
+            embedder.warm_up([batch])
         options = IndexOptions(
             roots=tuple(Path(os.path.abspath(f)) for f in folders),
             collection=settings.collection,
             failures_report=failures_report
             or settings.data_dir / "reports" / f"{settings.collection}.failures.jsonl",
-            batch_size=settings.batch_size or default_batch_size(embedder.device),
+            batch_size=batch,
             workers=decode_workers,
             max_image_pixels=settings.max_image_pixels,
             labels=LabelSource(
@@ -213,6 +229,7 @@ def index(
             optimize=not no_optimize,
             progress="off" if quiet else "auto",
             progress_interval_s=log_every,
+            gpu_decode=gpu_decode,
         )
         with graceful_stop() as stop:
             summary = index_folders(embedder, store, options, stop=stop)
@@ -523,16 +540,6 @@ def directory_size(path: Path) -> int:
     return total
 
 
-def format_bytes(size: int) -> str:
-    """``1536`` -> ``1.5 KB``."""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"
-
-
 @main.command(epilog=EPILOG)
 @click.option(
     "--host",
@@ -541,6 +548,7 @@ def format_bytes(size: int) -> str:
     help="Interface to bind (0.0.0.0 for every interface, e.g. in a container).",
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@compile_option
 @model_options
 @store_options
 @click.option("--quiet", "-q", is_flag=True, help="Log warnings and errors only.")
@@ -589,3 +597,4 @@ def serve(host: str, port: int, quiet: bool, **flags: Any) -> None:
 
 
 main.add_command(probe_group)
+main.add_command(snapshot_group)

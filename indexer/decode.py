@@ -1,4 +1,5 @@
-"""The decode stage: worker processes, a bounded window of files in flight, shared memory.
+"""The decode stage: worker processes, a bounded window of files in flight, shared memory;
+or, with ``--gpu-decode``, JPEGs decoded in batches on the GPU (``GpuDecodeStage``).
 
 Files are decoded in submission order by a pool of spawned processes (fork is unsafe once
 torch runs threads). At most ``window`` files are in flight, each owning one shared-memory
@@ -15,19 +16,26 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.shared_memory import SharedMemory
 
+from dinoseek.errors import ImageError
+from dinoseek.gpu_decode import GpuJpegDecoder, JpegJob
+from dinoseek.images import ImageHeader, inspect_image
 from indexer.scan import ScannedFile
 from indexer.workers import (
     FailedFile,
+    FileBytes,
     PreparedFile,
     WorkerConfig,
     init_worker,
+    prepare_bytes,
     prepare_file,
     prepare_into_slot,
+    read_file,
     shared_buffer,
     slot_view,
 )
@@ -169,3 +177,98 @@ class DecodePool:
 def _chain(first: Sequence[ScannedFile], rest: Iterator[ScannedFile]) -> Iterator[ScannedFile]:
     yield from first
     yield from rest
+
+
+@dataclass(frozen=True)
+class _ReadJpeg:
+    """A JPEG read and checked, waiting for the GPU."""
+
+    read: FileBytes
+    sha256: str
+    header: ImageHeader
+
+
+class GpuDecodeStage:
+    """Decodes JPEGs in batches on the GPU (nvJPEG), everything else with Pillow.
+
+    Threads read, hash and check each file's header (format, pixel limit, EXIF orientation);
+    non-JPEG files are decoded by the same threads with Pillow; JPEGs are decoded a batch at a
+    time on the device, and any JPEG that nvJPEG cannot take falls back to Pillow, alone.
+    Results come in completion order, pixels as tensors on the device.
+    """
+
+    def __init__(
+        self, decoder: GpuJpegDecoder, config: WorkerConfig, *, threads: int, batch: int
+    ) -> None:
+        self.decoder = decoder
+        self.config = config
+        self.threads = max(1, threads)
+        self.batch = max(1, batch)
+
+    def results(
+        self, files: Sequence[ScannedFile], stop: threading.Event
+    ) -> Iterator[tuple[ScannedFile, Result]]:
+        """Decode ``files`` until done or ``stop`` is set."""
+        window = 4 * self.batch
+        upcoming = iter(files)
+        jobs: list[tuple[ScannedFile, _ReadJpeg]] = []
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="read") as pool:
+            in_flight: deque[tuple[ScannedFile, Future[Result | _ReadJpeg]]] = deque()
+            while not stop.is_set():
+                while len(in_flight) < window and (file := next(upcoming, None)) is not None:
+                    in_flight.append((file, pool.submit(self._read, str(file.path))))
+                if not in_flight:
+                    break
+                file, future = in_flight.popleft()
+                outcome = future.result()
+                if isinstance(outcome, _ReadJpeg):
+                    jobs.append((file, outcome))
+                    if len(jobs) >= self.batch:
+                        yield from self._decode(jobs)
+                        jobs = []
+                else:
+                    yield file, outcome
+            if jobs and not stop.is_set():
+                yield from self._decode(jobs)
+
+    def close(self) -> None:
+        """Nothing to release: the threads end with each ``results`` call."""
+
+    def _read(self, path: str) -> Result | _ReadJpeg:
+        read = read_file(path)
+        if isinstance(read, FailedFile):
+            return read
+        try:
+            header = inspect_image(read.data, max_pixels=self.config.max_image_pixels, name=path)
+        except ImageError as exc:
+            return FailedFile(path, exc.code, exc.message)
+        if header.format not in ("JPEG", "MPO"):
+            return prepare_bytes(read, self.config)
+        return _ReadJpeg(read, read.sha256, header)
+
+    def _decode(
+        self, jobs: list[tuple[ScannedFile, _ReadJpeg]]
+    ) -> Iterator[tuple[ScannedFile, Result]]:
+        decoded = self.decoder.decode_batch(
+            [JpegJob(job.read.data, job.header.orientation) for _, job in jobs]
+        )
+        for (file, job), pixels in zip(jobs, decoded, strict=True):
+            if pixels is None:  # nvJPEG could not: Pillow decides, and reports why if it fails
+                yield file, prepare_bytes(job.read, self.config, sha256=job.sha256)
+                continue
+            width, height = job.header.width, job.header.height
+            if job.header.orientation >= 5:  # rotated by 90 degrees: the axes swap
+                width, height = height, width
+            yield (
+                file,
+                PreparedFile(
+                    path=job.read.path,
+                    size=job.read.size,
+                    mtime_ns=job.read.mtime_ns,
+                    sha256=job.sha256,
+                    width=width,
+                    height=height,
+                    format=job.header.format,
+                    pixels=pixels,
+                ),
+            )

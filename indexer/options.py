@@ -66,6 +66,16 @@ def model_options(function: Callable[P, R]) -> Callable[P, R]:
     return function
 
 
+def compile_option(function: Callable[P, R]) -> Callable[P, R]:
+    """``--compile``."""
+    return click.option(
+        "--compile",
+        type=click.Choice(["off", "default", "max-autotune", "reduce-overhead"]),
+        default=None,
+        help=_env_help("compile"),
+    )(function)
+
+
 def store_options(function: Callable[P, R]) -> Callable[P, R]:
     """``--collection``, ``--data-dir``, ``--qdrant-url``."""
     options = [
@@ -199,3 +209,13 @@ def parse_filters(values: tuple[str, ...]) -> dict[str, str]:
 def store_owner(command: str) -> Mapping[str, Any]:
     """What this process writes into the embedded store's lock files."""
     return {"command": command, "argv": " ".join(sys.argv[:3])}
+
+
+def format_bytes(size: int) -> str:
+    """``1536`` -> ``1.5 KB``."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"

@@ -32,9 +32,10 @@ import torch
 
 from dinoseek.embedder import Embedder
 from dinoseek.errors import EmbeddingError
+from dinoseek.gpu_decode import GpuJpegDecoder
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload
-from indexer.decode import DecodePool
+from indexer.decode import DecodePool, GpuDecodeStage
 from indexer.progress import Progress
 from indexer.report import FailureRecord, load_failures, write_failures
 from indexer.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
@@ -60,6 +61,7 @@ class IndexOptions:
     optimize: bool = True
     progress: str = "auto"  # bar, log, off or auto
     progress_interval_s: float = 10.0
+    gpu_decode: bool = False  # decode JPEGs with nvJPEG (CUDA only; see dinoseek.gpu_decode)
 
 
 @dataclass
@@ -178,7 +180,16 @@ class _Pending:
     """A new point waiting for its batch to be embedded."""
 
     point_id: str
-    pixels: np.ndarray
+    pixels: np.ndarray | torch.Tensor
+
+
+def stack_pixels(pixels: list[np.ndarray | torch.Tensor]) -> np.ndarray | torch.Tensor:
+    """One (N, H, W, 3) batch: numpy on the host, or a tensor on the device when any image
+    was decoded there (the others are copied to it)."""
+    devices = [p.device for p in pixels if isinstance(p, torch.Tensor)]
+    if not devices:
+        return np.stack(pixels)
+    return torch.stack([torch.as_tensor(p).to(devices[0]) for p in pixels])
 
 
 class IndexRun:
@@ -321,9 +332,7 @@ class IndexRun:
 
     def _process(self, files: list[ScannedFile]) -> None:
         options = self.options
-        config = WorkerConfig(self.embedder.preprocessing, options.max_image_pixels)
-        window = max(2 * options.batch_size, 4 * options.workers)
-        pool = DecodePool(config, options.workers, window)
+        pool = self._decode_stage()
         progress = Progress(
             len(files),
             description="indexing",
@@ -347,6 +356,18 @@ class IndexRun:
         finally:
             pool.close()
             progress.close()
+
+    def _decode_stage(self) -> DecodePool | GpuDecodeStage:
+        options = self.options
+        config = WorkerConfig(self.embedder.preprocessing, options.max_image_pixels)
+        if options.gpu_decode:
+            decoder = GpuJpegDecoder.create(self.embedder.preprocessing, self.embedder.device)
+            if decoder is not None:
+                threads = max(4, options.workers)
+                return GpuDecodeStage(decoder, config, threads=threads, batch=options.batch_size)
+            self.summary.warnings.append("--gpu-decode unavailable here; decoded on the CPU")
+        window = max(2 * options.batch_size, 4 * options.workers)
+        return DecodePool(config, options.workers, window)
 
     def _accept(self, file: ScannedFile, prepared: PreparedFile) -> None:
         path = str(file.path)
@@ -396,18 +417,19 @@ class IndexRun:
         batch, self._batch = self._batch, []
         if not batch:
             return
+        records = []
         for pending, vector in self._embed(batch):
             point = self.catalog.points.get(pending.point_id)
-            if point is None:
-                continue
-            record = PointRecord(pending.point_id, vector, build_payload(point))
-            self._put(Upsert([record]))
-            self.summary.embedded += 1
+            if point is not None:
+                records.append(PointRecord(pending.point_id, vector, build_payload(point)))
+        if records:
+            self._put(Upsert(records))  # one write per batch keeps the writer far ahead
+            self.summary.embedded += len(records)
 
     def _embed(self, batch: list[_Pending]) -> list[tuple[_Pending, np.ndarray]]:
         """Embed a batch; split it on out-of-memory; report images that cannot be embedded."""
         try:
-            vectors = self.embedder.embed_pixels(np.stack([p.pixels for p in batch]))
+            vectors = self.embedder.embed_pixels(stack_pixels([p.pixels for p in batch]))
         except EmbeddingError as exc:
             if len(batch) == 1:
                 self._fail_point(batch[0].point_id, exc.code, exc.message)

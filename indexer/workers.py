@@ -16,11 +16,15 @@ import os
 import signal
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dinoseek.errors import ImageError, ImageErrorCode
 from dinoseek.images import Preprocessing, decode_image
+
+if TYPE_CHECKING:  # workers never import torch: they start in a fraction of a second
+    import torch
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,8 @@ class WorkerConfig:
 @dataclass(frozen=True)
 class PreparedFile:
     """A decoded file: its identity, facts for the payload, and the model-ready pixels
-    (uint8, H x W x 3), either in ``pixels`` or in shared-memory ``slot``."""
+    (uint8, H x W x 3): a numpy array, a tensor already on the model's device (GPU
+    decoding), or a shared-memory ``slot`` (between a worker and the parent)."""
 
     path: str
     size: int
@@ -43,7 +48,7 @@ class PreparedFile:
     width: int
     height: int
     format: str
-    pixels: np.ndarray | None = None
+    pixels: np.ndarray | torch.Tensor | None = None
     slot: int | None = None
 
 
@@ -112,6 +117,29 @@ def prepare_into_slot(path: str, slot: int) -> PreparedFile | FailedFile:
 
 def prepare_file(path: str, config: WorkerConfig) -> PreparedFile | FailedFile:
     """Read, hash, decode and preprocess ``path`` (in any process)."""
+    read = read_file(path)
+    if isinstance(read, FailedFile):
+        return read
+    return prepare_bytes(read, config)
+
+
+@dataclass(frozen=True)
+class FileBytes:
+    """A file's content and its size and mtime when it was read."""
+
+    path: str
+    data: bytes
+    size: int
+    mtime_ns: int
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of the content."""
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def read_file(path: str) -> FileBytes | FailedFile:
+    """Read a file once (its stat taken from the open handle, so they agree)."""
     try:
         with open(path, "rb") as handle:
             stat = os.fstat(handle.fileno())
@@ -121,8 +149,16 @@ def prepare_file(path: str, config: WorkerConfig) -> PreparedFile | FailedFile:
     except OSError as exc:
         message = f"{path}: cannot be read ({exc.strerror or exc}); check its permissions"
         return FailedFile(path, ImageErrorCode.FILE_UNREADABLE, message)
+    return FileBytes(path, data, stat.st_size, stat.st_mtime_ns)
+
+
+def prepare_bytes(
+    read: FileBytes, config: WorkerConfig, *, sha256: str | None = None
+) -> PreparedFile | FailedFile:
+    """Decode and preprocess a file's bytes with Pillow."""
+    path = read.path
     try:
-        decoded = decode_image(data, max_pixels=config.max_image_pixels, name=path)
+        decoded = decode_image(read.data, max_pixels=config.max_image_pixels, name=path)
         pixels = config.preprocessing.to_pixels(decoded.image)
     except ImageError as exc:
         return FailedFile(path, exc.code, exc.message)
@@ -130,9 +166,9 @@ def prepare_file(path: str, config: WorkerConfig) -> PreparedFile | FailedFile:
         return FailedFile(path, "decode_error", f"{path}: {type(exc).__name__}: {exc}")
     return PreparedFile(
         path=path,
-        size=stat.st_size,
-        mtime_ns=stat.st_mtime_ns,
-        sha256=hashlib.sha256(data).hexdigest(),
+        size=read.size,
+        mtime_ns=read.mtime_ns,
+        sha256=sha256 or read.sha256,
         width=decoded.width,
         height=decoded.height,
         format=decoded.format,

@@ -128,9 +128,14 @@ class SearchService:
         self.store.close()
 
     def _warm_up(self) -> None:
-        height, width = self.embedder.input_size
-        for size in sorted({1, self.batcher.max_batch}):
-            self.embedder.embed_pixels(np.zeros((size, height, width, 3), dtype=np.uint8))
+        """Compile if asked, then run every batch size the micro-batcher can send (with CUDA
+        graphs each bucket is captured here, not on a user's request)."""
+        if self.settings.compile != "off" and self.embedder.compile_mode == "off":
+            self.embedder.compile(self.settings.compile, max_batch=self.batcher.max_batch)
+        if self.embedder.buckets is not None:
+            self.embedder.warm_up(range(1, self.batcher.max_batch + 1))
+        else:
+            self.embedder.warm_up([1, self.batcher.max_batch])
         _ = self.embedder.space  # computes the fingerprint once
 
     def _check_default_collection(self) -> None:

@@ -10,7 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from dinoseek.embedder import Embedder, fingerprint_pixels, resolve_device, resolve_dtype
+from dinoseek.embedder import (
+    BATCH_BUCKETS,
+    Embedder,
+    bucket_for,
+    fingerprint_pixels,
+    resolve_device,
+    resolve_dtype,
+)
 from dinoseek.errors import ConfigError, EmbeddingError, ModelLoadError
 from dinoseek.images import decode_image
 from tests.helpers import encode, photo
@@ -137,3 +144,34 @@ def test_real_weights_match_the_reference() -> None:
     images = [photo(seed, size) for seed, size in enumerate(SIZES[:3])]
     cosines = (real.embed_images(images) * reference_embeddings(REAL_MODEL, images)).sum(axis=1)
     assert cosines.min() >= 0.9999
+
+
+def test_batches_are_padded_to_buckets_and_split_above_them(tiny_model_dir: Path) -> None:
+    # The padding that CUDA graphs need, checked without compiling (no GPU here).
+    bucketed = Embedder.from_pretrained(str(tiny_model_dir), device="cpu")
+    pixels = np.stack([bucketed.prepare(photo(seed)) for seed in range(7)])
+    reference = bucketed.embed_pixels(pixels)
+    bucketed.buckets = (1, 2, 4)
+    seen: list[int] = []
+    original = bucketed._run
+    bucketed._run = lambda **kw: seen.append(len(kw["pixel_values"])) or original(**kw)
+    np.testing.assert_allclose(bucketed.embed_pixels(pixels[:3]), reference[:3], atol=1e-5)
+    np.testing.assert_allclose(bucketed.embed_pixels(pixels), reference, atol=1e-5)
+    assert seen == [4, 4, 4]  # 3 -> 4; 7 -> 4 + (3 -> 4)
+    assert bucket_for(5, BATCH_BUCKETS) == 8
+    assert bucket_for(1000, BATCH_BUCKETS) == 256
+
+
+def test_unknown_compile_mode_is_refused(embedder: Embedder) -> None:
+    with pytest.raises(ConfigError, match="compile mode"):
+        embedder.compile("fastest")
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_same_vectors(tiny_model_dir: Path) -> None:
+    compiled = Embedder.from_pretrained(str(tiny_model_dir), device="cpu")
+    pixels = np.stack([compiled.prepare(photo(seed)) for seed in range(2)])
+    reference = compiled.embed_pixels(pixels)
+    compiled.compile("default")
+    compiled.warm_up([2])
+    np.testing.assert_allclose(compiled.embed_pixels(pixels), reference, atol=1e-4)
