@@ -128,3 +128,21 @@ class SnapshotError(StoreError):
     """A snapshot archive is unreadable, damaged, unsafe or of an unknown format."""
 
     code = "invalid_snapshot"
+
+
+class ProbeTrainingError(DinoseekError):
+    """A probe cannot be trained on the given vectors and labels."""
+
+    code = "probe_training_failed"
+
+
+class ProbeMismatchError(DinoseekError):
+    """A probe was trained on vectors of another model or dimension than it is applied to."""
+
+    code = "probe_mismatch"
+
+
+class InvalidProbeError(DinoseekError):
+    """Serialised probe data is malformed, or a probe's arrays do not fit together."""
+
+    code = "invalid_probe"

@@ -46,7 +46,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual alias)
 
-from dinoseek.errors import ConfigError, DinoseekError
+from dinoseek.errors import (
+    ConfigError,
+    InvalidProbeError,
+    ProbeMismatchError,
+    ProbeTrainingError,
+)
 from dinoseek.space import FINGERPRINT_MIN_COSINE, fingerprint_cosine
 
 UNKNOWN_LABEL = "unknown"
@@ -66,24 +71,6 @@ _STD_FLOOR = 1e-6
 # one thread: torch's thread pool costs more than it saves there, and on a busy machine a
 # second thread made a 10-class, 500-vector fit 10x slower.
 _SINGLE_THREAD_WORK = 5e7
-
-
-class ProbeTrainingError(DinoseekError):
-    """A probe cannot be trained on the given vectors and labels."""
-
-    code = "probe_training_failed"
-
-
-class ProbeMismatchError(DinoseekError):
-    """A probe was trained on vectors of another model or dimension than it is applied to."""
-
-    code = "probe_mismatch"
-
-
-class InvalidProbeError(DinoseekError):
-    """Serialised probe data is malformed, or a probe's arrays do not fit together."""
-
-    code = "invalid_probe"
 
 
 @dataclass(frozen=True)

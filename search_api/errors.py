@@ -22,11 +22,12 @@ from dinoseek.errors import (
     InvalidPointIdError,
     ModelLoadError,
     PointNotFoundError,
+    ProbeMismatchError,
     ProbeNotFoundError,
+    ProbeTrainingError,
     StoreLockedError,
     StoreUnavailableError,
 )
-from dinoseek.probe import ProbeMismatchError, ProbeTrainingError
 
 log = logging.getLogger(__name__)
 

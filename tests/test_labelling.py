@@ -12,8 +12,9 @@ from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 
 from dinoseek.embedder import Embedder
+from dinoseek.errors import ProbeMismatchError
 from dinoseek.labelling import ProbeCache, choose_probe, knn_labels, train_collection_probe
-from dinoseek.probe import LinearProbe, ProbeMismatchError
+from dinoseek.probe import LinearProbe
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, SearchHit, StoredProbe
 from dinoseek.synthetic import write_image_folder

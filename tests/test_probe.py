@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 from safetensors.numpy import save
 
-from dinoseek.errors import ConfigError, DinoseekError
-from dinoseek.probe import (
-    UNKNOWN_LABEL,
+from dinoseek.errors import (
+    ConfigError,
+    DinoseekError,
     InvalidProbeError,
-    LabelScore,
-    LinearProbe,
     ProbeMismatchError,
     ProbeTrainingError,
+)
+from dinoseek.probe import (
+    UNKNOWN_LABEL,
+    LabelScore,
+    LinearProbe,
     ProbeTrainingResult,
     SkippedClass,
     fit_temperature,
