@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from typing import TYPE_CHECKING
@@ -87,11 +89,20 @@ class _WorkerState:
 
 
 def init_worker(config: WorkerConfig, shared_name: str, shape: tuple[int, int, int]) -> None:
-    """Pool initializer. Workers ignore SIGINT: the parent decides how to stop."""
+    """Pool initializer. Workers ignore SIGINT (the parent decides how to stop) and exit
+    when the parent is gone (a SIGKILLed indexer must not leave idle workers behind)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WorkerState.config = config
     _WorkerState.shared = attach_shared_memory(shared_name)
     _WorkerState.shape = shape
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, interval_s: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval_s)
+    os._exit(0)
 
 
 def prepare_into_slot(path: str, slot: int) -> PreparedFile | FailedFile:

@@ -212,3 +212,20 @@ def test_index_refuses_a_store_held_by_a_server(tmp_path: Path, tiny_model_dir: 
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_decode_workers_do_not_outlive_a_killed_indexer(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    photos = tmp_path / "photos"
+    write_image_folder(photos, count=200, classes=("a", "b"))
+    process = start_index(photos, tmp_path / "data", tiny_model_dir, "--workers", "2")
+    wait_for_progress(process, 10)
+    workers = decode_workers(process.pid)
+    assert workers
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "orphaned decode workers"
