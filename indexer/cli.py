@@ -77,11 +77,14 @@ def main() -> None:
 
 
 def default_workers(device_type: str) -> int:
-    """Decode processes: all cores feeding a GPU; a few beside the model on a CPU."""
+    """Decode processes: all cores feeding a GPU. On a CPU the model needs every core and
+    decoding is a few percent of the work: on up to 4 cores it runs in this process between
+    batches (measured on 2 cores with a ViT-S: 101% of the model's own throughput, against
+    57% with one decode process taking a core); larger machines give it a quarter."""
     cores = available_cores()
     if device_type == "cuda":
         return min(16, cores)
-    return max(1, min(4, cores // 2))
+    return 0 if cores <= 4 else cores // 4
 
 
 @main.command(epilog=EPILOG)
@@ -132,8 +135,8 @@ def default_workers(device_type: str) -> int:
     "--workers",
     type=click.IntRange(min=0),
     default=None,
-    help="Decode processes (0: decode in this process) [default: all cores on cuda, "
-    "half the cores (at most 4) on cpu].",
+    help="Decode processes (0: decode in this process) [default: all cores (at most 16) on "
+    "cuda; on cpu none up to 4 cores, else a quarter of them].",
 )
 @click.option(
     "--failures-report",

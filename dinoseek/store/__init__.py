@@ -1,9 +1,13 @@
-"""Vector stores: the embedded Qdrant Edge store and a Qdrant server, behind one interface."""
+"""Vector stores: the embedded Qdrant Edge store and a Qdrant server, behind one interface.
+
+``ServerStore`` is imported on first use: qdrant-client takes most of a second to import,
+which every command using the embedded store would otherwise pay.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dinoseek.settings import Settings
 from dinoseek.store.edge import EdgeStore
@@ -21,7 +25,9 @@ from dinoseek.store.protocol import (
     search_by_id,
     validate_point_id,
 )
-from dinoseek.store.server import ServerStore
+
+if TYPE_CHECKING:
+    from dinoseek.store.server import ServerStore
 
 __all__ = [
     "FILTER_FIELDS",
@@ -48,6 +54,8 @@ def open_store(settings: Settings, *, owner: Mapping[str, Any] | None = None) ->
     ``owner`` describes this process in the embedded store's lock files (see ``EdgeStore``).
     """
     if settings.qdrant_url:
+        from dinoseek.store.server import ServerStore
+
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return ServerStore.connect(
             settings.qdrant_url,
@@ -57,3 +65,11 @@ def open_store(settings: Settings, *, owner: Mapping[str, Any] | None = None) ->
             write_consistency_factor=settings.qdrant_write_consistency,
         )
     return EdgeStore(settings.data_dir, owner=owner)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ServerStore":
+        from dinoseek.store.server import ServerStore
+
+        return ServerStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
