@@ -129,13 +129,15 @@ def dinoseek_workers(device: str, cores: int, asked: int | None) -> int:
     """Decode processes ``dinoseek index`` uses (mirrors ``indexer.cli.default_workers``)."""
     if asked is not None:
         return asked
-    return min(16, cores) if device == "cuda" else max(1, min(4, cores // 2))
+    if device == "cuda":
+        return min(16, cores)
+    return 0 if cores <= 4 else cores // 4
 
 
 def dinoseek_threads(device: str, cores: int, workers: int) -> int | None:
     """torch threads ``dinoseek index`` sets (mirrors ``share_cpu_with_workers``); None when
     it leaves torch's default (on cuda, or with OMP_NUM_THREADS set)."""
-    if device != "cpu" or "OMP_NUM_THREADS" in os.environ:
+    if device != "cpu" or "OMP_NUM_THREADS" in os.environ or workers <= 0:
         return None
     return max(1, cores - workers)
 
@@ -406,7 +408,8 @@ def run_dinoseek(
         "path": "dinoseek index",
         "model": spec,
         "batch": batch,
-        "threads": f"{ds_threads or 'default'} + {workers} decode proc",
+        "threads": f"{ds_threads or 'default'} + "
+        + (f"{workers} decode proc" if workers else "decode thread"),
         "images": embedded,
         "wall_s": round(done.wall_s, 2),
         "wall_rate": round(embedded / done.wall_s, 2),

@@ -92,10 +92,7 @@ class DecodePool:
     ) -> Iterator[tuple[ScannedFile, Result]]:
         """Decode ``files``, yielding results in order, until done or ``stop`` is set."""
         if self.workers == 0:
-            for file in files:
-                if stop.is_set():
-                    return
-                yield file, prepare_file(str(file.path), self.config)
+            yield from self._results_in_thread(files, stop)
             return
         self._generation = _Generation(self.config, self.workers, self.window)
         upcoming: Iterator[ScannedFile] = iter(files)
@@ -161,6 +158,24 @@ class DecodePool:
             isolating = max(0, isolating - 1)
             yield file, self._generation.collect(slot, raw)
             fill()
+
+    def _results_in_thread(
+        self, files: Sequence[ScannedFile], stop: threading.Event
+    ) -> Iterator[tuple[ScannedFile, Result]]:
+        """No worker processes: one thread of this process decodes ahead while the model
+        runs (Pillow releases the GIL while it decodes and resizes)."""
+        upcoming = iter(files)
+        with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+            in_flight: deque[tuple[ScannedFile, Future[Result]]] = deque()
+            while not stop.is_set():
+                while len(in_flight) < self.window and (file := next(upcoming, None)):
+                    in_flight.append((file, pool.submit(prepare_file, str(file.path), self.config)))
+                if not in_flight:
+                    return
+                file, future = in_flight.popleft()
+                yield file, future.result()
+            for _, future in in_flight:
+                future.cancel()
 
     def _restart(self) -> None:
         if self._generation is not None:
