@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import mimetypes
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Header, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 
@@ -103,6 +105,37 @@ ProbeName = Annotated[
 ]
 
 
+@dataclass
+class Neighbours:
+    """The query parameters every neighbour search takes (a FastAPI dependency)."""
+
+    top_k: TopK = 10
+    offset: Offset = 0
+    score_threshold: Threshold = None
+    label: Label = None
+    root: Root = None
+    collection: Collection = None
+
+    def query(self, vector: np.ndarray) -> SearchQuery:
+        """The store query for ``vector`` with these parameters."""
+        return SearchQuery(
+            vector=vector,
+            top_k=self.top_k,
+            offset=self.offset,
+            score_threshold=self.score_threshold,
+            filters=_filters(self.label, self.root),
+        )
+
+
+@dataclass
+class Labelling:
+    """How to predict labels (a FastAPI dependency)."""
+
+    with_labels: WithLabels = None
+    label_method: LabelMethod = None
+    probe: ProbeName = None
+
+
 def _filters(label: str | None, root: str | None) -> dict[str, str]:
     filters = {}
     if label is not None:
@@ -119,6 +152,24 @@ def _labels(labels: list[LabelPrediction] | None) -> list[LabelOut] | None:
         LabelOut(label=p.label, probability=p.probability, method=p.method, probe=p.probe)
         for p in labels
     ]
+
+
+async def _predict(
+    service: SearchService,
+    collection: str,
+    vector: np.ndarray,
+    hits: list[SearchHit],
+    labelling: Labelling,
+) -> list[LabelOut] | None:
+    labels = await service.labels(
+        collection,
+        vector,
+        hits,
+        with_labels=labelling.with_labels,
+        method=labelling.label_method,
+        probe_name=labelling.probe,
+    )
+    return _labels(labels)
 
 
 def _results(hits: list[SearchHit]) -> list[SearchResult]:
@@ -157,38 +208,22 @@ async def _embed(service: SearchService, upload: UploadFile, clock: StageClock) 
 async def search(
     service: Service,
     image: Annotated[UploadFile, File(description="the query image")],
-    top_k: TopK = 10,
-    offset: Offset = 0,
-    score_threshold: Threshold = None,
-    label: Label = None,
-    root: Root = None,
-    collection: Collection = None,
-    with_labels: WithLabels = None,
-    label_method: LabelMethod = None,
-    probe: ProbeName = None,
+    neighbours: Annotated[Neighbours, Depends()],
+    labelling: Annotated[Labelling, Depends()],
 ) -> SearchResponse:
     """Nearest neighbours of an uploaded image in the collection, and its predicted labels
     (by default when the collection has a probe)."""
     clock = StageClock()
-    name = _collection(service, collection)
+    name = _collection(service, neighbours.collection)
     vector = await _embed(service, image, clock)
-    query = SearchQuery(
-        vector=vector,
-        top_k=top_k,
-        offset=offset,
-        score_threshold=score_threshold,
-        filters=_filters(label, root),
-    )
-    hits = await service.search(name, query, clock)
-    labels = await service.labels(
-        name, vector, hits, with_labels=with_labels, method=label_method, probe_name=probe
-    )
+    hits = await service.search(name, neighbours.query(vector), clock)
+    labels = await _predict(service, name, vector, hits, labelling)
     return SearchResponse(
         model=service.embedder.model_id,
         collection=name,
         timings_ms=Timings(**clock.as_dict()),
         results=_results(hits),
-        labels=_labels(labels),
+        labels=labels,
     )
 
 
@@ -198,15 +233,8 @@ async def search(
 async def search_batch(
     service: Service,
     images: Annotated[list[UploadFile], File(description="the query images")],
-    top_k: TopK = 10,
-    offset: Offset = 0,
-    score_threshold: Threshold = None,
-    label: Label = None,
-    root: Root = None,
-    collection: Collection = None,
-    with_labels: WithLabels = None,
-    label_method: LabelMethod = None,
-    probe: ProbeName = None,
+    neighbours: Annotated[Neighbours, Depends()],
+    labelling: Annotated[Labelling, Depends()],
 ) -> BatchSearchResponse:
     """One result list per image, in upload order. An image that cannot be used gets an error
     item; the others are still answered."""
@@ -217,7 +245,7 @@ async def search_batch(
             f"{len(images)} images in one request; at most {MAX_BATCH_IMAGES}",
         )
     clock = StageClock()
-    name = _collection(service, collection)
+    name = _collection(service, neighbours.collection)
     items: list[BatchItem] = []
     queries: list[SearchQuery] = []
     outcomes = await asyncio.gather(
@@ -236,29 +264,13 @@ async def search_batch(
             raise outcome
         else:
             items.append(BatchItem(index=index, filename=upload.filename, results=[]))
-            queries.append(
-                SearchQuery(
-                    vector=outcome,
-                    top_k=top_k,
-                    offset=offset,
-                    score_threshold=score_threshold,
-                    filters=_filters(label, root),
-                )
-            )
+            queries.append(neighbours.query(outcome))
     answered = iter(zip(queries, await service.search_many(name, queries, clock), strict=True))
     for item in items:
         if item.error is None:
             query, hits = next(answered)
             item.results = _results(hits)
-            labels = await service.labels(
-                name,
-                query.vector,
-                hits,
-                with_labels=with_labels,
-                method=label_method,
-                probe_name=probe,
-            )
-            item.labels = _labels(labels)
+            item.labels = await _predict(service, name, query.vector, hits, labelling)
     return BatchSearchResponse(
         model=service.embedder.model_id,
         collection=name,
@@ -278,24 +290,19 @@ PointId = Annotated[str, Path(description="a point id, as returned by search")]
 async def similar(
     service: Service,
     point_id: PointId,
-    top_k: TopK = 10,
-    offset: Offset = 0,
-    score_threshold: Threshold = None,
-    label: Label = None,
-    root: Root = None,
-    collection: Collection = None,
+    neighbours: Annotated[Neighbours, Depends()],
 ) -> SimilarResponse:
     """Neighbours of an already indexed image (itself excluded), with no model call."""
     clock = StageClock()
-    name = _collection(service, collection)
+    name = _collection(service, neighbours.collection)
     hits = await service.similar(
         name,
         point_id,
         clock,
-        top_k=top_k,
-        offset=offset,
-        score_threshold=score_threshold,
-        filters=_filters(label, root),
+        top_k=neighbours.top_k,
+        offset=neighbours.offset,
+        score_threshold=neighbours.score_threshold,
+        filters=_filters(neighbours.label, neighbours.root),
     )
     return SimilarResponse(
         collection=name, id=point_id, timings_ms=Timings(**clock.as_dict()), results=_results(hits)
