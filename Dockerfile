@@ -51,6 +51,7 @@ COPY README.md ./
 COPY dinoseek ./dinoseek
 COPY indexer ./indexer
 COPY search_api ./search_api
+COPY dinoseek_cli ./dinoseek_cli
 RUN pip install --no-deps . \
     && dinoseek --version
 

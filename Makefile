@@ -27,15 +27,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
-## make test: install, then lint, type-check and run the test suite
+## make test: install, then lint, check the layering, type-check and run the test suite
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo
 	$(BIN)/mypy
 
 ## make run [IMAGES=folder MODEL=hub-id-or-dir PORT=8000]: index IMAGES into ./dinoseek-data,

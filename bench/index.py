@@ -9,7 +9,7 @@ On the same folder of images, each in a fresh process so that none disturbs anot
   L2-normalised, and an upsert of that one point into a fresh Qdrant Edge shard
   (``qdrant_edge`` used directly, one ``update`` call per image, as a loop written by hand
   does). torch keeps its default thread count: that is what a user gets.
-- **dinoseek**: ``python -m indexer index DIR --model M --data-dir FRESH --json --quiet
+- **dinoseek**: ``python -m indexer DIR --model M --data-dir FRESH --json --quiet
   --batch-size B --device D [--workers W]`` (the ``dinoseek index`` command) as a subprocess,
   timed end to end from spawn to exit (interpreter start, imports, model load, scan, decode,
   embed, upsert, index build). Its own ``images_per_s`` (the pipeline, without start-up) is
@@ -66,17 +66,24 @@ def model_worker(
     model: str, data: Path, device: str, dtype: str, batch: int, images: int, threads: int
 ) -> dict[str, Any]:
     """The embedder's own batched throughput on preprocessed pixels (no decode, no store)."""
+    import tempfile
+
     import numpy as np
     import torch
 
-    from dinoseek.embedder import Embedder
     from dinoseek.images import load_image
+    from dinoseek.runtime import Runtime
+    from dinoseek.settings import Settings
 
     if threads > 0:
         torch.set_num_threads(threads)
-    embedder = Embedder.from_pretrained(model, device=device, dtype=dtype)
+    with tempfile.TemporaryDirectory() as empty:
+        settings = Settings(model=model, device=device, dtype=dtype, data_dir=Path(empty))
+        with Runtime.open(settings, collection="none") as runtime:
+            embedder = runtime.require_embedder()
     files = common.list_images(data)[:batch]
-    prepared = [embedder.prepare(load_image(p, max_pixels=10**9).image) for p in files]
+    to_pixels = embedder.preprocessing.to_pixels
+    prepared = [to_pixels(load_image(p, max_pixels=10**9).image) for p in files]
     pixels = np.stack([prepared[i % len(prepared)] for i in range(batch)])
     for _ in range(2):  # warm-up: the first passes pay one-time costs
         embedder.embed_pixels(pixels)
@@ -92,7 +99,7 @@ def model_worker(
         "seconds": round(elapsed, 3),
         "rate": round(repeats * batch / elapsed, 2),
         "threads": torch.get_num_threads(),
-        "dtype": str(embedder.dtype).removeprefix("torch."),
+        "dtype": embedder.describe()["dtype"],
         "gpu_alloc_mib": _peak_alloc_mib(torch, device),
     }
 
@@ -126,7 +133,7 @@ def worker_main(argv: list[str]) -> None:
 
 
 def dinoseek_workers(device: str, cores: int, asked: int | None) -> int:
-    """Decode processes ``dinoseek index`` uses (mirrors ``indexer.cli.default_workers``)."""
+    """Decode processes ``dinoseek index`` uses (as ``runtime.default_decode_workers``)."""
     if asked is not None:
         return asked
     if device == "cuda":
@@ -382,7 +389,7 @@ def run_dinoseek(
     """``dinoseek index`` into a fresh data directory, end to end."""
     data_dir = work / f"data-{time.monotonic_ns()}"
     command = [
-        sys.executable, "-m", "indexer", "index", str(folder), "--model", model,
+        sys.executable, "-m", "indexer", str(folder), "--model", model,
         "--data-dir", str(data_dir), "--json", "--quiet", "--batch-size", str(batch),
         "--device", device,
     ]  # fmt: skip

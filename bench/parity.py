@@ -157,10 +157,13 @@ def check_model(
     spec: str, model_id: str, configs: list[tuple[str, str]], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     """Compare every configuration with the reference on every sample."""
+    import tempfile
+
     import numpy as np
 
-    from dinoseek.embedder import Embedder
     from dinoseek.images import decode_image
+    from dinoseek.runtime import Runtime
+    from dinoseek.settings import Settings
 
     samples = make_samples()
     decoded = [decode_image(s.data, max_pixels=10**8, name=s.name).image for s in samples]
@@ -169,8 +172,17 @@ def check_model(
     cross = float(similarity[np.triu_indices(len(samples), 1)].mean())
     rows = []
     for device, dtype in configs:
-        embedder = Embedder.from_pretrained(model_id, device=device, dtype=dtype)
-        ours = embedder.embed_images(decoded, batch_size=args.batch_size)
+        with tempfile.TemporaryDirectory() as empty:
+            settings = Settings(model=model_id, device=device, dtype=dtype, data_dir=Path(empty))
+            with Runtime.open(settings, collection="none") as runtime:
+                embedder = runtime.require_embedder()
+        pixels = np.stack([embedder.preprocessing.to_pixels(image) for image in decoded])
+        ours = np.concatenate(
+            [
+                embedder.embed_pixels(pixels[i : i + args.batch_size])
+                for i in range(0, len(pixels), args.batch_size)
+            ]
+        )
         cosines = (ours.astype(np.float64) * reference.astype(np.float64)).sum(axis=1)
         threshold = args.threshold or (
             CPU_FP32_THRESHOLD if (device, dtype) == ("cpu", "float32") else OTHER_THRESHOLD

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from dinoseek.probe import ProbeReport, train_probe
+from dinoseek.probe import ProbeReport
+from dinoseek.probe.training import train_probe
 
 SIZES = ((10, 50), (100, 1000))  # (classes, examples per class)
 

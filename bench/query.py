@@ -3,7 +3,7 @@
 Both answer ``POST /search`` (multipart field ``image``) with the 10 nearest neighbours from
 the same collection:
 
-- **dinoseek**: ``python -m indexer serve`` (the ``dinoseek serve`` command) on a data
+- **dinoseek**: ``python -m search_api`` (the ``dinoseek serve`` command) on a data
   directory indexed first by ``dinoseek index`` with the same model;
 - **baseline** (``bench/baseline_server.py``): the server a user writes around the model
   card's snippet: a FastAPI app served by uvicorn whose ``async`` handler does everything
@@ -404,7 +404,7 @@ def run_model(
     print(f"[{spec}] indexing {folder} with dinoseek ...", flush=True)
     indexed = common.run_process(
         [
-            sys.executable, "-m", "indexer", "index", str(folder), "--model", model,
+            sys.executable, "-m", "indexer", str(folder), "--model", model,
             "--data-dir", str(data_dir), "--device", device, "--json", "--quiet", *extra,
         ],
         timeout_s=3600,
@@ -419,7 +419,7 @@ def run_model(
         "dinoseek serve",
         spec,
         [
-            sys.executable, "-m", "indexer", "serve", "--host", "127.0.0.1", "--port", str(port),
+            sys.executable, "-m", "search_api", "--host", "127.0.0.1", "--port", str(port),
             "--model", model, "--data-dir", str(data_dir), "--device", device, "--quiet", *extra,
         ],
         port=port,

@@ -64,7 +64,6 @@ def index(folder: Path, data: Path, model: Path) -> tuple[float, dict[str, Any]]
         sys.executable,
         "-m",
         "indexer",
-        "index",
         str(folder),
         "--model",
         str(model),

@@ -39,8 +39,10 @@ from common import (
     write_results,
 )
 
+from dinoseek.runtime import Runtime
+from dinoseek.settings import Settings
 from dinoseek.space import EmbeddingSpace
-from dinoseek.store import EdgeStore, PointRecord, SearchQuery
+from dinoseek.store import PointRecord, SearchQuery, VectorStore
 
 BATCH = 1024
 
@@ -56,11 +58,17 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def open_store(directory: Path) -> VectorStore:
+    """dinoseek's embedded store at ``directory``, opened by the runtime as every command does."""
+    settings = Settings(data_dir=directory, collection="bench")
+    return Runtime.open(settings, collection="none", model=False).store
+
+
 def bench_edge(data: np.ndarray, queries: np.ndarray, directory: Path) -> dict[str, Any]:
     """dinoseek's EdgeStore: batched upserts, optimize(), single queries, reopen."""
     dim = data.shape[1]
     space = EmbeddingSpace("bench/random", dim, {}, tuple(float(v) for v in data[0]))
-    with EdgeStore(directory) as store:
+    with open_store(directory) as store:
         store.ensure_collection("bench", space)
         started = time.perf_counter()
         for start in range(0, len(data), BATCH):
@@ -72,13 +80,14 @@ def bench_edge(data: np.ndarray, queries: np.ndarray, directory: Path) -> dict[s
                 ],
             )
         upsert_s = time.perf_counter() - started
-        before = _query_times(lambda q: store.search("bench", SearchQuery(q, top_k=10)), queries)
+        before = _query_times(lambda q: store.search("bench", [SearchQuery(q, top_k=10)]), queries)
         started = time.perf_counter()
         store.optimize("bench")
         optimize_s = time.perf_counter() - started
-        after = _query_times(lambda q: store.search("bench", SearchQuery(q, top_k=10)), queries)
+        after = _query_times(lambda q: store.search("bench", [SearchQuery(q, top_k=10)]), queries)
     started = time.perf_counter()
-    with EdgeStore(directory) as store:
+    with open_store(directory) as store:
+        store.acquire("bench")
         count = store.count("bench")
     reopen_s = time.perf_counter() - started
     assert count == len(data)

@@ -1,10 +1,13 @@
-"""The embedder: DINOv2 CLS vectors (L2-normalised, float32) for batches of images.
+"""The DINOv2 embedder: CLS vectors (L2-normalised, float32) for batches of images, in torch.
 
 Loaded with ``transformers`` ``from_pretrained`` from a hub id or a local directory, so it
 works offline (``HF_HUB_OFFLINE=1``) when the model is cached or local. Geometric
 preprocessing (resize, crop) follows the model's own ``preprocessor_config.json`` and runs with
 Pillow wherever the image is decoded (see ``images.Preprocessing``); rescaling and
 normalisation run batched on the model's device.
+
+Only ``dinoseek.runtime`` loads an embedder (``load_embedder``); everything else receives one
+through the ``ImageEmbedder`` interface (``dinoseek.embedding``) and never sees torch.
 """
 
 from __future__ import annotations
@@ -13,15 +16,21 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import cached_property
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 
+from dinoseek.embedding import (
+    PatchEmbeddings,
+    Pixels,
+    VectorOrError,
+    available_cores,
+    fingerprint_pixels,
+    non_finite_rows,
+)
 from dinoseek.errors import ConfigError, EmbeddingError, ModelLoadError
 from dinoseek.images import Preprocessing, preprocessing_from_processor_config
 from dinoseek.space import EmbeddingSpace
@@ -31,6 +40,12 @@ T = TypeVar("T")
 
 SUPPORTED_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# torch.compile modes. "reduce-overhead" captures CUDA graphs: one per batch size, so batches
+# are padded up to one of BATCH_BUCKETS and each bucket is captured once (at warm-up).
+COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LARGE_GPU_BYTES = 40 * 1024**3
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,14 +71,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ConfigError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}") from None
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (respects affinity and container CPU sets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def share_cpu_with_workers(workers: int) -> int:
     """Leave cores to ``workers`` decode processes (none when ``workers`` is 0): torch's
     intra-op threads busy-wait between operations and would starve them. Returns the torch
@@ -75,22 +82,6 @@ def share_cpu_with_workers(workers: int) -> int:
     return threads
 
 
-def default_batch_size(device: torch.device) -> int:
-    """A batch size that keeps the device busy without exhausting its memory: 256 on a GPU
-    of 40 GB or more (ViT-L/14 in bf16 peaks near 2,500 img/s there), 128 on smaller GPUs,
-    16 on a CPU (throughput is flat from 8 to 32)."""
-    if device.type != "cuda":
-        return 16
-    total = torch.cuda.get_device_properties(device).total_memory
-    return 256 if total >= 40 * 1024**3 else 128
-
-
-# torch.compile modes. "reduce-overhead" captures CUDA graphs: one per batch size, so batches
-# are padded up to one of BATCH_BUCKETS and each bucket is captured once (at warm-up).
-COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
 def bucket_for(size: int, buckets: Sequence[int]) -> int:
     """The smallest bucket that holds ``size`` images (the largest bucket if none does)."""
     for bucket in buckets:
@@ -99,21 +90,12 @@ def bucket_for(size: int, buckets: Sequence[int]) -> int:
     return buckets[-1]
 
 
-@dataclass(frozen=True)
-class PatchEmbeddings:
-    """CLS vectors (N, dim), L2-normalised, and raw patch tokens (N, patches, dim)."""
-
-    cls: np.ndarray
-    patch_tokens: np.ndarray
-
-
 class Embedder:
-    """A frozen DINOv2 on one device.
+    """A frozen DINOv2 on one device (an ``ImageEmbedder``).
 
-    All torch work runs on one thread of its own, whichever thread calls: once torch has run
-    on a thread, forward passes from any other thread were measured 40% slower on a 2-core
-    CPU (each calling thread gets its own OpenMP team), and CUDA graphs must be replayed on
-    the thread that captured them. Calls are therefore also serialised: thread-safe.
+    All torch work runs on one thread of its own, whichever thread calls: torch on a second
+    calling thread gets its own OpenMP team and runs slower, and CUDA graphs must be replayed
+    on the thread that captured them. Calls are therefore also serialised: thread-safe.
     """
 
     def __init__(
@@ -126,32 +108,26 @@ class Embedder:
         device: torch.device,
         dtype: torch.dtype,
         num_register_tokens: int = 0,
+        patch_size: int = 14,
     ) -> None:
         self.model = model
         self.preprocessing = preprocessing
         self.model_id = model_id
         self.dim = dim
-        self.device = device
+        self.torch_device = device
         self.dtype = dtype
         self.num_register_tokens = num_register_tokens
+        self.patch_size = patch_size
         self._mean = torch.tensor(preprocessing.mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(preprocessing.std, device=device).view(1, 3, 1, 1)
         self._run: Any = model  # the module, or its torch.compile'd version
         self.compile_mode = "off"
         self.buckets: tuple[int, ...] | None = None
         self._pinned: torch.Tensor | None = None  # host staging buffer for GPU copies
-        self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+        self._torch_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="torch", initializer=self._record_torch_thread
+        )
         self._torch_thread_id: int | None = None
-
-    def _on_torch_thread(self, function: Callable[..., T], *args: Any) -> T:
-        """Run ``function`` on the embedder's own thread (directly when already there)."""
-        if threading.get_ident() == self._torch_thread_id:
-            return function(*args)
-        return self._torch_thread.submit(self._record_thread, function, *args).result()
-
-    def _record_thread(self, function: Callable[..., T], *args: Any) -> T:
-        self._torch_thread_id = threading.get_ident()
-        return function(*args)
 
     @classmethod
     def from_pretrained(
@@ -189,7 +165,6 @@ class Embedder:
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(_load_failure_message(model_id, exc)) from None
         model.eval().requires_grad_(False).to(torch_device)
-        log.info("loaded %s on %s (%s)", model_id, torch_device, torch_dtype)
         return cls(
             model,
             preprocessing,
@@ -198,31 +173,25 @@ class Embedder:
             device=torch_device,
             dtype=torch_dtype,
             num_register_tokens=int(getattr(config, "num_register_tokens", 0) or 0),
+            patch_size=int(getattr(config, "patch_size", 14) or 14),
         )
 
-    def compile(self, mode: str = "default", *, max_batch: int | None = None) -> None:
-        """torch.compile the model (``COMPILE_MODES``). With ``reduce-overhead`` (CUDA
-        graphs, for low-latency queries) batches are padded to ``BATCH_BUCKETS`` up to
-        ``max_batch``; call ``warm_up`` afterwards so that every bucket is captured before
-        the first real request."""
-        if mode not in COMPILE_MODES:
-            raise ConfigError(f"unknown compile mode {mode!r}; use one of {COMPILE_MODES}")
-        if mode == "off":
-            return
-        self._run = self._on_torch_thread(
-            lambda: torch.compile(self.model, mode=mode, dynamic=False)
-        )
-        self.compile_mode = mode
-        if mode == "reduce-overhead":
-            limit = max_batch or default_batch_size(self.device)
-            self.buckets = tuple(b for b in BATCH_BUCKETS if b <= limit) or (1,)
+    # -- what the rest of dinoseek sees (ImageEmbedder) ------------------------------------
 
-    def warm_up(self, batch_sizes: Sequence[int]) -> None:
-        """Run each batch size once (compiles and captures graphs; fills the caches)."""
-        height, width = self.input_size
-        sizes = sorted({bucket_for(n, self.buckets) if self.buckets else n for n in batch_sizes})
-        for size in sizes:
-            self.embed_pixels(np.zeros((size, height, width, 3), dtype=np.uint8))
+    @property
+    def executor(self) -> Executor:
+        """The torch thread (calls submitted here run without another hop)."""
+        return self._torch_thread
+
+    @property
+    def device(self) -> str:
+        """E.g. ``cpu`` or ``cuda:0``."""
+        return str(self.torch_device)
+
+    @property
+    def device_type(self) -> str:
+        """``cpu`` or ``cuda``."""
+        return self.torch_device.type
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -245,29 +214,20 @@ class Embedder:
         return {
             "model_id": self.model_id,
             "dim": self.dim,
-            "device": str(self.device),
+            "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "preprocessing": self.preprocessing.describe(),
         }
 
-    def prepare(self, image: Image.Image) -> np.ndarray:
-        """Resize and crop one decoded RGB image to the model's input (uint8, H x W x 3)."""
-        return self.preprocessing.to_pixels(image)
+    def default_batch_size(self) -> int:
+        """16 on a CPU (throughput is flat from 8 to 32); on a GPU 256 with 40 GB or more of
+        memory, else 128."""
+        if self.torch_device.type != "cuda":
+            return 16
+        total = torch.cuda.get_device_properties(self.torch_device).total_memory
+        return 256 if total >= LARGE_GPU_BYTES else 128
 
-    def embed_images(
-        self, images: Sequence[Image.Image], *, batch_size: int | None = None
-    ) -> np.ndarray:
-        """Embed decoded RGB images: float32 array (N, dim) of L2-normalised CLS vectors."""
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        size = batch_size or default_batch_size(self.device)
-        chunks = [
-            self.embed_pixels(np.stack([self.prepare(image) for image in images[i : i + size]]))
-            for i in range(0, len(images), size)
-        ]
-        return np.concatenate(chunks)
-
-    def embed_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+    def embed_pixels(self, pixels: Pixels) -> np.ndarray:
         """Embed preprocessed uint8 pixels (N, H, W, 3) in one forward pass.
 
         Returns float32 (N, dim), each row L2-normalised. Raises ``EmbeddingError`` if any
@@ -275,19 +235,91 @@ class Embedder:
         """
         return self._on_torch_thread(self._embed_cls, pixels)
 
-    def _embed_cls(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
-        return self._normalised_cls(self._forward(pixels))
+    def embed_each(self, pixels: Pixels) -> list[VectorOrError]:
+        """A vector or an ``EmbeddingError`` per image (see ``ImageEmbedder.embed_each``)."""
+        return self._on_torch_thread(self._embed_each, pixels)
 
-    def embed_pixels_with_patches(self, pixels: np.ndarray | torch.Tensor) -> PatchEmbeddings:
+    def embed_with_patches(self, pixels: Pixels) -> PatchEmbeddings:
         """Like ``embed_pixels``, plus the raw patch tokens (N, patches, dim), float32."""
         return self._on_torch_thread(self._embed_with_patches, pixels)
 
-    def _embed_with_patches(self, pixels: np.ndarray | torch.Tensor) -> PatchEmbeddings:
+    def stack(self, pixels: Sequence[Pixels]) -> Pixels:
+        """One (N, H, W, 3) batch: numpy on the host, or a tensor on the device when any image
+        was decoded there (the others are copied to it)."""
+        devices = [p.device for p in pixels if isinstance(p, torch.Tensor)]
+        if not devices:
+            return np.stack(pixels)
+        return torch.stack([torch.as_tensor(p).to(devices[0]) for p in pixels])
+
+    def compile(self, mode: str = "default", *, max_batch: int | None = None) -> None:
+        """torch.compile the model (``COMPILE_MODES``). With ``reduce-overhead`` (CUDA
+        graphs, for low-latency queries) batches are padded to ``BATCH_BUCKETS`` up to
+        ``max_batch``; call ``warm_up`` afterwards so that every bucket is captured before
+        the first real request."""
+        if mode not in COMPILE_MODES:
+            raise ConfigError(f"unknown compile mode {mode!r}; use one of {COMPILE_MODES}")
+        if mode == "off":
+            return
+        self._run = self._on_torch_thread(
+            lambda: torch.compile(self.model, mode=mode, dynamic=False)
+        )
+        self.compile_mode = mode
+        if mode == "reduce-overhead":
+            limit = max_batch or self.default_batch_size()
+            self.buckets = tuple(b for b in BATCH_BUCKETS if b <= limit) or (1,)
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> None:
+        """Run each batch size once (compiles and captures graphs; fills the caches)."""
+        height, width = self.input_size
+        sizes = sorted({bucket_for(n, self.buckets) if self.buckets else n for n in batch_sizes})
+        for size in sizes:
+            self.embed_pixels(np.zeros((size, height, width, 3), dtype=np.uint8))
+
+    # -- on the torch thread -----------------------------------------------------------------
+
+    def _on_torch_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function`` on the embedder's own thread (directly when already there)."""
+        if threading.get_ident() == self._torch_thread_id:
+            return function(*args)
+        return self._torch_thread.submit(function, *args).result()
+
+    def _record_torch_thread(self) -> None:
+        self._torch_thread_id = threading.get_ident()
+
+    def _embed_cls(self, pixels: Pixels) -> np.ndarray:
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._normalised_cls(self._forward(pixels))
+
+    def _embed_each(self, pixels: Pixels) -> list[VectorOrError]:
+        count = len(pixels)
+        if count == 0:
+            return []
+        try:
+            return list(self._embed_cls(pixels))
+        except EmbeddingError as exc:
+            if count == 1:
+                return [exc]
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if count == 1:
+                message = f"not enough memory to embed this image on {self.device}"
+                return [EmbeddingError(message, code="out_of_memory")]
+            log.warning("out of memory at batch size %d; retrying in halves", count)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        middle = count // 2
+        return self._embed_each(pixels[:middle]) + self._embed_each(pixels[middle:])
+
+    def _embed_with_patches(self, pixels: Pixels) -> PatchEmbeddings:
         hidden = self._forward(pixels)
         patches = hidden[:, 1 + self.num_register_tokens :].float().cpu().numpy()
-        return PatchEmbeddings(cls=self._normalised_cls(hidden), patch_tokens=patches)
+        height, width = self.input_size
+        grid = (height // self.patch_size, width // self.patch_size)
+        return PatchEmbeddings(cls=self._normalised_cls(hidden), patch_tokens=patches, grid=grid)
 
-    def _forward(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def _forward(self, pixels: Pixels) -> torch.Tensor:
         batch = torch.as_tensor(pixels)
         if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
             raise ValueError(f"expected uint8 pixels (N, H, W, 3), got {tuple(batch.shape)}")
@@ -314,37 +346,36 @@ class Embedder:
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
         """Host uint8 pixels go to a GPU through pinned memory (a non-blocking DMA copy);
         on the CPU, or for pixels already on the device, this is a no-op."""
-        if self.device.type != "cuda" or batch.device.type == "cuda":
-            return batch.to(self.device)
+        if self.torch_device.type != "cuda" or batch.device.type == "cuda":
+            return batch.to(self.torch_device)
         if self._pinned is None or self._pinned.numel() < batch.numel():
             self._pinned = torch.empty(batch.numel(), dtype=torch.uint8, pin_memory=True)
         staging = self._pinned[: batch.numel()].view(batch.shape)
         staging.copy_(batch)
         # The forward pass that follows, and its .cpu(), synchronise before the buffer is
         # reused by the next batch.
-        return staging.to(self.device, non_blocking=True)
+        return staging.to(self.torch_device, non_blocking=True)
 
     def _normalised_cls(self, hidden: torch.Tensor) -> np.ndarray:
-        cls = hidden[:, 0].float()
-        finite = torch.isfinite(cls).all(dim=1)
-        if not bool(finite.all()):
-            bad = [int(i) for i in torch.nonzero(~finite).flatten()]
+        cls = hidden[:, 0].float().cpu().numpy()
+        bad = non_finite_rows(cls)
+        if bad:
             raise EmbeddingError(
                 f"{self.model_id} produced non-finite embeddings for batch rows {bad} "
                 f"(dtype {self.dtype}); try --dtype float32"
             )
-        cls = torch.nn.functional.normalize(cls, dim=1)
-        return cls.cpu().numpy().astype(np.float32, copy=False)
+        norms = np.linalg.norm(cls, axis=1, keepdims=True)
+        return np.asarray(cls / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def fingerprint_pixels(size: tuple[int, int]) -> np.ndarray:
-    """A fixed, structured synthetic image (uint8, H x W x 3) whose embedding identifies a model."""
-    height, width = size
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    red = 127.5 + 127.5 * np.sin(x / 9.0) * np.cos(y / 13.0)
-    green = 255.0 * (x + y) / (height + width)
-    blue = np.where(((x // 28) + (y // 28)) % 2 == 0, 230.0, 25.0)
-    return np.stack([red, green, blue], axis=-1).round().astype(np.uint8)
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether a torch error means the device (or the host) ran out of memory."""
+    text = str(exc).lower()
+    return (
+        isinstance(exc, torch.cuda.OutOfMemoryError)
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )
 
 
 def _load_failure_message(model_id: str, exc: Exception) -> str:

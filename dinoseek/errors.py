@@ -88,6 +88,13 @@ class StoreUnavailableError(StoreError):
     code = "store_unavailable"
 
 
+class CollectionNotAcquiredError(StoreError):
+    """Points of a collection were read or written before the collection was acquired (a bug
+    in the caller: see ``dinoseek.store.protocol``)."""
+
+    code = "collection_not_acquired"
+
+
 class CollectionNotFoundError(StoreError):
     """The named collection does not exist."""
 

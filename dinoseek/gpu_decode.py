@@ -1,10 +1,10 @@
 """Optional JPEG decoding and preprocessing on the GPU (nvJPEG through torchvision).
 
-On a GPU host, decoding JPEGs with Pillow on the CPU caps indexing near 2,000 img/s on 16
-processes; nvJPEG decodes about 9,200 img/s (DESIGN.md). ``GpuJpegDecoder`` decodes a batch
-of JPEGs on the device, applies the EXIF orientation, resizes the shortest edge and
-centre-crops exactly as ``images.Preprocessing`` does, and returns model-ready uint8 pixels
-(H, W, 3) on the device.
+On a GPU host, decoding JPEGs with Pillow on the CPU can cap indexing below what the model
+sustains; nvJPEG decodes on the GPU itself (figures: bench/RESULTS.md). ``GpuJpegDecoder``
+decodes a batch of JPEGs on the device, applies the EXIF orientation, resizes the shortest
+edge and centre-crops exactly as ``images.Preprocessing`` does, and returns model-ready uint8
+pixels (H, W, 3) on the device.
 
 Deviation from the reference pipeline, hence opt-in (``--gpu-decode``): the resize is torch's
 antialiased bicubic instead of Pillow's, and nvJPEG's IDCT differs from libjpeg's; the
@@ -76,16 +76,17 @@ class GpuJpegDecoder:
         self.decode = decode
 
     @classmethod
-    def create(cls, preprocessing: Preprocessing, device: torch.device) -> GpuJpegDecoder | None:
-        """A decoder, or None (with a logged reason) where nvJPEG cannot be used."""
-        if device.type != "cuda":
+    def create(cls, preprocessing: Preprocessing, device: str) -> GpuJpegDecoder | None:
+        """A decoder for the model's ``device`` (e.g. ``cuda:0``), or None (with a logged
+        reason) where nvJPEG cannot be used."""
+        if torch.device(device).type != "cuda":
             log.warning("GPU decoding needs a CUDA device (the model runs on %s)", device)
             return None
         decode, reason = load_decode_jpeg()
         if decode is None:
             log.warning("GPU decoding is off: %s; install the gpu extra", reason)
             return None
-        return cls(preprocessing, device, decode)
+        return cls(preprocessing, torch.device(device), decode)
 
     def decode_batch(self, jobs: Sequence[JpegJob]) -> list[torch.Tensor | None]:
         """Model-ready pixels (H, W, 3) uint8 on the device per job; None where the CPU must

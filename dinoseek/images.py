@@ -159,6 +159,26 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> Decode
 
 
 @dataclass(frozen=True)
+class PreparedImage:
+    """An image ready for the model: its uint8 pixels (H, W, 3) and what the file was."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    format: str
+
+
+def prepare_image(
+    data: bytes, preprocessing: Preprocessing, *, max_pixels: int, name: str = "image"
+) -> PreparedImage:
+    """Untrusted bytes to model-ready pixels: the one path of the indexer, the CLI and the
+    service. Raises ``ImageError`` for anything that cannot become pixels."""
+    decoded = decode_image(data, max_pixels=max_pixels, name=name)
+    pixels = preprocessing.to_pixels(decoded.image)
+    return PreparedImage(pixels, decoded.width, decoded.height, decoded.format)
+
+
+@dataclass(frozen=True)
 class ImageHeader:
     """What the header says, without decoding pixels. ``orientation`` is the EXIF tag (1-8)."""
 
@@ -442,3 +462,20 @@ def _resample_code(value: Any) -> int:
     name = str(getattr(value, "name", value)).upper()
     # torchvision InterpolationMode names map onto Pillow's.
     return int(Image.Resampling[name])
+
+
+# The preprocessor_config.json of the facebook/dinov2-* checkpoints.
+DINOV2_PROCESSOR: dict[str, Any] = {
+    "size": {"shortest_edge": 256},
+    "crop_size": {"height": 224, "width": 224},
+    "do_center_crop": True,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "resample": 3,
+    "rescale_factor": 1 / 255,
+}
+DINOV2_PREPROCESSING = preprocessing_from_processor_config(DINOV2_PROCESSOR)

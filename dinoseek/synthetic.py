@@ -22,6 +22,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from dinoseek.images import DINOV2_PROCESSOR
+
 # Architectures of the DINOv2 checkpoints (ViT-S/B/L/g, patch 14), plus a tiny one for tests.
 MODEL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -55,21 +57,6 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
         "intermediate_size": 6144,
         "use_swiglu_ffn": True,
     },
-}
-
-# The preprocessor_config.json of the facebook/dinov2-* checkpoints.
-DINOV2_PROCESSOR: dict[str, Any] = {
-    "size": {"shortest_edge": 256},
-    "crop_size": {"height": 224, "width": 224},
-    "do_center_crop": True,
-    "do_convert_rgb": True,
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_std": [0.229, 0.224, 0.225],
-    "resample": 3,
-    "rescale_factor": 1 / 255,
 }
 
 CLASS_NAMES = ("circles", "stripes", "squares", "triangles", "dots", "waves", "rings", "grid")

@@ -1,1 +1,1 @@
-"""The dinoseek CLI and indexer: scan folders, embed what changed, keep a collection in sync."""
+"""The indexer: scan folders, embed what changed, keep a collection in sync (``index``)."""

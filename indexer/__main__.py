@@ -1,5 +1,5 @@
-"""``python -m indexer``: the ``dinoseek`` command."""
+"""``python -m indexer FOLDER...``: the same as ``dinoseek index FOLDER...``."""
 
-from indexer.cli import main
+from indexer.commands import index
 
-main()
+index(prog_name="python -m indexer")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -21,9 +22,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.shared_memory import SharedMemory
+from typing import TYPE_CHECKING
 
 from dinoseek.errors import ImageError
-from dinoseek.gpu_decode import GpuJpegDecoder, JpegJob
 from dinoseek.images import ImageHeader, inspect_image
 from indexer.scan import ScannedFile
 from indexer.workers import (
@@ -39,6 +40,9 @@ from indexer.workers import (
     shared_buffer,
     slot_view,
 )
+
+if TYPE_CHECKING:  # torch: imported only where --gpu-decode is asked for
+    from dinoseek.gpu_decode import GpuJpegDecoder
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ class _Generation:
             max_workers=workers,
             mp_context=get_context("spawn"),
             initializer=init_worker,
-            initargs=(config, self.shared.name, self.shape),
+            initargs=(config, self.shared.name, self.shape, os.getpid()),
         )
 
     def submit(self, file: ScannedFile) -> tuple[int, Future[Result]]:
@@ -264,6 +268,8 @@ class GpuDecodeStage:
     def _decode(
         self, jobs: list[tuple[ScannedFile, _ReadJpeg]]
     ) -> Iterator[tuple[ScannedFile, Result]]:
+        from dinoseek.gpu_decode import JpegJob
+
         decoded = self.decoder.decode_batch(
             [JpegJob(job.read.data, job.header.orientation) for _, job in jobs]
         )

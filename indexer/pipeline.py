@@ -28,11 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from dinoseek.embedder import Embedder
+from dinoseek.embedding import ImageEmbedder, Pixels
 from dinoseek.errors import EmbeddingError
-from dinoseek.gpu_decode import GpuJpegDecoder
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload
 from indexer.decode import DecodePool, GpuDecodeStage
@@ -180,16 +178,7 @@ class _Pending:
     """A new point waiting for its batch to be embedded."""
 
     point_id: str
-    pixels: np.ndarray | torch.Tensor
-
-
-def stack_pixels(pixels: list[np.ndarray | torch.Tensor]) -> np.ndarray | torch.Tensor:
-    """One (N, H, W, 3) batch: numpy on the host, or a tensor on the device when any image
-    was decoded there (the others are copied to it)."""
-    devices = [p.device for p in pixels if isinstance(p, torch.Tensor)]
-    if not devices:
-        return np.stack(pixels)
-    return torch.stack([torch.as_tensor(p).to(devices[0]) for p in pixels])
+    pixels: Pixels
 
 
 class IndexRun:
@@ -197,7 +186,7 @@ class IndexRun:
 
     def __init__(
         self,
-        embedder: Embedder,
+        embedder: ImageEmbedder,
         store: VectorStore,
         options: IndexOptions,
         *,
@@ -361,6 +350,8 @@ class IndexRun:
         options = self.options
         config = WorkerConfig(self.embedder.preprocessing, options.max_image_pixels)
         if options.gpu_decode:
+            from dinoseek.gpu_decode import GpuJpegDecoder  # torch, only when asked for
+
             decoder = GpuJpegDecoder.create(self.embedder.preprocessing, self.embedder.device)
             if decoder is not None:
                 threads = max(4, options.workers)
@@ -427,30 +418,16 @@ class IndexRun:
             self.summary.embedded += len(records)
 
     def _embed(self, batch: list[_Pending]) -> list[tuple[_Pending, np.ndarray]]:
-        """Embed a batch; split it on out-of-memory; report images that cannot be embedded."""
-        try:
-            vectors = self.embedder.embed_pixels(stack_pixels([p.pixels for p in batch]))
-        except EmbeddingError as exc:
-            if len(batch) == 1:
-                self._fail_point(batch[0].point_id, exc.code, exc.message)
-                return []
-            return self._embed_halves(batch)
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-            if not _is_out_of_memory(exc):
-                raise
-            if len(batch) == 1:
-                message = f"not enough memory to embed this image on {self.embedder.device}"
-                self._fail_point(batch[0].point_id, "out_of_memory", message)
-                return []
-            log.warning("out of memory at batch size %d; retrying in halves", len(batch))
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            return self._embed_halves(batch)
-        return list(zip(batch, vectors, strict=True))
-
-    def _embed_halves(self, batch: list[_Pending]) -> list[tuple[_Pending, np.ndarray]]:
-        middle = len(batch) // 2
-        return self._embed(batch[:middle]) + self._embed(batch[middle:])
+        """Embed a batch; images that cannot be embedded are reported, not fatal (the
+        embedder splits a batch that runs out of memory)."""
+        vectors = self.embedder.embed_each(self.embedder.stack([p.pixels for p in batch]))
+        embedded = []
+        for pending, vector in zip(batch, vectors, strict=True):
+            if isinstance(vector, EmbeddingError):
+                self._fail_point(pending.point_id, vector.code, vector.message)
+            else:
+                embedded.append((pending, vector))
+        return embedded
 
     def _fail_point(self, point_id: str, code: str, message: str) -> None:
         point = self.catalog.points.get(point_id)
@@ -487,17 +464,8 @@ class _NoPoint:
 _NO_POINT = _NoPoint()
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return (
-        isinstance(exc, torch.cuda.OutOfMemoryError)
-        or "out of memory" in text
-        or ("can't allocate memory" in text)
-    )
-
-
 def index_folders(
-    embedder: Embedder,
+    embedder: ImageEmbedder,
     store: VectorStore,
     options: IndexOptions,
     *,

@@ -18,15 +18,12 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dinoseek.embedding import Pixels
 from dinoseek.errors import ImageError, ImageErrorCode
-from dinoseek.images import Preprocessing, decode_image
-
-if TYPE_CHECKING:  # workers never import torch: they start in a fraction of a second
-    import torch
+from dinoseek.images import Preprocessing, prepare_image
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,7 @@ class PreparedFile:
     width: int
     height: int
     format: str
-    pixels: np.ndarray | torch.Tensor | None = None
+    pixels: Pixels | None = None
     slot: int | None = None
 
 
@@ -88,14 +85,16 @@ class _WorkerState:
     shape: tuple[int, int, int] = (0, 0, 0)
 
 
-def init_worker(config: WorkerConfig, shared_name: str, shape: tuple[int, int, int]) -> None:
+def init_worker(
+    config: WorkerConfig, shared_name: str, shape: tuple[int, int, int], parent: int
+) -> None:
     """Pool initializer. Workers ignore SIGINT (the parent decides how to stop) and exit
-    when the parent is gone (a SIGKILLed indexer must not leave idle workers behind)."""
+    when ``parent`` (the indexer's pid, given by it) is gone: a SIGKILLed indexer must not
+    leave idle workers behind, even one killed while this worker was still starting."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WorkerState.config = config
     _WorkerState.shared = attach_shared_memory(shared_name)
     _WorkerState.shape = shape
-    parent = os.getppid()
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
@@ -169,8 +168,9 @@ def prepare_bytes(
     """Decode and preprocess a file's bytes with Pillow."""
     path = read.path
     try:
-        decoded = decode_image(read.data, max_pixels=config.max_image_pixels, name=path)
-        pixels = config.preprocessing.to_pixels(decoded.image)
+        prepared = prepare_image(
+            read.data, config.preprocessing, max_pixels=config.max_image_pixels, name=path
+        )
     except ImageError as exc:
         return FailedFile(path, exc.code, exc.message)
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
@@ -180,8 +180,8 @@ def prepare_bytes(
         size=read.size,
         mtime_ns=read.mtime_ns,
         sha256=sha256 or read.sha256,
-        width=decoded.width,
-        height=decoded.height,
-        format=decoded.format,
-        pixels=pixels,
+        width=prepared.width,
+        height=prepared.height,
+        format=prepared.format,
+        pixels=prepared.pixels,
     )

@@ -1,1 +1,2 @@
-"""The dinoseek HTTP service: FastAPI app factory, routes, micro-batching, limits, metrics."""
+"""The dinoseek HTTP service: app factory, routes, micro-batching, admission, limits, metrics,
+the client of a running service, and the ``serve`` command."""

@@ -1,7 +1,5 @@
 """``python -m search_api [OPTIONS]``: the same as ``dinoseek serve [OPTIONS]``."""
 
-import sys
+from search_api.commands import serve
 
-from indexer.cli import main
-
-main(["serve", *sys.argv[1:]], prog_name="python -m search_api")
+serve(prog_name="python -m search_api")

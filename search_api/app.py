@@ -1,9 +1,9 @@
-"""The app factory: ``create_app(settings, embedder=..., store=...)``.
+"""The app factory: ``create_app(settings, runtime=...)``.
 
-The model and the store are passed in (tests give a tiny model and a temporary store) or, when
-absent, loaded by the lifespan from ``settings``. Start-up loads the model once, opens the
-store, refuses a collection built with another model, warms the model up, then starts the
-micro-batcher.
+The runtime (store, collection, model) is passed in by ``dinoseek serve``, which opens it
+before the server listens; tests pass a store and an embedder of their own, and the lifespan
+completes the same startup (``Runtime.open``). With neither, the lifespan opens everything
+from ``settings``. At shutdown the runtime is closed: the store flushed, its locks released.
 """
 
 from __future__ import annotations
@@ -13,14 +13,18 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
 from dinoseek import __version__
-from dinoseek.embedder import Embedder
+from dinoseek.embedding import ImageEmbedder
+from dinoseek.runtime import ModelLoader, ModelPolicy, Runtime
 from dinoseek.settings import Settings
-from dinoseek.store import VectorStore, open_store
+from dinoseek.store import VectorStore
+from search_api.admission import Admission
+from search_api.auth import ApiKeyCheck
 from search_api.errors import install_error_handlers
 from search_api.limits import BodySizeLimit
 from search_api.metrics import RequestMetrics, ServiceMetrics
@@ -29,30 +33,46 @@ from search_api.service import SearchService
 
 log = logging.getLogger(__name__)
 
+SERVING = ModelPolicy(purpose="serve")
+
 DESCRIPTION = """\
 Image similarity search on DINOv2 features. Upload an image to `/search` and get its nearest
 neighbours from the collection, with scores and payloads. Every error has the body
 `{"error": {"code": "...", "message": "..."}}`. When `DINOSEEK_API_KEY` is set, every route
-but `/health` and `/ready` needs the header `X-API-Key`.
+but `/health`, `/ready` and these docs needs the header `X-API-Key`.
 """
+
+# Documents the header in OpenAPI; ApiKeyCheck enforces it before the body is read.
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
 def create_app(
     settings: Settings,
     *,
-    embedder: Embedder | None = None,
+    runtime: Runtime | None = None,
     store: VectorStore | None = None,
-    store_owner: Mapping[str, Any] | None = None,
+    embedder: ImageEmbedder | None = None,
+    loader: ModelLoader | None = None,
+    owner: Mapping[str, Any] | None = None,
 ) -> FastAPI:
-    """Build the app. ``store_owner`` describes this server in an embedded store's locks."""
-
+    """Build the app. ``owner`` describes this server in an embedded store's locks."""
     metrics = ServiceMetrics()
+
+    def open_runtime() -> Runtime:
+        return Runtime.open(
+            settings,
+            owner=owner,
+            collection="optional",
+            policy=SERVING,
+            loader=loader,
+            store=store,
+            embedder=embedder,
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = await run_in_threadpool(
-            _build_service, settings, embedder, store, store_owner, metrics
-        )
+        started = runtime if runtime is not None else await run_in_threadpool(open_runtime)
+        service = SearchService(started, metrics=metrics)
         app.state.service = service
         try:
             await service.start()
@@ -74,8 +94,13 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(open_routes)
-    app.include_router(routes)
-    # Middleware wraps in reverse order of addition: the size limit sees the request first.
+    app.include_router(routes, dependencies=[Depends(API_KEY_HEADER)])
+    # Middleware wraps in reverse order of addition: CORS sees a request first, then the
+    # metrics, the upload limit, the API key and the admission; none of them reads the body.
+    app.add_middleware(Admission, limit=settings.max_queue)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyCheck, key=settings.api_key.get_secret_value())
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(
@@ -84,21 +109,4 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["X-API-Key"],
         )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     return app
-
-
-def _build_service(
-    settings: Settings,
-    embedder: Embedder | None,
-    store: VectorStore | None,
-    owner: Mapping[str, Any] | None,
-    metrics: ServiceMetrics,
-) -> SearchService:
-    if embedder is None:
-        embedder = Embedder.from_pretrained(
-            settings.model, device=settings.device, dtype=settings.dtype
-        )
-    if store is None:
-        store = open_store(settings, owner=owner)
-    return SearchService(settings, embedder, store, metrics=metrics)

@@ -2,9 +2,13 @@
 
 Each request puts its preprocessed pixels on a bounded queue and awaits its vector. One task
 takes the first waiting item, gathers more until ``max_batch`` items or ``max_wait_s`` have
-passed, runs one forward pass on the model thread, and answers every request of the batch.
-When the queue is full the request is refused at once (``OverloadedError``: 503 + Retry-After)
-instead of waiting behind work it would time out on.
+passed, runs one forward pass on the model's own thread (``ImageEmbedder.executor``: no other
+hop), and answers every request of the batch with its vector or its ``EmbeddingError``.
+
+The service admits at most ``max_queue`` requests to the model routes before reading their
+bodies (``search_api.admission``), and each waits here with at most one item, so the queue
+cannot overflow in practice; if it ever does, the request is refused at once
+(``OverloadedError``: 503 + Retry-After).
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
+
+from dinoseek.embedding import ImageEmbedder
+from dinoseek.errors import EmbeddingError
 
 log = logging.getLogger(__name__)
 
 
 class OverloadedError(Exception):
-    """The queue is full."""
+    """The queue is full, or the service is stopping."""
 
 
 @dataclass
@@ -34,21 +40,19 @@ class _Request:
 
 
 class MicroBatcher:
-    """Gathers single images into batches for ``run_batch`` (N, H, W, 3) -> (N, dim)."""
+    """Gathers single images into batches for the embedder."""
 
     def __init__(
         self,
-        run_batch: Callable[[np.ndarray], np.ndarray],
+        embedder: ImageEmbedder,
         *,
-        executor: Executor,
         max_batch: int,
         max_wait_s: float,
         max_queue: int,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         """``on_batch(size, seconds)`` is called after each forward pass (for metrics)."""
-        self.run_batch = run_batch
-        self.executor = executor
+        self.embedder = embedder
         self.max_batch = max(1, max_batch)
         self.max_wait_s = max(0.0, max_wait_s)
         self.max_queue = max(1, max_queue)
@@ -79,7 +83,9 @@ class MicroBatcher:
                 request.future.set_exception(OverloadedError("the service is shutting down"))
 
     async def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """The vector of one preprocessed image (H, W, 3), computed within a batch."""
+        """The vector of one preprocessed image (H, W, 3), computed within a batch.
+
+        Raises ``EmbeddingError`` when this image cannot be embedded."""
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called")
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
@@ -119,7 +125,9 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             pixels = np.stack([r.pixels for r in batch])
-            vectors = await loop.run_in_executor(self.executor, self.run_batch, pixels)
+            vectors = await loop.run_in_executor(
+                self.embedder.executor, self.embedder.embed_each, pixels
+            )
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
             for request in batch:
                 if not request.future.done():
@@ -128,5 +136,9 @@ class MicroBatcher:
         if self.on_batch is not None:
             self.on_batch(len(batch), time.perf_counter() - started)
         for request, vector in zip(batch, vectors, strict=True):
-            if not request.future.done():
+            if request.future.done():
+                continue
+            if isinstance(vector, EmbeddingError):
+                request.future.set_exception(vector)
+            else:
                 request.future.set_result(vector)

@@ -8,6 +8,9 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Label values come from a fixed set: a client-chosen method or path would be a new series
+# (memory, for good) per request.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class ServiceMetrics:
@@ -79,6 +82,7 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_seconds.labels(template, scope["method"], str(status)).observe(
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            self.metrics.request_seconds.labels(template, method, str(status)).observe(
                 time.perf_counter() - started
             )

@@ -1,21 +1,23 @@
-"""HTTP routes. Every handler is thin: parse, call the service, shape the response."""
+"""HTTP routes. Every handler is thin: decode the request, call the search path, encode the
+response. Admission (503 when busy), the upload limit (413) and the API key are checked in
+ASGI middleware before any of this runs."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import mimetypes
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, TypeVar
 
-import numpy as np
-from fastapi import APIRouter, Depends, File, Header, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 
 from dinoseek.errors import DinoseekError, StoreError
-from dinoseek.labelling import LabelPrediction, choose_probe
+from dinoseek.labels import LabelMethod
+from dinoseek.probe import choose_probe
+from dinoseek.search import Filters, LabelRequest, NeighbourQuery
 from dinoseek.settings import validate_collection_name
-from dinoseek.store import SearchHit, SearchQuery
+from dinoseek.store import CollectionInfo
 from search_api.batching import OverloadedError
 from search_api.errors import RETRY_AFTER_S, ApiError
 from search_api.schemas import (
@@ -28,19 +30,18 @@ from search_api.schemas import (
     ErrorBody,
     ErrorDetail,
     HealthResponse,
-    LabelOut,
     PointResponse,
     ProbesResponse,
     ProbeSummary,
     ReadyResponse,
     SearchResponse,
-    SearchResult,
     SimilarResponse,
     Timings,
 )
 from search_api.service import SearchService, StageClock
 
 MAX_BATCH_IMAGES = 64
+T = TypeVar("T")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
@@ -65,36 +66,27 @@ def get_service(request: Request) -> SearchService:
 Service = Annotated[SearchService, Depends(get_service)]
 
 
-async def require_api_key(
-    request: Request,
-    x_api_key: Annotated[str | None, Header(description="the service's API key, if set")] = None,
-) -> None:
-    """Checks X-API-Key in constant time when DINOSEEK_API_KEY is set."""
-    expected = get_service(request).settings.api_key
-    if expected is None:
-        return
-    given = (x_api_key or "").encode()
-    if not hmac.compare_digest(given, expected.get_secret_value().encode()):
-        raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header")
-
-
 open_routes = APIRouter(tags=["health"])
-routes = APIRouter(dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+routes = APIRouter(responses=ERROR_RESPONSES)
 
 
-# Query parameters shared by the search endpoints.
+# Query parameters shared by the search endpoints. The filter names are those of
+# dinoseek.search.Filters, as on the command line (--filter root=/photos).
 TopK = Annotated[int, Query(ge=1, le=1000, description="number of neighbours")]
 Offset = Annotated[int, Query(ge=0, le=10_000, description="skip the first N neighbours")]
 Threshold = Annotated[float | None, Query(ge=-1.0, le=1.0, description="minimum cosine similarity")]
 Label = Annotated[str | None, Query(description="only neighbours with this label")]
 Root = Annotated[str | None, Query(description="only neighbours indexed under this folder")]
+FilePath = Annotated[str | None, Query(description="only the neighbour with this file path")]
+Format = Annotated[str | None, Query(description="only neighbours of this format (JPEG, PNG...)")]
+Sha256 = Annotated[str | None, Query(description="only the neighbour with this content hash")]
 Collection = Annotated[str | None, Query(description="collection (default: the service's)")]
 WithLabels = Annotated[
     bool | None,
     Query(description="predict labels (default: yes when the collection has a probe)"),
 ]
-LabelMethod = Annotated[
-    Literal["probe", "knn"] | None,
+LabelMethodParam = Annotated[
+    LabelMethod | None,
     Query(
         description="probe: a trained linear probe; knn: a vote of the neighbours' labels "
         "(default: the probe when there is one, else knn)"
@@ -114,16 +106,21 @@ class Neighbours:
     score_threshold: Threshold = None
     label: Label = None
     root: Root = None
+    path: FilePath = None
+    format: Format = None
+    sha256: Sha256 = None
     collection: Collection = None
 
-    def query(self, vector: np.ndarray) -> SearchQuery:
-        """The store query for ``vector`` with these parameters."""
-        return SearchQuery(
-            vector=vector,
+    def query(self) -> NeighbourQuery:
+        """The core's query for these parameters."""
+        filters = Filters(
+            label=self.label, root=self.root, path=self.path, format=self.format, sha256=self.sha256
+        )
+        return NeighbourQuery(
             top_k=self.top_k,
             offset=self.offset,
             score_threshold=self.score_threshold,
-            filters=_filters(self.label, self.root),
+            filters=filters,
         )
 
 
@@ -132,61 +129,14 @@ class Labelling:
     """How to predict labels (a FastAPI dependency)."""
 
     with_labels: WithLabels = None
-    label_method: LabelMethod = None
+    label_method: LabelMethodParam = None
     probe: ProbeName = None
 
-
-def _filters(label: str | None, root: str | None) -> dict[str, str]:
-    filters = {}
-    if label is not None:
-        filters["label"] = label
-    if root is not None:
-        filters["roots"] = root
-    return filters
-
-
-def _labels(labels: list[LabelPrediction] | None) -> list[LabelOut] | None:
-    if labels is None:
-        return None
-    return [
-        LabelOut(label=p.label, probability=p.probability, method=p.method, probe=p.probe)
-        for p in labels
-    ]
-
-
-async def _predict(
-    service: SearchService,
-    collection: str,
-    vector: np.ndarray,
-    hits: list[SearchHit],
-    labelling: Labelling,
-) -> list[LabelOut] | None:
-    labels = await service.labels(
-        collection,
-        vector,
-        hits,
-        with_labels=labelling.with_labels,
-        method=labelling.label_method,
-        probe_name=labelling.probe,
-    )
-    return _labels(labels)
-
-
-def _results(hits: list[SearchHit]) -> list[SearchResult]:
-    return [
-        SearchResult(
-            id=hit.id,
-            score=round(hit.score, 6),
-            path=hit.payload.get("path"),
-            label=hit.payload.get("label"),
-            payload=hit.payload,
+    def request(self) -> LabelRequest:
+        """The core's label request."""
+        return LabelRequest(
+            with_labels=self.with_labels, method=self.label_method, probe=self.probe
         )
-        for hit in hits
-    ]
-
-
-async def _read(upload: UploadFile) -> bytes:
-    return await upload.read()
 
 
 def _collection(service: SearchService, collection: str | None) -> str:
@@ -196,10 +146,10 @@ def _collection(service: SearchService, collection: str | None) -> str:
         raise ApiError(422, "invalid_request", str(exc)) from None
 
 
-async def _embed(service: SearchService, upload: UploadFile, clock: StageClock) -> Any:
-    query = await service.decode(await _read(upload), upload.filename or "upload", clock)
+async def _vector(service: SearchService, upload: UploadFile, clock: StageClock) -> Any:
+    prepared = await service.prepare(await upload.read(), upload.filename or "upload", clock)
     try:
-        return await service.embed(query, clock)
+        return await service.embed(prepared.pixels, clock)
     except OverloadedError as exc:
         raise ApiError(503, "overloaded", str(exc), retry_after_s=RETRY_AFTER_S) from None
 
@@ -215,15 +165,14 @@ async def search(
     (by default when the collection has a probe)."""
     clock = StageClock()
     name = _collection(service, neighbours.collection)
-    vector = await _embed(service, image, clock)
-    hits = await service.search(name, neighbours.query(vector), clock)
-    labels = await _predict(service, name, vector, hits, labelling)
+    vector = await _vector(service, image, clock)
+    (result,) = await service.search(name, [vector], neighbours.query(), labelling.request(), clock)
     return SearchResponse(
         model=service.embedder.model_id,
         collection=name,
         timings_ms=Timings(**clock.as_dict()),
-        results=_results(hits),
-        labels=labels,
+        results=result.neighbours,
+        labels=result.labels,
     )
 
 
@@ -246,37 +195,45 @@ async def search_batch(
         )
     clock = StageClock()
     name = _collection(service, neighbours.collection)
-    items: list[BatchItem] = []
-    queries: list[SearchQuery] = []
-    outcomes = await asyncio.gather(
-        *(_embed(service, upload, clock) for upload in images), return_exceptions=True
+    items = [BatchItem(index=i, filename=upload.filename) for i, upload in enumerate(images)]
+    contents = [await upload.read() for upload in images]
+    decoded = await asyncio.gather(
+        *(
+            service.prepare(data, upload.filename or "upload", clock)
+            for data, upload in zip(contents, images, strict=True)
+        ),
+        return_exceptions=True,
     )
-    for index, (upload, outcome) in enumerate(zip(images, outcomes, strict=True)):
-        if isinstance(outcome, DinoseekError):
-            items.append(
-                BatchItem(
-                    index=index,
-                    filename=upload.filename,
-                    error=ErrorDetail(code=outcome.code, message=outcome.message),
-                )
-            )
-        elif isinstance(outcome, BaseException):
-            raise outcome
-        else:
-            items.append(BatchItem(index=index, filename=upload.filename, results=[]))
-            queries.append(neighbours.query(outcome))
-    answered = iter(zip(queries, await service.search_many(name, queries, clock), strict=True))
-    for item in items:
-        if item.error is None:
-            query, hits = next(answered)
-            item.results = _results(hits)
-            item.labels = await _predict(service, name, query.vector, hits, labelling)
+    ready = [(i, p) for i, outcome in enumerate(decoded) if (p := _or_error(items[i], outcome))]
+    vectors = await service.embed_many([p.pixels for _, p in ready], clock)
+    embedded = [
+        (i, v)
+        for (i, _), outcome in zip(ready, vectors, strict=True)
+        if (v := _or_error(items[i], outcome)) is not None
+    ]
+    results = await service.search(
+        name, [v for _, v in embedded], neighbours.query(), labelling.request(), clock
+    )
+    for (index, _), result in zip(embedded, results, strict=True):
+        items[index].results = result.neighbours
+        items[index].labels = result.labels
     return BatchSearchResponse(
         model=service.embedder.model_id,
         collection=name,
         timings_ms=Timings(**clock.as_dict()),
         items=items,
     )
+
+
+def _or_error(item: BatchItem, outcome: T | BaseException) -> T | None:
+    """The outcome, or None with its domain error recorded on the item (anything else is
+    re-raised: a bug, not a bad image)."""
+    if isinstance(outcome, DinoseekError):
+        item.error = ErrorDetail(code=outcome.code, message=outcome.message)
+        return None
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 PointId = Annotated[str, Path(description="a point id, as returned by search")]
@@ -295,17 +252,9 @@ async def similar(
     """Neighbours of an already indexed image (itself excluded), with no model call."""
     clock = StageClock()
     name = _collection(service, neighbours.collection)
-    hits = await service.similar(
-        name,
-        point_id,
-        clock,
-        top_k=neighbours.top_k,
-        offset=neighbours.offset,
-        score_threshold=neighbours.score_threshold,
-        filters=_filters(neighbours.label, neighbours.root),
-    )
+    found = await service.similar(name, point_id, neighbours.query(), clock)
     return SimilarResponse(
-        collection=name, id=point_id, timings_ms=Timings(**clock.as_dict()), results=_results(hits)
+        collection=name, id=point_id, timings_ms=Timings(**clock.as_dict()), results=found
     )
 
 
@@ -359,7 +308,7 @@ async def embed(
     """The vector the indexer would store for this image (and its patch tokens on request)."""
     clock = StageClock()
     if not patch_tokens:
-        vector = await _embed(service, image, clock)
+        vector = await _vector(service, image, clock)
         return EmbedResponse(
             model=service.embedder.model_id,
             dim=service.embedder.dim,
@@ -367,8 +316,8 @@ async def embed(
             patch_tokens=None,
             timings_ms=Timings(**clock.as_dict()),
         )
-    query = await service.decode(await _read(image), image.filename or "upload", clock)
-    result = await service.embed_with_patches(query, clock)
+    prepared = await service.prepare(await image.read(), image.filename or "upload", clock)
+    result = await service.embed_with_patches(prepared.pixels, clock)
     return EmbedResponse(
         model=service.embedder.model_id,
         dim=service.embedder.dim,
@@ -382,7 +331,7 @@ async def embed(
 async def classify(
     service: Service,
     image: Annotated[UploadFile, File(description="the image")],
-    label_method: LabelMethod = None,
+    label_method: LabelMethodParam = None,
     probe: ProbeName = None,
     top_k: Annotated[int, Query(ge=1, le=1000, description="neighbours that vote (knn)")] = 10,
     labels: Annotated[int, Query(ge=1, le=100, description="labels to return")] = 5,
@@ -391,18 +340,14 @@ async def classify(
     """Predicted labels only: the collection's probe, or a kNN vote when it has none."""
     clock = StageClock()
     name = _collection(service, collection)
-    vector = await _embed(service, image, clock)
-    hits: list[SearchHit] = []
-    if label_method != "probe":
-        hits = await service.search(name, SearchQuery(vector=vector, top_k=top_k), clock)
-    predicted = await service.labels(
-        name, vector, hits, with_labels=True, method=label_method, probe_name=probe, top_k=labels
-    )
+    vector = await _vector(service, image, clock)
+    request = LabelRequest(with_labels=True, method=label_method, probe=probe, top_k=labels)
+    predicted = await service.classify(name, vector, top_k, request)
     return ClassifyResponse(
         model=service.embedder.model_id,
         collection=name,
         timings_ms=Timings(**clock.as_dict()),
-        labels=_labels(predicted) or [],
+        labels=predicted,
     )
 
 
@@ -410,7 +355,7 @@ async def classify(
 async def probes(service: Service, collection: Collection = None) -> ProbesResponse:
     """The linear probes trained on the collection (`dinoseek probe train`)."""
     name = _collection(service, collection)
-    stored = await service.list_probes(name)
+    stored = await service.probes(name)
     return ProbesResponse(
         collection=name,
         default=choose_probe(stored),
@@ -433,20 +378,24 @@ async def probes(service: Service, collection: Collection = None) -> ProbesRespo
 @routes.get("/collections", response_model=CollectionsResponse, summary="Collections")
 async def collections(service: Service) -> CollectionsResponse:
     """Every collection: its size and the model it was built with."""
-    infos = await service.collections()
-    return CollectionsResponse(
-        store=service.store.describe(),
-        collections=[
+    summaries = []
+    for found in await service.collections():
+        if isinstance(found, CollectionInfo):
+            space = found.space
+            points, indexed, name = found.points, found.indexed_vectors, found.name
+        else:  # held by another process: no counts
+            name, points, indexed = found, None, None
+            space = await service.in_thread(service.store.collection_space, name)
+        summaries.append(
             CollectionSummary(
-                name=info.name,
-                points=info.points,
-                indexed_vectors=info.indexed_vectors,
-                model=info.space.model_id if info.space else None,
-                dim=info.space.dim if info.space else None,
+                name=name,
+                points=points,
+                indexed_vectors=indexed,
+                model=space.model_id if space else None,
+                dim=space.dim if space else None,
             )
-            for info in infos
-        ],
-    )
+        )
+    return CollectionsResponse(store=service.store.describe(), collections=summaries)
 
 
 @routes.get("/metrics", response_class=Response, summary="Prometheus metrics")
@@ -471,10 +420,10 @@ async def health() -> HealthResponse:
 async def ready(request: Request) -> ReadyResponse:
     """Model loaded and warmed up, store reachable, collection compatible."""
     service: SearchService | None = getattr(request.app.state, "service", None)
-    if service is None or not service.warmed_up:
+    if service is None or not service.started:
         raise ApiError(503, "not_ready", "the model is still loading", retry_after_s=RETRY_AFTER_S)
     try:
-        state = await service._in_thread(service.ready_state)
+        state = await service.in_thread(service.ready_state)
     except StoreError as exc:
         raise ApiError(503, "store_unavailable", exc.message, retry_after_s=RETRY_AFTER_S) from None
     return ReadyResponse(**state)

@@ -1,10 +1,18 @@
-"""Pydantic models of the HTTP API: what each endpoint returns, with OpenAPI examples."""
+"""Pydantic models of the HTTP API: what each endpoint returns, with OpenAPI examples.
+
+Results and labels are the core's own types (``dinoseek.search.Neighbour``,
+``dinoseek.labels.PredictedLabel``): the CLI, the API and the client that goes through a
+running server (``search_api.client``) all speak them.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from dinoseek.labels import PredictedLabel
+from dinoseek.search import Neighbour
 
 EXAMPLE_ID = "6b1c1f6e-3d0e-5b8e-9c55-2d1b0e8f4a11"
 EXAMPLE_PAYLOAD: dict[str, Any] = {
@@ -32,16 +40,6 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-class SearchResult(BaseModel):
-    """One neighbour."""
-
-    id: str = Field(examples=[EXAMPLE_ID])
-    score: float = Field(description="cosine similarity, 1.0 for the same image", examples=[0.93])
-    path: str | None = Field(examples=["/photos/cats/tabby.jpg"])
-    label: str | None = Field(examples=["cats"])
-    payload: dict[str, Any] = Field(examples=[EXAMPLE_PAYLOAD])
-
-
 class Timings(BaseModel):
     """Milliseconds spent in each stage of the request."""
 
@@ -51,16 +49,6 @@ class Timings(BaseModel):
     total: float
 
 
-class LabelOut(BaseModel):
-    """A predicted label. ``method`` is ``probe`` (a trained linear probe, calibrated
-    probabilities) or ``knn`` (a similarity-weighted vote of the neighbours' labels)."""
-
-    label: str = Field(examples=["cats"])
-    probability: float = Field(examples=[0.91])
-    method: str = Field(examples=["probe"])
-    probe: str | None = Field(None, examples=["default"])
-
-
 class SearchResponse(BaseModel):
     """Neighbours of one query image, and its predicted labels when asked (or when the
     collection has a probe)."""
@@ -68,8 +56,8 @@ class SearchResponse(BaseModel):
     model: str = Field(examples=["facebook/dinov2-base"])
     collection: str = Field(examples=["images"])
     timings_ms: Timings
-    results: list[SearchResult]
-    labels: list[LabelOut] | None = None
+    results: list[Neighbour]
+    labels: list[PredictedLabel] | None = None
 
 
 class ClassifyResponse(BaseModel):
@@ -78,7 +66,7 @@ class ClassifyResponse(BaseModel):
     model: str
     collection: str
     timings_ms: Timings
-    labels: list[LabelOut]
+    labels: list[PredictedLabel]
 
 
 class ProbeSummary(BaseModel):
@@ -107,8 +95,8 @@ class BatchItem(BaseModel):
 
     index: int
     filename: str | None
-    results: list[SearchResult] | None = None
-    labels: list[LabelOut] | None = None
+    results: list[Neighbour] | None = None
+    labels: list[PredictedLabel] | None = None
     error: ErrorDetail | None = None
 
 
@@ -127,7 +115,7 @@ class SimilarResponse(BaseModel):
     collection: str
     id: str
     timings_ms: Timings
-    results: list[SearchResult]
+    results: list[Neighbour]
 
 
 class PointResponse(BaseModel):
@@ -155,10 +143,11 @@ class EmbedResponse(BaseModel):
 
 
 class CollectionSummary(BaseModel):
-    """A collection, its size and the model it was built with."""
+    """A collection, its size and the model it was built with. ``points`` is None for an
+    embedded collection that another process holds (its counts cannot be read then)."""
 
     name: str
-    points: int
+    points: int | None
     indexed_vectors: int | None
     model: str | None
     dim: int | None

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
-from dinoseek.embedder import Embedder
-from dinoseek.settings import Settings
-from dinoseek.store import VectorStore
+from dinoseek.runtime import Runtime
 from search_api.app import create_app
 
 
@@ -18,17 +16,10 @@ def public_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def run_server(
-    settings: Settings,
-    *,
-    host: str,
-    port: int,
-    embedder: Embedder | None = None,
-    store: VectorStore | None = None,
-    log_level: str = "info",
-) -> None:
-    """Serve until SIGINT/SIGTERM; uvicorn then runs the lifespan's shutdown (store closed)."""
-    app = create_app(settings, embedder=embedder, store=store)
+def run_server(runtime: Runtime, *, host: str, port: int, log_level: str = "info") -> None:
+    """Serve until SIGINT/SIGTERM; uvicorn then runs the lifespan's shutdown, which closes the
+    runtime (the store flushed, its locks released)."""
+    app = create_app(runtime.settings, runtime=runtime)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, proxy_headers=False, access_log=False
     )

@@ -1,7 +1,9 @@
-"""The search service: the model, the store and the micro-batcher behind the routes.
+"""The search service: the runtime's search path, scheduled for an event loop.
 
-Nothing here blocks the event loop: decoding runs on a small thread pool, forward passes on
-one model thread (through the micro-batcher), store calls on the default thread pool.
+The steps are the core's (``dinoseek.search.Searcher``); this module only decides where each
+runs, so that nothing blocks the event loop: decoding on a small thread pool, forward passes
+on the model's own thread (single images through the micro-batcher), store calls on the
+default thread pool.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,26 +23,18 @@ import numpy as np
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from dinoseek.embedder import Embedder, PatchEmbeddings, default_batch_size
+from dinoseek.embedding import ImageEmbedder, PatchEmbeddings, VectorOrError
 from dinoseek.errors import (
     CollectionNotFoundError,
     PointNotFoundError,
-    ProbeNotFoundError,
+    StoreLockedError,
     StoreUnavailableError,
 )
-from dinoseek.images import decode_image, load_image
-from dinoseek.labelling import LabelPrediction, ProbeCache, knn_labels, probe_labels
-from dinoseek.settings import Settings
-from dinoseek.store import (
-    CollectionInfo,
-    SearchHit,
-    SearchQuery,
-    StoredPoint,
-    StoredProbe,
-    VectorStore,
-    search_by_id,
-    validate_point_id,
-)
+from dinoseek.images import PreparedImage, load_image
+from dinoseek.labels import PredictedLabel
+from dinoseek.runtime import Runtime
+from dinoseek.search import LabelRequest, Neighbour, NeighbourQuery, SearchResult
+from dinoseek.store import CollectionInfo, StoredPoint, StoredProbe
 from search_api.batching import MicroBatcher
 from search_api.metrics import ServiceMetrics
 
@@ -68,81 +62,47 @@ class StageClock:
         return {**{k: round(v, 2) for k, v in self.stages.items()}, "total": round(total, 2)}
 
 
-@dataclass(frozen=True)
-class DecodedQuery:
-    """An uploaded image, ready for the model."""
-
-    pixels: np.ndarray
-    width: int
-    height: int
-
-
 class SearchService:
-    """Everything a request needs; built once per app, closed at shutdown."""
+    """Everything a request needs; built once per app from a runtime, closed at shutdown."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        embedder: Embedder,
-        store: VectorStore,
-        *,
-        metrics: ServiceMetrics | None = None,
-    ) -> None:
-        self.settings = settings
-        self.embedder = embedder
-        self.store = store
+    def __init__(self, runtime: Runtime, *, metrics: ServiceMetrics | None = None) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.store = runtime.store
+        self.embedder: ImageEmbedder = runtime.require_embedder()
+        self.searcher = runtime.searcher
         self.metrics = metrics or ServiceMetrics()
-        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.decode_pool = ThreadPoolExecutor(
             max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="decode"
         )
-        max_batch = min(64, settings.batch_size or default_batch_size(embedder.device))
         self.batcher = MicroBatcher(
-            embedder.embed_pixels,
-            executor=self.model_thread,
-            max_batch=max_batch,
-            max_wait_s=settings.batch_wait_ms / 1000,
-            max_queue=settings.max_queue,
+            self.embedder,
+            max_batch=runtime.max_batch,
+            max_wait_s=self.settings.batch_wait_ms / 1000,
+            max_queue=self.settings.max_queue,
             on_batch=self.metrics.observe_batch,
         )
-        self._compatible: set[str] = set()
-        self.probes: ProbeCache | None = None
-        self.warmed_up = False
+        self.started = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Check the default collection, warm the model up, start the batcher."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.model_thread, self._warm_up)
-        self.probes = ProbeCache(self.store, self.embedder.space)
-        await run_in_threadpool(self._check_default_collection)
+        """Start the batcher and take the default collection if it is there."""
         self.batcher.start()
-        self.warmed_up = True
+        await run_in_threadpool(self._open_default_collection)
+        self.started = True
 
     async def stop(self) -> None:
-        """Stop the batcher and the pools, close the store."""
+        """Stop the batcher and the pool, close the runtime (the store and its locks)."""
         await self.batcher.stop()
-        self.model_thread.shutdown(wait=True)
         self.decode_pool.shutdown(wait=True)
-        self.store.close()
+        self.runtime.close()
 
-    def _warm_up(self) -> None:
-        """Compile if asked, then run every batch size the micro-batcher can send (with CUDA
-        graphs each bucket is captured here, not on a user's request)."""
-        if self.settings.compile != "off" and self.embedder.compile_mode == "off":
-            self.embedder.compile(self.settings.compile, max_batch=self.batcher.max_batch)
-        if self.embedder.buckets is not None:
-            self.embedder.warm_up(range(1, self.batcher.max_batch + 1))
-        else:
-            self.embedder.warm_up([1, self.batcher.max_batch])
-        _ = self.embedder.space  # computes the fingerprint once
-
-    def _check_default_collection(self) -> None:
-        """A mismatched collection stops start-up; a missing collection or an unreachable
-        Qdrant does not (the service answers 404 or 503 until they are there)."""
+    def _open_default_collection(self) -> None:
+        """A missing collection or an unreachable Qdrant does not stop start-up (the service
+        answers 404 or 503 until they are there)."""
         try:
-            self.check_collection(self.settings.collection)
+            self.searcher.open_collection(self.settings.collection)
         except CollectionNotFoundError:
             log.warning(
                 "collection %r does not exist yet in the %s; run `dinoseek index`",
@@ -152,126 +112,116 @@ class SearchService:
         except StoreUnavailableError as error:
             log.warning("%s; /ready answers 503 until it is back", error.message)
 
-    # -- steps of a request -------------------------------------------------------------------
+    # -- the steps of the search path ---------------------------------------------------------
 
-    def check_collection(self, name: str) -> None:
-        """Refuse a collection built with another model (checked once per collection)."""
-        if name in self._compatible:
-            return
-        self.embedder.space.check_compatible(self.store.collection_space(name), name)
-        self._compatible.add(name)
-
-    async def decode(self, data: bytes, name: str, clock: StageClock) -> DecodedQuery:
-        """Decode and preprocess an upload off the event loop."""
+    async def prepare(self, data: bytes, name: str, clock: StageClock) -> PreparedImage:
+        """Bytes -> model-ready pixels, on the decode pool."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        query = await loop.run_in_executor(self.decode_pool, self._decode, data, name)
+        prepared = await loop.run_in_executor(self.decode_pool, self.searcher.prepare, data, name)
         self._timed(clock, "decode", started)
-        return query
+        return prepared
 
-    def _decode(self, data: bytes, name: str) -> DecodedQuery:
-        decoded = decode_image(data, max_pixels=self.settings.max_image_pixels, name=name)
-        return DecodedQuery(self.embedder.prepare(decoded.image), decoded.width, decoded.height)
-
-    async def embed(self, query: DecodedQuery, clock: StageClock) -> np.ndarray:
-        """The query's vector, through the micro-batcher."""
+    async def embed(self, pixels: np.ndarray, clock: StageClock) -> np.ndarray:
+        """One image's vector, through the micro-batcher (``EmbeddingError`` if it fails)."""
         started = time.perf_counter()
         self.metrics.queue_depth.set(self.batcher.queue_depth)
-        vector = await self.batcher.embed(query.pixels)
+        vector = await self.batcher.embed(pixels)
         self._timed(clock, "embed", started)
         return vector
 
-    async def embed_with_patches(self, query: DecodedQuery, clock: StageClock) -> PatchEmbeddings:
-        """Vector and patch tokens, on the model thread (not batched: the output is large)."""
+    async def embed_many(
+        self, pixels: Sequence[np.ndarray], clock: StageClock
+    ) -> list[VectorOrError]:
+        """Several images in one forward pass (already a batch: no micro-batching)."""
+        if not pixels:
+            return []
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        stacked = np.stack(list(pixels))
+        vectors = await loop.run_in_executor(
+            self.embedder.executor, self.embedder.embed_each, stacked
+        )
+        self._timed(clock, "embed", started)
+        return vectors
+
+    async def embed_with_patches(self, pixels: np.ndarray, clock: StageClock) -> PatchEmbeddings:
+        """Vector and patch tokens, on the model's thread (not batched: the output is large)."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(
-            self.model_thread, self.embedder.embed_pixels_with_patches, query.pixels[None]
+            self.embedder.executor, self.embedder.embed_with_patches, pixels[None]
         )
         self._timed(clock, "embed", started)
         return result
 
     async def search(
-        self, collection: str, query: SearchQuery, clock: StageClock
-    ) -> list[SearchHit]:
-        """Nearest neighbours in ``collection``."""
-        started = time.perf_counter()
-        hits = await self._in_thread(self._search, collection, query)
-        self._timed(clock, "search", started)
-        return hits
-
-    def _search(self, collection: str, query: SearchQuery) -> list[SearchHit]:
-        self.check_collection(collection)
-        return self.store.search(collection, query)
-
-    async def search_many(
-        self, collection: str, queries: list[SearchQuery], clock: StageClock
-    ) -> list[list[SearchHit]]:
-        """Several searches in one store call."""
-        started = time.perf_counter()
-        hits = await self._in_thread(self._search_many, collection, queries)
-        self._timed(clock, "search", started)
-        return hits
-
-    def _search_many(self, collection: str, queries: list[SearchQuery]) -> list[list[SearchHit]]:
-        self.check_collection(collection)
-        return self.store.search_many(collection, queries)
-
-    async def labels(
         self,
         collection: str,
-        vector: np.ndarray,
-        hits: list[SearchHit],
-        *,
-        with_labels: bool | None,
-        method: str | None,
-        probe_name: str | None,
-        top_k: int = 5,
-    ) -> list[LabelPrediction] | None:
-        """Predicted labels of a query: from a probe when there is one (or ``method`` says
-        so), else from the neighbours' labels (kNN vote). ``with_labels`` None means: only
-        when the collection has a probe."""
-        if with_labels is False:
-            return None
-        if method == "knn":
-            return knn_labels(hits, top_k)
-        assert self.probes is not None, "start() builds the probe cache"
-        probe = await self._in_thread(self.probes.get, collection, probe_name)
-        if probe is not None:
-            return probe_labels(probe, vector, top_k)
-        if method == "probe":
-            raise ProbeNotFoundError(
-                f"collection {collection!r} has no probe; train one with `dinoseek probe "
-                "train`, or ask for label_method=knn"
-            )
-        return knn_labels(hits, top_k) if with_labels else None
+        vectors: Sequence[np.ndarray],
+        query: NeighbourQuery,
+        labels: LabelRequest,
+        clock: StageClock,
+    ) -> list[SearchResult]:
+        """Neighbours and labels of each vector (one store call)."""
+        started = time.perf_counter()
+        results = await run_in_threadpool(
+            self.searcher.search_vectors, collection, list(vectors), query, labels
+        )
+        self._timed(clock, "search", started)
+        return results
 
-    async def list_probes(self, collection: str) -> list[StoredProbe]:
-        """The collection's probes (cached for a few seconds)."""
-        assert self.probes is not None, "start() builds the probe cache"
-        return await self._in_thread(self.probes.list, collection)
+    async def classify(
+        self, collection: str, vector: np.ndarray, knn_top_k: int, labels: LabelRequest
+    ) -> list[PredictedLabel]:
+        """Predicted labels only (the neighbours are searched only for a kNN vote)."""
+        await run_in_threadpool(self.searcher.open_collection, collection)
+        neighbours: list[Neighbour] = []
+        if labels.method != "probe":
+            query = NeighbourQuery(top_k=knn_top_k)
+            (result,) = await run_in_threadpool(
+                self.searcher.search_vectors,
+                collection,
+                [vector],
+                query,
+                LabelRequest(with_labels=False),
+            )
+            neighbours = result.neighbours
+        predicted = await run_in_threadpool(
+            self.searcher.predict_labels, collection, vector, neighbours, labels
+        )
+        return predicted or []
 
     async def similar(
-        self, collection: str, point_id: str, clock: StageClock, **options: Any
-    ) -> list[SearchHit]:
+        self, collection: str, point_id: str, query: NeighbourQuery, clock: StageClock
+    ) -> list[Neighbour]:
         """Neighbours of a stored point, without a model call."""
         started = time.perf_counter()
-        hits = await self._in_thread(search_by_id, self.store, collection, point_id, **options)
+        neighbours = await run_in_threadpool(self.searcher.similar, collection, point_id, query)
         self._timed(clock, "search", started)
-        return hits
+        return neighbours
 
     async def point(self, collection: str, point_id: str) -> StoredPoint:
         """A stored point, or PointNotFoundError."""
-        point_id = validate_point_id(point_id)
-        found = await self._in_thread(self.store.get, collection, [point_id])
-        if not found:
-            raise PointNotFoundError(f"no point with id {point_id} in collection {collection!r}")
-        return found[0]
+        return await run_in_threadpool(self.searcher.point, collection, point_id)
 
-    async def collections(self) -> list[CollectionInfo]:
-        """Every collection with its counts."""
-        names = await self._in_thread(self.store.list_collections)
-        return [await self._in_thread(self.store.collection_info, name) for name in names]
+    async def probes(self, collection: str) -> list[StoredProbe]:
+        """The collection's probes (cached for a few seconds)."""
+        return await run_in_threadpool(self.searcher.probes, collection)
+
+    async def collections(self) -> list[CollectionInfo | str]:
+        """Every collection with its counts; the name alone for one that another process
+        holds (the embedded store cannot read it meanwhile)."""
+        names = await run_in_threadpool(self.store.list_collections)
+        found: list[CollectionInfo | str] = []
+        for name in names:
+            try:
+                found.append(await run_in_threadpool(self.store.collection_info, name))
+            except StoreLockedError:
+                found.append(name)
+        return found
+
+    # -- files --------------------------------------------------------------------------------
 
     async def image_file(self, point: StoredPoint) -> Path:
         """The indexed file of a point, if it is still on disk as it was indexed.
@@ -283,7 +233,7 @@ class SearchService:
                 continue
             path = Path(str(entry.get("path", "")))
             try:
-                stat = await self._in_thread(path.stat)
+                stat = await run_in_threadpool(path.stat)
             except OSError:
                 continue
             if stat.st_size == entry.get("size") and stat.st_mtime_ns == entry.get("mtime_ns"):
@@ -305,24 +255,28 @@ class SearchService:
         image.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
         return buffer.getvalue()
 
+    # -- state --------------------------------------------------------------------------------
+
     def ready_state(self) -> dict[str, Any]:
         """What /ready reports; raises a store error when the store is unreachable."""
         exists = self.settings.collection in self.store.list_collections()
-        points = self.store.count(self.settings.collection) if exists else None
+        points = None
+        if exists:
+            self.searcher.open_collection(self.settings.collection)
+            points = self.store.count(self.settings.collection)
         return {
-            "ready": self.warmed_up,
+            "ready": self.started,
             "model": self.embedder.model_id,
-            "device": str(self.embedder.device),
+            "device": self.embedder.device,
             "store": self.store.describe(),
             "collection": self.settings.collection,
             "collection_exists": exists,
             "points": points,
         }
 
-    # -- helpers ------------------------------------------------------------------------------
-
-    async def _in_thread(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await run_in_threadpool(function, *args, **kwargs)
+    async def in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` on the default thread pool."""
+        return await run_in_threadpool(function, *args)
 
     def _timed(self, clock: StageClock, stage: str, started: float) -> None:
         seconds = time.perf_counter() - started

@@ -1,4 +1,5 @@
-"""The HTTP API through its ASGI client: the real app, the tiny model, a real embedded store."""
+"""The HTTP API through its ASGI client: the real app and a real embedded store, with the
+stand-in model (these tests are about the service, not the model)."""
 
 from __future__ import annotations
 
@@ -17,23 +18,23 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dinoseek.embedder import Embedder
+from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
 from dinoseek.errors import CollectionMismatchError
+from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, ServerStore, point_id_for_sha256
+from indexer.catalog import LabelSource
 from indexer.pipeline import IndexOptions, index_folders
 from search_api.app import create_app
 from tests.helpers import bad_image_samples, encode, photo, write_tree
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> tuple[Path, Path]:
+def indexed(tmp_path_factory: pytest.TempPathFactory, embedder: ImageEmbedder) -> tuple[Path, Path]:
     """(data dir, photos dir): a labelled tree indexed into an embedded store."""
     root = tmp_path_factory.mktemp("api")
     photos = root / "photos"
     write_tree(photos, per_class=5, classes=("cats", "dogs", "birds"))
-    from indexer.catalog import LabelSource
-
     options = IndexOptions(
         roots=(photos,),
         collection="images",
@@ -47,13 +48,13 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> tup
     return root / "data", photos
 
 
-def make_client(embedder: Embedder, data_dir: Path, **overrides: object) -> TestClient:
+def make_client(embedder: ImageEmbedder, data_dir: Path, **overrides: object) -> TestClient:
     settings = Settings(model=embedder.model_id, device="cpu", data_dir=data_dir, **overrides)  # type: ignore[arg-type]
     return TestClient(create_app(settings, embedder=embedder, store=EdgeStore(data_dir)))
 
 
 @pytest.fixture
-def client(embedder: Embedder, indexed: tuple[Path, Path]) -> Iterator[TestClient]:
+def client(embedder: ImageEmbedder, indexed: tuple[Path, Path]) -> Iterator[TestClient]:
     with make_client(embedder, indexed[0]) as test_client:
         yield test_client
 
@@ -135,7 +136,7 @@ def test_parameter_and_routing_errors(client: TestClient, indexed: tuple[Path, P
     assert client.get("/search").json()["error"]["code"] == "method_not_allowed"
 
 
-def test_upload_size_limit(embedder: Embedder, indexed: tuple[Path, Path]) -> None:
+def test_upload_size_limit(embedder: ImageEmbedder, indexed: tuple[Path, Path]) -> None:
     with make_client(embedder, indexed[0], max_upload_bytes=10_000) as small:
         big = encode(photo(1, (800, 600)), "PNG")
         assert len(big) > 10_000
@@ -208,7 +209,7 @@ def test_points_similar_and_image(client: TestClient, indexed: tuple[Path, Path]
     assert client.get("/points/not-a-uuid").json()["error"]["code"] == "invalid_point_id"
 
 
-def test_image_of_a_changed_file_is_not_served(embedder: Embedder, tmp_path: Path) -> None:
+def test_image_of_a_changed_file_is_not_served(embedder: ImageEmbedder, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     (path,) = write_tree(photos, per_class=1, classes=("a",))
     options = IndexOptions(
@@ -229,7 +230,7 @@ def test_image_of_a_changed_file_is_not_served(embedder: Embedder, tmp_path: Pat
 
 
 def test_embed_returns_the_stored_vector(
-    client: TestClient, indexed: tuple[Path, Path], embedder: Embedder
+    client: TestClient, indexed: tuple[Path, Path], embedder: ImageEmbedder
 ) -> None:
     path = photo_paths(indexed)[5]
     body = client.post("/embed", files=upload(path.read_bytes())).json()
@@ -263,21 +264,32 @@ def test_collections_and_metrics(client: TestClient, indexed: tuple[Path, Path])
     assert "dinoseek_queue_depth" in text
 
 
-def test_api_key(embedder: Embedder, indexed: tuple[Path, Path]) -> None:
+def test_api_key(embedder: ImageEmbedder, indexed: tuple[Path, Path]) -> None:
     with make_client(embedder, indexed[0], api_key="s3cret") as keyed:
         data = photo_paths(indexed)[0].read_bytes()
         assert keyed.post("/search", files=upload(data)).status_code == 401
         wrong = keyed.post("/search", files=upload(data), headers={"X-API-Key": "nope"})
         assert wrong.status_code == 401
         assert wrong.json()["error"]["code"] == "unauthorized"
-        right = keyed.post("/search", files=upload(data), headers={"X-API-Key": "s3cret"})
+        key = {"X-API-Key": "s3cret"}
+        right = keyed.post("/search", files=upload(data), headers=key)
         assert right.status_code == 200
-        assert keyed.get("/health").status_code == 200
-        assert keyed.get("/ready").status_code == 200
-        assert keyed.get("/collections").status_code == 401
+        point_id = right.json()["results"][0]["id"]
+        for path in (
+            "/collections",
+            "/probes",
+            "/metrics",
+            f"/points/{point_id}",
+            f"/points/{point_id}/similar",
+            f"/points/{point_id}/image",
+        ):
+            assert keyed.get(path).status_code == 401, path
+            assert keyed.get(path, headers=key).status_code == 200, path
+        for path in ("/health", "/ready", "/docs", "/openapi.json"):
+            assert keyed.get(path).status_code == 200, path
 
 
-def test_cors_is_off_unless_configured(embedder: Embedder, indexed: tuple[Path, Path]) -> None:
+def test_cors_is_off_unless_configured(embedder: ImageEmbedder, indexed: tuple[Path, Path]) -> None:
     origin = {"Origin": "https://photos.example"}
     with make_client(embedder, indexed[0]) as plain:
         assert "access-control-allow-origin" not in plain.get("/health", headers=origin).headers
@@ -287,14 +299,13 @@ def test_cors_is_off_unless_configured(embedder: Embedder, indexed: tuple[Path, 
 
 
 def test_start_up_refuses_a_collection_of_another_model(
-    other_model_dir: Path, indexed: tuple[Path, Path]
+    other_embedder: ImageEmbedder, indexed: tuple[Path, Path]
 ) -> None:
-    other = Embedder.from_pretrained(str(other_model_dir), device="cpu")
-    with pytest.raises(CollectionMismatchError), make_client(other, indexed[0]):
+    with pytest.raises(CollectionMismatchError), make_client(other_embedder, indexed[0]):
         pass
 
 
-def test_unreachable_qdrant_is_a_503(embedder: Embedder, tmp_path: Path) -> None:
+def test_unreachable_qdrant_is_a_503(embedder: ImageEmbedder, tmp_path: Path) -> None:
     # A real qdrant-client against a closed port: no Qdrant server runs here.
     store = ServerStore.connect("http://127.0.0.1:9", timeout_s=1, retry_delays_s=(0.01,))
     settings = Settings(model=embedder.model_id, device="cpu", qdrant_url="http://127.0.0.1:9")
@@ -317,22 +328,28 @@ async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield http
 
 
-class SlowEmbedder(Embedder):
-    """The tiny model, slowed down so that a queue builds up (no GPU here to saturate)."""
+class SlowEmbedder(FakeEmbedder):
+    """The stand-in model, slowed down so that requests pile up (no GPU here to saturate)."""
 
-    def __init__(self, inner: Embedder, delay_s: float) -> None:
-        self.__dict__.update(inner.__dict__)
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(model_id="fake/dinov2", seed=_seed_of("fake/dinov2"))
         self.delay_s = delay_s
 
-    def embed_pixels(self, pixels: object) -> np.ndarray:
+    def embed_each(self, pixels: Pixels) -> list[VectorOrError]:
         time.sleep(self.delay_s)
-        return super().embed_pixels(pixels)  # type: ignore[arg-type]
+        return super().embed_each(pixels)
 
 
-def test_overload_is_a_503_with_retry_after(embedder: Embedder, indexed: tuple[Path, Path]) -> None:
-    slow = SlowEmbedder(embedder, delay_s=0.3)
+def _seed_of(model_id: str) -> int:
+    from tests.fakes import fake_model
+
+    return fake_model(model_id).seed
+
+
+def test_overload_is_a_503_with_retry_after(indexed: tuple[Path, Path]) -> None:
+    slow = SlowEmbedder(delay_s=0.3)
     settings = Settings(
-        model=embedder.model_id, device="cpu", data_dir=indexed[0], max_queue=2, batch_size=1
+        model=slow.model_id, device="cpu", data_dir=indexed[0], max_queue=2, batch_size=1
     )
     app = create_app(settings, embedder=slow, store=EdgeStore(indexed[0]))
     data = photo_paths(indexed)[0].read_bytes()
@@ -353,7 +370,7 @@ def test_overload_is_a_503_with_retry_after(embedder: Embedder, indexed: tuple[P
 
 
 def test_concurrent_queries_are_batched_and_each_gets_its_answer(
-    embedder: Embedder, indexed: tuple[Path, Path]
+    embedder: ImageEmbedder, indexed: tuple[Path, Path]
 ) -> None:
     settings = Settings(
         model=embedder.model_id, device="cpu", data_dir=indexed[0], batch_wait_ms=20
@@ -375,3 +392,60 @@ def test_concurrent_queries_are_batched_and_each_gets_its_answer(
     # Eight queries, fewer forward passes: some were batched together.
     forward_passes = float(metrics.split("dinoseek_batch_size_count ")[1].split()[0])
     assert forward_passes < 8
+
+
+class WatchedBody:
+    """A multipart upload streamed to the app, which records whether the app read any of it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.read = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.read = True
+        yield (
+            b'--abc\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n" + self.data + b"\r\n--abc--\r\n"
+        )
+
+
+MULTIPART = {"content-type": "multipart/form-data; boundary=abc"}
+
+
+def test_a_busy_service_answers_503_before_reading_the_upload(indexed: tuple[Path, Path]) -> None:
+    slow = SlowEmbedder(delay_s=0.5)
+    settings = Settings(model=slow.model_id, device="cpu", data_dir=indexed[0], max_queue=1)
+    app = create_app(settings, embedder=slow, store=EdgeStore(indexed[0]))
+    data = photo_paths(indexed)[0].read_bytes()
+    watched = WatchedBody(data)
+
+    async def two() -> tuple[httpx.Response, httpx.Response]:
+        async with serving(app) as http:
+            first = asyncio.create_task(http.post("/search", files=upload(data)))
+            await asyncio.sleep(0.2)  # the first one is in the model now
+            second = await http.post("/search", content=watched, headers=MULTIPART)
+            return await first, second
+
+    first, second = asyncio.run(two())
+    assert first.status_code == 200
+    assert second.status_code == 503
+    assert second.headers["retry-after"] == "1"
+    assert second.json()["error"]["code"] == "overloaded"
+    assert not watched.read, "the upload was read before the 503"
+
+
+def test_a_keyless_upload_is_refused_before_it_is_read(
+    embedder: ImageEmbedder, indexed: tuple[Path, Path]
+) -> None:
+    settings = Settings(model=embedder.model_id, data_dir=indexed[0], api_key="s3cret")
+    app = create_app(settings, embedder=embedder, store=EdgeStore(indexed[0]))
+    watched = WatchedBody(photo_paths(indexed)[0].read_bytes())
+
+    async def keyless() -> httpx.Response:
+        async with serving(app) as http:
+            return await http.post("/search", content=watched, headers=MULTIPART)
+
+    response = asyncio.run(keyless())
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+    assert not watched.read, "the upload was read before the 401"

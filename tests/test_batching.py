@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
+from dinoseek.embedding import Pixels, VectorOrError
+from dinoseek.errors import EmbeddingError
+from dinoseek.fake_embedder import FakeEmbedder
 from search_api.batching import MicroBatcher, OverloadedError
 
 
-def mean_pixel(batch: np.ndarray) -> np.ndarray:
-    """A stand-in model: each image's vector is its mean pixel value, so answers are
-    checkable per request."""
-    return batch.reshape(len(batch), -1).mean(axis=1, keepdims=True).astype(np.float32)
+def mean_pixel(batch: np.ndarray) -> list[VectorOrError]:
+    """Each image's "vector" is its mean pixel value, so answers are checkable per request."""
+    return list(batch.reshape(len(batch), -1).mean(axis=1, keepdims=True).astype(np.float32))
+
+
+class Model(FakeEmbedder):
+    """The stand-in model with ``forward`` as its ``embed_each`` (on its own thread)."""
+
+    def __init__(self, forward: Callable[[np.ndarray], list[VectorOrError]]) -> None:
+        super().__init__()
+        self.forward = forward
+
+    def embed_each(self, pixels: Pixels) -> list[VectorOrError]:
+        return self.forward(pixels)
 
 
 def image(value: int) -> np.ndarray:
@@ -26,20 +39,18 @@ def test_each_request_gets_its_own_answer_and_requests_share_batches() -> None:
     sizes: list[int] = []
 
     async def scenario() -> list[np.ndarray]:
-        with ThreadPoolExecutor(1) as executor:
-            batcher = MicroBatcher(
-                mean_pixel,
-                executor=executor,
-                max_batch=8,
-                max_wait_s=0.05,
-                max_queue=64,
-                on_batch=lambda n, _: sizes.append(n),
-            )
-            batcher.start()
-            try:
-                return await asyncio.gather(*(batcher.embed(image(v)) for v in range(20)))
-            finally:
-                await batcher.stop()
+        batcher = MicroBatcher(
+            Model(mean_pixel),
+            max_batch=8,
+            max_wait_s=0.05,
+            max_queue=64,
+            on_batch=lambda n, _: sizes.append(n),
+        )
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.embed(image(v)) for v in range(20)))
+        finally:
+            await batcher.stop()
 
     results = asyncio.run(scenario())
     assert [float(r[0]) for r in results] == [float(v) for v in range(20)]
@@ -50,42 +61,38 @@ def test_each_request_gets_its_own_answer_and_requests_share_batches() -> None:
 
 def test_a_lone_request_waits_at_most_max_wait() -> None:
     async def scenario() -> float:
-        with ThreadPoolExecutor(1) as executor:
-            batcher = MicroBatcher(
-                mean_pixel, executor=executor, max_batch=64, max_wait_s=0.02, max_queue=8
-            )
-            batcher.start()
-            started = time.perf_counter()
-            await batcher.embed(image(3))
-            elapsed = time.perf_counter() - started
-            await batcher.stop()
-            return elapsed
+        batcher = MicroBatcher(Model(mean_pixel), max_batch=64, max_wait_s=0.02, max_queue=8)
+        batcher.start()
+        started = time.perf_counter()
+        await batcher.embed(image(3))
+        elapsed = time.perf_counter() - started
+        await batcher.stop()
+        return elapsed
 
     assert asyncio.run(scenario()) < 0.5
 
 
 def test_full_queue_refuses_at_once() -> None:
-    def slow(batch: np.ndarray) -> np.ndarray:
+    def slow(batch: np.ndarray) -> list[VectorOrError]:
         time.sleep(0.2)
         return mean_pixel(batch)
 
     async def scenario() -> tuple[int, int, float]:
-        with ThreadPoolExecutor(1) as executor:
-            batcher = MicroBatcher(slow, executor=executor, max_batch=1, max_wait_s=0, max_queue=2)
-            batcher.start()
-            tasks = [asyncio.create_task(batcher.embed(image(0)))]
-            await asyncio.sleep(0.05)  # the first one is now running on the model thread
-            tasks += [asyncio.create_task(batcher.embed(image(v))) for v in range(1, 6)]
-            await asyncio.sleep(0.01)
-            started = time.perf_counter()
-            with pytest.raises(OverloadedError, match="already waiting"):
-                await batcher.embed(image(99))
-            refused_in = time.perf_counter() - started
-            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-            await batcher.stop()
-            served = sum(isinstance(o, np.ndarray) for o in outcomes)
-            refused = sum(isinstance(o, OverloadedError) for o in outcomes)
-            return served, refused, refused_in
+        batcher = MicroBatcher(Model(slow), max_batch=1, max_wait_s=0, max_queue=2)
+        batcher.start()
+        tasks = [asyncio.create_task(batcher.embed(image(0)))]
+        await asyncio.sleep(0.05)  # the first one is now running on the model thread
+        tasks += [asyncio.create_task(batcher.embed(image(v))) for v in range(1, 6)]
+        await asyncio.sleep(0.01)
+        started = time.perf_counter()
+        with pytest.raises(OverloadedError, match="already waiting"):
+            await batcher.embed(image(99))
+        refused_in = time.perf_counter() - started
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        served = sum(isinstance(o, np.ndarray) for o in outcomes)
+        refused = sum(isinstance(o, OverloadedError) for o in outcomes)
+        return served, refused, refused_in
 
     served, refused, refused_in = asyncio.run(scenario())
     assert served == 3  # one running, two queued
@@ -96,7 +103,7 @@ def test_full_queue_refuses_at_once() -> None:
 def test_a_failing_batch_fails_its_requests_only() -> None:
     calls = 0
 
-    def flaky(batch: np.ndarray) -> np.ndarray:
+    def flaky(batch: np.ndarray) -> list[VectorOrError]:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -104,14 +111,36 @@ def test_a_failing_batch_fails_its_requests_only() -> None:
         return mean_pixel(batch)
 
     async def scenario() -> tuple[object, np.ndarray]:
-        with ThreadPoolExecutor(1) as executor:
-            batcher = MicroBatcher(flaky, executor=executor, max_batch=4, max_wait_s=0, max_queue=8)
-            batcher.start()
-            first = await asyncio.gather(batcher.embed(image(1)), return_exceptions=True)
-            second = await batcher.embed(image(2))
-            await batcher.stop()
-            return first[0], second
+        batcher = MicroBatcher(Model(flaky), max_batch=4, max_wait_s=0, max_queue=8)
+        batcher.start()
+        first = await asyncio.gather(batcher.embed(image(1)), return_exceptions=True)
+        second = await batcher.embed(image(2))
+        await batcher.stop()
+        return first[0], second
 
     first, second = asyncio.run(scenario())
     assert isinstance(first, RuntimeError)
     assert float(second[0]) == 2.0
+
+
+def test_an_image_that_cannot_be_embedded_fails_alone() -> None:
+    def bright_fails(batch: np.ndarray) -> list[VectorOrError]:
+        return [
+            EmbeddingError("too bright", code="out_of_memory") if float(v[0]) > 100 else v
+            for v in mean_pixel(batch)  # type: ignore[index]
+        ]
+
+    async def scenario() -> list[object]:
+        batcher = MicroBatcher(Model(bright_fails), max_batch=8, max_wait_s=0.05, max_queue=8)
+        batcher.start()
+        outcomes = await asyncio.gather(
+            *(batcher.embed(image(v)) for v in (10, 200, 30)), return_exceptions=True
+        )
+        await batcher.stop()
+        return outcomes
+
+    dim, bright, dark = asyncio.run(scenario())
+    assert float(dim[0]) == 10.0  # type: ignore[index]
+    assert isinstance(bright, EmbeddingError)
+    assert bright.code == "out_of_memory"
+    assert float(dark[0]) == 30.0  # type: ignore[index]

@@ -1,4 +1,7 @@
-"""The ``dinoseek`` command through click's CliRunner: output, JSON, errors, exit codes."""
+"""The ``dinoseek`` command through click's CliRunner: output, JSON, errors, exit codes.
+
+The model is the stand-in (``tests.fakes``): these tests are about the commands.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +13,19 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from indexer.cli import main
+from dinoseek_cli.main import main
+from tests.fakes import FAKE_LOADER
 from tests.helpers import write_bad_files, write_tree
+
+MODEL = "fake/dinov2"
 
 
 def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, obj=FAKE_LOADER)
 
 
 @pytest.fixture
-def indexed(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, Path, list[Path]]:
+def indexed(tmp_path: Path) -> tuple[Path, Path, list[Path]]:
     """A labelled tree (with bad files) indexed into ``tmp_path / data``."""
     photos = tmp_path / "photos"
     paths = write_tree(photos, per_class=3)
@@ -29,7 +35,7 @@ def indexed(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, Path, list[Path
         "index",
         photos,
         "--model",
-        tiny_model_dir,
+        MODEL,
         "--data-dir",
         data,
         "--labels-from-folders",
@@ -52,7 +58,7 @@ def test_help_explains_commands_and_environment() -> None:
     assert "Exit codes" in index_help
 
 
-def test_index_json_is_one_document(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_index_json_is_one_document(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     write_tree(photos, per_class=2)
     write_bad_files(photos / "bad")
@@ -60,7 +66,7 @@ def test_index_json_is_one_document(tmp_path: Path, tiny_model_dir: Path) -> Non
         "index",
         photos,
         "--model",
-        tiny_model_dir,
+        MODEL,
         "--data-dir",
         tmp_path / "d",
         "--workers",
@@ -73,23 +79,20 @@ def test_index_json_is_one_document(tmp_path: Path, tiny_model_dir: Path) -> Non
     assert summary["failed"] == 10
     assert summary["failed_by_reason"]["too_many_pixels"] == 2
     assert Path(summary["failures_report"]).exists()
-    assert "loaded" in result.stderr
 
 
-def test_index_human_summary(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_index_human_summary(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     write_tree(photos, per_class=2)
     result = invoke(
-        "index", photos, "--model", tiny_model_dir, "--data-dir", tmp_path / "d", "--workers", "0"
+        "index", photos, "--model", MODEL, "--data-dir", tmp_path / "d", "--workers", "0"
     )
     assert result.exit_code == 0
     assert "embedded           4" in result.stdout
     assert "holds 4 images" in result.stdout
 
 
-def test_search_table_json_and_filters(
-    indexed: tuple[Path, Path, list[Path]], tiny_model_dir: Path
-) -> None:
+def test_search_table_json_and_filters(indexed: tuple[Path, Path, list[Path]]) -> None:
     _, data, paths = indexed
     # No --model: the collection's own model is used.
     table = invoke("search", paths[0], "--data-dir", data, "-k", "3")
@@ -106,7 +109,7 @@ def test_search_table_json_and_filters(
     document = json.loads(as_json.stdout)
     assert len(document["results"]) == 3
     assert {r["label"] for r in document["results"]} == {"dogs"}
-    assert document["model"] == str(tiny_model_dir)
+    assert document["model"] == MODEL
 
 
 def test_search_errors_have_exit_codes(
@@ -127,16 +130,12 @@ def test_search_errors_have_exit_codes(
     assert "dinoseek index" in unknown.stderr
 
 
-def test_mismatched_model_is_refused(
-    indexed: tuple[Path, Path, list[Path]], other_model_dir: Path
-) -> None:
+def test_mismatched_model_is_refused(indexed: tuple[Path, Path, list[Path]]) -> None:
     photos, data, paths = indexed
-    result = invoke(
-        "index", photos, "--model", other_model_dir, "--data-dir", data, "--workers", "0"
-    )
+    result = invoke("index", photos, "--model", "fake/other", "--data-dir", data, "--workers", "0")
     assert result.exit_code == 1
     assert "different model" in result.stderr
-    searched = invoke("search", paths[0], "--model", other_model_dir, "--data-dir", data)
+    searched = invoke("search", paths[0], "--model", "fake/other", "--data-dir", data)
     assert searched.exit_code == 1
 
 
@@ -161,9 +160,10 @@ def test_invalid_settings_are_usage_errors(tmp_path: Path) -> None:
     assert "invalid collection name" in result.output
 
 
-def test_python_dash_m_indexer() -> None:
+def test_python_dash_m_indexer_is_the_index_command() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "indexer", "--help"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0
-    assert "dinoseek" in result.stdout
+    assert result.stdout.startswith("Usage: python -m indexer [OPTIONS] FOLDERS...")
+    assert "--labels-from-folders" in result.stdout

@@ -679,7 +679,7 @@ def _dinoseek_invocations() -> Iterator[tuple[str, str, list[str]]]:
 
 
 def test_files_name_real_dinoseek_subcommands() -> None:
-    from indexer.cli import main
+    from dinoseek_cli.main import main
 
     assert isinstance(main, click.Group)
     invocations = list(_dinoseek_invocations())
@@ -687,7 +687,7 @@ def test_files_name_real_dinoseek_subcommands() -> None:
     assert {"serve", "index"} <= used
     for where, subcommand, options in invocations:
         assert subcommand in main.commands, (
-            f"{where}: `dinoseek {subcommand}` is not a subcommand of indexer.cli.main, "
+            f"{where}: `dinoseek {subcommand}` is not a subcommand of dinoseek_cli.main.main, "
             f"which has {sorted(main.commands)}"
         )
         known = {opt for param in main.commands[subcommand].params for opt in param.opts}
@@ -784,7 +784,7 @@ def test_dockerfile_caches_dependencies_before_copying_the_source() -> None:
     assert copy_pyproject < install_dependencies < copy_source < install_source
     assert not any(re.match(r"COPY \. ", step) for step in steps), "COPY . defeats the cache"
     # The source packages that pyproject.toml includes are all copied.
-    for package in ("dinoseek", "indexer", "search_api"):
+    for package in ("dinoseek", "indexer", "search_api", "dinoseek_cli"):
         assert any(re.match(rf"COPY {package} ", step) for step in steps), package
 
 
@@ -878,8 +878,9 @@ def test_dockerignore_sends_only_what_the_build_needs() -> None:
         "README.md",
         "dinoseek/settings.py",
         "dinoseek/store/server.py",
-        "indexer/cli.py",
+        "indexer/commands.py",
         "search_api/__init__.py",
+        "dinoseek_cli/main.py",
     ):
         assert _dockerignore_includes(path), f"{path} is left out of the build context"
     for path in (

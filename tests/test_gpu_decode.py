@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dinoseek.embedder import Embedder
+from dinoseek.embedding import ImageEmbedder
 from dinoseek.gpu_decode import GpuJpegDecoder, JpegJob, center_crop, load_decode_jpeg, orient
 from dinoseek.images import decode_image
 from dinoseek.store import EdgeStore
@@ -50,7 +50,7 @@ def pillow_decode(data: list[torch.Tensor], device: str) -> list[torch.Tensor]:
 
 
 @pytest.fixture
-def decoder(embedder: Embedder) -> GpuJpegDecoder:
+def decoder(embedder: ImageEmbedder) -> GpuJpegDecoder:
     return GpuJpegDecoder(embedder.preprocessing, torch.device("cpu"), pillow_decode)
 
 
@@ -70,17 +70,20 @@ def test_center_crop_pads_small_images() -> None:
     assert int(cropped[0, 112, 112]) == 7
 
 
+@pytest.mark.model
 def test_gpu_preprocessing_stays_close_to_pillow(
-    decoder: GpuJpegDecoder, embedder: Embedder
+    decoder: GpuJpegDecoder, tiny_embedder: ImageEmbedder
 ) -> None:
     sizes = [(500, 375), (375, 500), (1200, 800), (230, 230)]
     datas = [encode(photo(seed, size), "JPEG", quality=92) for seed, size in enumerate(sizes)]
     ours = decoder.decode_batch([JpegJob(data) for data in datas])
     assert all(p is not None and p.shape == (224, 224, 3) for p in ours)
-    gpu_path = embedder.embed_pixels(torch.stack([p for p in ours if p is not None]))
-    reference = embedder.embed_images(
-        [decode_image(data, max_pixels=10**8).image for data in datas]
-    )
+    gpu_path = tiny_embedder.embed_pixels(torch.stack([p for p in ours if p is not None]))
+    pillow = [
+        tiny_embedder.preprocessing.to_pixels(decode_image(data, max_pixels=10**8).image)
+        for data in datas
+    ]
+    reference = tiny_embedder.embed_pixels(np.stack(pillow))
     assert (gpu_path * reference).sum(axis=1).min() >= 0.999
 
 
@@ -94,11 +97,11 @@ def test_bad_jpegs_fall_back_one_by_one(decoder: GpuJpegDecoder) -> None:
     assert results[2] is None  # nvJPEG (the stand-in) refused it: the CPU path decides
 
 
-def test_torchvision_missing_is_reported_not_fatal(embedder: Embedder) -> None:
+def test_torchvision_missing_is_reported_not_fatal(embedder: ImageEmbedder) -> None:
     decode, reason = load_decode_jpeg()
     if decode is None:
         assert "torchvision" in reason
-    assert GpuJpegDecoder.create(embedder.preprocessing, torch.device("cpu")) is None
+    assert GpuJpegDecoder.create(embedder.preprocessing, "cpu") is None
 
 
 def scanned(folder: Path) -> list[ScannedFile]:
@@ -106,7 +109,7 @@ def scanned(folder: Path) -> list[ScannedFile]:
 
 
 def test_stage_mixes_gpu_jpegs_pillow_others_and_failures(
-    decoder: GpuJpegDecoder, embedder: Embedder, tmp_path: Path
+    decoder: GpuJpegDecoder, embedder: ImageEmbedder, tmp_path: Path
 ) -> None:
     image = Image.new("RGB", (40, 20), (200, 10, 10))
     exif = Image.Exif()
@@ -133,7 +136,7 @@ def test_stage_mixes_gpu_jpegs_pillow_others_and_failures(
 
 def test_pipeline_with_gpu_decode_stores_the_same_vectors(
     decoder: GpuJpegDecoder,
-    embedder: Embedder,
+    embedder: ImageEmbedder,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -152,6 +155,7 @@ def test_pipeline_with_gpu_decode_stores_the_same_vectors(
     with EdgeStore(tmp_path / "cpu") as store:
         IndexRun(embedder, store, options).run()
         cpu = {p.id: p.vector for p in store.scroll("images", with_vectors=True)}
+        assert len(cpu) == 6
     # Stand-in for a CUDA device: the stage gets the Pillow-backed decoder above.
     monkeypatch.setattr(GpuJpegDecoder, "create", classmethod(lambda cls, *_: decoder))
     gpu_options = IndexOptions(**{**options.__dict__, "gpu_decode": True})
@@ -165,7 +169,7 @@ def test_pipeline_with_gpu_decode_stores_the_same_vectors(
 
 
 def test_without_a_gpu_the_flag_falls_back_with_a_warning(
-    embedder: Embedder, tmp_path: Path
+    embedder: ImageEmbedder, tmp_path: Path
 ) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -1,4 +1,4 @@
-"""The indexing pipeline on the real embedded store with the tiny model."""
+"""The indexing pipeline on the real embedded store, with the stand-in model."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import os
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from dinoseek.embedder import Embedder
+from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
+from dinoseek.errors import EmbeddingError
+from dinoseek.fake_embedder import FakeEmbedder
+from dinoseek.images import DINOV2_PREPROCESSING, load_image
 from dinoseek.store import EdgeStore, SearchQuery, point_id_for_sha256
 from indexer.catalog import LabelSource
 from indexer.pipeline import IndexOptions, IndexSummary, index_folders
@@ -19,7 +20,7 @@ from tests.helpers import encode, photo, write_bad_files, write_tree
 
 
 def run(
-    embedder: Embedder, data_dir: Path, *roots: Path, workers: int = 0, **overrides: object
+    embedder: ImageEmbedder, data_dir: Path, *roots: Path, workers: int = 0, **overrides: object
 ) -> IndexSummary:
     options = IndexOptions(
         roots=tuple(roots),
@@ -36,10 +37,11 @@ def run(
 
 def stored_points(data_dir: Path) -> dict[str, dict[str, object]]:
     with EdgeStore(data_dir) as store:
+        store.acquire("images")
         return {p.id: p.payload for p in store.scroll("images")}
 
 
-def test_first_run_embeds_reports_and_describes(embedder: Embedder, tmp_path: Path) -> None:
+def test_first_run_embeds_reports_and_describes(embedder: ImageEmbedder, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     good = write_tree(photos, per_class=3)
     expected_failures = write_bad_files(photos / "broken")
@@ -73,21 +75,21 @@ def test_first_run_embeds_reports_and_describes(embedder: Embedder, tmp_path: Pa
     assert len(cat["files"]) == 2  # type: ignore[arg-type]
 
 
-def test_stored_vector_is_the_embedders_vector(embedder: Embedder, tmp_path: Path) -> None:
+def test_stored_vector_is_the_embedders_vector(embedder: ImageEmbedder, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     (path,) = write_tree(photos, per_class=1, classes=("a",))
     run(embedder, tmp_path / "data", photos)
-    from dinoseek.images import load_image
-
-    vector = embedder.embed_images([load_image(path, max_pixels=10**8).image])[0]
+    pixels = DINOV2_PREPROCESSING.to_pixels(load_image(path, max_pixels=10**8).image)
+    vector = embedder.embed_pixels(pixels[None])[0]
     with EdgeStore(tmp_path / "data") as store:
-        (hit,) = store.search("images", SearchQuery(vector=vector, top_k=1))
+        store.acquire("images")
+        ((hit,),) = store.search("images", [SearchQuery(vector=vector, top_k=1)])
     assert hit.payload["path"] == str(path)
     assert hit.score >= 0.999
 
 
 def test_second_run_over_an_unchanged_folder_embeds_nothing(
-    embedder: Embedder, tmp_path: Path
+    embedder: ImageEmbedder, tmp_path: Path
 ) -> None:
     photos = tmp_path / "photos"
     write_tree(photos, per_class=3)
@@ -105,7 +107,7 @@ def test_second_run_over_an_unchanged_folder_embeds_nothing(
     )
 
 
-def test_changed_touched_and_retried_files(embedder: Embedder, tmp_path: Path) -> None:
+def test_changed_touched_and_retried_files(embedder: ImageEmbedder, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     paths = write_tree(photos, per_class=2, classes=("a",))
     bad = photos / "a" / "bad.jpg"
@@ -133,7 +135,9 @@ def test_changed_touched_and_retried_files(embedder: Embedder, tmp_path: Path) -
     assert not (tmp_path / "data" / "reports" / "images.failures.jsonl").read_text().strip()
 
 
-def test_duplicates_share_one_point_until_one_copy_goes(embedder: Embedder, tmp_path: Path) -> None:
+def test_duplicates_share_one_point_until_one_copy_goes(
+    embedder: ImageEmbedder, tmp_path: Path
+) -> None:
     photos = tmp_path / "photos"
     (original,) = write_tree(photos, per_class=1, classes=("a",))
     copy = photos / "b" / "copy.jpg"
@@ -152,7 +156,7 @@ def test_duplicates_share_one_point_until_one_copy_goes(embedder: Embedder, tmp_
     assert payload["path"] == str(copy)
 
 
-def test_pruning_and_no_prune(embedder: Embedder, tmp_path: Path) -> None:
+def test_pruning_and_no_prune(embedder: ImageEmbedder, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     paths = write_tree(photos, per_class=3, classes=("a",))
     run(embedder, tmp_path / "data", photos)
@@ -163,7 +167,7 @@ def test_pruning_and_no_prune(embedder: Embedder, tmp_path: Path) -> None:
     assert (pruned.removed, pruned.points) == (1, 2)
 
 
-def test_a_root_that_looks_empty_is_not_wiped(embedder: Embedder, tmp_path: Path) -> None:
+def test_a_root_that_looks_empty_is_not_wiped(embedder: ImageEmbedder, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     write_tree(photos, per_class=2, classes=("a",))
     run(embedder, tmp_path / "data", photos)
@@ -175,7 +179,7 @@ def test_a_root_that_looks_empty_is_not_wiped(embedder: Embedder, tmp_path: Path
     assert "nothing was removed" in summary.warnings[0]
 
 
-def test_other_roots_are_left_alone(embedder: Embedder, tmp_path: Path) -> None:
+def test_other_roots_are_left_alone(embedder: ImageEmbedder, tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     write_tree(first, per_class=2, classes=("a",))
     write_tree(second, per_class=2, classes=("b",))
@@ -184,7 +188,7 @@ def test_other_roots_are_left_alone(embedder: Embedder, tmp_path: Path) -> None:
     assert (summary.removed, summary.points) == (0, 4)
 
 
-def test_labels_from_folders_csv_and_relabelling(embedder: Embedder, tmp_path: Path) -> None:
+def test_labels_from_folders_csv_and_relabelling(embedder: ImageEmbedder, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     paths = write_tree(photos, per_class=2)
     nested = photos / "cats" / "kittens" / "k.jpg"
@@ -213,50 +217,59 @@ def test_labels_from_folders_csv_and_relabelling(embedder: Embedder, tmp_path: P
 
 
 def test_model_mismatch_is_refused(
-    embedder: Embedder, other_model_dir: Path, tmp_path: Path
+    embedder: ImageEmbedder, other_embedder: ImageEmbedder, tmp_path: Path
 ) -> None:
     photos = tmp_path / "photos"
     write_tree(photos, per_class=1, classes=("a",))
     run(embedder, tmp_path / "data", photos)
-    other = Embedder.from_pretrained(str(other_model_dir), device="cpu")
     from dinoseek.errors import CollectionMismatchError
 
     with pytest.raises(CollectionMismatchError, match="different model"):
-        run(other, tmp_path / "data", photos)
+        run(other_embedder, tmp_path / "data", photos)
 
 
-class OutOfMemoryAbove(Embedder):
-    """Stands in for a GPU that runs out of memory: no GPU here. Batches larger than
-    ``limit`` raise torch's real OutOfMemoryError; a limit of 0 fails even single images."""
+class FailsSomeImages(FakeEmbedder):
+    """A model that cannot embed images whose mean brightness is above ``threshold`` (as an
+    image that alone exhausts a GPU's memory would fail); the others embed as usual."""
 
-    def __init__(self, inner: Embedder, limit: int) -> None:
-        self.__dict__.update(inner.__dict__)
-        self.limit = limit
-        self.calls: list[int] = []
+    def __init__(self, threshold: float) -> None:
+        super().__init__(model_id="fake/dinov2", seed=fake_seed("fake/dinov2"))
+        self.threshold = threshold
 
-    def embed_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
-        self.calls.append(len(pixels))
-        if len(pixels) > self.limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().embed_pixels(pixels)
+    def embed_each(self, pixels: Pixels) -> list[VectorOrError]:
+        vectors = super().embed_each(pixels)
+        return [
+            EmbeddingError("not enough memory to embed this image", code="out_of_memory")
+            if float(image.mean()) > self.threshold
+            else vector
+            for image, vector in zip(pixels, vectors, strict=True)
+        ]
 
 
-def test_out_of_memory_batches_are_split_not_fatal(embedder: Embedder, tmp_path: Path) -> None:
+def fake_seed(model_id: str) -> int:
+    from tests.fakes import fake_model
+
+    return fake_model(model_id).seed
+
+
+def test_images_that_cannot_be_embedded_are_reported_not_fatal(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
-    write_tree(photos, per_class=4)
-    flaky = OutOfMemoryAbove(embedder, limit=1)
-    summary = run(flaky, tmp_path / "data", photos)
-    assert summary.embedded == 8
-    assert summary.failed == 0
-    assert 4 in flaky.calls
-    assert 2 in flaky.calls
-    hopeless = OutOfMemoryAbove(embedder, limit=0)
-    summary = run(hopeless, tmp_path / "other", photos)
-    assert summary.embedded == 0
-    assert summary.failed_by_reason == {"out_of_memory": 8}
+    paths = write_tree(photos, per_class=4)
+    brightness = sorted(
+        float(DINOV2_PREPROCESSING.to_pixels(load_image(p, max_pixels=10**8).image).mean())
+        for p in paths
+    )
+    threshold = (brightness[2] + brightness[3]) / 2  # the five brightest fail
+    summary = run(FailsSomeImages(threshold), tmp_path / "data", photos)
+    assert summary.embedded == 3
+    assert summary.failed_by_reason == {"out_of_memory": 5}
+    assert summary.points == 3
+    failures = load_failures(tmp_path / "data" / "reports" / "images.failures.jsonl")
+    assert {r.code for r in failures.values()} == {"out_of_memory"}
+    assert len(failures) == 5
 
 
-def test_stop_event_ends_the_run_cleanly(embedder: Embedder, tmp_path: Path) -> None:
+def test_stop_event_ends_the_run_cleanly(embedder: ImageEmbedder, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     write_tree(photos, per_class=10)
     stop = threading.Event()

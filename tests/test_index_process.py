@@ -1,9 +1,11 @@
 """The indexer as a process: SIGKILL at any moment, SIGINT, a dying decode worker, and a
-store held by another process."""
+store held by another process. The processes run the real command with the stand-in model
+(``tests.fake_cli``): these tests are about the pipeline, not the model."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,22 +18,46 @@ from click.testing import CliRunner
 
 from dinoseek.store import EdgeStore
 from dinoseek.synthetic import write_image_folder
-from indexer.cli import main
+from dinoseek_cli.main import main
+from tests.fakes import FAKE_LOADER
 from tests.helpers import write_bad_files, write_tree
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).parent.parent
 
 
-def start_index(photos: Path, data: Path, model: Path, *extra: str) -> subprocess.Popen[str]:
+MODEL = "fake/dinov2"
+POOL_SIZE = 400
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """400 photo-like 320x240 JPEGs in folders a/ and b/, generated once for the module."""
+    folder = tmp_path_factory.mktemp("pool")
+    write_image_folder(folder, count=POOL_SIZE, classes=("a", "b"), size=(320, 240))
+    return folder
+
+
+def photos_from(pool: Path, target: Path, count: int) -> list[Path]:
+    """The first ``count`` images of the pool, copied into ``target`` (same layout)."""
+    paths = []
+    for source in sorted(pool.rglob("*.jpg"), key=lambda p: p.name)[:count]:
+        path = target / source.relative_to(pool)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, path)
+        paths.append(path)
+    return paths
+
+
+def start_index(photos: Path, data: Path, *extra: str) -> subprocess.Popen[str]:
     command = [
         sys.executable,
         "-m",
-        "indexer",
+        "tests.fake_cli",
         "index",
         str(photos),
         "--model",
-        str(model),
+        MODEL,
         "--data-dir",
         str(data),
         "--batch-size",
@@ -75,32 +101,33 @@ def wait_for_progress(process: subprocess.Popen[str], at_least: int) -> None:
 def snapshot(data: Path) -> dict[str, tuple[tuple[str, ...], object]]:
     """Point id -> (paths, label): the state that must converge."""
     with EdgeStore(data) as store:
+        store.acquire("images")
         return {
             p.id: (tuple(p.payload["paths"]), p.payload["label"]) for p in store.scroll("images")
         }
 
 
-def test_sigkill_at_any_moment_then_rerun_converges(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_sigkill_at_any_moment_then_rerun_converges(tmp_path: Path, pool: Path) -> None:
     photos = tmp_path / "photos"
-    paths = write_image_folder(photos, count=150, classes=("a", "b"))  # 500x375 JPEGs
+    paths = photos_from(pool, photos, 150)
     write_bad_files(photos / "broken")
     (photos / "a" / "dup.jpg").write_bytes(paths[3].read_bytes())
 
-    clean = start_index(photos, tmp_path / "clean", tiny_model_dir)
+    clean = start_index(photos, tmp_path / "clean")
     assert clean.wait(timeout=120) == 0
     expected = snapshot(tmp_path / "clean")
 
     killed = tmp_path / "killed"
     # Killed early (while workers start), then twice in the middle of embedding and writing.
     for progress in (0, 10, 40):
-        process = start_index(photos, killed, tiny_model_dir)
+        process = start_index(photos, killed)
         if progress:
             wait_for_progress(process, progress)
         else:
             wait_for_line(process, "loaded")
         process.send_signal(signal.SIGKILL)
         process.wait()
-    final = start_index(photos, killed, tiny_model_dir, "--json")
+    final = start_index(photos, killed, "--json")
     out, _ = final.communicate(timeout=120)
     assert final.returncode == 0
     assert '"unchanged": 0,' not in out, "nothing was written before the kills"
@@ -111,19 +138,19 @@ def test_sigkill_at_any_moment_then_rerun_converges(tmp_path: Path, tiny_model_d
     assert len(all_paths) == len(set(all_paths)), "a file is listed by two points"
 
 
-def test_sigint_stops_cleanly_and_the_rerun_resumes(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_sigint_stops_cleanly_and_the_rerun_resumes(tmp_path: Path, pool: Path) -> None:
     photos = tmp_path / "photos"
-    write_image_folder(photos, count=400, classes=("a", "b"))
-    process = start_index(photos, tmp_path / "data", tiny_model_dir)
+    photos_from(pool, photos, 400)
+    process = start_index(photos, tmp_path / "data")
     wait_for_progress(process, 20)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "stopped early" in out
     with EdgeStore(tmp_path / "data") as store:
-        partial = store.count("images")
+        partial = store.collection_info("images").points
     assert 0 < partial < 400
-    rerun = start_index(photos, tmp_path / "data", tiny_model_dir)
+    rerun = start_index(photos, tmp_path / "data")
     out, _ = rerun.communicate(timeout=120)
     assert rerun.returncode == 0
     assert f"unchanged   {partial:>8,}" in out
@@ -146,10 +173,10 @@ def decode_workers(parent: int) -> list[int]:
     return workers
 
 
-def test_a_killed_decode_worker_loses_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_a_killed_decode_worker_loses_nothing(tmp_path: Path, pool: Path) -> None:
     photos = tmp_path / "photos"
-    write_image_folder(photos, count=200, classes=("a", "b"))
-    process = start_index(photos, tmp_path / "data", tiny_model_dir, "--workers", "2", "--json")
+    photos_from(pool, photos, 200)
+    process = start_index(photos, tmp_path / "data", "--workers", "2", "--json")
     wait_for_progress(process, 10)
     workers = decode_workers(process.pid)
     assert workers, "no decode worker found"
@@ -159,16 +186,16 @@ def test_a_killed_decode_worker_loses_nothing(tmp_path: Path, tiny_model_dir: Pa
     assert "a decode worker died" in err
     assert '"failed": 0' in out
     with EdgeStore(tmp_path / "data") as store:
-        assert store.count("images") == 200
+        assert store.collection_info("images").points == 200
 
 
 HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from dinoseek.embedder import Embedder
     from dinoseek.store import EdgeStore
-    embedder = Embedder.from_pretrained(sys.argv[2], device="cpu")
+    from tests.fakes import fake_model
+    embedder = fake_model(sys.argv[2])
     store = EdgeStore(Path(sys.argv[1]), owner={"command": "dinoseek serve",
                                                "url": "http://127.0.0.1:8000"})
     store.ensure_collection("images", embedder.space)
@@ -178,9 +205,9 @@ HOLDER = textwrap.dedent(
 )
 
 
-def test_index_refuses_a_store_held_by_a_server(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_index_refuses_a_store_held_by_a_server(tmp_path: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(tmp_path / "data"), str(tiny_model_dir)],
+        [sys.executable, "-c", HOLDER, str(tmp_path / "data"), MODEL],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
@@ -193,16 +220,8 @@ def test_index_refuses_a_store_held_by_a_server(tmp_path: Path, tiny_model_dir: 
         started = time.perf_counter()
         result = CliRunner().invoke(
             main,
-            [
-                "index",
-                str(photos),
-                "--model",
-                str(tiny_model_dir),
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--workers",
-                "0",
-            ],
+            ["index", str(photos), "--model", MODEL, "--data-dir", str(tmp_path / "data")],
+            obj=FAKE_LOADER,
         )
         assert time.perf_counter() - started < 10
         assert result.exit_code == 3
@@ -214,18 +233,29 @@ def test_index_refuses_a_store_held_by_a_server(tmp_path: Path, tiny_model_dir: 
         holder.wait()
 
 
-def test_decode_workers_do_not_outlive_a_killed_indexer(
-    tmp_path: Path, tiny_model_dir: Path
-) -> None:
+def test_decode_workers_do_not_outlive_a_killed_indexer(tmp_path: Path, pool: Path) -> None:
     photos = tmp_path / "photos"
-    write_image_folder(photos, count=200, classes=("a", "b"))
-    process = start_index(photos, tmp_path / "data", tiny_model_dir, "--workers", "2")
+    photos_from(pool, photos, 200)
+    process = start_index(photos, tmp_path / "data", "--workers", "2")
     wait_for_progress(process, 10)
     workers = decode_workers(process.pid)
     assert workers
     process.send_signal(signal.SIGKILL)
     process.wait()
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "orphaned decode workers"
+    alive = {pid: Path(f"/proc/{pid}/stat").read_text() for pid in workers if running(pid)}
+    assert not alive, f"orphaned decode workers: {alive}"
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is still a live decode worker (an exited one may linger as a zombie
+    until its new parent reaps it, and its pid may be reused)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state != "Z" and b"spawn_main" in cmdline

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,16 +17,16 @@ from dinoseek.errors import (
     ProbeMismatchError,
     ProbeTrainingError,
 )
+from dinoseek.labels import UNKNOWN_LABEL, PredictedLabel, knn_vote
 from dinoseek.probe import (
-    UNKNOWN_LABEL,
-    LabelScore,
     LinearProbe,
-    ProbeTrainingResult,
     SkippedClass,
+    expected_calibration_error,
     fit_temperature,
-    knn_vote,
-    train_probe,
 )
+from dinoseek.probe.calibration import softmax
+from dinoseek.probe.training import ProbeTrainingResult, train_probe
+from dinoseek_cli.probe import render_report
 
 DIM = 64
 CLASSES = ("cat", "dog", "fox", "owl", "yak")
@@ -88,7 +89,7 @@ def test_small_classes_and_unlabelled_vectors_are_reported_and_excluded(
     assert trained.report.skipped_classes == (SkippedClass("rare", 3),)
     assert "rare" not in trained.probe.classes
     assert trained.report.unlabelled_count == 2
-    text = trained.report.render()
+    text = render_report(trained.report)
     assert "rare (3)" in text
     assert "confusion matrix" in text
 
@@ -110,10 +111,45 @@ def test_probabilities_sum_to_one_and_predictions_are_sorted(
     assert trained.probe.predict(vectors[:0]) == []
 
 
-def test_calibration_never_raises_the_holdout_nll(trained: ProbeTrainingResult) -> None:
+def miscalibrated_logits(scale: float, rows: int = 20_000, seed: int = 0) -> tuple[Any, Any]:
+    """Logits whose softmax is the truth, times ``scale`` (> 1: over-confident, < 1: under-),
+    and targets drawn from the truth."""
+    rng = np.random.default_rng(seed)
+    true_logits = rng.normal(0.0, 1.5, size=(rows, 4))
+    truth = softmax(true_logits)
+    targets = np.array([rng.choice(4, p=row) for row in truth])
+    return true_logits * scale, targets
+
+
+@pytest.mark.parametrize("scale", [3.0, 0.4])
+def test_temperature_scaling_calibrates_miscalibrated_logits(scale: float) -> None:
+    logits, targets = miscalibrated_logits(scale)
+    temperature, nll_before, nll_after = fit_temperature(logits, targets)
+    assert temperature == pytest.approx(scale, rel=0.1)  # it undoes the known distortion
+    assert nll_after < nll_before
+    before = expected_calibration_error(softmax(logits), targets)
+    after = expected_calibration_error(softmax(logits, temperature), targets)
+    assert before > 0.05
+    assert after < before / 3
+    # "0.8 means right 8 times in 10": predictions made with 0.75-0.85 confidence.
+    probabilities = softmax(logits, temperature)
+    top = probabilities.max(axis=1)
+    near = (top >= 0.75) & (top < 0.85)
+    assert near.sum() > 500
+    accuracy = float((probabilities[near].argmax(axis=1) == targets[near]).mean())
+    assert accuracy == pytest.approx(0.8, abs=0.1)
+
+
+def test_a_calibrated_holdout_keeps_a_temperature_near_one() -> None:
+    logits, targets = miscalibrated_logits(1.0, seed=1)
+    temperature, _, _ = fit_temperature(logits, targets)
+    assert temperature == pytest.approx(1.0, abs=0.1)
+
+
+def test_the_trained_probe_carries_its_temperature(trained: ProbeTrainingResult) -> None:
     report = trained.report
-    assert report.holdout_nll_after <= report.holdout_nll_before
     assert report.temperature == trained.probe.temperature > 0
+    assert report.holdout_nll_after <= report.holdout_nll_before
 
 
 def test_fit_temperature_softens_overconfident_logits() -> None:
@@ -136,7 +172,9 @@ def test_min_confidence_turns_uncertain_predictions_into_unknown(
     assert top[0] < threshold <= top[1]
     probe = dataclasses.replace(trained.probe, min_confidence=threshold)
     uncertain, confident = probe.predict(queries)
-    assert uncertain == [LabelScore(UNKNOWN_LABEL, float(top[0]))]
+    assert uncertain == [
+        PredictedLabel(UNKNOWN_LABEL, round(float(top[0]), 6), "probe", probe.name)
+    ]
     assert confident[0].label == "owl"
 
 
@@ -156,7 +194,7 @@ def test_min_confidence_is_applied_and_reported_by_training() -> None:
     assert result.probe.min_confidence == 0.9
     assert result.report.coverage is not None
     assert 0 <= result.report.coverage <= 1
-    assert "min confidence 0.9" in result.report.render()
+    assert "min confidence 0.9" in render_report(result.report)
 
 
 def test_too_few_classes_raise_a_domain_error() -> None:
@@ -273,7 +311,7 @@ def test_report_is_json_and_large_reports_list_the_most_confused_pairs() -> None
     encoded = json.loads(json.dumps(report.to_dict()))
     assert len(encoded["confusion"]) == 22
     assert encoded["skipped_classes"] == []
-    text = report.render()
+    text = render_report(report)
     assert "confusion matrix" not in text
     assert "the 20 classes of 22 with the lowest holdout accuracy" in text
     assert "most confused" in text or "no confusions" in text
@@ -287,7 +325,7 @@ def test_knn_vote_weights_by_similarity_and_normalises() -> None:
     assert votes[2].probability == 0.0
     assert sum(vote.probability for vote in votes) == pytest.approx(1.0)
     assert knn_vote(["cat", "dog", "cat"], [0.5, 0.9, 0.5], top_k=1) == [
-        LabelScore("cat", pytest.approx(1.0 / 1.9))  # type: ignore[arg-type]
+        PredictedLabel("cat", pytest.approx(1.0 / 1.9), "knn")  # type: ignore[arg-type]
     ]
 
 
@@ -295,8 +333,8 @@ def test_knn_vote_edge_cases() -> None:
     assert knn_vote([None, None], [0.9, 0.8]) == []
     assert knn_vote([], []) == []
     assert knn_vote(["a", "b", "a"], [0.0, -1.0, float("nan")]) == [
-        LabelScore("a", pytest.approx(2 / 3)),  # type: ignore[arg-type]
-        LabelScore("b", pytest.approx(1 / 3)),  # type: ignore[arg-type]
+        PredictedLabel("a", pytest.approx(2 / 3), "knn"),  # type: ignore[arg-type]
+        PredictedLabel("b", pytest.approx(1 / 3), "knn"),  # type: ignore[arg-type]
     ]
     with pytest.raises(ValueError, match="2 labels but 1 scores"):
         knn_vote(["a", "b"], [0.5])

@@ -1,4 +1,5 @@
-"""A real ``dinoseek serve`` (uvicorn) on a loopback port, and the CLI going through it."""
+"""A real ``dinoseek serve`` (uvicorn) on a loopback port with the tiny DINOv2, and the CLI
+going through it: end to end, the same answers with and without a running server."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import pytest
 from click.testing import CliRunner
 
 from dinoseek.store import EdgeStore
-from indexer.cli import main
+from dinoseek_cli.main import main
 from tests.helpers import write_tree
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 REPO = Path(__file__).parent.parent
 
 
@@ -30,11 +31,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def served(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 ) -> Iterator[tuple[str, Path, list[Path], subprocess.Popen[str]]]:
-    """(url, data dir, indexed photos, server process)."""
+    """(url, data dir, indexed photos, server process), one server for the module (the last
+    test stops it). The search answers of the collection before the server started are in
+    ``DATA/../local.json`` (see ``local_answers``)."""
+    tmp_path = tmp_path_factory.mktemp("served")
     photos = tmp_path / "photos"
     paths = write_tree(photos, per_class=4)
     data = tmp_path / "data"
@@ -54,6 +58,7 @@ def served(
         ],
     )
     assert indexed.exit_code == 0, indexed.output
+    local_answers(tmp_path, data, paths)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "search_api", "--port", str(port), "--data-dir", str(data)],
@@ -81,6 +86,47 @@ def served(
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+QUERIES: dict[str, tuple[str, ...]] = {
+    "plain": (),
+    "path": ("--filter", "path={path}"),
+    "root": ("--filter", "root={root}", "-k", "3"),
+    "format+label": ("--filter", "format=JPEG", "--filter", "label=dogs", "-k", "5"),
+    "sha256": ("--filter", "sha256=nope"),
+    "threshold+offset": ("--threshold", "0.5", "--offset", "2", "-k", "3"),
+}
+
+
+def search_json(data: Path, query: Path, *options: str) -> tuple[dict[str, object], str]:
+    """``dinoseek search --json``: the document (without the timing-free fields that differ)
+    and stderr."""
+    filled = [o.format(path=query, root=query.parent.parent) for o in options]
+    result = CliRunner().invoke(
+        main, ["search", str(query), "--data-dir", str(data), "--json", *filled]
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), result.stderr
+
+
+def local_answers(tmp_path: Path, data: Path, paths: list[Path]) -> None:
+    """Every query of ``QUERIES``, answered by the embedded store itself (no server yet)."""
+    answers = {name: search_json(data, paths[5], *options)[0] for name, options in QUERIES.items()}
+    (tmp_path / "local.json").write_text(json.dumps(answers))
+
+
+def test_the_cli_gives_the_same_answer_with_and_without_a_server(
+    served: tuple[str, Path, list[Path], subprocess.Popen[str]],
+) -> None:
+    url, data, paths, _ = served
+    local = json.loads((data.parent / "local.json").read_text())
+    for name, options in QUERIES.items():
+        remote, stderr = search_json(data, paths[5], *options)
+        assert f"the server at {url} holds" in stderr, name
+        assert remote == local[name], name
+    assert [r["path"] for r in local["path"]["results"]] == [str(paths[5])]
+    assert local["sha256"]["results"] == []
+    assert {r["label"] for r in local["format+label"]["results"]} == {"dogs"}
 
 
 def test_search_over_http_and_the_cli_through_the_server(
@@ -113,7 +159,7 @@ def test_search_over_http_and_the_cli_through_the_server(
     server.send_signal(signal.SIGINT)
     assert server.wait(timeout=20) == 0
     with EdgeStore(data) as store:  # released on shutdown
-        assert store.count("images") == 8
+        assert store.collection_info("images").points == 8
 
 
 def test_python_dash_m_search_api_help() -> None:

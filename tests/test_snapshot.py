@@ -36,10 +36,11 @@ from dinoseek.errors import (
 )
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store import EdgeStore, PointRecord, SearchQuery, ServerStore, point_id_for_sha256
-from dinoseek.store import edge as edge_module
+from dinoseek.store import edge_snapshots as edge_module
+from dinoseek.store.archive import MANIFEST_NAME, SUFFIX
+from dinoseek.store.archive_read import read_manifest
 from dinoseek.store.qdrant_rest import QdrantRest, RemoteSnapshot
-from dinoseek.store.snapshot import MANIFEST_NAME, SUFFIX, read_manifest
-from indexer.cli import main
+from dinoseek_cli.main import main
 from tests.helpers import unit_vectors
 
 DIM = 16
@@ -66,12 +67,13 @@ def make_records(count: int, seed: int = 0) -> list[PointRecord]:
 def fill(store: EdgeStore | ServerStore, name: str = "images", count: int = POINTS) -> None:
     store.ensure_collection(name, make_space())
     store.upsert(name, make_records(count))
-    store.save_probe(name, "default", b"\x00probe-bytes\xff", {"classes": ["cat", "dog"]})
+    store.probes.save(name, "default", b"\x00probe-bytes\xff", {"classes": ["cat", "dog"]})
 
 
 def contents(store: EdgeStore, name: str) -> dict[str, tuple[dict[str, Any], list[float]]]:
     """Every point: id -> (payload, vector)."""
     result = {}
+    store.acquire(name)
     for point in store.scroll(name, with_vectors=True):
         assert point.vector is not None
         result[point.id] = (point.payload, point.vector.tolist())
@@ -86,11 +88,15 @@ def source(tmp_path: Path) -> Iterator[EdgeStore]:
         yield store
 
 
-@pytest.fixture
-def archive(source: EdgeStore, tmp_path: Path) -> Path:
-    """A snapshot of ``source``'s 'images'."""
-    path = tmp_path / f"images{SUFFIX}"
-    source.snapshot("images", path)
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A snapshot of a collection like ``source``'s (the same points and probe), made once for
+    the module: tests read it and never change it."""
+    directory = tmp_path_factory.mktemp("archive")
+    path = directory / f"images{SUFFIX}"
+    with EdgeStore(directory / "data") as store:
+        fill(store)
+        store.snapshots.create("images", path)
     return path
 
 
@@ -104,7 +110,7 @@ def leftovers(data_dir: Path) -> list[str]:
 
 def test_round_trip_into_a_fresh_data_dir(source: EdgeStore, tmp_path: Path) -> None:
     target = tmp_path / "backup.tar.gz"
-    info = source.snapshot("images", target)
+    info = source.snapshots.create("images", target)
     assert (info.kind, info.collection, info.points, info.probes) == (
         "edge",
         "images",
@@ -117,17 +123,17 @@ def test_round_trip_into_a_fresh_data_dir(source: EdgeStore, tmp_path: Path) -> 
     assert source.count("images") == POINTS  # the shard was reopened after the snapshot
 
     with EdgeStore(tmp_path / "fresh") as restored:
-        back = restored.restore("images", target)
+        back = restored.snapshots.restore("images", target)
         assert back.points == POINTS
         assert back.source_collection == "images"
         assert contents(restored, "images") == contents(source, "images")
-        assert [p.name for p in restored.list_probes("images")] == ["default"]
-        assert restored.load_probe("images", "default") == b"\x00probe-bytes\xff"
-        assert restored.list_probes("images")[0].info == {"classes": ["cat", "dog"]}
+        assert [p.name for p in restored.probes.list("images")] == ["default"]
+        assert restored.probes.load("images", "default") == b"\x00probe-bytes\xff"
+        assert restored.probes.list("images")[0].info == {"classes": ["cat", "dog"]}
         assert restored.collection_space("images") == make_space()
         query = SearchQuery(vector=unit_vectors(1, DIM, seed=5)[0], top_k=5)
-        assert [h.id for h in restored.search("images", query)] == [
-            h.id for h in source.search("images", query)
+        assert [h.id for h in restored.search("images", [query])[0]] == [
+            h.id for h in source.search("images", [query])[0]
         ]
         restored.upsert("images", make_records(3, seed=9))  # writable
         assert restored.count("images") == POINTS + 3
@@ -136,7 +142,8 @@ def test_round_trip_into_a_fresh_data_dir(source: EdgeStore, tmp_path: Path) -> 
 
 def test_vectors_survive_bit_for_bit(source: EdgeStore, archive: Path, tmp_path: Path) -> None:
     with EdgeStore(tmp_path / "fresh") as restored:
-        restored.restore("images", archive)
+        restored.snapshots.restore("images", archive)
+        restored.acquire("images")
         ids = [r.id for r in make_records(POINTS)]
         before = source.get("images", ids, with_vectors=True)
         after = restored.get("images", ids, with_vectors=True)
@@ -161,30 +168,30 @@ def test_manifest_describes_the_snapshot(archive: Path) -> None:
 
 
 def test_restore_under_another_name(source: EdgeStore, archive: Path) -> None:
-    info = source.restore("copy", archive)
+    info = source.snapshots.restore("copy", archive)
     assert (info.collection, info.source_collection) == ("copy", "images")
     assert source.list_collections() == ["copy", "images"]
     assert contents(source, "copy") == contents(source, "images")
-    assert source.load_probe("copy", "default") == b"\x00probe-bytes\xff"
+    assert source.probes.load("copy", "default") == b"\x00probe-bytes\xff"
 
 
 def test_existing_collection_is_refused_without_replace(source: EdgeStore, archive: Path) -> None:
     source.delete("images", [make_records(1)[0].id])
     with pytest.raises(CollectionExistsError, match="--replace"):
-        source.restore("images", archive)
+        source.snapshots.restore("images", archive)
     assert source.count("images") == POINTS - 1
     assert leftovers(source.data_dir) == []
 
 
 def test_replace_swaps_in_the_snapshot(source: EdgeStore, archive: Path) -> None:
     source.delete("images", [r.id for r in make_records(10)])
-    source.save_probe("images", "later", b"x", {})
+    source.probes.save("images", "later", b"x", {})
     assert source.count("images") == POINTS - 10
 
-    info = source.restore("images", archive, replace=True)  # this store has it open
+    info = source.snapshots.restore("images", archive, replace=True)  # this store has it open
     assert info.points == POINTS
     assert source.count("images") == POINTS
-    assert [p.name for p in source.list_probes("images")] == ["default"]
+    assert [p.name for p in source.probes.list("images")] == ["default"]
     assert leftovers(source.data_dir) == []
 
 
@@ -193,9 +200,9 @@ def test_replace_is_refused_while_another_process_holds_the_collection(
 ) -> None:
     source.close()
     with EdgeStore(source.data_dir, owner={"command": "dinoseek serve"}) as holder:
-        holder.count("images")
+        holder.acquire("images")
         with pytest.raises(StoreLockedError, match="dinoseek serve"):
-            EdgeStore(source.data_dir).restore("images", archive, replace=True)
+            EdgeStore(source.data_dir).snapshots.restore("images", archive, replace=True)
         assert holder.count("images") == POINTS
     assert leftovers(source.data_dir) == []
 
@@ -227,11 +234,12 @@ def test_a_crash_during_the_swap_leaves_the_old_or_the_new(
 
     monkeypatch.setattr(edge_module.os, "rename", rename)
     with pytest.raises(Crash):
-        EdgeStore(source.data_dir).restore("images", archive, replace=True)
+        EdgeStore(source.data_dir).snapshots.restore("images", archive, replace=True)
     monkeypatch.setattr(edge_module.os, "rename", real_rename)
 
     with EdgeStore(source.data_dir) as reopened:  # resolves what the crash left
         assert leftovers(source.data_dir) == []
+        reopened.acquire("images")
         assert reopened.count("images") == (POINTS - 10 if survivor == "old" else POINTS)
         if survivor == "old":
             assert contents(reopened, "images") == old
@@ -260,7 +268,7 @@ def test_malicious_archives_are_refused(tmp_path: Path, name: str, kind: bytes, 
     write_archive(evil, "edge", [(member, b"pwned" if kind == tarfile.REGTYPE else None)])
     data_dir = tmp_path / "victim"
     with EdgeStore(data_dir) as store, pytest.raises(SnapshotError, match=what):
-        store.restore("images", evil)
+        store.snapshots.restore("images", evil)
     assert not (tmp_path / "evil").exists()
     assert not (data_dir / "evil").exists()
     assert not evil_target.exists()
@@ -274,7 +282,7 @@ def test_a_malicious_first_member_is_not_a_snapshot(tmp_path: Path) -> None:
         add(tar, tarfile.TarInfo("../evil"), b"pwned")
     store = EdgeStore(tmp_path / "data")
     with pytest.raises(SnapshotError, match="not a dinoseek"):
-        store.restore("images", evil)
+        store.snapshots.restore("images", evil)
     assert not (tmp_path / "evil").exists()
 
 
@@ -288,7 +296,7 @@ def test_a_truncated_archive_leaves_the_collection_untouched(
     source.delete("images", [r.id for r in make_records(5)])
     before = contents(source, "images")
     with pytest.raises(SnapshotError, match="truncated or damaged"):
-        source.restore("images", truncated, replace=True)
+        source.snapshots.restore("images", truncated, replace=True)
     assert contents(source, "images") == before
     assert leftovers(source.data_dir) == []
 
@@ -299,7 +307,7 @@ def test_a_tampered_member_fails_its_checksum(
     tampered = tmp_path / "tampered.tar.gz"
     rewrite(archive, tampered, change={"probes/default.safetensors": b"\x00probe-bytez\xff"})
     with pytest.raises(SnapshotError, match="checksum"):
-        source.restore("copy", tampered)
+        source.snapshots.restore("copy", tampered)
     assert "copy" not in source.list_collections()
 
 
@@ -314,20 +322,20 @@ def test_garbage_is_not_a_snapshot(tmp_path: Path, content: bytes, message: str)
     garbage = tmp_path / "garbage.tar.gz"
     garbage.write_bytes(content)
     with EdgeStore(tmp_path / "data") as store, pytest.raises(SnapshotError, match=message):
-        store.restore("images", garbage)
+        store.snapshots.restore("images", garbage)
 
 
 def test_a_newer_format_asks_for_an_upgrade(archive: Path, tmp_path: Path) -> None:
     newer = tmp_path / "newer.tar.gz"
     rewrite(archive, newer, manifest_update={"format_version": 99})
     with EdgeStore(tmp_path / "data") as store, pytest.raises(SnapshotError, match="upgrade"):
-        store.restore("images", newer)
+        store.snapshots.restore("images", newer)
 
 
 def test_a_snapshot_never_overwrites_a_file(source: EdgeStore, archive: Path) -> None:
     before = archive.read_bytes()
     with pytest.raises(ConfigError, match="exists"):
-        source.snapshot("images", archive)
+        source.snapshots.create("images", archive)
     assert archive.read_bytes() == before
 
 
@@ -339,12 +347,12 @@ def test_server_in_process_mode_needs_a_qdrant_server(tmp_path: Path, archive: P
     with ServerStore(QdrantClient(":memory:")) as store:
         fill(store)
         with pytest.raises(StoreError, match="snapshots need a Qdrant server") as caught:
-            store.snapshot("images", tmp_path / "server.tar.gz")
+            store.snapshots.create("images", tmp_path / "server.tar.gz")
         assert caught.value.code == "snapshot_unsupported"
         assert not (tmp_path / "server.tar.gz").exists()
         # An embedded-store snapshot is refused with the reason, before any server call.
         with pytest.raises(SnapshotError, match="embedded store"):
-            store.restore("images", archive)
+            store.snapshots.restore("images", archive)
 
 
 def test_an_edge_store_refuses_a_server_snapshot(tmp_path: Path) -> None:
@@ -352,7 +360,7 @@ def test_an_edge_store_refuses_a_server_snapshot(tmp_path: Path) -> None:
     server_archive = tmp_path / "server.tar.gz"
     write_server_archive(server_archive, b"qdrant snapshot bytes")
     with EdgeStore(tmp_path / "data") as store, pytest.raises(SnapshotError, match="Qdrant server"):
-        store.restore("images", server_archive)
+        store.snapshots.restore("images", server_archive)
 
 
 def test_rest_endpoint_comes_from_the_client() -> None:
@@ -461,7 +469,7 @@ def test_server_snapshot_orchestration_with_a_stand_in_rest_api(tmp_path: Path) 
 
     with ServerStore(QdrantClient(":memory:"), rest=fake_rest(handler)) as store:
         fill(store)
-        info = store.snapshot("images", tmp_path / "server.tar.gz")
+        info = store.snapshots.create("images", tmp_path / "server.tar.gz")
     assert (info.kind, info.points, info.probes) == ("server", POINTS, ("default",))
     assert "distributed mode" in info.warnings[0]
     assert deleted == ["/collections/images/snapshots/s.snapshot"]
@@ -540,7 +548,7 @@ def test_cli_names_the_remedy_while_serve_holds_the_collection(
     source.close()
     owner = {"command": "dinoseek serve", "url": "http://127.0.0.1:8000"}
     with EdgeStore(source.data_dir, owner=owner) as server:
-        server.count("images")
+        server.acquire("images")
         result = invoke("snapshot", "create", tmp_path / "b.tar.gz", "--data-dir", source.data_dir)
     assert result.exit_code == 3
     assert "dinoseek serve" in result.stderr

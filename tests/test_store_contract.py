@@ -15,19 +15,19 @@ from qdrant_client import QdrantClient
 
 from dinoseek.errors import (
     CollectionMismatchError,
+    CollectionNotAcquiredError,
     CollectionNotFoundError,
     InvalidPointIdError,
-    PointNotFoundError,
 )
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store import (
     EdgeStore,
     PointRecord,
+    SearchHit,
     SearchQuery,
     ServerStore,
     VectorStore,
     point_id_for_sha256,
-    search_by_id,
     validate_point_id,
 )
 from tests.helpers import unit_vectors
@@ -112,9 +112,35 @@ def test_mismatched_space_is_refused(store: VectorStore) -> None:
 
 def test_unknown_collection(store: VectorStore) -> None:
     with pytest.raises(CollectionNotFoundError, match="dinoseek index"):
-        store.count("nope")
+        store.acquire("nope")
     with pytest.raises(CollectionNotFoundError):
         store.collection_space("nope")
+    with pytest.raises(CollectionNotFoundError):
+        store.collection_info("nope")
+
+
+def test_points_need_the_collection_acquired(store_factory: StoreFactory) -> None:
+    first = store_factory()
+    first.ensure_collection("images", make_space())  # created, and acquired
+    first.upsert("images", records(3))
+    reopened = store_factory()
+    assert reopened.collection_info("images").points == 3  # no acquisition needed
+    query = SearchQuery(vector=records(1)[0].vector)
+    for read in (
+        lambda: reopened.count("images"),
+        lambda: reopened.search("images", [query]),
+        lambda: reopened.get("images", [records(1)[0].id]),
+        lambda: list(reopened.scroll("images")),
+        lambda: reopened.upsert("images", records(1)),
+    ):
+        with pytest.raises(CollectionNotAcquiredError, match="acquire"):
+            read()
+    reopened.acquire("images")
+    reopened.acquire("images")  # idempotent
+    assert reopened.count("images") == 3
+    reopened.release("images")
+    with pytest.raises(CollectionNotAcquiredError):
+        reopened.count("images")
 
 
 def test_upsert_get_and_idempotence(store: VectorStore) -> None:
@@ -140,7 +166,7 @@ def test_search_ranks_the_exact_vector_first(store: VectorStore) -> None:
     points = records(50)
     store.upsert("images", points)
     store.optimize("images")
-    hits = store.search("images", SearchQuery(vector=points[7].vector, top_k=5))
+    (hits,) = store.search("images", [SearchQuery(vector=points[7].vector, top_k=5)])
     assert len(hits) == 5
     assert hits[0].id == points[7].id
     assert hits[0].score >= 0.999
@@ -153,27 +179,28 @@ def test_search_filters_offset_threshold_and_exclusions(store: VectorStore) -> N
     points = records(40)
     store.upsert("images", points)
     query = points[2].vector  # label "cat"
-    dogs = store.search("images", SearchQuery(vector=query, top_k=40, filters={"label": "dog"}))
+
+    def search(**options: object) -> list[SearchHit]:
+        (hits,) = store.search("images", [SearchQuery(vector=query, **options)])  # type: ignore[arg-type]
+        return hits
+
+    dogs = search(top_k=40, filters={"label": "dog"})
     assert len(dogs) == 20
     assert {h.payload["label"] for h in dogs} == {"dog"}
-    by_path = store.search(
-        "images", SearchQuery(vector=query, top_k=5, filters={"paths": "/photos/5.jpg"})
-    )
+    by_path = search(top_k=5, filters={"paths": "/photos/5.jpg"})
     assert [h.payload["index"] for h in by_path] == [5]
-    full = store.search("images", SearchQuery(vector=query, top_k=10))
-    paged = store.search("images", SearchQuery(vector=query, top_k=5, offset=5))
+    full = search(top_k=10)
+    paged = search(top_k=5, offset=5)
     assert [h.id for h in paged] == [h.id for h in full[5:10]]
     threshold = full[3].score - 1e-4
-    above = store.search("images", SearchQuery(vector=query, top_k=40, score_threshold=threshold))
+    above = search(top_k=40, score_threshold=threshold)
     assert all(h.score >= threshold - 1e-6 for h in above)
     assert len(above) >= 4
-    excluded = store.search(
-        "images", SearchQuery(vector=query, top_k=3, exclude_ids=(points[2].id,))
-    )
+    excluded = search(top_k=3, exclude_ids=(points[2].id,))
     assert points[2].id not in {h.id for h in excluded}
 
 
-def test_search_many_matches_single_searches(store: VectorStore) -> None:
+def test_batched_search_matches_single_searches(store: VectorStore) -> None:
     store.ensure_collection("images", make_space())
     points = records(30)
     store.upsert("images", points)
@@ -181,23 +208,11 @@ def test_search_many_matches_single_searches(store: VectorStore) -> None:
         SearchQuery(vector=points[0].vector, top_k=3),
         SearchQuery(vector=points[1].vector, top_k=5, filters={"label": "cat"}),
     ]
-    batched = store.search_many("images", queries)
-    singles = [store.search("images", q) for q in queries]
+    batched = store.search("images", queries)
+    singles = [store.search("images", [q])[0] for q in queries]
     assert [[h.id for h in hits] for hits in batched] == [[h.id for h in hits] for hits in singles]
-    assert store.search_many("images", []) == []
-
-
-def test_search_by_id_excludes_itself(store: VectorStore) -> None:
-    store.ensure_collection("images", make_space())
-    points = records(20)
-    store.upsert("images", points)
-    hits = search_by_id(store, "images", points[4].id, top_k=5)
-    assert len(hits) == 5
-    assert points[4].id not in {h.id for h in hits}
-    with pytest.raises(PointNotFoundError):
-        search_by_id(store, "images", "00000000-0000-0000-0000-000000000000")
-    with pytest.raises(InvalidPointIdError):
-        search_by_id(store, "images", "../etc/passwd")
+    assert [len(hits) for hits in batched] == [3, 5]
+    assert store.search("images", []) == []
 
 
 def test_scroll_pages_through_everything(store: VectorStore) -> None:
@@ -229,6 +244,7 @@ def test_data_survives_reopening(store_factory: StoreFactory) -> None:
     first.ensure_collection("images", make_space())
     first.upsert("images", records(12))
     reopened = store_factory()  # closes the first
+    reopened.acquire("images")
     assert reopened.count("images") == 12
     assert reopened.collection_space("images").model_id == "test/model"
 
@@ -262,24 +278,24 @@ def test_probes_are_stored_per_collection(store: VectorStore) -> None:
 
     store.ensure_collection("images", make_space())
     store.ensure_collection("other", make_space())
-    assert store.list_probes("images") == []
-    store.save_probe("images", "default", b"\x00weights\xff", {"classes": ["a", "b"]})
-    store.save_probe("images", "fine", b"more", {"classes": ["x", "y"], "trained_at": "t"})
-    store.save_probe("images", "default", b"\x00replaced", {"classes": ["a", "b", "c"]})
-    assert [p.name for p in store.list_probes("images")] == ["default", "fine"]
-    assert store.list_probes("images")[0].info == {"classes": ["a", "b", "c"]}
-    assert store.load_probe("images", "default") == b"\x00replaced"
-    assert store.list_probes("other") == []
+    assert store.probes.list("images") == []
+    store.probes.save("images", "default", b"\x00weights\xff", {"classes": ["a", "b"]})
+    store.probes.save("images", "fine", b"more", {"classes": ["x", "y"], "trained_at": "t"})
+    store.probes.save("images", "default", b"\x00replaced", {"classes": ["a", "b", "c"]})
+    assert [p.name for p in store.probes.list("images")] == ["default", "fine"]
+    assert store.probes.list("images")[0].info == {"classes": ["a", "b", "c"]}
+    assert store.probes.load("images", "default") == b"\x00replaced"
+    assert store.probes.list("other") == []
     with pytest.raises(ProbeNotFoundError, match="dinoseek probe train"):
-        store.load_probe("other", "default")
-    store.delete_probe("images", "fine")
-    assert [p.name for p in store.list_probes("images")] == ["default"]
+        store.probes.load("other", "default")
+    store.probes.delete("images", "fine")
+    assert [p.name for p in store.probes.list("images")] == ["default"]
     with pytest.raises(ProbeNotFoundError):
-        store.delete_probe("images", "fine")
+        store.probes.delete("images", "fine")
     with pytest.raises(ValueError, match="invalid probe name"):
-        store.save_probe("images", "../x", b"", {})
+        store.probes.save("images", "../x", b"", {})
     with pytest.raises(CollectionNotFoundError):
-        store.save_probe("nope", "default", b"", {})
+        store.probes.save("nope", "default", b"", {})
     store.delete_collection("images")
     store.ensure_collection("images", make_space())
-    assert store.list_probes("images") == []  # a collection's probes go with it
+    assert store.probes.list("images") == []  # a collection's probes go with it

@@ -21,7 +21,7 @@ HOLDER_SCRIPT = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from dinoseek.store import EdgeStore, PointRecord, SearchQuery, point_id_for_sha256
+    from dinoseek.store import EdgeStore
     from tests.test_store_contract import make_space, records
     store = EdgeStore(Path(sys.argv[1]), owner={"command": "dinoseek serve",
                                                "url": "http://127.0.0.1:8123"})
@@ -54,7 +54,7 @@ def test_second_process_is_refused_at_once_and_recovers_after_a_kill(tmp_path: P
         store = EdgeStore(data_dir)
         started = time.perf_counter()
         with pytest.raises(StoreLockedError) as caught:
-            store.count("images")
+            store.acquire("images")
         assert time.perf_counter() - started < 3.0
         message = caught.value.message
         assert f"process {holder.pid}" in message
@@ -66,10 +66,14 @@ def test_second_process_is_refused_at_once_and_recovers_after_a_kill(tmp_path: P
         # SIGKILL: no flush, no close. The write-ahead log must replay the upserts.
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+    written = records(25)
     with EdgeStore(data_dir) as store:
+        store.acquire("images")
         assert store.count("images") == 25
-        hits = store.search_many("images", [])
-        assert hits == []
+        queries = [SearchQuery(vector=written[i].vector, top_k=1) for i in (0, 7, 24)]
+        found = store.search("images", queries)
+        assert [hits[0].id for hits in found] == [written[i].id for i in (0, 7, 24)]
+        assert [hits[0].payload for hits in found] == [written[i].payload for i in (0, 7, 24)]
 
 
 def test_same_process_cannot_open_twice_either(tmp_path: Path) -> None:
@@ -77,8 +81,9 @@ def test_same_process_cannot_open_twice_either(tmp_path: Path) -> None:
     first.ensure_collection("images", make_space())
     second = EdgeStore(tmp_path)
     with pytest.raises(StoreLockedError, match=f"process {os.getpid()}"):
-        second.count("images")
+        second.acquire("images")
     first.close()
+    second.acquire("images")
     assert second.count("images") == 0
     second.close()
 
@@ -100,6 +105,7 @@ def test_half_created_shard_is_recreated(tmp_path: Path) -> None:
         if child.is_file():
             child.unlink()
     with EdgeStore(tmp_path) as store:
+        store.acquire("images")
         store.upsert("images", records(2))
         assert store.count("images") == 2
 
@@ -122,5 +128,21 @@ def test_optimize_builds_the_hnsw_index(tmp_path: Path) -> None:
         info = store.collection_info("images")
         assert info.points == 3000
         assert info.indexed_vectors == 3000
-        hits = store.search("images", SearchQuery(vector=vectors[42], top_k=1))
-        assert hits[0].payload == {"i": 42}
+        ((hit,),) = store.search("images", [SearchQuery(vector=vectors[42], top_k=1)])
+        assert hit.payload == {"i": 42}
+
+
+def test_collection_info_of_a_collection_not_acquired_leaves_it_free(tmp_path: Path) -> None:
+    with EdgeStore(tmp_path) as writer:
+        writer.ensure_collection("images", make_space())
+        writer.upsert("images", records(5))
+    reader, other = EdgeStore(tmp_path), EdgeStore(tmp_path)
+    try:
+        assert reader.collection_info("images").points == 5
+        assert not reader.is_held("images")
+        other.acquire("images")  # the read took nothing for good
+        with pytest.raises(StoreLockedError):
+            reader.collection_info("images")
+    finally:
+        reader.close()
+        other.close()

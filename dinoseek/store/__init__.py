@@ -1,7 +1,8 @@
 """Vector stores: the embedded Qdrant Edge store and a Qdrant server, behind one interface.
 
-``ServerStore`` is imported on first use: qdrant-client takes most of a second to import,
-which every command using the embedded store would otherwise pay.
+``open_store`` is called by ``dinoseek.runtime`` only. ``ServerStore`` is imported on first
+use: qdrant-client takes most of a second to import, which every command using the embedded
+store would otherwise pay.
 """
 
 from __future__ import annotations
@@ -11,18 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 from dinoseek.settings import Settings
 from dinoseek.store.edge import EdgeStore
-from dinoseek.store.protocol import (
-    FILTER_FIELDS,
+from dinoseek.store.protocol import ProbeStore, SnapshotStore, VectorStore
+from dinoseek.store.records import (
     CollectionInfo,
+    FilterValue,
     PointRecord,
     SearchHit,
     SearchQuery,
     SnapshotInfo,
     StoredPoint,
     StoredProbe,
-    VectorStore,
     point_id_for_sha256,
-    search_by_id,
     validate_point_id,
 )
 
@@ -30,20 +30,21 @@ if TYPE_CHECKING:
     from dinoseek.store.server import ServerStore
 
 __all__ = [
-    "FILTER_FIELDS",
     "CollectionInfo",
     "EdgeStore",
+    "FilterValue",
     "PointRecord",
+    "ProbeStore",
     "SearchHit",
     "SearchQuery",
     "ServerStore",
     "SnapshotInfo",
+    "SnapshotStore",
     "StoredPoint",
     "StoredProbe",
     "VectorStore",
     "open_store",
     "point_id_for_sha256",
-    "search_by_id",
     "validate_point_id",
 ]
 
@@ -51,7 +52,7 @@ __all__ = [
 def open_store(settings: Settings, *, owner: Mapping[str, Any] | None = None) -> VectorStore:
     """The server store when ``settings.qdrant_url`` is set, else the embedded store.
 
-    ``owner`` describes this process in the embedded store's lock files (see ``EdgeStore``).
+    ``owner`` describes this process in the embedded store's lock files (see ``edge_locks``).
     """
     if settings.qdrant_url:
         from dinoseek.store.server import ServerStore

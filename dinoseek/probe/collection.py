@@ -1,43 +1,31 @@
-"""Labels for vectors: probes trained on a collection's stored vectors, and the kNN vote.
+"""Probes of a collection: trained on its stored vectors, stored with it, loaded to serve.
 
-- ``train_collection_probe`` reads the labelled points of a collection (no re-embedding),
-  trains a calibrated linear probe (``dinoseek.probe``) and stores it with the collection.
-- ``ProbeCache`` gives the service the probes of a collection that fit its model, re-reading
-  the list every few seconds so that a probe trained meanwhile (Qdrant server mode) appears.
-- ``knn_labels`` is the method that needs no training: a similarity-weighted vote over the
-  labels of the neighbours.
+- ``train_collection_probe`` reads the labelled points of an acquired collection (no
+  re-embedding), trains a calibrated linear probe and stores it with the collection.
+- ``ProbeCache`` gives the search path the probes of a collection that fit its model,
+  re-reading the list every few seconds so that a probe trained meanwhile (Qdrant server mode)
+  appears.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dinoseek.errors import ProbeNotFoundError
-from dinoseek.probe import LinearProbe, ProbeTrainingResult, knn_vote, train_probe
+from dinoseek.probe.model import LinearProbe
 from dinoseek.space import EmbeddingSpace
-from dinoseek.store import SearchHit, StoredProbe, VectorStore
+from dinoseek.store import ProbeStore, StoredProbe, VectorStore
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # torch: imported only to train
+    from dinoseek.probe.training import ProbeTrainingResult
 
 DEFAULT_PROBE = "default"
-
-
-@dataclass(frozen=True)
-class LabelPrediction:
-    """One predicted label: its probability and the method (and probe) that produced it."""
-
-    label: str
-    probability: float
-    method: str  # "probe" or "knn"
-    probe: str | None = None
 
 
 def labelled_vectors(
@@ -69,6 +57,8 @@ def train_collection_probe(
     seed: int = 0,
 ) -> ProbeTrainingResult:
     """Train a probe on the collection's labelled points and store it under ``name``."""
+    from dinoseek.probe.training import train_probe
+
     space = store.collection_space(collection)
     vectors, labels = labelled_vectors(store, collection, label_field)
     result = train_probe(
@@ -85,15 +75,15 @@ def train_collection_probe(
         seed=seed,
     )
     info = {**result.probe.metadata(), "report": result.report.to_dict()}
-    store.save_probe(collection, name, result.probe.to_bytes(), info)
+    store.probes.save(collection, name, result.probe.to_bytes(), info)
     return result
 
 
 def load_probe(
-    store: VectorStore, collection: str, name: str, space: EmbeddingSpace
+    probes: ProbeStore, collection: str, name: str, space: EmbeddingSpace
 ) -> LinearProbe:
     """A stored probe, refused (``ProbeMismatchError``) unless it fits ``space``."""
-    probe = LinearProbe.from_bytes(store.load_probe(collection, name))
+    probe = LinearProbe.from_bytes(probes.load(collection, name))
     probe.check_compatible(space.model_id, space.dim, space.fingerprint)
     return probe
 
@@ -105,7 +95,7 @@ def evaluate_probe(
     does not know count as errors)."""
     rows = [i for i, label in enumerate(labels) if label is not None]
     if not rows:
-        return {"points": 0, "accuracy": None, "per_class": {}}
+        return {"points": 0, "accuracy": None, "per_class": {}, "unknown_classes": []}
     predicted = [p[0].label for p in probe.predict(vectors[rows], top_k=1)]
     truth = [str(labels[i]) for i in rows]
     totals = Counter(truth)
@@ -131,28 +121,11 @@ def choose_probe(probes: Sequence[StoredProbe]) -> str | None:
     return max(probes, key=lambda p: str(p.info.get("trained_at", ""))).name
 
 
-def knn_labels(hits: Sequence[SearchHit], top_k: int = 5) -> list[LabelPrediction]:
-    """Similarity-weighted vote over the neighbours' labels."""
-    votes = knn_vote([_label_of(hit) for hit in hits], [hit.score for hit in hits], top_k=top_k)
-    return [LabelPrediction(v.label, round(v.probability, 6), "knn") for v in votes]
-
-
-def probe_labels(probe: LinearProbe, vector: np.ndarray, top_k: int = 5) -> list[LabelPrediction]:
-    """The probe's top classes for one vector, with calibrated probabilities."""
-    scores = probe.predict(np.asarray(vector, dtype=np.float32)[None], top_k=top_k)[0]
-    return [LabelPrediction(s.label, round(s.probability, 6), "probe", probe.name) for s in scores]
-
-
-def _label_of(hit: SearchHit) -> str | None:
-    value = hit.payload.get("label")
-    return str(value) if value not in (None, "") else None
-
-
 class ProbeCache:
     """The probes of each collection that fit one model, loaded once, listed every ``ttl_s``."""
 
-    def __init__(self, store: VectorStore, space: EmbeddingSpace, *, ttl_s: float = 10.0) -> None:
-        self.store = store
+    def __init__(self, probes: ProbeStore, space: EmbeddingSpace, *, ttl_s: float = 10.0) -> None:
+        self.probes = probes
         self.space = space
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
@@ -166,7 +139,7 @@ class ProbeCache:
             cached = self._listed.get(collection)
             if cached is not None and now - cached[0] < self.ttl_s:
                 return cached[1]
-        probes = self.store.list_probes(collection)
+        probes = self.probes.list(collection)
         with self._lock:
             self._listed[collection] = (now, probes)
         return probes
@@ -193,7 +166,7 @@ class ProbeCache:
         with self._lock:
             probe = self._loaded.get(key)
         if probe is None:
-            probe = load_probe(self.store, collection, chosen, self.space)
+            probe = load_probe(self.probes, collection, chosen, self.space)
             with self._lock:
                 self._loaded[key] = probe
         return probe

@@ -11,25 +11,29 @@ import pytest
 from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 
-from dinoseek.embedder import Embedder
+from dinoseek.embedding import ImageEmbedder
 from dinoseek.errors import ProbeMismatchError
-from dinoseek.labelling import ProbeCache, choose_probe, knn_labels, train_collection_probe
-from dinoseek.probe import LinearProbe
+from dinoseek.probe import LinearProbe, ProbeCache, choose_probe
+from dinoseek.probe.collection import train_collection_probe
+from dinoseek.search import Neighbour, knn_labels
 from dinoseek.settings import Settings
-from dinoseek.store import EdgeStore, SearchHit, StoredProbe
+from dinoseek.store import EdgeStore, StoredProbe
 from dinoseek.synthetic import write_image_folder
-from indexer.cli import main
+from dinoseek_cli.main import main
 from search_api.app import create_app
+from tests.fakes import FAKE_LOADER
 
 CLASSES = ("circles", "stripes", "squares")
 
 
 def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, obj=FAKE_LOADER)
 
 
 @pytest.fixture(scope="module")
-def labelled(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, Path]:
+def labelled(
+    tmp_path_factory: pytest.TempPathFactory, embedder: ImageEmbedder
+) -> tuple[Path, Path]:
     """(data dir, photos): three classes of 12 images, indexed with folder labels."""
     root = tmp_path_factory.mktemp("labelled")
     photos = root / "photos"
@@ -38,7 +42,7 @@ def labelled(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
         "index",
         photos,
         "--model",
-        tiny_model_dir,
+        "fake/dinov2",
         "--data-dir",
         root / "data",
         "--labels-from-folders",
@@ -74,14 +78,14 @@ def test_probe_train_reports_and_stores(trained: tuple[Path, Path]) -> None:
     assert report["holdout_nll_after"] <= report["holdout_nll_before"] + 1e-9
 
 
-def test_too_few_labels_are_refused_with_a_reason(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_too_few_labels_are_refused_with_a_reason(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     write_image_folder(photos, count=4, classes=("a",), size=(64, 64))
     invoke(
         "index",
         photos,
         "--model",
-        tiny_model_dir,
+        "fake/dinov2",
         "--data-dir",
         tmp_path / "d",
         "--labels-from-folders",
@@ -95,7 +99,7 @@ def test_too_few_labels_are_refused_with_a_reason(tmp_path: Path, tiny_model_dir
 
 
 @pytest.fixture
-def client(trained: tuple[Path, Path], embedder: Embedder) -> Iterator[TestClient]:
+def client(trained: tuple[Path, Path], embedder: ImageEmbedder) -> Iterator[TestClient]:
     data, _ = trained
     settings = Settings(model=embedder.model_id, device="cpu", data_dir=data)
     with TestClient(create_app(settings, embedder=embedder, store=EdgeStore(data))) as test:
@@ -150,7 +154,7 @@ def test_classify_probes_and_batch(client: TestClient, trained: tuple[Path, Path
 
 
 def test_without_a_probe_labels_are_opt_in_and_come_from_neighbours(
-    labelled: tuple[Path, Path], embedder: Embedder, tmp_path: Path
+    labelled: tuple[Path, Path], embedder: ImageEmbedder, tmp_path: Path
 ) -> None:
     import shutil
 
@@ -171,12 +175,15 @@ def test_without_a_probe_labels_are_opt_in_and_come_from_neighbours(
 
 
 def test_a_probe_of_another_model_is_refused(
-    trained: tuple[Path, Path], other_model_dir: Path, tmp_path: Path, embedder: Embedder
+    trained: tuple[Path, Path],
+    other_embedder: ImageEmbedder,
+    tmp_path: Path,
+    embedder: ImageEmbedder,
 ) -> None:
     data, _ = trained
     with EdgeStore(data) as store:
-        stored = LinearProbe.from_bytes(store.load_probe("images", "default"))
-    other = Embedder.from_pretrained(str(other_model_dir), device="cpu")
+        stored = LinearProbe.from_bytes(store.probes.load("images", "default"))
+    other = other_embedder
     with pytest.raises(ProbeMismatchError, match="different model"):
         stored.check_compatible(other.model_id, other.dim, other.space.fingerprint)
     stored.check_compatible(embedder.model_id, embedder.dim, embedder.space.fingerprint)
@@ -195,7 +202,7 @@ def test_a_probe_of_another_model_is_refused(
         fingerprint=other.space.fingerprint,
     )
     with EdgeStore(data) as store:
-        store.save_probe("images", "foreign", foreign.to_bytes(), foreign.metadata())
+        store.probes.save("images", "foreign", foreign.to_bytes(), foreign.metadata())
     try:
         settings = Settings(model=embedder.model_id, device="cpu", data_dir=data)
         with TestClient(create_app(settings, embedder=embedder, store=EdgeStore(data))) as client:
@@ -204,7 +211,7 @@ def test_a_probe_of_another_model_is_refused(
             assert refused.json()["error"]["code"] == "probe_mismatch"
     finally:
         with EdgeStore(data) as store:
-            store.delete_probe("images", "foreign")
+            store.probes.delete("images", "foreign")
 
 
 def test_cli_search_shows_labels(trained: tuple[Path, Path]) -> None:
@@ -228,7 +235,7 @@ def test_probe_delete(trained: tuple[Path, Path], tmp_path: Path) -> None:
 
 
 def test_probe_cache_sees_new_probes_after_its_ttl(
-    labelled: tuple[Path, Path], embedder: Embedder, tmp_path: Path
+    labelled: tuple[Path, Path], embedder: ImageEmbedder, tmp_path: Path
 ) -> None:
     import shutil
 
@@ -237,8 +244,9 @@ def test_probe_cache_sees_new_probes_after_its_ttl(
     with EdgeStore(data) as store:
         for path in (data / "images" / "probes").glob("*"):
             path.unlink()
-        cache = ProbeCache(store, embedder.space, ttl_s=0.0)
+        cache = ProbeCache(store.probes, embedder.space, ttl_s=0.0)
         assert cache.get("images", None) is None
+        store.acquire("images")
         train_collection_probe(store, "images", min_per_class=3)
         probe = cache.get("images", None)
         assert probe is not None
@@ -254,9 +262,9 @@ def test_choose_probe_and_knn_helpers() -> None:
     assert choose_probe(probes) == "a"
     assert choose_probe([*probes, StoredProbe("default", {})]) == "default"
     hits = [
-        SearchHit("1", 0.9, {"label": "x"}),
-        SearchHit("2", 0.3, {"label": "y"}),
-        SearchHit("3", 0.5, {"label": None}),
+        Neighbour("1", 0.9, None, "x", {}),
+        Neighbour("2", 0.3, None, "y", {}),
+        Neighbour("3", 0.5, None, None, {}),
     ]
     votes = knn_labels(hits)
     assert [v.label for v in votes] == ["x", "y"]

@@ -1,4 +1,5 @@
-"""``dinoseek probe``: train, list, evaluate and delete the linear probes of a collection.
+"""``dinoseek probe``: train, list, evaluate and delete the linear probes of a collection, and
+the text form of a training report.
 
 A probe is trained on vectors that are already stored: no image is read again, no GPU is
 needed. With the embedded store, stop ``dinoseek serve`` first (it owns the collection); with
@@ -12,16 +13,7 @@ from typing import Any
 
 import click
 
-from dinoseek.labelling import (
-    DEFAULT_PROBE,
-    choose_probe,
-    evaluate_probe,
-    labelled_vectors,
-    load_probe,
-    train_collection_probe,
-)
-from dinoseek.store import open_store
-from indexer.options import (
+from dinoseek.commandline import (
     configure_logging,
     handle_errors,
     load_settings,
@@ -29,6 +21,21 @@ from indexer.options import (
     store_options,
     store_owner,
 )
+from dinoseek.labels import UNKNOWN_LABEL
+from dinoseek.probe import (
+    DEFAULT_PROBE,
+    ProbeReport,
+    choose_probe,
+    evaluate_probe,
+    labelled_vectors,
+    load_probe,
+)
+from dinoseek.probe.calibration import temperature_note
+from dinoseek.probe.collection import train_collection_probe
+from dinoseek.runtime import CollectionNeed, Runtime
+from dinoseek.settings import Settings
+
+MAX_TABLE_CLASSES = 20
 
 
 @click.group()
@@ -85,9 +92,9 @@ def train(
     """Fit a calibrated multinomial logistic regression on the labelled points."""
     configure_logging(quiet=quiet)
     settings = load_settings(**flags)
-    with open_store(settings, owner=store_owner("dinoseek probe train")) as store:
+    with _runtime(settings, "train", "existing") as runtime:
         result = train_collection_probe(
-            store,
+            runtime.store,
             settings.collection,
             name=name,
             label_field=label_field,
@@ -101,7 +108,7 @@ def train(
             json.dumps({"probe": result.probe.metadata(), "report": result.report.to_dict()})
         )
         return
-    click.echo(result.report.render())
+    click.echo(render_report(result.report))
     click.echo(f"\nstored probe {name!r} for collection {settings.collection!r}")
 
 
@@ -113,8 +120,8 @@ def list_probes(as_json: bool, quiet: bool, **flags: Any) -> None:
     """The probes of the collection."""
     configure_logging(quiet=True)
     settings = load_settings(**flags)
-    with open_store(settings, owner=store_owner("dinoseek probe list")) as store:
-        probes = store.list_probes(settings.collection)
+    with _runtime(settings, "list", "none") as runtime:
+        probes = runtime.store.probes.list(settings.collection)
     default = choose_probe(probes)
     if as_json:
         click.echo(
@@ -153,11 +160,12 @@ def eval_probe(name: str, as_json: bool, quiet: bool, **flags: Any) -> None:
     unless labels were added since)."""
     configure_logging(quiet=True)
     settings = load_settings(**flags)
-    with open_store(settings, owner=store_owner("dinoseek probe eval")) as store:
+    with _runtime(settings, "eval", "existing") as runtime:
+        store = runtime.store
         space = store.collection_space(settings.collection)
-        probe_ = load_probe(store, settings.collection, name, space)
+        probe_ = load_probe(store.probes, settings.collection, name, space)
         vectors, labels = labelled_vectors(store, settings.collection, probe_.label_field)
-        stored = next(p for p in store.list_probes(settings.collection) if p.name == name)
+        stored = next(p for p in store.probes.list(settings.collection) if p.name == name)
     evaluation = evaluate_probe(probe_, vectors, labels)
     held_out = stored.info.get("report", {})
     if as_json:
@@ -186,8 +194,8 @@ def delete(name: str, **flags: Any) -> None:
     """Delete probe NAME."""
     configure_logging(quiet=True)
     settings = load_settings(**flags)
-    with open_store(settings, owner=store_owner("dinoseek probe delete")) as store:
-        store.delete_probe(settings.collection, name)
+    with _runtime(settings, "delete", "none") as runtime:
+        runtime.store.probes.delete(settings.collection, name)
     click.echo(f"deleted probe {name!r} of {settings.collection!r}")
 
 
@@ -201,3 +209,93 @@ def _summary(info: dict[str, Any]) -> dict[str, Any]:
         "model_id": info.get("model_id"),
         "min_confidence": info.get("min_confidence"),
     }
+
+
+def _runtime(settings: Settings, action: str, collection: CollectionNeed) -> Runtime:
+    """The store (no model: probes work on stored vectors)."""
+    owner = store_owner(f"dinoseek probe {action}")
+    return Runtime.open(settings, owner=owner, collection=collection, model=False)
+
+
+def render_report(report: ProbeReport) -> str:
+    """A training report as text: summary, per-class table and confusion (matrix or pairs)."""
+    note = temperature_note(report.temperature)
+    lines = [
+        f"probe {report.name!r} on {report.model_id} ({report.dim}-d vectors)",
+        f"  classes: {len(report.classes)}, trained on {report.train_size} vectors, "
+        f"held out {report.holdout_size} ({report.holdout_fraction:.0%} of each class), "
+        f"in {report.train_seconds:.2f} s",
+        f"  regularisation: weight decay {report.weight_decay:g}"
+        + _render_validation(report.validation_losses),
+        f"  holdout accuracy: {report.accuracy:.1%} (balanced {report.balanced_accuracy:.1%})",
+        f"  holdout log-loss: {report.holdout_nll_before:.4f} before calibration, "
+        f"{report.holdout_nll_after:.4f} after (temperature {report.temperature:.3g}"
+        f"{', ' + note if note else ''})",
+    ]
+    if report.min_confidence is not None and report.coverage is not None:
+        covered = "n/a" if report.covered_accuracy is None else f"{report.covered_accuracy:.1%}"
+        lines.append(
+            f"  min confidence {report.min_confidence:g}: {report.coverage:.1%} of the holdout "
+            f"is labelled, {covered} of it correctly; the rest is {UNKNOWN_LABEL!r}"
+        )
+    if report.unlabelled_count:
+        lines.append(f"  unlabelled vectors left out: {report.unlabelled_count}")
+    if report.skipped_classes:
+        skipped = ", ".join(f"{entry.label} ({entry.count})" for entry in report.skipped_classes)
+        lines.append(f"  skipped classes (fewer than {report.min_per_class} examples): {skipped}")
+    lines += ["", *_render_per_class(report), "", *_render_confusion(report)]
+    return "\n".join(lines)
+
+
+def _render_per_class(report: ProbeReport) -> list[str]:
+    entries = list(report.per_class)
+    lines = []
+    if len(entries) > MAX_TABLE_CLASSES:
+        entries = sorted(entries, key=lambda entry: entry.accuracy)[:MAX_TABLE_CLASSES]
+        lines.append(
+            f"the {len(entries)} classes of {len(report.per_class)} with the lowest holdout "
+            "accuracy (the JSON report has them all):"
+        )
+    width = max(5, *(len(entry.label) for entry in entries))
+    lines.append(f"{'class':<{width}}  {'train':>6}  {'holdout':>7}  {'accuracy':>8}")
+    lines += [
+        f"{entry.label:<{width}}  {entry.train_count:>6}  {entry.holdout_count:>7}  "
+        f"{entry.accuracy:>8.1%}"
+        for entry in entries
+    ]
+    return lines
+
+
+def _render_confusion(report: ProbeReport) -> list[str]:
+    if len(report.classes) > MAX_TABLE_CLASSES:
+        pairs = report.most_confused()
+        if not pairs:
+            return ["no confusions on the holdout"]
+        lines = ["most confused (true -> predicted: holdout examples):"]
+        lines += [
+            f"  {pair.true} -> {pair.predicted}: {pair.count} ({pair.fraction:.0%})"
+            for pair in pairs
+        ]
+        return lines
+    names = [_shorten(label, 16) for label in report.classes]
+    name_width = max(len(name) for name in names) + 5
+    cell = max(3, *(len(str(count)) for row in report.confusion for count in row)) + 1
+    header = "true \\ predicted".ljust(name_width) + "".join(
+        f"{index:>{cell}}" for index in range(len(report.classes))
+    )
+    lines = ["confusion matrix (rows: true class, columns: predicted class):", header]
+    for index, (name, row) in enumerate(zip(names, report.confusion, strict=True)):
+        label = f"{index:>2} {name}".ljust(name_width)
+        lines.append(label + "".join(f"{count:>{cell}}" for count in row))
+    return lines
+
+
+def _render_validation(losses: tuple[tuple[float, float], ...]) -> str:
+    if not losses:
+        return " (default: too few examples for a validation split)"
+    tried = ", ".join(f"{decay:g}: {loss:.4f}" for decay, loss in losses)
+    return f" (validation log-loss {tried})"
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,10 +1,17 @@
-"""Shared pieces of the ``dinoseek`` commands: options, settings, errors, signals."""
+"""What every dinoseek command shares, whichever package defines it: the shared options
+(the same flags, with ``DINOSEEK_*`` variables as defaults, mean the same everywhere),
+settings from flags, logging, domain errors as a message and an exit code, signals, and the
+``ModelLoader`` a caller (a test) may put in click's context object.
+
+Domain errors live in ``dinoseek.errors``; this is the CLI's edge that translates them.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,15 +24,13 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from pydantic import ValidationError
 
-from dinoseek.errors import (
-    CollectionNotFoundError,
-    ConfigError,
-    DinoseekError,
-    StoreLockedError,
-    StoreUnavailableError,
-)
+from dinoseek.errors import ConfigError, DinoseekError, StoreLockedError, StoreUnavailableError
+from dinoseek.runtime import ModelLoader
 from dinoseek.settings import Settings
-from dinoseek.store import FILTER_FIELDS, VectorStore
+
+EPILOG = """\b
+Exit codes: 0 done (bad image files are reported, not fatal), 1 error, 2 usage error,
+3 store busy or unreachable (try again later), 130 interrupted."""
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -73,6 +78,17 @@ def compile_option(function: Callable[P, R]) -> Callable[P, R]:
         type=click.Choice(["off", "default", "max-autotune", "reduce-overhead"]),
         default=None,
         help=_env_help("compile"),
+    )(function)
+
+
+def batch_size_option(function: Callable[P, R]) -> Callable[P, R]:
+    """``--batch-size``."""
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Images per forward pass [env: DINOSEEK_BATCH_SIZE; default: 16 on cpu; on cuda "
+        "256 with 40 GB of memory or more, else 128].",
     )(function)
 
 
@@ -131,9 +147,8 @@ def configure_logging(*, quiet: bool) -> None:
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if quiet or not sys.stderr.isatty():
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        # Read by huggingface_hub and transformers when they are first imported (later).
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def exit_code_for(error: DinoseekError) -> int:
@@ -180,32 +195,6 @@ def graceful_stop() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def resolve_model(settings: Settings, store: VectorStore) -> str:
-    """An explicit --model/DINOSEEK_MODEL wins; else the model the collection was built with;
-    else the default."""
-    if "model" in settings.model_fields_set:
-        return settings.model
-    try:
-        return store.collection_space(settings.collection).model_id
-    except CollectionNotFoundError:
-        return settings.model
-
-
-def parse_filters(values: tuple[str, ...]) -> dict[str, str]:
-    """``("label=cat", "root=/photos")`` -> payload filters."""
-    filters: dict[str, str] = {}
-    for value in values:
-        key, sep, wanted = value.partition("=")
-        key = key.strip()
-        if not sep or not key or key not in FILTER_FIELDS:
-            raise click.BadParameter(
-                f"{value!r}: use NAME=VALUE with NAME one of {', '.join(FILTER_FIELDS)}",
-                param_hint="--filter",
-            )
-        filters[FILTER_FIELDS[key]] = wanted
-    return filters
-
-
 def store_owner(command: str) -> Mapping[str, Any]:
     """What this process writes into the embedded store's lock files."""
     return {"command": command, "argv": " ".join(sys.argv[:3])}
@@ -219,3 +208,11 @@ def format_bytes(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TB"
+
+
+def model_loader() -> ModelLoader:
+    """The ``ModelLoader`` in click's context object, if the caller put one there (tests hand
+    in a stand-in this way), else the real one."""
+    context = click.get_current_context(silent=True)
+    found = context.find_object(ModelLoader) if context is not None else None
+    return found or ModelLoader()

@@ -3,7 +3,8 @@
 A snapshot holds the collection's vectors and payloads, its embedding space (model, size,
 preprocessing) and its probes, in one archive (format: ``dinoseek.store.snapshot``). It is
 made and restored by the store in use: the embedded store (``--data-dir``) or a Qdrant server
-(``--qdrant-url``); a snapshot of one kind is restored into the same kind.
+(``--qdrant-url``); a snapshot of one kind is restored into the same kind. Format:
+``dinoseek.store.archive``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,7 @@ from typing import Any
 
 import click
 
-from dinoseek.errors import StoreLockedError
-from dinoseek.store import SnapshotInfo, open_store
-from dinoseek.store.snapshot import default_snapshot_name, read_manifest
-from indexer.options import (
+from dinoseek.commandline import (
     configure_logging,
     format_bytes,
     handle_errors,
@@ -28,6 +26,12 @@ from indexer.options import (
     store_options,
     store_owner,
 )
+from dinoseek.errors import StoreLockedError
+from dinoseek.runtime import Runtime
+from dinoseek.settings import Settings
+from dinoseek.store import SnapshotInfo
+from dinoseek.store.archive import default_snapshot_name
+from dinoseek.store.archive_read import read_manifest
 
 LOCKED_REMEDY = (
     "A snapshot needs the collection to itself: stop that process first (Ctrl-C or SIGTERM "
@@ -66,12 +70,9 @@ def create(path: Path | None, as_json: bool, quiet: bool, **flags: Any) -> None:
     configure_logging(quiet=quiet)
     settings = load_settings(**flags)
     target = snapshot_path(path, settings.collection)
-    with (
-        _locked_remedy(),
-        open_store(settings, owner=store_owner("dinoseek snapshot create")) as store,
-    ):
-        info = store.snapshot(settings.collection, target)
-        where = store.describe()
+    with _locked_remedy(), _runtime(settings, "create") as runtime:
+        info = runtime.store.snapshots.create(settings.collection, target)
+        where = runtime.store.describe()
     if as_json:
         click.echo(json.dumps({"action": "create", "store": where, **info.to_dict()}))
         return
@@ -101,12 +102,9 @@ def restore(path: Path, replace: bool, as_json: bool, quiet: bool, **flags: Any)
     settings = load_settings(**flags)
     explicit = "collection" in settings.model_fields_set
     collection = restore_target(path, settings.collection, explicit)
-    with (
-        _locked_remedy(),
-        open_store(settings, owner=store_owner("dinoseek snapshot restore")) as store,
-    ):
-        info = store.restore(collection, path, replace=replace)
-        where = store.describe()
+    with _locked_remedy(), _runtime(settings, "restore") as runtime:
+        info = runtime.store.snapshots.restore(collection, path, replace=replace)
+        where = runtime.store.describe()
     if as_json:
         click.echo(json.dumps({"action": "restore", "store": where, **info.to_dict()}))
         return
@@ -117,6 +115,12 @@ def restore(path: Path, replace: bool, as_json: bool, quiet: bool, **flags: Any)
         f"restored {info.collection!r}{renamed} from {info.path}: {_contents(info)}, "
         f"taken {info.created_at} ({where})"
     )
+
+
+def _runtime(settings: Settings, action: str) -> Runtime:
+    """The store alone: a snapshot takes (and releases) its collection itself."""
+    owner = store_owner(f"dinoseek snapshot {action}")
+    return Runtime.open(settings, owner=owner, collection="none", model=False)
 
 
 def snapshot_path(path: Path | None, collection: str) -> Path:

@@ -1,0 +1,292 @@
+"""The one search path: image bytes -> pixels -> vector -> neighbours -> labels.
+
+``Searcher`` is used by ``dinoseek search``, by every HTTP route of the service and by the
+page, and the client that goes through a running server speaks the same types, so the answer
+to a query does not depend on where it is asked:
+
+- ``Filters``: exact matches, named the same in the CLI (``--filter root=/photos``), the HTTP
+  API (``?root=/photos``) and the client;
+- ``NeighbourQuery``: how many neighbours, from where, above which score;
+- ``LabelRequest``: whether and how to predict labels (the label policy lives here only);
+- ``Neighbour`` and ``PredictedLabel``: the results, one shape everywhere.
+
+The service runs the steps on its own threads (decode pool, micro-batcher); the CLI calls
+``search_images``, which runs them in order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from dinoseek.embedding import ImageEmbedder
+from dinoseek.errors import (
+    ConfigError,
+    DinoseekError,
+    EmbeddingError,
+    PointNotFoundError,
+    ProbeNotFoundError,
+)
+from dinoseek.images import PreparedImage, prepare_image
+from dinoseek.labels import LabelMethod, PredictedLabel, knn_vote
+from dinoseek.probe import ProbeCache
+from dinoseek.store import (
+    SearchHit,
+    SearchQuery,
+    StoredPoint,
+    StoredProbe,
+    VectorStore,
+    validate_point_id,
+)
+
+# Filter names users write -> the payload field they match. ``path`` and ``root`` match any
+# of a point's files, since one content can live in several.
+FILTER_FIELDS: dict[str, str] = {
+    "label": "label",
+    "root": "roots",
+    "path": "paths",
+    "format": "format",
+    "sha256": "sha256",
+}
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Exact-match filters on the indexed images; None means "any"."""
+
+    label: str | None = None
+    root: str | None = None
+    path: str | None = None
+    format: str | None = None
+    sha256: str | None = None
+
+    @classmethod
+    def parse(cls, expressions: Iterable[str]) -> Filters:
+        """``["label=cats", "root=/photos"]`` (``ConfigError`` naming the bad one)."""
+        values: dict[str, str] = {}
+        for expression in expressions:
+            name, sep, wanted = expression.partition("=")
+            name = name.strip()
+            if not sep or name not in FILTER_FIELDS:
+                raise ConfigError(
+                    f"invalid filter {expression!r}: use NAME=VALUE with NAME one of "
+                    f"{', '.join(FILTER_FIELDS)}"
+                )
+            values[name] = wanted
+        return cls(**values)
+
+    def as_params(self) -> dict[str, str]:
+        """The filters that are set, by their user-facing names."""
+        return {f.name: value for f in fields(self) if (value := getattr(self, f.name)) is not None}
+
+    def conditions(self) -> dict[str, str]:
+        """The filters that are set, by the payload field they match."""
+        return {FILTER_FIELDS[name]: value for name, value in self.as_params().items()}
+
+
+@dataclass(frozen=True)
+class NeighbourQuery:
+    """What neighbours to return."""
+
+    top_k: int = 10
+    offset: int = 0
+    score_threshold: float | None = None
+    filters: Filters = field(default_factory=Filters)
+
+    def for_vector(self, vector: np.ndarray, *, exclude: Sequence[str] = ()) -> SearchQuery:
+        """The store query for ``vector``."""
+        return SearchQuery(
+            vector=vector,
+            top_k=self.top_k,
+            offset=self.offset,
+            score_threshold=self.score_threshold,
+            filters=self.filters.conditions(),
+            exclude_ids=tuple(exclude),
+        )
+
+
+@dataclass(frozen=True)
+class LabelRequest:
+    """Whether and how to predict labels.
+
+    ``with_labels`` None means "when the collection has a probe"; ``method`` None means "the
+    probe when there is one, else the kNN vote of the neighbours"; ``probe`` names one
+    (default: ``default``, else the newest).
+    """
+
+    with_labels: bool | None = None
+    method: LabelMethod | None = None
+    probe: str | None = None
+    top_k: int = 5
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One result: the point, its similarity, and where it came from."""
+
+    id: str
+    score: float
+    path: str | None
+    label: str | None
+    payload: dict[str, Any]
+
+    @classmethod
+    def from_hit(cls, hit: SearchHit) -> Neighbour:
+        """Shape a store hit (the score rounded to 6 digits)."""
+        path, label = hit.payload.get("path"), hit.payload.get("label")
+        return cls(
+            id=hit.id,
+            score=round(hit.score, 6),
+            path=None if path is None else str(path),
+            label=None if label in (None, "") else str(label),
+            payload=hit.payload,
+        )
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The neighbours of one query and its predicted labels (None when not asked for)."""
+
+    neighbours: list[Neighbour]
+    labels: list[PredictedLabel] | None
+
+
+class Searcher:
+    """Queries one store with one embedder's vectors (the collection must fit the embedder)."""
+
+    def __init__(
+        self,
+        store: VectorStore,
+        embedder: ImageEmbedder,
+        *,
+        max_image_pixels: int,
+        probe_ttl_s: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.max_image_pixels = max_image_pixels
+        self.probe_cache = ProbeCache(store.probes, embedder.space, ttl_s=probe_ttl_s)
+        self._opened: set[str] = set()
+        self._lock = threading.Lock()
+
+    def open_collection(self, name: str) -> None:
+        """Check (once) that ``name`` was built with this embedder's model, and acquire it."""
+        if name in self._opened:
+            return
+        with self._lock:
+            if name in self._opened:
+                return
+            self.embedder.space.check_compatible(self.store.collection_space(name), name)
+            self.store.acquire(name)
+            self._opened.add(name)
+
+    # -- the steps --------------------------------------------------------------------------
+
+    def prepare(self, data: bytes, name: str) -> PreparedImage:
+        """Bytes -> model-ready pixels (``ImageError`` for anything that is not an image)."""
+        return prepare_image(
+            data, self.embedder.preprocessing, max_pixels=self.max_image_pixels, name=name
+        )
+
+    def search_vectors(
+        self,
+        collection: str,
+        vectors: Sequence[np.ndarray],
+        query: NeighbourQuery,
+        labels: LabelRequest,
+    ) -> list[SearchResult]:
+        """Neighbours (one store call for all vectors) and labels of each vector."""
+        self.open_collection(collection)
+        hits = self.store.search(collection, [query.for_vector(v) for v in vectors])
+        results = []
+        for vector, found in zip(vectors, hits, strict=True):
+            neighbours = [Neighbour.from_hit(hit) for hit in found]
+            predicted = self.predict_labels(collection, vector, neighbours, labels)
+            results.append(SearchResult(neighbours, predicted))
+        return results
+
+    def predict_labels(
+        self,
+        collection: str,
+        vector: np.ndarray,
+        neighbours: Sequence[Neighbour],
+        request: LabelRequest,
+    ) -> list[PredictedLabel] | None:
+        """The label policy: a probe when there is one (or ``method`` asks for it), else the
+        kNN vote of the neighbours; nothing when not asked for and there is no probe."""
+        if request.with_labels is False:
+            return None
+        if request.method == "knn":
+            return knn_labels(neighbours, request.top_k)
+        probe = self.probe_cache.get(collection, request.probe)
+        if probe is not None:
+            return probe.predict(np.asarray(vector, dtype=np.float32)[None], request.top_k)[0]
+        if request.method == "probe":
+            raise ProbeNotFoundError(
+                f"collection {collection!r} has no probe; train one with `dinoseek probe "
+                "train`, or use the vote of the neighbours (label_method=knn)"
+            )
+        return knn_labels(neighbours, request.top_k) if request.with_labels else None
+
+    # -- whole searches ---------------------------------------------------------------------
+
+    def search_images(
+        self,
+        collection: str,
+        images: Sequence[tuple[bytes, str]],
+        query: NeighbourQuery,
+        labels: LabelRequest,
+    ) -> list[SearchResult | DinoseekError]:
+        """The whole path for (bytes, name) images, in order: each gets its result, or the
+        error that stopped it (not an image, cannot be embedded)."""
+        self.open_collection(collection)
+        outcomes: list[SearchResult | DinoseekError | None] = [None] * len(images)
+        ready: list[tuple[int, PreparedImage]] = []
+        for index, (data, name) in enumerate(images):
+            try:
+                ready.append((index, self.prepare(data, name)))
+            except DinoseekError as error:
+                outcomes[index] = error
+        vectors: list[tuple[int, np.ndarray]] = []
+        if ready:
+            pixels = self.embedder.stack([image.pixels for _, image in ready])
+            for (index, _), vector in zip(ready, self.embedder.embed_each(pixels), strict=True):
+                if isinstance(vector, EmbeddingError):
+                    outcomes[index] = vector
+                else:
+                    vectors.append((index, vector))
+        found = self.search_vectors(collection, [v for _, v in vectors], query, labels)
+        for (index, _), result in zip(vectors, found, strict=True):
+            outcomes[index] = result
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def similar(self, collection: str, point_id: str, query: NeighbourQuery) -> list[Neighbour]:
+        """Neighbours of a stored point (itself excluded), without a model call."""
+        point = self.point(collection, point_id, with_vector=True)
+        assert point.vector is not None, "fetched with its vector"
+        (hits,) = self.store.search(
+            collection, [query.for_vector(point.vector, exclude=[point.id])]
+        )
+        return [Neighbour.from_hit(hit) for hit in hits]
+
+    def point(self, collection: str, point_id: str, *, with_vector: bool = False) -> StoredPoint:
+        """A stored point (``InvalidPointIdError``, ``PointNotFoundError``)."""
+        point_id = validate_point_id(point_id)
+        self.open_collection(collection)
+        found = self.store.get(collection, [point_id], with_vectors=with_vector)
+        if not found or (with_vector and found[0].vector is None):
+            raise PointNotFoundError(f"no point with id {point_id} in collection {collection!r}")
+        return found[0]
+
+    def probes(self, collection: str) -> list[StoredProbe]:
+        """The collection's probes (cached for a few seconds)."""
+        return self.probe_cache.list(collection)
+
+
+def knn_labels(neighbours: Sequence[Neighbour], top_k: int = 5) -> list[PredictedLabel]:
+    """The similarity-weighted vote of the neighbours' labels."""
+    return knn_vote([n.label for n in neighbours], [n.score for n in neighbours], top_k=top_k)

@@ -1,0 +1,51 @@
+"""Qdrant Edge shards: open or create one for an embedding space, count a loose one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import qdrant_edge as qe
+
+from dinoseek.errors import StoreError, StoreLockedError
+from dinoseek.space import EmbeddingSpace
+from dinoseek.store.records import INDEXED_FIELDS
+
+SHARD_DIR = "shard"
+
+
+def open_or_create_shard(path: Path, space: EmbeddingSpace) -> qe.EdgeShard:
+    """Open the shard at ``path``, or create it (with its payload indexes) for ``space``."""
+    config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=space.dim, distance=qe.Distance.Cosine))
+    try:
+        if (path / "edge_config.json").exists():
+            return qe.EdgeShard.load(str(path))
+        # A shard directory without its config is a create() that died half-way: nothing
+        # in it was ever acknowledged, so it is safe to start over.
+        shutil.rmtree(path, ignore_errors=True)
+        shard = qe.EdgeShard.create(str(path), config)
+        for field_name in INDEXED_FIELDS:
+            shard.update(
+                qe.UpdateOperation.create_field_index(field_name, qe.PayloadSchemaType.Keyword)
+            )
+        shard.flush()
+        return shard
+    except Exception as exc:  # noqa: BLE001 - Qdrant Edge raises plain Exception
+        if "WouldBlock" in str(exc):
+            raise StoreLockedError(
+                f"the shard at {path} is open in another process (Qdrant Edge: {exc})"
+            ) from None
+        raise StoreError(f"cannot open the shard at {path}: {exc}") from None
+
+
+def count_points(path: Path) -> int:
+    """Open a shard that nobody holds, count its points, close it (``StoreError`` if it does
+    not open)."""
+    try:
+        shard = qe.EdgeShard.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - Qdrant Edge raises plain Exception
+        raise StoreError(f"the shard at {path} does not open ({exc})") from None
+    try:
+        return int(shard.count(qe.CountRequest(exact=True)))
+    finally:
+        shard.close()

@@ -1,0 +1,136 @@
+"""What goes into and comes out of a store: point ids, points, hits, queries, descriptions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dinoseek.errors import InvalidPointIdError
+from dinoseek.space import EmbeddingSpace
+
+# Namespace of dinoseek's point ids: uuid5(POINT_NAMESPACE, sha256 of the file's content).
+# Changing it would re-key every collection ever built.
+POINT_NAMESPACE = uuid.UUID("6f2d7a52-2b1c-5d8e-9a4f-0d1e5c3b7a90")
+
+# Payload fields that get an index (keyword) and can be used in exact-match filters.
+INDEXED_FIELDS: tuple[str, ...] = ("label", "roots", "paths", "sha256", "format")
+
+FilterValue = str | int | bool
+
+
+def point_id_for_sha256(sha256_hex: str) -> str:
+    """The deterministic point id of a file's content: uuid5 of its sha256."""
+    return str(uuid.uuid5(POINT_NAMESPACE, sha256_hex.lower()))
+
+
+def validate_point_id(text: str) -> str:
+    """Return the canonical form of a point id, or raise ``InvalidPointIdError``."""
+    try:
+        return str(uuid.UUID(str(text)))
+    except ValueError:
+        raise InvalidPointIdError(
+            f"{text!r} is not a point id (point ids are UUIDs, as returned by search)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    """A point to write: id, L2-normalised float32 vector, and payload."""
+
+    id: str
+    vector: np.ndarray
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    """A point read back from the store."""
+
+    id: str
+    payload: dict[str, Any]
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One neighbour: its id, cosine similarity and payload."""
+
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A nearest-neighbour query. ``filters`` are exact matches on payload fields."""
+
+    vector: np.ndarray
+    top_k: int = 10
+    offset: int = 0
+    score_threshold: float | None = None
+    filters: Mapping[str, FilterValue] = field(default_factory=dict)
+    exclude_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """What ``info`` shows about a collection."""
+
+    name: str
+    points: int
+    indexed_vectors: int | None
+    space: EmbeddingSpace | None
+
+
+@dataclass(frozen=True)
+class StoredProbe:
+    """A probe's description (``info``: the probe's metadata and training report)."""
+
+    name: str
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot archive written by ``SnapshotStore.create`` or read by ``restore``.
+
+    ``collection`` is the collection it was written from or restored into;
+    ``source_collection`` is the name recorded in the archive (they differ when a snapshot is
+    restored under another name). ``points`` is the number of points in the collection;
+    ``created_at`` is when the snapshot was taken (ISO 8601, UTC).
+    """
+
+    path: Path
+    collection: str
+    source_collection: str
+    kind: str
+    points: int
+    size_bytes: int
+    created_at: str
+    model_id: str
+    dim: int
+    probes: tuple[str, ...] = ()
+    format_version: int = 1
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (``--json`` output)."""
+        return {
+            "path": str(self.path),
+            "collection": self.collection,
+            "source_collection": self.source_collection,
+            "kind": self.kind,
+            "points": self.points,
+            "size_bytes": self.size_bytes,
+            "created_at": self.created_at,
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "probes": list(self.probes),
+            "format_version": self.format_version,
+            "warnings": list(self.warnings),
+        }

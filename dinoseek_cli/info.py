@@ -1,0 +1,121 @@
+"""``dinoseek info``: the store, its collections, their sizes and models."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dinoseek.commandline import (
+    EPILOG,
+    configure_logging,
+    format_bytes,
+    handle_errors,
+    load_settings,
+    output_options,
+    store_options,
+    store_owner,
+)
+from dinoseek.errors import StoreLockedError
+from dinoseek.runtime import Runtime
+from dinoseek.settings import Settings
+from dinoseek.store import VectorStore
+from search_api.client import ServiceClient
+
+
+@click.command(epilog=EPILOG)
+@store_options
+@output_options
+@handle_errors
+def info(as_json: bool, quiet: bool, **flags: Any) -> None:
+    """Show the store, its collections, their sizes and the model each was built with."""
+    configure_logging(quiet=True)
+    settings = load_settings(**flags)
+    with Runtime.open(
+        settings, owner=store_owner("dinoseek info"), collection="none", model=False
+    ) as runtime:
+        document = info_document(settings, runtime.store)
+    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    add_counts_from_servers(document, api_key)
+    if as_json:
+        click.echo(json.dumps(document))
+    else:
+        click.echo(render_info(document))
+
+
+def info_document(settings: Settings, store: VectorStore) -> dict[str, Any]:
+    """What ``info`` reports, as JSON."""
+    collections = []
+    for name in store.list_collections():
+        entry: dict[str, Any] = {"name": name}
+        try:
+            details = store.collection_info(name)
+            entry.update(points=details.points, indexed_vectors=details.indexed_vectors)
+            space = details.space
+        except StoreLockedError as error:
+            entry["in_use_by"] = error.holder
+            space = store.collection_space(name)
+        if space is not None:
+            entry.update(model=space.model_id, dim=space.dim)
+        collections.append(entry)
+    document: dict[str, Any] = {"store": store.describe(), "collections": collections}
+    if not settings.uses_server:
+        document["data_dir"] = str(settings.data_dir.resolve())
+        document["size_bytes"] = directory_size(settings.data_dir)
+    return document
+
+
+def add_counts_from_servers(document: dict[str, Any], api_key: str | None) -> None:
+    """Collections held by a running server get their counts from that server."""
+    for entry in document["collections"]:
+        url = (entry.get("in_use_by") or {}).get("url")
+        if not url:
+            continue
+        with ServiceClient(str(url), api_key=api_key) as client:
+            remote = client.collections()
+        for summary in remote.collections:
+            if summary.name == entry["name"]:
+                entry.update(points=summary.points, indexed_vectors=summary.indexed_vectors)
+
+
+def render_info(document: dict[str, Any]) -> str:
+    """Human form of ``info``."""
+    lines = [f"store: {document['store']}"]
+    if "size_bytes" in document:
+        lines[0] += f" ({format_bytes(document['size_bytes'])} on disk)"
+    if not document["collections"]:
+        lines.append("no collections yet: run `dinoseek index FOLDER`")
+        return "\n".join(lines)
+    lines.append(f"{'collection':<20} {'points':>9} {'indexed':>9}  {'dim':>5}  model")
+    for entry in document["collections"]:
+        points = entry.get("points")
+        indexed = entry.get("indexed_vectors")
+        lines.append(
+            f"{entry['name']:<20} {'' if points is None else f'{points:,}':>9} "
+            f"{'' if indexed is None else f'{indexed:,}':>9}  {entry.get('dim', ''):>5}  "
+            f"{entry.get('model', '?')}"
+        )
+        holder = entry.get("in_use_by")
+        if holder:
+            where = f" at {holder['url']}" if holder.get("url") else ""
+            lines.append(
+                f"{'':<20} in use by {holder.get('command', 'process')} "
+                f"(pid {holder.get('pid', '?')}){where}"
+            )
+    return "\n".join(lines)
+
+
+def directory_size(path: Path) -> int:
+    """Bytes of disk used by the files under ``path`` (Edge preallocates sparse files, so
+    blocks are counted, not apparent sizes)."""
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total

@@ -1,0 +1,42 @@
+"""``dinoseek``: the command group above both apps.
+
+The indexer contributes ``index``, the service ``serve``; ``search``, ``info``, ``probe`` and
+``snapshot`` live here. Every command opens what it needs through ``dinoseek.runtime``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from dinoseek import __version__
+from dinoseek.commandline import EPILOG
+from dinoseek_cli.info import info
+from dinoseek_cli.probe import probe
+from dinoseek_cli.search import search
+from dinoseek_cli.snapshot import snapshot
+from indexer.commands import index
+from search_api.commands import serve
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EPILOG,
+)
+@click.version_option(__version__, prog_name="dinoseek")
+def main() -> None:
+    """dinoseek: self-hosted image similarity search on DINOv2 features and Qdrant.
+
+    \b
+    Quick start:
+      dinoseek index ~/Pictures --labels-from-folders   # embed every image once
+      dinoseek search query.jpg                         # nearest neighbours
+      dinoseek serve                                    # the HTTP API and its docs
+      dinoseek info                                     # what is stored where
+
+    Everything lands in ./dinoseek-data (the embedded store) unless DINOSEEK_QDRANT_URL points
+    to a Qdrant server.
+    """
+
+
+for command in (index, search, info, serve, probe, snapshot):
+    main.add_command(command)

@@ -1,0 +1,152 @@
+"""``dinoseek search IMAGE``: the nearest neighbours of an image, and its predicted labels.
+
+With the embedded store held by a running ``dinoseek serve``, the query goes through that
+server (``search_api.client``): same parameters, same answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dinoseek.commandline import (
+    EPILOG,
+    configure_logging,
+    handle_errors,
+    load_settings,
+    model_loader,
+    model_options,
+    output_options,
+    store_options,
+    store_owner,
+)
+from dinoseek.errors import DinoseekError, StoreLockedError
+from dinoseek.images import read_image_bytes
+from dinoseek.runtime import Runtime
+from dinoseek.search import FILTER_FIELDS, Filters, LabelRequest, NeighbourQuery, SearchResult
+from dinoseek.settings import Settings
+from search_api.client import ServiceClient
+
+
+@click.command(epilog=EPILOG)
+@click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--top-k",
+    "-k",
+    type=click.IntRange(1, 1000),
+    default=10,
+    show_default=True,
+    help="Number of neighbours.",
+)
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(-1.0, 1.0),
+    default=None,
+    help="Only neighbours with a cosine similarity of at least this.",
+)
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help=f"Exact match on {', '.join(FILTER_FIELDS)}; repeatable (all must match).",
+)
+@model_options
+@store_options
+@output_options
+@handle_errors
+def search(
+    image: Path,
+    top_k: int,
+    offset: int,
+    threshold: float | None,
+    filters: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+    **flags: Any,
+) -> None:
+    """Find the images most similar to IMAGE in the collection."""
+    configure_logging(quiet=True)
+    settings = load_settings(**flags)
+    query = NeighbourQuery(
+        top_k=top_k, offset=offset, score_threshold=threshold, filters=Filters.parse(filters)
+    )
+    labels = LabelRequest(with_labels=True)
+    data = read_image_bytes(image)
+    try:
+        runtime = Runtime.open(
+            settings,
+            owner=store_owner("dinoseek search"),
+            collection="existing",
+            loader=model_loader(),
+        )
+    except StoreLockedError as error:
+        url = server_holding(error)
+        click.echo(f"note: the server at {url} holds {settings.collection!r}; asking it", err=True)
+        with ServiceClient(url, api_key=_secret(settings)) as client:
+            model, result = client.search(
+                data, image.name, collection=settings.collection, query=query, labels=labels
+            )
+    else:
+        with runtime:
+            (outcome,) = runtime.searcher.search_images(
+                settings.collection, [(data, str(image))], query, labels
+            )
+            if isinstance(outcome, DinoseekError):
+                raise outcome
+            model, result = runtime.require_embedder().model_id, outcome
+    if as_json:
+        click.echo(json.dumps(search_document(settings, image, model, result)))
+    else:
+        click.echo(render_result(result))
+
+
+def server_holding(error: StoreLockedError) -> str:
+    """The URL of the dinoseek server holding the store, or re-raise ``error``."""
+    url = error.holder.get("url")
+    if not url:
+        raise error
+    return str(url)
+
+
+def _secret(settings: Settings) -> str | None:
+    return settings.api_key.get_secret_value() if settings.api_key is not None else None
+
+
+def search_document(
+    settings: Settings, image: Path, model: str, result: SearchResult
+) -> dict[str, Any]:
+    """The --json output of ``search``."""
+    return {
+        "query": str(image),
+        "collection": settings.collection,
+        "model": model,
+        "labels": [dataclasses.asdict(label) for label in result.labels or []],
+        "results": [dataclasses.asdict(neighbour) for neighbour in result.neighbours],
+    }
+
+
+def render_result(result: SearchResult) -> str:
+    """Predicted labels, then the table of neighbours."""
+    lines = []
+    if result.labels:
+        first = result.labels[0]
+        how = f"probe {first.probe!r}" if first.method == "probe" else "vote of the neighbours"
+        shown = ", ".join(f"{p.label} {p.probability:.0%}" for p in result.labels[:3])
+        lines.append(f"labels ({how}): {shown}")
+    if not result.neighbours:
+        lines.append("no results")
+        return "\n".join(lines)
+    label_width = max(5, *(len(n.label or "") for n in result.neighbours))
+    lines.append(f"{'rank':>4}  {'score':>6}  {'label':<{label_width}}  path")
+    for rank, neighbour in enumerate(result.neighbours, start=1):
+        lines.append(
+            f"{rank:>4}  {neighbour.score:6.4f}  {neighbour.label or '-':<{label_width}}  "
+            f"{neighbour.path or '?'}"
+        )
+    return "\n".join(lines)

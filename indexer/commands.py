@@ -1,0 +1,224 @@
+"""``dinoseek index`` (also ``python -m indexer``): embed folders into a collection and keep
+it a mirror of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dinoseek.commandline import (
+    EPILOG,
+    EXIT_INTERRUPTED,
+    batch_size_option,
+    compile_option,
+    configure_logging,
+    graceful_stop,
+    handle_errors,
+    load_settings,
+    model_loader,
+    model_options,
+    output_options,
+    store_options,
+    store_owner,
+)
+from dinoseek.errors import StoreLockedError
+from dinoseek.runtime import ModelPolicy, Runtime
+from indexer.catalog import LabelSource, read_labels_csv
+from indexer.pipeline import IndexOptions, IndexSummary, index_folders
+from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
+
+
+@click.command(epilog=EPILOG)
+@click.argument(
+    "folders",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option(
+    "--labels-from-folders",
+    is_flag=True,
+    help="Label each image with the name of its parent folder (relative to FOLDER).",
+)
+@click.option(
+    "--labels-csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV of path,label rows (absolute paths or paths relative to FOLDER).",
+)
+@click.option(
+    "--exclude",
+    "excludes",
+    multiple=True,
+    metavar="GLOB",
+    help="Skip files and folders matching GLOB (name or relative path); repeatable.",
+)
+@click.option(
+    "--no-default-excludes",
+    is_flag=True,
+    help=f"Also scan what is skipped by default: {', '.join(DEFAULT_EXCLUDES)}.",
+)
+@click.option(
+    "--follow-links", is_flag=True, help="Follow symbolic links (directory cycles are cut)."
+)
+@click.option("--no-prune", is_flag=True, help="Keep points of files that vanished from FOLDER.")
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Retry files that failed before even if they have not changed.",
+)
+@batch_size_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Decode processes (0: decode in this process) [default: all cores (at most 16) on "
+    "cuda; on cpu none up to 4 cores, else a quarter of them].",
+)
+@click.option(
+    "--failures-report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the JSON-lines report of files that failed "
+    "[default: DATA_DIR/reports/COLLECTION.failures.jsonl].",
+)
+@click.option(
+    "--no-optimize",
+    is_flag=True,
+    help="Skip building the search index at the end (embedded store).",
+)
+@click.option(
+    "--gpu-decode",
+    is_flag=True,
+    help="Decode JPEGs on the GPU with nvJPEG (needs torchvision, the gpu extra); a resize "
+    "slightly different from Pillow's, within cosine 0.999 of it.",
+)
+@click.option(
+    "--log-every",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Progress log interval when stderr is not a terminal.",
+)
+@compile_option
+@model_options
+@store_options
+@output_options
+@handle_errors
+def index(
+    folders: tuple[Path, ...],
+    labels_from_folders: bool,
+    labels_csv: Path | None,
+    excludes: tuple[str, ...],
+    no_default_excludes: bool,
+    follow_links: bool,
+    no_prune: bool,
+    retry_failed: bool,
+    batch_size: int | None,
+    workers: int | None,
+    failures_report: Path | None,
+    no_optimize: bool,
+    gpu_decode: bool,
+    log_every: float,
+    as_json: bool,
+    quiet: bool,
+    **flags: Any,
+) -> None:
+    """Embed the images of FOLDERS into the collection, and keep it a mirror of them.
+
+    New and changed files are embedded; unchanged ones (same path, size and mtime) are skipped
+    without being read; identical files become one point listing every path; files that
+    vanished are removed. Bad files are reported and never stop the run. Ctrl-C stops cleanly;
+    running the command again resumes where it stopped.
+    """
+    configure_logging(quiet=quiet)
+    settings = load_settings(batch_size=batch_size, **flags)
+    labels = LabelSource(
+        from_folders=labels_from_folders,
+        mapping=read_labels_csv(labels_csv) if labels_csv else {},
+    )
+    try:
+        runtime = Runtime.open(
+            settings,
+            owner=store_owner("dinoseek index"),
+            collection="optional",
+            policy=ModelPolicy(purpose="index", decode_workers=workers),
+            loader=model_loader(),
+        )
+    except StoreLockedError as error:
+        raise StoreLockedError(_index_locked_message(error), holder=error.holder) from None
+    with runtime:
+        options = IndexOptions(
+            roots=tuple(Path(os.path.abspath(f)) for f in folders),
+            collection=settings.collection,
+            failures_report=failures_report
+            or settings.data_dir / "reports" / f"{settings.collection}.failures.jsonl",
+            batch_size=runtime.batch_size,
+            workers=runtime.decode_workers,
+            max_image_pixels=settings.max_image_pixels,
+            labels=labels,
+            scan=ScanOptions(
+                excludes=(() if no_default_excludes else DEFAULT_EXCLUDES) + excludes,
+                follow_links=follow_links,
+                skip_dirs=(settings.data_dir,),
+            ),
+            prune=not no_prune,
+            retry_failed=retry_failed,
+            optimize=not no_optimize,
+            progress="off" if quiet else "auto",
+            progress_interval_s=log_every,
+            gpu_decode=gpu_decode,
+        )
+        with graceful_stop() as stop:
+            summary = index_folders(runtime.require_embedder(), runtime.store, options, stop=stop)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+    elif not quiet or summary.failed:
+        click.echo(render_summary(summary))
+    for warning in summary.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    if summary.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _index_locked_message(error: StoreLockedError) -> str:
+    holder = error.holder
+    if not holder.get("url"):
+        return error.message
+    return (
+        f"the collection is held by {holder.get('command', 'a server')} "
+        f"(pid {holder.get('pid', '?')}) at {holder['url']}. Indexing needs the embedded "
+        "store to itself: stop the server, run `dinoseek index`, then start it again. To index "
+        "while serving, run Qdrant as a server and set DINOSEEK_QDRANT_URL (README: 'Run with "
+        "docker compose')"
+    )
+
+
+def render_summary(summary: IndexSummary) -> str:
+    """The human summary of an index run."""
+    state = "stopped early" if summary.interrupted else "done"
+    lines = [
+        f"{state}: {summary.scanned:,} files scanned in {summary.elapsed_s:.1f} s, "
+        f"collection {summary.collection!r} ({summary.store}) holds {summary.points:,} images",
+        f"  embedded    {summary.embedded:>8,}   "
+        f"({summary.images_per_s:.1f} img/s, {summary.model})",
+        f"  unchanged   {summary.unchanged:>8,}",
+        f"  duplicates  {summary.duplicates:>8,}   (same content as another file: one point)",
+        f"  removed     {summary.removed:>8,}   (vanished from disk)",
+    ]
+    if summary.relabelled:
+        lines.append(f"  relabelled  {summary.relabelled:>8,}")
+    reasons = ", ".join(f"{code} {count}" for code, count in summary.failed_by_reason.items())
+    lines.append(f"  failed      {summary.failed:>8,}" + (f"   ({reasons})" if reasons else ""))
+    if summary.known_failures_skipped:
+        lines.append(
+            f"  skipped     {summary.known_failures_skipped:>8,}   (failed before and unchanged; "
+            "--retry-failed to retry)"
+        )
+    if summary.failures_report:
+        lines.append(f"  failures report: {summary.failures_report}")
+    return "\n".join(lines)

@@ -1,0 +1,52 @@
+"""The service's API key, checked in ASGI middleware before anything reads the request.
+
+FastAPI parses a multipart body before a dependency runs, so a key checked as a dependency
+would come after the upload. Here a keyless or wrong request is answered 401 from its headers
+alone. The comparison is constant-time. ``OPEN_PATHS`` need no key: liveness and readiness
+(which reveal nothing about the data) and the API documentation.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+OPEN_PATHS = frozenset(
+    {"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
+HEADER = b"x-api-key"
+
+
+class ApiKeyCheck:
+    """ASGI middleware: 401 unless the request carries ``X-API-Key: key``."""
+
+    def __init__(self, app: ASGIApp, *, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(
+            {"error": {"code": "unauthorized", "message": "missing or wrong X-API-Key header"}}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"X-API-Key"),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _allowed(self, scope: Scope) -> bool:
+        given = next((value for name, value in scope["headers"] if name == HEADER), b"")
+        return hmac.compare_digest(given, self.key)

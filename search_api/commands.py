@@ -1,0 +1,64 @@
+"""``dinoseek serve`` (also ``python -m search_api``): the HTTP API on uvicorn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from dinoseek.commandline import (
+    EPILOG,
+    compile_option,
+    configure_logging,
+    handle_errors,
+    load_settings,
+    model_loader,
+    model_options,
+    store_options,
+)
+from dinoseek.runtime import ModelPolicy, Runtime
+from search_api.server import public_url, run_server
+
+
+@click.command(epilog=EPILOG)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind (0.0.0.0 for every interface, e.g. in a container).",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@compile_option
+@model_options
+@store_options
+@click.option("--quiet", "-q", is_flag=True, help="Log warnings and errors only.")
+@handle_errors
+def serve(host: str, port: int, quiet: bool, **flags: Any) -> None:
+    """Serve the HTTP API: /search, /search/batch, /points/{id}/similar, /embed, /docs.
+
+    Loads the model once, opens the store and checks that the collection was built with the
+    same model, then warms the model up before it listens. With the embedded store the server
+    owns the collection while it runs: `dinoseek search` and `dinoseek info` then go through
+    it, and `dinoseek index` asks you to stop it first (or to use a Qdrant server, which both
+    can share).
+    """
+    configure_logging(quiet=quiet)
+    settings = load_settings(**flags)
+    url = public_url(host, port)
+    runtime = Runtime.open(
+        settings,
+        owner={"command": "dinoseek serve", "url": url},
+        collection="optional",
+        policy=ModelPolicy(purpose="serve"),
+        loader=model_loader(),
+    )
+    click.echo(
+        f"serving {settings.collection!r} ({runtime.store.describe()}) on {url}; "
+        f"docs at {url}/docs",
+        err=True,
+    )
+    try:
+        run_server(runtime, host=host, port=port, log_level="warning" if quiet else "info")
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal: done, not failed.
+        click.echo("stopped", err=True)
