@@ -58,7 +58,7 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def open_store(directory: Path) -> VectorStore:
+def edge_store(directory: Path) -> VectorStore:
     """dinoseek's embedded store at ``directory``, opened by the runtime as every command does."""
     settings = Settings(data_dir=directory, collection="bench")
     return Runtime.open(settings, collection="none", model=False).store
@@ -68,7 +68,7 @@ def bench_edge(data: np.ndarray, queries: np.ndarray, directory: Path) -> dict[s
     """dinoseek's EdgeStore: batched upserts, optimize(), single queries, reopen."""
     dim = data.shape[1]
     space = EmbeddingSpace("bench/random", dim, {}, tuple(float(v) for v in data[0]))
-    with open_store(directory) as store:
+    with edge_store(directory) as store:
         store.ensure_collection("bench", space)
         started = time.perf_counter()
         for start in range(0, len(data), BATCH):
@@ -86,7 +86,7 @@ def bench_edge(data: np.ndarray, queries: np.ndarray, directory: Path) -> dict[s
         optimize_s = time.perf_counter() - started
         after = _query_times(lambda q: store.search("bench", [SearchQuery(q, top_k=10)]), queries)
     started = time.perf_counter()
-    with open_store(directory) as store:
+    with edge_store(directory) as store:
         store.acquire("bench")
         count = store.count("bench")
     reopen_s = time.perf_counter() - started

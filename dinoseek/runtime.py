@@ -185,10 +185,11 @@ class Runtime:
 
     def _apply_policy(self, embedder: ImageEmbedder) -> None:
         self.embedder = embedder
-        if self.policy.purpose == "index" and embedder.device_type == "cpu":
+        workers = self.decode_workers if self.policy.purpose == "index" else 0
+        if workers and embedder.device_type == "cpu":
             from dinoseek.embedder import share_cpu_with_workers
 
-            share_cpu_with_workers(self.decode_workers)
+            share_cpu_with_workers(workers)
         _ = embedder.space  # the fingerprint's batch of 1 runs before any compilation
         mode = self.settings.compile
         if mode != "off":

@@ -10,6 +10,7 @@ random-weight DINOv2 saved with ``save_pretrained`` and loaded through the same
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,13 @@ def tiny_embedder(tiny_model_dir: Path) -> ImageEmbedder:
 def settings(tmp_path: Path) -> Settings:
     """Settings for the embedded store in a temporary directory and the stand-in model."""
     return Settings(model="fake/dinov2", device="cpu", data_dir=tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def bench_cache(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The cache of the benchmark scripts (``--cache``), shared by their smoke tests. Its
+    ``random:tiny`` is ``tiny_model_dir`` (the same seed and size the scripts would write), so
+    no script spends a process on writing it again."""
+    cache = tmp_path_factory.mktemp("bench-cache")
+    shutil.copytree(tiny_model_dir, cache / "models" / "random-tiny")
+    return cache

@@ -1,0 +1,149 @@
+"""The one search path (``dinoseek.search``): filters, the searcher and its label policy, on
+the real embedded store with the stand-in model."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dinoseek.embedding import ImageEmbedder
+from dinoseek.errors import (
+    ConfigError,
+    DinoseekError,
+    InvalidPointIdError,
+    PointNotFoundError,
+    ProbeNotFoundError,
+)
+from dinoseek.search import Filters, LabelRequest, NeighbourQuery, Searcher, SearchResult
+from dinoseek.store import EdgeStore, point_id_for_sha256
+from indexer.catalog import LabelSource
+from indexer.pipeline import IndexOptions, index_folders
+from tests.helpers import write_tree
+
+
+def test_filters_parse_the_names_users_write() -> None:
+    filters = Filters.parse(["label=cats", "root=/photos", "path=/photos/a=b.jpg"])
+    assert filters == Filters(label="cats", root="/photos", path="/photos/a=b.jpg")
+    assert filters.as_params() == {"label": "cats", "root": "/photos", "path": "/photos/a=b.jpg"}
+    assert filters.conditions() == {"label": "cats", "roots": "/photos", "paths": "/photos/a=b.jpg"}
+    assert Filters.parse([]).conditions() == {}
+    for bad in ("colour=red", "label", "=cats"):
+        with pytest.raises(ConfigError, match="NAME=VALUE"):
+            Filters.parse([bad])
+
+
+@pytest.fixture(scope="module")
+def indexed(
+    tmp_path_factory: pytest.TempPathFactory, embedder: ImageEmbedder
+) -> tuple[Path, list[Path]]:
+    root = tmp_path_factory.mktemp("search")
+    paths = write_tree(root / "photos", per_class=4, classes=("cats", "dogs"))
+    options = IndexOptions(
+        roots=(root / "photos",),
+        collection="images",
+        failures_report=root / "failures.jsonl",
+        workers=0,
+        progress="off",
+        labels=LabelSource(from_folders=True),
+    )
+    with EdgeStore(root / "data") as store:
+        index_folders(embedder, store, options)
+    return root / "data", paths
+
+
+@pytest.fixture
+def searcher(indexed: tuple[Path, list[Path]], embedder: ImageEmbedder) -> Iterator[Searcher]:
+    store = EdgeStore(indexed[0])
+    try:
+        yield Searcher(store, embedder, max_image_pixels=10**8)
+    finally:
+        store.close()
+
+
+def point_id(path: Path) -> str:
+    return point_id_for_sha256(hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def test_an_image_finds_its_exact_copy_first(
+    searcher: Searcher, indexed: tuple[Path, list[Path]]
+) -> None:
+    _, paths = indexed
+    outcomes = searcher.search_images(
+        "images",
+        [(paths[1].read_bytes(), "a.jpg"), (b"not an image", "b.jpg"), (paths[6].read_bytes(), "")],
+        NeighbourQuery(top_k=3),
+        LabelRequest(),
+    )
+    first, bad, third = outcomes
+    assert isinstance(first, SearchResult)
+    assert isinstance(third, SearchResult)
+    assert first.neighbours[0].path == str(paths[1])
+    assert first.neighbours[0].score >= 0.999
+    assert first.neighbours[0].id == point_id(paths[1])
+    assert third.neighbours[0].path == str(paths[6])
+    assert isinstance(bad, DinoseekError)
+    assert bad.code == "not_an_image"
+    assert first.labels is None  # no probe, not asked for
+
+
+def test_filters_reach_the_store(searcher: Searcher, indexed: tuple[Path, list[Path]]) -> None:
+    _, paths = indexed
+    query = searcher.embedder.embed_pixels(
+        searcher.prepare(paths[0].read_bytes(), "q").pixels[None]
+    )
+
+    def found(**filters: str) -> list[str | None]:
+        (result,) = searcher.search_vectors(
+            "images",
+            [query[0]],
+            NeighbourQuery(top_k=20, filters=Filters(**filters)),
+            LabelRequest(),
+        )
+        return [n.path for n in result.neighbours]
+
+    assert found(path=str(paths[5])) == [str(paths[5])]
+    assert sorted(found(label="dogs")) == sorted(str(p) for p in paths[4:])
+    assert found(sha256=hashlib.sha256(paths[2].read_bytes()).hexdigest()) == [str(paths[2])]
+    assert len(found(format="JPEG")) == 8
+    assert found(format="PNG") == []
+    assert found(root="/elsewhere") == []
+
+
+def test_the_label_policy(searcher: Searcher, indexed: tuple[Path, list[Path]]) -> None:
+    _, paths = indexed
+    image = [(paths[0].read_bytes(), "q.jpg")]
+    query = NeighbourQuery(top_k=4)
+
+    def labels(request: LabelRequest) -> object:
+        (result,) = searcher.search_images("images", image, query, request)
+        assert isinstance(result, SearchResult)
+        return result.labels
+
+    assert labels(LabelRequest()) is None  # no probe: labels only on request
+    assert labels(LabelRequest(with_labels=False)) is None
+    voted = labels(LabelRequest(with_labels=True))
+    assert isinstance(voted, list)
+    assert {label.method for label in voted} == {"knn"}
+    assert sum(label.probability for label in voted) == pytest.approx(1.0)
+    with pytest.raises(ProbeNotFoundError, match="label_method=knn"):
+        labels(LabelRequest(method="probe"))
+
+
+def test_neighbours_of_a_stored_point(searcher: Searcher, indexed: tuple[Path, list[Path]]) -> None:
+    _, paths = indexed
+    neighbours = searcher.similar("images", point_id(paths[3]), NeighbourQuery(top_k=5))
+    assert len(neighbours) == 5
+    assert point_id(paths[3]) not in {n.id for n in neighbours}
+    scores = [n.score for n in neighbours]
+    assert scores == sorted(scores, reverse=True)
+    only_dogs = searcher.similar(
+        "images", point_id(paths[3]), NeighbourQuery(top_k=8, filters=Filters(label="dogs"))
+    )
+    assert {n.label for n in only_dogs} == {"dogs"}
+    with pytest.raises(PointNotFoundError):
+        searcher.similar("images", "00000000-0000-0000-0000-000000000000", NeighbourQuery())
+    with pytest.raises(InvalidPointIdError):
+        searcher.similar("images", "../etc/passwd", NeighbourQuery())
