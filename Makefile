@@ -16,7 +16,7 @@ MODEL ?=
 DEMO_DIR ?= demo
 PORT ?= 8000
 
-.PHONY: install test lint run demo-data clean
+.PHONY: install test test-slow lint run demo-data clean
 
 install: $(STAMP)
 
@@ -27,13 +27,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
-## make test: install, then lint, check the layering, type-check and run the test suite
+## make test: install, then lint, check the layering, type-check and run the fast tests
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+
+## make test-slow: the tests marked slow (processes, signals, real servers, benchmarks);
+## CI runs them after `make test`
+test-slow: install
+	$(BIN)/python -m pytest -m slow
 
 lint: install
 	$(BIN)/ruff check .

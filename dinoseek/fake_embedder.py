@@ -57,7 +57,6 @@ class FakeEmbedder:
         rng = np.random.default_rng(seed)
         self._projection = rng.standard_normal((POOL * POOL * 3, dim)).astype(np.float32)
         self._patch_projection = rng.standard_normal((3, dim)).astype(np.float32)
-        self.calls = 0  # forward passes, for tests that count them
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-model")
 
     @property
@@ -108,7 +107,6 @@ class FakeEmbedder:
     def embed_pixels(self, pixels: Pixels) -> np.ndarray:
         """Pooled pixels through a fixed projection, L2-normalised, float32 (N, dim)."""
         batch = _check_pixels(pixels)
-        self.calls += 1
         features = _pool(batch, POOL).reshape(len(batch), -1)
         vectors = (features - 0.5) @ self._projection
         bad = non_finite_rows(vectors)

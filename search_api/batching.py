@@ -36,7 +36,6 @@ class OverloadedError(Exception):
 class _Request:
     pixels: np.ndarray
     future: asyncio.Future[np.ndarray]
-    enqueued: float
 
 
 class MicroBatcher:
@@ -90,7 +89,7 @@ class MicroBatcher:
             raise RuntimeError("MicroBatcher.start() was not called")
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Request(pixels, future, time.perf_counter()))
+            self._queue.put_nowait(_Request(pixels, future))
         except asyncio.QueueFull:
             raise OverloadedError(
                 f"{self.max_queue} queries are already waiting; try again shortly"

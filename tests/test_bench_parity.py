@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.bench_helpers import BENCH, run_bench
+
+pytestmark = pytest.mark.slow
 
 
 def test_parity_quick_passes(bench_cache: Path, tmp_path: Path) -> None:
