@@ -10,8 +10,9 @@ Deviation from the reference pipeline, hence opt-in (``--gpu-decode``): the resi
 antialiased bicubic instead of Pillow's, and nvJPEG's IDCT differs from libjpeg's; the
 embeddings stay within the project's cosine >= 0.999 bound (checked by ``bench/parity.py``).
 
-Anything nvJPEG cannot take (a decoder error, a CMYK JPEG, a truncated file) is reported per
-image as ``None``, and the caller decodes it on the CPU, so a bad file never fails a batch.
+Anything nvJPEG cannot take (a decoder error, a CMYK JPEG, a truncated file), and any image of
+so extreme an aspect ratio that resizing it whole would be huge, is reported per image as
+``None``, and the caller decodes it on the CPU, so a bad file never fails a batch.
 torchvision is imported lazily: it is an optional dependency (the ``gpu`` extra).
 """
 
@@ -30,6 +31,7 @@ from dinoseek.images import Preprocessing
 log = logging.getLogger(__name__)
 
 JPEG_END = b"\xff\xd9"
+MAX_RESIZE_FACTOR = 16
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,21 @@ class GpuJpegDecoder:
         except Exception:  # noqa: BLE001 - one bad JPEG fails nvJPEG's whole batch
             images = [self._decode_one(tensor) for tensor in tensors]
         for index, image in zip(usable, images, strict=True):
-            if image is not None:
+            if image is not None and self.resizes_within_bounds(image, jobs[index].orientation):
                 results[index] = self.preprocess(image, jobs[index].orientation)
         return results
+
+    def resizes_within_bounds(self, image: torch.Tensor, orientation: int = 1) -> bool:
+        """Whether resizing the whole image stays within ``MAX_RESIZE_FACTOR`` times the
+        model input. The GPU path resizes the whole image before cropping, so an extreme
+        aspect ratio (a 1 x 4000 JPEG becomes 256 x 1,024,000) goes to the CPU path, which
+        resizes only the crop window."""
+        height, width = int(image.shape[1]), int(image.shape[2])
+        if orientation >= 5:
+            height, width = width, height
+        new_width, new_height = self.preprocessing.resized_size(width, height)
+        out_height, out_width = self.preprocessing.output_size
+        return new_width * new_height <= MAX_RESIZE_FACTOR * out_height * out_width
 
     def _decode_one(self, tensor: torch.Tensor) -> torch.Tensor | None:
         try:

@@ -11,7 +11,6 @@ This module needs neither torch nor transformers, so decode workers start fast.
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -174,7 +173,18 @@ def prepare_image(
     """Untrusted bytes to model-ready pixels: the one path of the indexer, the CLI and the
     service. Raises ``ImageError`` for anything that cannot become pixels."""
     decoded = decode_image(data, max_pixels=max_pixels, name=name)
-    pixels = preprocessing.to_pixels(decoded.image)
+    try:
+        pixels = preprocessing.to_pixels(decoded.image)
+    except MemoryError:
+        raise ImageError(
+            f"{name}: not enough memory to preprocess this image",
+            code=ImageErrorCode.TOO_MANY_PIXELS,
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - whatever Pillow raises, the image is the cause
+        raise ImageError(
+            f"{name}: cannot be preprocessed ({type(exc).__name__}: {exc})",
+            code=ImageErrorCode.CORRUPT_IMAGE,
+        ) from None
     return PreparedImage(pixels, decoded.width, decoded.height, decoded.format)
 
 
@@ -384,32 +394,36 @@ class Preprocessing:
         return (new_short, new_long) if width <= height else (new_long, new_short)
 
     def to_pixels(self, image: Image.Image) -> np.ndarray:
-        """Resize and centre-crop an RGB image: a uint8 array of shape (height, width, 3)."""
+        """Resize and centre-crop an RGB image: a uint8 array of shape (height, width, 3).
+
+        The same pixels as resizing the whole image and then cropping it, as transformers
+        does, but only the crop window is resized (Pillow's ``box``): the work and memory are
+        those of the output, however extreme the input's aspect ratio (a 1 x 4000 image would
+        otherwise be resized to 256 x 1,024,000 first).
+        """
         new_width, new_height = self.resized_size(image.width, image.height)
-        if (new_width, new_height) != image.size:
-            image = image.resize((new_width, new_height), resample=self.resample)
-        pixels = np.asarray(image, dtype=np.uint8)
         if self.crop is None:
+            if (new_width, new_height) != image.size:
+                image = image.resize((new_width, new_height), resample=self.resample)
+            return np.array(image, dtype=np.uint8)
+        crop_height, crop_width = self.crop
+        top, left = (new_height - crop_height) // 2, (new_width - crop_width) // 2
+        # The part of the crop window that lies on the resized image (all of it unless the
+        # resized image is smaller than the crop; the rest is zero padding).
+        x0, x1 = max(left, 0), min(left + crop_width, new_width)
+        y0, y1 = max(top, 0), min(top + crop_height, new_height)
+        scale_x, scale_y = image.width / new_width, image.height / new_height
+        region = image.resize(
+            (x1 - x0, y1 - y0),
+            resample=self.resample,
+            box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y),
+        )
+        pixels = np.array(region, dtype=np.uint8)  # a writable copy (torch warns otherwise)
+        if pixels.shape[:2] == (crop_height, crop_width):
             return pixels
-        return _center_crop(pixels, self.crop)
-
-
-def _center_crop(pixels: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
-    """Centre-crop (zero-padding where the image is smaller), as transformers' center_crop."""
-    height, width = pixels.shape[:2]
-    crop_height, crop_width = crop
-    top = (height - crop_height) // 2
-    left = (width - crop_width) // 2
-    if top >= 0 and left >= 0:
-        return np.ascontiguousarray(pixels[top : top + crop_height, left : left + crop_width])
-    padded_height, padded_width = max(crop_height, height), max(crop_width, width)
-    padded = np.zeros((padded_height, padded_width, 3), dtype=np.uint8)
-    pad_top = math.ceil((padded_height - height) / 2)
-    pad_left = math.ceil((padded_width - width) / 2)
-    padded[pad_top : pad_top + height, pad_left : pad_left + width] = pixels
-    top = (padded_height - crop_height) // 2
-    left = (padded_width - crop_width) // 2
-    return np.ascontiguousarray(padded[top : top + crop_height, left : left + crop_width])
+        canvas = np.zeros((crop_height, crop_width, 3), dtype=np.uint8)
+        canvas[y0 - top : y1 - top, x0 - left : x1 - left] = pixels
+        return canvas
 
 
 def preprocessing_from_processor_config(config: Mapping[str, Any]) -> Preprocessing:

@@ -30,7 +30,12 @@ from typing import Any
 import numpy as np
 
 from dinoseek.embedding import ImageEmbedder, Pixels
-from dinoseek.errors import EmbeddingError
+from dinoseek.errors import (
+    CollectionNotAcquiredError,
+    EmbeddingError,
+    StoreLockedError,
+    StoreUnavailableError,
+)
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload
 from indexer.decode import DecodePool, GpuDecodeStage
@@ -121,11 +126,17 @@ Operation = Upsert | SetPayload | Delete
 
 
 class StoreWriter:
-    """Applies operations on a thread, in order, through a bounded queue."""
+    """Applies operations on a thread, in order, through a bounded queue.
+
+    A write that the store refuses for a reason other than being unreachable is retried one
+    point at a time; the points still refused are collected in ``rejected`` (id, reason), so
+    that one bad point never ends a run.
+    """
 
     def __init__(self, store: VectorStore, collection: str, *, depth: int = 4) -> None:
         self.store = store
         self.collection = collection
+        self.rejected: list[tuple[str, str]] = []
         self._queue: queue.Queue[Operation | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="dinoseek-writer", daemon=True)
@@ -160,9 +171,27 @@ class StoreWriter:
             if self._error is not None:
                 continue  # drain without applying: the run is failing
             try:
-                self._apply(operation)
+                self._apply_isolating(operation)
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 self._error = exc
+
+    def _apply_isolating(self, operation: Operation) -> None:
+        try:
+            self._apply(operation)
+        except (StoreUnavailableError, StoreLockedError, CollectionNotAcquiredError):
+            raise  # the store itself, not this data: the run cannot go on
+        except Exception as exc:  # one refused point must not end the run
+            if isinstance(operation, Upsert) and len(operation.points) > 1:
+                for point in operation.points:
+                    self._apply_isolating(Upsert([point]))
+                return
+            reason = first_line(exc)
+            if isinstance(operation, Upsert):
+                self.rejected += [(p.id, reason) for p in operation.points]
+            elif isinstance(operation, SetPayload):
+                self.rejected.append((operation.point_id, reason))
+            else:
+                raise
 
     def _apply(self, operation: Operation) -> None:
         if isinstance(operation, Upsert):
@@ -204,6 +233,7 @@ class IndexRun:
         self.catalog = Catalog()
         self.failures: dict[str, FailureRecord] = {}
         self._batch: list[_Pending] = []
+        self._embedded_ids: set[str] = set()
         self._writer: StoreWriter | None = None
 
     def run(self) -> IndexSummary:
@@ -222,6 +252,7 @@ class IndexRun:
             self.summary.embed_elapsed_s = round(time.perf_counter() - embed_started, 3)
         finally:
             self._writer.close()
+        self._report_rejected(self._writer.rejected)
         self.summary.interrupted = self.stop.is_set()
         write_failures(options.failures_report, self.failures.values())
         self.summary.failures_report = str(options.failures_report) if self.failures else None
@@ -280,6 +311,9 @@ class IndexRun:
             ):
                 self.failures[path] = known
                 self.summary.known_failures_skipped += 1
+                continue
+            if not is_utf8(path):
+                self._record_failure(path, "file_name_not_utf8", _not_utf8_message(path), file)
                 continue
             to_process.append(file)
         for problem in problems:
@@ -416,6 +450,7 @@ class IndexRun:
         if records:
             self._put(Upsert(records))  # one write per batch keeps the writer far ahead
             self.summary.embedded += len(records)
+            self._embedded_ids.update(r.id for r in records)
 
     def _embed(self, batch: list[_Pending]) -> list[tuple[_Pending, np.ndarray]]:
         """Embed a batch; images that cannot be embedded are reported, not fatal (the
@@ -428,6 +463,14 @@ class IndexRun:
             else:
                 embedded.append((pending, vector))
         return embedded
+
+    def _report_rejected(self, rejected: list[tuple[str, str]]) -> None:
+        """Points the store refused: their files are reported, and not counted as embedded."""
+        for point_id, reason in rejected:
+            if point_id in self._embedded_ids:
+                self.summary.embedded -= 1
+                self._embedded_ids.discard(point_id)
+            self._fail_point(point_id, "store_refused", f"the store refused it ({reason})")
 
     def _fail_point(self, point_id: str, code: str, message: str) -> None:
         point = self.catalog.points.get(point_id)
@@ -455,6 +498,34 @@ class IndexRun:
     def _put(self, operation: Operation) -> None:
         assert self._writer is not None
         self._writer.put(operation)
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (store errors can run over many lines)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def is_utf8(path: str) -> bool:
+    """Whether ``path`` can be stored: a name that is not valid UTF-8 comes from the file
+    system with surrogate escapes, which the store refuses."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str) -> str:
+    """``path`` with the bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _not_utf8_message(path: str) -> str:
+    return (
+        f"{printable(path)}: the file name is not valid UTF-8, which the store cannot hold; "
+        "rename it (for example with `convmv -f latin1 -t utf-8 --notest`), then index again"
+    )
 
 
 class _NoPoint:

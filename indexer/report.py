@@ -56,7 +56,18 @@ def write_failures(path: Path, records: Iterable[FailureRecord]) -> None:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(temporary, "w", encoding="utf-8") as handle:
         for record in sorted(records, key=lambda r: r.path):
-            handle.write(json.dumps(asdict(record), ensure_ascii=False) + "\n")
+            handle.write(_json_line(record) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def _json_line(record: FailureRecord) -> str:
+    """The record as JSON, readable UTF-8; a name that is not valid UTF-8 (surrogate escapes)
+    is written with JSON escapes instead, which read back to the same string."""
+    line = json.dumps(asdict(record), ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(asdict(record))
+    return line

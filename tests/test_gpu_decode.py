@@ -186,3 +186,15 @@ def test_without_a_gpu_the_flag_falls_back_with_a_warning(
         summary = IndexRun(embedder, store, options).run()
     assert summary.embedded == 1
     assert "--gpu-decode unavailable" in summary.warnings[0]
+
+
+def test_an_extreme_aspect_ratio_goes_to_the_cpu_path(decoder: GpuJpegDecoder) -> None:
+    """Resizing a 4000 x 1 strip whole would make it 1,024,000 x 256 on the GPU: the CPU
+    path, which resizes only the crop window, takes it instead."""
+    strip = encode(Image.new("RGB", (4000, 1), (200, 10, 10)))
+    sideways = encode(Image.new("RGB", (1, 4000), (200, 10, 10)))
+    normal = encode(photo(1, (400, 300)))
+    results = decoder.decode_batch([JpegJob(strip), JpegJob(sideways, 6), JpegJob(normal)])
+    assert results[0] is None
+    assert results[1] is None
+    assert results[2] is not None

@@ -1,0 +1,124 @@
+"""A resize bomb: a tiny image of extreme aspect ratio passes the pixel limit, and resizing
+its short edge to 256 before cropping would make it enormous (a 4000 x 1 PNG of 84 bytes once
+took 2.76 GB and 12 s; 20000 x 1 ran out of memory; 40,000,000 x 1 raised OverflowError).
+Only the crop window is resized now, so the cost is that of the output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dinoseek.embedding import ImageEmbedder
+from dinoseek.images import DINOV2_PREPROCESSING, prepare_image
+from dinoseek.settings import Settings
+from dinoseek.store import EdgeStore
+from indexer.pipeline import IndexOptions, index_folders
+from search_api.app import create_app
+from tests.hostile.bombs import strip_png
+
+REPO = Path(__file__).resolve().parents[2]
+SHAPES = [(4000, 1), (20_000, 1), (1, 20_000), (40_000_000, 1)]
+
+# Decode and preprocess each bomb in a process whose address space is capped at 1.5 GiB: the
+# old geometry needed 2.76 GB for the smallest of them.
+UNDER_A_MEMORY_CAP = textwrap.dedent(
+    """
+    import resource, sys
+    resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20))
+    from dinoseek.images import DINOV2_PREPROCESSING, prepare_image
+    from tests.hostile.bombs import strip_png
+    for text in sys.argv[1:]:
+        width, height = map(int, text.split("x"))
+        prepared = prepare_image(
+            strip_png(width, height), DINOV2_PREPROCESSING, max_pixels=40_000_000
+        )
+        print(text, prepared.pixels.shape, flush=True)
+    """
+)
+
+
+def test_bombs_preprocess_within_a_memory_cap() -> None:
+    shapes = [f"{w}x{h}" for w, h in SHAPES]
+    done = subprocess.run(
+        [sys.executable, "-c", UNDER_A_MEMORY_CAP, *shapes],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:-1] == [f"{s} (224, 224, 3)" for s in shapes]
+
+
+@pytest.mark.parametrize(("width", "height"), SHAPES[:3])
+def test_bombs_cost_what_their_output_costs(width: int, height: int) -> None:
+    data = strip_png(width, height)
+    assert len(data) < 1000
+    started = time.perf_counter()
+    prepared = prepare_image(data, DINOV2_PREPROCESSING, max_pixels=40_000_000)
+    assert time.perf_counter() - started < 1.0
+    assert prepared.pixels.shape == (224, 224, 3)
+    assert (prepared.width, prepared.height) == (width, height)
+
+
+def test_a_strip_keeps_its_content() -> None:
+    """The crop window is the middle of the resized strip, as transformers would cut it."""
+    from PIL import Image
+
+    strip = Image.new("RGB", (3000, 2))
+    strip.paste((255, 0, 0), (0, 0, 1500, 2))  # red left half, black right half
+    pixels = DINOV2_PREPROCESSING.to_pixels(strip)
+    assert pixels.shape == (224, 224, 3)
+    assert pixels[:, :100, 0].mean() > 200  # left of the middle: red
+    assert pixels[:, 124:, 0].mean() < 30  # right of the middle: black
+
+
+@pytest.fixture
+def client(tmp_path: Path, embedder: ImageEmbedder) -> TestClient:
+    settings = Settings(model=embedder.model_id, data_dir=tmp_path / "data")
+    with EdgeStore(tmp_path / "data") as store:
+        store.ensure_collection("images", embedder.space)
+    return TestClient(create_app(settings, embedder=embedder, store=EdgeStore(tmp_path / "data")))
+
+
+def test_the_service_answers_bombs_and_batches_go_on(client: TestClient) -> None:
+    with client:
+        for width, height in SHAPES:
+            upload = {"image": (f"{width}x{height}.png", strip_png(width, height))}
+            assert client.post("/search", files=upload).status_code == 200
+        huge_header = {"image": ("huge.png", strip_png(1, 1)[:16] + b"\x00" * 8)}
+        assert client.post("/search", files=huge_header).status_code < 500
+        batch = [
+            ("images", ("a.png", strip_png(20_000, 1))),
+            ("images", ("b.png", b"\x89PNG\r\n\x1a\n broken")),
+            ("images", ("c.png", strip_png(3, 3))),
+        ]
+        items = client.post("/search/batch", files=batch).json()["items"]
+        assert [item["error"] is None for item in items] == [True, False, True]
+
+
+def test_the_indexer_embeds_bombs(tmp_path: Path, embedder: ImageEmbedder) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for width, height in SHAPES:
+        (photos / f"{width}x{height}.png").write_bytes(strip_png(width, height))
+    options = IndexOptions(
+        roots=(photos,),
+        collection="images",
+        workers=0,
+        progress="off",
+        failures_report=tmp_path / "failures.jsonl",
+    )
+    with EdgeStore(tmp_path / "data") as store:
+        summary = index_folders(embedder, store, options)
+    assert summary.failed == 0
+    assert summary.embedded == len(SHAPES)  # each size is another content: another point
