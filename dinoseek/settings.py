@@ -79,6 +79,23 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         256, gt=0, description="queries the service holds before answering 503 (overload)"
     )
+    max_inflight_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description="upload bytes the service's model routes hold at once before answering 503",
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="deadline of a query (upload, decode, model, search), in seconds"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="time a connection has to send its request headers, in seconds"
+    )
+    max_connections: int = Field(
+        1024, gt=0, description="open connections the server accepts before answering 503"
+    )
+    shutdown_timeout_s: float = Field(
+        10.0, gt=0, description="time requests in flight get to finish at shutdown, in seconds"
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="origins allowed by CORS (JSON list; off when empty)"
     )

@@ -1,15 +1,21 @@
-"""Admission before work: the model routes take at most ``limit`` requests at once.
+"""Admission before work, and a deadline for what was admitted.
 
-ASGI middleware, so that an overloaded service answers 503 with ``Retry-After`` before it
-reads a byte of the upload, decodes it or queues it: a client that is refused costs the
-server almost nothing. Requests to other routes (health, points, metrics, ...) pass freely.
+ASGI middleware on the routes that run the model. A request is admitted only while fewer
+than ``limit`` are in flight and their uploads (by Content-Length, or the upload limit when a
+body comes without one) stay under ``max_bytes``; otherwise it is answered 503 with
+``Retry-After`` before a byte of its body is read, decoded or queued, so a refused client costs
+the server almost nothing. An admitted request has ``timeout_s`` for everything: receiving its
+upload (a client trickling its body is cut off), decoding, waiting for the model and the
+store; past it, 503 with ``Retry-After``. Memory held by uploads is therefore at most
+``max_bytes`` (plus one upload when a single one is larger). Other routes pass freely.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # The routes that run the model: (method, path).
 MODEL_ROUTES = frozenset(
@@ -24,33 +30,81 @@ RETRY_AFTER_S = 1
 
 
 class Admission:
-    """ASGI middleware: 503 for a model request beyond ``limit`` in flight."""
+    """ASGI middleware: 503 for a model request beyond the limits, or past its deadline."""
 
-    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit: int,
+        max_bytes: int,
+        unknown_length_bytes: int,
+        timeout_s: float,
+    ) -> None:
+        """``unknown_length_bytes`` is what a body without Content-Length is counted as (the
+        upload limit: it cannot be more)."""
         self.app = app
         self.limit = max(1, limit)
+        self.max_bytes = max_bytes
+        self.unknown_length_bytes = unknown_length_bytes
+        self.timeout_s = timeout_s
         self.in_flight = 0  # one event loop: no lock needed
+        self.bytes_in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (scope["method"], scope["path"]) not in MODEL_ROUTES:
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
-            await _refuse(send, self.limit)
+        weight = _content_length(scope)
+        weight = self.unknown_length_bytes if weight is None else weight
+        if self.in_flight and (
+            self.in_flight >= self.limit or self.bytes_in_flight + weight > self.max_bytes
+        ):
+            await _answer_503(send, "overloaded", self._busy_message())
             return
         self.in_flight += 1
+        self.bytes_in_flight += weight
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await asyncio.wait_for(self.app(scope, receive, tracking_send), self.timeout_s)
+        except TimeoutError:
+            if not started:
+                message = (
+                    f"the query took longer than {self.timeout_s:g} s "
+                    "(DINOSEEK_REQUEST_TIMEOUT_S), upload included; try again shortly"
+                )
+                await _answer_503(send, "timeout", message)
         finally:
             self.in_flight -= 1
+            self.bytes_in_flight -= weight
+
+    def _busy_message(self) -> str:
+        return (
+            f"the service is busy ({self.in_flight} queries in flight, "
+            f"{self.bytes_in_flight:,} bytes of uploads; limits DINOSEEK_MAX_QUEUE and "
+            "DINOSEEK_MAX_INFLIGHT_BYTES); try again shortly"
+        )
 
 
-async def _refuse(send: Send, limit: int) -> None:
-    message = (
-        f"the service is busy: {limit} queries are already in flight "
-        "(DINOSEEK_MAX_QUEUE); try again shortly"
-    )
-    body = json.dumps({"error": {"code": "overloaded", "message": message}}).encode()
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return max(0, int(value))
+            except ValueError:
+                return None
+    return None
+
+
+async def _answer_503(send: Send, code: str, message: str) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
     await send(
         {
             "type": "http.response.start",

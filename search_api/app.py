@@ -97,7 +97,13 @@ def create_app(
     app.include_router(routes, dependencies=[Depends(API_KEY_HEADER)])
     # Middleware wraps in reverse order of addition: CORS sees a request first, then the
     # metrics, the upload limit, the API key and the admission; none of them reads the body.
-    app.add_middleware(Admission, limit=settings.max_queue)
+    app.add_middleware(
+        Admission,
+        limit=settings.max_queue,
+        max_bytes=settings.max_inflight_bytes,
+        unknown_length_bytes=settings.max_upload_bytes,
+        timeout_s=settings.request_timeout_s,
+    )
     if settings.api_key is not None:
         app.add_middleware(ApiKeyCheck, key=settings.api_key.get_secret_value())
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)

@@ -1,11 +1,21 @@
-"""Run the app with uvicorn (``dinoseek serve``, ``python -m search_api``)."""
+"""Run the app with uvicorn (``dinoseek serve``, ``python -m search_api``).
+
+The server's own limits: ``DINOSEEK_MAX_CONNECTIONS`` open connections (503 beyond),
+``DINOSEEK_HEADER_TIMEOUT_S`` for a request head (``search_api.connections``), 5 s for an idle
+keep-alive connection, and ``DINOSEEK_SHUTDOWN_TIMEOUT_S`` for requests in flight at shutdown,
+after which they are cut off and the store is closed anyway.
+"""
 
 from __future__ import annotations
 
 import uvicorn
 
 from dinoseek.runtime import Runtime
+from dinoseek.settings import Settings
 from search_api.app import create_app
+from search_api.connections import with_header_timeout
+
+KEEP_ALIVE_S = 5
 
 
 def public_url(host: str, port: int) -> str:
@@ -16,11 +26,26 @@ def public_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
+def server_config(
+    runtime: Runtime, *, host: str, port: int, log_level: str = "info"
+) -> uvicorn.Config:
+    """uvicorn's configuration for the app on ``runtime``, with the server's limits."""
+    settings: Settings = runtime.settings
+    return uvicorn.Config(
+        create_app(settings, runtime=runtime),
+        host=host,
+        port=port,
+        log_level=log_level,
+        proxy_headers=False,
+        access_log=False,
+        http=with_header_timeout(settings.header_timeout_s),
+        timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=settings.max_connections,
+        timeout_graceful_shutdown=int(max(1, settings.shutdown_timeout_s)),
+    )
+
+
 def run_server(runtime: Runtime, *, host: str, port: int, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM; uvicorn then runs the lifespan's shutdown, which closes the
     runtime (the store flushed, its locks released)."""
-    app = create_app(runtime.settings, runtime=runtime)
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, proxy_headers=False, access_log=False
-    )
-    uvicorn.Server(config).run()
+    uvicorn.Server(server_config(runtime, host=host, port=port, log_level=log_level)).run()

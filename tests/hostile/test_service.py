@@ -1,0 +1,160 @@
+"""A hostile or merely greedy client against the service: uploads that would fill memory,
+queries that never end, and request lines that would grow the metrics without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
+from dinoseek.fake_embedder import FakeEmbedder
+from dinoseek.settings import Settings
+from dinoseek.store import EdgeStore
+from search_api.app import create_app
+from tests.helpers import encode, photo
+from tests.test_api import serving
+
+
+class Slow(FakeEmbedder):
+    """The stand-in model, taking ``delay_s`` per forward pass."""
+
+    def __init__(self, model: ImageEmbedder, delay_s: float) -> None:
+        super().__init__(model_id=model.model_id, seed=model.seed)  # type: ignore[attr-defined]
+        self.delay_s = delay_s
+
+    def embed_each(self, pixels: Pixels) -> list[VectorOrError]:
+        time.sleep(self.delay_s)
+        return super().embed_each(pixels)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, embedder: ImageEmbedder) -> Path:
+    with EdgeStore(tmp_path / "data") as store:
+        store.ensure_collection("images", embedder.space)
+    return tmp_path / "data"
+
+
+class Body:
+    """A multipart upload of ``size`` bytes streamed to the app; records whether it was read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.read = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.read = True
+        yield (
+            b'--b\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n" + self.data + b"\r\n--b--\r\n"
+        )
+
+
+def multipart(body: Body) -> dict[str, str]:
+    length = len(body.data) + 124  # the framing above
+    return {"content-type": "multipart/form-data; boundary=b", "content-length": str(length)}
+
+
+def test_uploads_in_flight_are_bounded_in_bytes(data_dir: Path, embedder: ImageEmbedder) -> None:
+    image = encode(photo(1, (640, 480)), "PNG")  # a few hundred KB
+    settings = Settings(
+        model=embedder.model_id, data_dir=data_dir, max_inflight_bytes=len(image) + 1000
+    )
+    app = create_app(settings, embedder=Slow(embedder, 0.5), store=EdgeStore(data_dir))
+    first, second = Body(image), Body(image)
+
+    async def two() -> tuple[httpx.Response, httpx.Response]:
+        async with serving(app) as http:
+            running = asyncio.create_task(
+                http.post("/search", content=first, headers=multipart(first))
+            )
+            await asyncio.sleep(0.2)
+            refused = await http.post("/search", content=second, headers=multipart(second))
+            return await running, refused
+
+    done, refused = asyncio.run(two())
+    assert done.status_code == 200
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert "DINOSEEK_MAX_INFLIGHT_BYTES" in refused.json()["error"]["message"]
+    assert not second.read
+
+
+def test_a_query_past_its_deadline_is_a_503_and_frees_its_place(
+    data_dir: Path, embedder: ImageEmbedder
+) -> None:
+    settings = Settings(
+        model=embedder.model_id, data_dir=data_dir, request_timeout_s=0.3, max_queue=1
+    )
+    slow = Slow(embedder, 0.6)
+    app = create_app(settings, embedder=slow, store=EdgeStore(data_dir))
+    upload = {"image": ("q.jpg", encode(photo(2)))}
+
+    async def late_then_in_time() -> tuple[httpx.Response, float, httpx.Response]:
+        async with serving(app) as http:
+            started = time.perf_counter()
+            late = await http.post("/search", files=upload)
+            waited = time.perf_counter() - started
+            slow.delay_s = 0.0
+            await asyncio.sleep(0.5)  # the abandoned forward pass finishes meanwhile
+            return late, waited, await http.post("/search", files=upload)
+
+    late, waited, in_time = asyncio.run(late_then_in_time())
+    assert late.status_code == 503
+    assert late.json()["error"]["code"] == "timeout"
+    assert waited < 0.55  # answered at the deadline, not when the model was done
+    assert in_time.status_code == 200  # the one place in flight was given back
+
+
+def test_a_trickled_upload_is_cut_off_at_the_deadline(
+    data_dir: Path, embedder: ImageEmbedder
+) -> None:
+    settings = Settings(model=embedder.model_id, data_dir=data_dir, request_timeout_s=0.3)
+    app = create_app(settings, embedder=embedder, store=EdgeStore(data_dir))
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n\r\n'
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            yield b"\xff"
+
+    async def slowloris() -> tuple[httpx.Response, float]:
+        async with serving(app) as http:
+            started = time.perf_counter()
+            headers = {"content-type": "multipart/form-data; boundary=b"}
+            response = await http.post("/search", content=trickle(), headers=headers)
+            return response, time.perf_counter() - started
+
+    response, waited = asyncio.run(slowloris())
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "timeout"
+    assert waited < 2.0
+
+
+def test_client_chosen_methods_and_paths_do_not_grow_the_metrics(
+    data_dir: Path, embedder: ImageEmbedder
+) -> None:
+    settings = Settings(model=embedder.model_id, data_dir=data_dir, api_key="k")
+    with TestClient(create_app(settings, embedder=embedder, store=EdgeStore(data_dir))) as client:
+
+        def metrics_size() -> int:
+            return len(client.get("/metrics", headers={"X-API-Key": "k"}).content)
+
+        def hostile_requests(start: int, count: int) -> None:
+            for i in range(start, start + count):
+                method = f"M{i:04d}" + "X" * 2000
+                client.request(method, f"/random/{i}/" + "p" * 500)
+                client.request("GET", f"/points/{i}")  # 401: no key
+
+        hostile_requests(0, 2)
+        metrics_size()  # its own series, recorded once it has answered
+        before = metrics_size()
+        hostile_requests(2, 200)
+        after = metrics_size()
+    # 200 more methods and paths never seen: the same series, only their counts grew.
+    assert after - before < 300, "each new method or path became a new series"
