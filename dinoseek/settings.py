@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         20 * 1024 * 1024, gt=0, description="largest upload the search service accepts, in bytes"
     )
+    max_file_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="largest file the indexer reads, in bytes"
+    )
+    decode_timeout_s: float = Field(
+        60.0, gt=0, description="time the indexer gives one file to be read and decoded, in s"
+    )
     batch_size: int | None = Field(
         None, gt=0, description="images per forward pass (default: chosen for the device)"
     )

@@ -160,6 +160,8 @@ def index(
             batch_size=runtime.batch_size,
             workers=runtime.decode_workers,
             max_image_pixels=settings.max_image_pixels,
+            max_file_bytes=settings.max_file_bytes,
+            decode_timeout_s=settings.decode_timeout_s,
             labels=labels,
             scan=ScanOptions(
                 excludes=(() if no_default_excludes else DEFAULT_EXCLUDES) + excludes,

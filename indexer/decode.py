@@ -14,10 +14,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import threading
+import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -28,6 +31,7 @@ from dinoseek.errors import ImageError
 from dinoseek.images import ImageHeader, inspect_image
 from indexer.scan import ScannedFile
 from indexer.workers import (
+    DECODE_TIMEOUT,
     FailedFile,
     FileBytes,
     PreparedFile,
@@ -45,6 +49,9 @@ if TYPE_CHECKING:  # torch: imported only where --gpu-decode is asked for
     from dinoseek.gpu_decode import GpuJpegDecoder
 
 log = logging.getLogger(__name__)
+
+POLL_S = 0.25  # how often a wait for a decode looks at the stop event
+WORKER_EXIT_S = 2.0  # how long closing waits for busy workers before killing them
 
 Result = PreparedFile | FailedFile
 
@@ -76,14 +83,25 @@ class _Generation:
         self.free.append(slot)
         return result
 
-    def close(self, *, wait: bool) -> None:
-        self.executor.shutdown(wait=wait, cancel_futures=True)
+    def close(self) -> None:
+        """Stop the workers (killing any still busy after a moment) and free the memory."""
+        # ProcessPoolExecutor can only wait for its workers; a stuck one must be killed, so
+        # the processes are taken from its (private, long-stable) table first.
+        processes = list(getattr(self.executor, "_processes", {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + WORKER_EXIT_S
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
         self.shared.close()
         self.shared.unlink()
 
 
 class DecodePool:
-    """Decodes files in parallel processes (or in this process when ``workers`` is 0)."""
+    """Decodes files in parallel processes (or on a thread of this process when ``workers``
+    is 0), each file within ``config.decode_timeout_s``."""
 
     def __init__(self, config: WorkerConfig, workers: int, window: int) -> None:
         self.config = config
@@ -124,7 +142,7 @@ class DecodePool:
         while not stop.is_set():
             if broken:
                 # Retry what was in flight one file at a time, so that a file that kills its
-                # worker again is identified.
+                # worker (or hangs it) again is identified.
                 broken = False
                 lost = [file for file, _, _ in in_flight]
                 in_flight.clear()
@@ -139,24 +157,20 @@ class DecodePool:
                 return
             file, slot, future = in_flight.popleft()
             try:
-                raw = future.result()
-            except BrokenProcessPool:
+                raw = _result(future, stop, self.config.decode_timeout_s)
+            except _StoppedError:
+                return
+            except (BrokenProcessPool, TimeoutError) as exc:
                 if not isolating:
                     in_flight.appendleft((file, slot, future))
                     broken = True
+                    if isinstance(exc, TimeoutError):  # a hung worker: stop them all
+                        self._close_generation()
                     continue
-                # It ran alone and its worker died again: this file is the cause.
+                # It ran alone and its worker died or hung again: this file is the cause.
                 isolating -= 1
                 self._restart()
-                yield (
-                    file,
-                    FailedFile(
-                        str(file.path),
-                        "decoder_crashed",
-                        f"{file.path}: the decode process died twice while reading this file "
-                        "(a decoder crash, or killed for lack of memory); skipped",
-                    ),
-                )
+                yield file, _failure(file, exc, self.config.decode_timeout_s)
                 fill()
                 continue
             isolating = max(0, isolating - 1)
@@ -167,30 +181,113 @@ class DecodePool:
         self, files: Sequence[ScannedFile], stop: threading.Event
     ) -> Iterator[tuple[ScannedFile, Result]]:
         """No worker processes: one thread of this process decodes ahead while the model
-        runs (Pillow releases the GIL while it decodes and resizes)."""
+        runs (Pillow releases the GIL while it decodes and resizes). A decode that runs past
+        its deadline is reported and left behind on its own (daemon) thread."""
         upcoming = iter(files)
-        with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
-            in_flight: deque[tuple[ScannedFile, Future[Result]]] = deque()
+        decoder = _DecodeThread(self.config)
+        in_flight: deque[tuple[ScannedFile, Future[Result]]] = deque()
+        try:
             while not stop.is_set():
                 while len(in_flight) < self.window and (file := next(upcoming, None)):
-                    in_flight.append((file, pool.submit(prepare_file, str(file.path), self.config)))
+                    in_flight.append((file, decoder.submit(str(file.path))))
                 if not in_flight:
                     return
                 file, future = in_flight.popleft()
-                yield file, future.result()
-            for _, future in in_flight:
-                future.cancel()
+                try:
+                    result = _result(future, stop, self.config.decode_timeout_s)
+                except _StoppedError:
+                    return
+                except TimeoutError as exc:
+                    decoder.abandon()
+                    decoder = _DecodeThread(self.config)
+                    waiting = [queued for queued, _ in in_flight]
+                    in_flight = deque((f, decoder.submit(str(f.path))) for f in waiting)
+                    yield file, _failure(file, exc, self.config.decode_timeout_s)
+                    continue
+                yield file, result
+        finally:
+            decoder.abandon()
 
     def _restart(self) -> None:
-        if self._generation is not None:
-            self._generation.close(wait=False)
+        self._close_generation()
         self._generation = _Generation(self.config, self.workers, self.window)
+
+    def _close_generation(self) -> None:
+        if self._generation is not None:
+            self._generation.close()
+            self._generation = None
 
     def close(self) -> None:
         """Stop the workers and free the shared memory."""
-        if self._generation is not None:
-            self._generation.close(wait=True)
-            self._generation = None
+        self._close_generation()
+
+
+class _StoppedError(Exception):
+    """``stop`` was set while waiting for a result."""
+
+
+def _result(future: Future[Result], stop: threading.Event, timeout_s: float) -> Result:
+    """The future's result, checking ``stop`` every moment (``_StoppedError``) and giving up after
+    ``timeout_s`` (``TimeoutError``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return future.result(timeout=min(POLL_S, max(0.0, deadline - time.monotonic())))
+        except FutureTimeoutError:
+            if stop.is_set():
+                raise _StoppedError from None
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no result within {timeout_s:g} s") from None
+
+
+def _failure(file: ScannedFile, exc: BaseException, timeout_s: float) -> FailedFile:
+    if isinstance(exc, TimeoutError):
+        return FailedFile(
+            str(file.path),
+            DECODE_TIMEOUT,
+            f"{file.path}: decoding took longer than {timeout_s:g} s "
+            "(DINOSEEK_DECODE_TIMEOUT_S), alone as well; skipped",
+        )
+    return FailedFile(
+        str(file.path),
+        "decoder_crashed",
+        f"{file.path}: the decode process died twice while reading this file "
+        "(a decoder crash, or killed for lack of memory); skipped",
+    )
+
+
+class _DecodeThread:
+    """One daemon thread decoding files in order: unlike a ThreadPoolExecutor's threads, a
+    decode stuck on it cannot keep the process from exiting."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        prepare: Callable[[str, WorkerConfig], Result] = prepare_file,
+    ) -> None:
+        self.config = config
+        self.prepare = prepare
+        self._jobs: queue.SimpleQueue[tuple[str, Future[Result]] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="decode", daemon=True).start()
+
+    def submit(self, path: str) -> Future[Result]:
+        future: Future[Result] = Future()
+        self._jobs.put((path, future))
+        return future
+
+    def abandon(self) -> None:
+        """No more jobs: the thread ends after the one it is on (if it ever returns)."""
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            path, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self.prepare(path, self.config))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                future.set_exception(exc)
 
 
 def _chain(first: Sequence[ScannedFile], rest: Iterator[ScannedFile]) -> Iterator[ScannedFile]:
@@ -254,7 +351,7 @@ class GpuDecodeStage:
         """Nothing to release: the threads end with each ``results`` call."""
 
     def _read(self, path: str) -> Result | _ReadJpeg:
-        read = read_file(path)
+        read = read_file(path, max_bytes=self.config.max_file_bytes)
         if isinstance(read, FailedFile):
             return read
         try:

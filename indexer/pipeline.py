@@ -57,6 +57,8 @@ class IndexOptions:
     batch_size: int = 16
     workers: int = 1
     max_image_pixels: int = 40_000_000
+    max_file_bytes: int = 256 * 1024 * 1024
+    decode_timeout_s: float = 60.0
     labels: LabelSource = field(default_factory=LabelSource)
     scan: ScanOptions = field(default_factory=ScanOptions)
     prune: bool = True
@@ -382,7 +384,12 @@ class IndexRun:
 
     def _decode_stage(self) -> DecodePool | GpuDecodeStage:
         options = self.options
-        config = WorkerConfig(self.embedder.preprocessing, options.max_image_pixels)
+        config = WorkerConfig(
+            self.embedder.preprocessing,
+            options.max_image_pixels,
+            max_file_bytes=options.max_file_bytes,
+            decode_timeout_s=options.decode_timeout_s,
+        )
         if options.gpu_decode:
             from dinoseek.gpu_decode import GpuJpegDecoder  # torch, only when asked for
 

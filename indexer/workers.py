@@ -18,12 +18,16 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
+from stat import S_ISREG
 
 import numpy as np
 
 from dinoseek.embedding import Pixels
 from dinoseek.errors import ImageError, ImageErrorCode
 from dinoseek.images import Preprocessing, prepare_image
+
+NOT_A_REGULAR_FILE = "not_a_regular_file"
+DECODE_TIMEOUT = "decode_timeout"
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class WorkerConfig:
 
     preprocessing: Preprocessing
     max_image_pixels: int
+    max_file_bytes: int = 256 * 1024 * 1024
+    decode_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,7 @@ def prepare_into_slot(path: str, slot: int) -> PreparedFile | FailedFile:
 
 def prepare_file(path: str, config: WorkerConfig) -> PreparedFile | FailedFile:
     """Read, hash, decode and preprocess ``path`` (in any process)."""
-    read = read_file(path)
+    read = read_file(path, max_bytes=config.max_file_bytes)
     if isinstance(read, FailedFile):
         return read
     return prepare_bytes(read, config)
@@ -148,17 +154,41 @@ class FileBytes:
         return hashlib.sha256(self.data).hexdigest()
 
 
-def read_file(path: str) -> FileBytes | FailedFile:
-    """Read a file once (its stat taken from the open handle, so they agree)."""
+def read_file(path: str, *, max_bytes: int | None = None) -> FileBytes | FailedFile:
+    """Read a regular file once, its stat taken from the open handle (so they agree).
+
+    It is opened without blocking, and anything but a regular file is refused after ``fstat``:
+    a FIFO or a device put where an image was, after the scan, cannot hang the indexer. A file
+    larger than ``max_bytes`` is refused before it is read.
+    """
     try:
-        with open(path, "rb") as handle:
-            stat = os.fstat(handle.fileno())
-            data = handle.read()
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return FailedFile(path, ImageErrorCode.FILE_NOT_FOUND, f"{path}: vanished before reading")
     except OSError as exc:
         message = f"{path}: cannot be read ({exc.strerror or exc}); check its permissions"
         return FailedFile(path, ImageErrorCode.FILE_UNREADABLE, message)
+    try:
+        stat = os.fstat(descriptor)
+        if not S_ISREG(stat.st_mode):
+            message = f"{path}: not a regular file (a FIFO, a device or a socket); skipped"
+            return FailedFile(path, NOT_A_REGULAR_FILE, message)
+        if max_bytes is not None and stat.st_size > max_bytes:
+            message = (
+                f"{path}: {stat.st_size:,} bytes, more than the limit of {max_bytes:,} "
+                "(DINOSEEK_MAX_FILE_BYTES)"
+            )
+            return FailedFile(path, ImageErrorCode.FILE_TOO_LARGE, message)
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+    except OSError as exc:
+        message = f"{path}: cannot be read ({exc.strerror or exc}); check its permissions"
+        return FailedFile(path, ImageErrorCode.FILE_UNREADABLE, message)
+    finally:
+        os.close(descriptor)
+    if max_bytes is not None and len(data) > max_bytes:  # it grew while being read
+        message = f"{path}: more than the limit of {max_bytes:,} bytes (DINOSEEK_MAX_FILE_BYTES)"
+        return FailedFile(path, ImageErrorCode.FILE_TOO_LARGE, message)
     return FileBytes(path, data, stat.st_size, stat.st_mtime_ns)
 
 

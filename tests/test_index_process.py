@@ -49,7 +49,9 @@ def photos_from(pool: Path, target: Path, count: int) -> list[Path]:
     return paths
 
 
-def start_index(photos: Path, data: Path, *extra: str) -> subprocess.Popen[str]:
+def start_index(
+    photos: Path, data: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     command = [
         sys.executable,
         "-m",
@@ -73,7 +75,7 @@ def start_index(photos: Path, data: Path, *extra: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 
@@ -187,6 +189,30 @@ def test_a_killed_decode_worker_loses_nothing(tmp_path: Path, pool: Path) -> Non
     assert '"failed": 0' in out
     with EdgeStore(tmp_path / "data") as store:
         assert store.collection_info("images").points == 200
+
+
+def test_a_hung_decode_worker_is_killed_and_its_files_retried(tmp_path: Path, pool: Path) -> None:
+    photos = tmp_path / "photos"
+    photos_from(pool, photos, 120)
+    process = start_index(
+        photos,
+        tmp_path / "data",
+        "--workers",
+        "2",
+        "--json",
+        env={"DINOSEEK_DECODE_TIMEOUT_S": "2"},
+    )
+    wait_for_progress(process, 10)
+    workers = decode_workers(process.pid)
+    assert workers, "no decode worker found"
+    os.kill(workers[0], signal.SIGSTOP)  # hung: alive, holding its files, answering nothing
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "a decode worker died" in err
+    assert '"failed": 0' in out
+    with EdgeStore(tmp_path / "data") as store:
+        assert store.collection_info("images").points == 120
+    assert not running(workers[0])
 
 
 HOLDER = textwrap.dedent(
