@@ -1,8 +1,8 @@
 """Parity check: dinoseek's embeddings against the reference transformers pipeline.
 
 The reference is what the model card does: ``AutoImageProcessor`` + ``AutoModel`` in float32
-on the CPU, CLS token L2-normalised. dinoseek is ``Embedder.from_pretrained(...)
-.embed_images`` (Pillow resize and crop, normalisation batched on the model's device) in
+on the CPU, CLS token L2-normalised. dinoseek is its embedder as ``dinoseek.runtime`` loads it
+(Pillow resize and crop, normalisation batched on the model's device, ``embed_pixels``) in
 float32 on the CPU, and on whatever ``--device``/``--dtype`` is asked for as well.
 
 Both get the same decoded RGB images, made by dinoseek's own decoder: the comparison is about

@@ -275,6 +275,10 @@ class Embedder:
         for size in sizes:
             self.embed_pixels(np.zeros((size, height, width, 3), dtype=np.uint8))
 
+    def close(self) -> None:
+        """Stop the torch thread once the work submitted to it is done."""
+        self._torch_thread.shutdown(wait=True)
+
     # -- on the torch thread -----------------------------------------------------------------
 
     def _on_torch_thread(self, function: Callable[..., T], *args: Any) -> T:

@@ -107,6 +107,10 @@ class ImageEmbedder(Protocol):
         """Run each batch size once (compiles, captures graphs, fills caches)."""
         ...
 
+    def close(self) -> None:
+        """Stop the model's thread once the work submitted to it is done."""
+        ...
+
 
 def fingerprint_pixels(size: tuple[int, int]) -> np.ndarray:
     """A fixed, structured synthetic image (uint8, H x W x 3) whose embedding identifies a model."""

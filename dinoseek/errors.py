@@ -1,9 +1,11 @@
 """Domain errors of the dinoseek core.
 
 Every error carries a machine-readable ``code`` and a human ``message`` that names the thing
-that failed and, where there is one, the remedy. The apps translate them at their edge: the
-HTTP API into a status and ``{"error": {"code", "message"}}``, the CLI into a message on
-stderr and an exit code. The core never decides HTTP statuses or exit codes.
+that failed and, where there is one, the remedy. They are translated at the edges: the HTTP
+API (``search_api.errors``) into a status and ``{"error": {"code", "message"}}``, and the
+commands into a message on stderr and an exit code (``dinoseek.commandline``, the one CLI edge
+that every command shares, whichever package defines it). Nothing else decides statuses or
+exit codes.
 """
 
 from __future__ import annotations

@@ -145,6 +145,10 @@ class FakeEmbedder:
     def warm_up(self, batch_sizes: Sequence[int]) -> None:
         """Nothing to warm up."""
 
+    def close(self) -> None:
+        """Stop its thread."""
+        self._thread.shutdown(wait=True)
+
 
 def _check_pixels(pixels: Pixels) -> np.ndarray:
     batch = np.asarray(pixels)

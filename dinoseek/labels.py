@@ -2,7 +2,7 @@
 
 A ``PredictedLabel`` comes from a trained linear probe (``method="probe"``, calibrated
 probabilities; ``dinoseek.probe``) or from a similarity-weighted vote of a query's neighbours
-(``method="knn"``, ``knn_vote``). The CLI, the HTTP API and the page all show this type.
+(``method="knn"``, ``knn_vote``). The CLI and the HTTP API both show this type.
 """
 
 from __future__ import annotations

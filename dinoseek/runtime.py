@@ -84,6 +84,7 @@ class Runtime:
     store: VectorStore
     embedder: ImageEmbedder | None = None
     policy: ModelPolicy = field(default_factory=ModelPolicy)
+    owns_embedder: bool = True
 
     @classmethod
     def open(
@@ -102,14 +103,16 @@ class Runtime:
 
         ``owner`` describes this process in the embedded store's lock files. A ``store`` or
         an ``embedder`` given by the caller is used instead of opening or loading one; the
-        rest of the startup is the same. The store is closed if the startup fails.
+        rest of the startup is the same. The store is closed with the runtime (or if the
+        startup fails); an embedder given by the caller stays the caller's to close.
         """
         policy = policy or ModelPolicy()
         store = store if store is not None else open_store(settings, owner=owner)
         try:
             serving = policy.purpose == "serve"
-            exists = _acquire(store, settings.collection, collection, serving=serving)
+            exists = _acquire(settings, store, collection, serving=serving)
             runtime = cls(settings, store, policy=policy)
+            runtime.owns_embedder = embedder is None
             if model:
                 runtime._prepare(embedder or runtime._load(loader or ModelLoader(), exists), exists)
         except BaseException:
@@ -157,12 +160,19 @@ class Runtime:
     def searcher(self) -> Searcher:
         """The search path over this store with this embedder."""
         return Searcher(
-            self.store, self.require_embedder(), max_image_pixels=self.settings.max_image_pixels
+            self.store,
+            self.require_embedder(),
+            max_image_pixels=self.settings.max_image_pixels,
+            keep=[self.collection],
         )
 
     def close(self) -> None:
-        """Flush and release the store (its locks included)."""
-        self.store.close()
+        """Flush and release the store (its locks included), and stop the model's thread."""
+        try:
+            self.store.close()
+        finally:
+            if self.embedder is not None and self.owns_embedder:
+                self.embedder.close()
 
     # -- internals --------------------------------------------------------------------------
 
@@ -191,7 +201,8 @@ class Runtime:
 
             share_cpu_with_workers(workers)
         _ = embedder.space  # the fingerprint's batch of 1 runs before any compilation
-        mode = self.settings.compile
+        # A one-off query would spend longer compiling than it could ever save.
+        mode = self.settings.compile if self.policy.purpose != "query" else "off"
         if mode != "off":
             embedder.compile(mode, max_batch=self.max_batch)
         if self.policy.purpose == "serve":
@@ -201,9 +212,13 @@ class Runtime:
             embedder.warm_up([self.batch_size])
 
 
-def _acquire(store: VectorStore, name: str, need: CollectionNeed, *, serving: bool) -> bool:
-    """Acquire ``name`` as ``need`` says; whether it exists. A server starts even while its
-    Qdrant is unreachable (``/ready`` says so until it is back)."""
+def _acquire(
+    settings: Settings, store: VectorStore, need: CollectionNeed, *, serving: bool
+) -> bool:
+    """Acquire the collection as ``need`` says; whether it exists. A server starts while its
+    Qdrant is unreachable (``/ready`` says so until it is back), provided it need not read
+    from the collection which model to load."""
+    name = settings.collection
     try:
         if need == "none":
             return name in store.list_collections()
@@ -215,6 +230,12 @@ def _acquire(store: VectorStore, name: str, need: CollectionNeed, *, serving: bo
     except StoreUnavailableError as error:
         if not serving:
             raise
+        if "model" not in settings.model_fields_set:
+            raise StoreUnavailableError(
+                f"{error.message}. Which model collection {name!r} was built with cannot be "
+                "read until it is back; start the server then, or give the model "
+                "(--model or DINOSEEK_MODEL) to start now"
+            ) from None
         log.warning("%s; /ready answers 503 until it is back", error.message)
         return False
     return True

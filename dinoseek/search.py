@@ -1,8 +1,8 @@
 """The one search path: image bytes -> pixels -> vector -> neighbours -> labels.
 
-``Searcher`` is used by ``dinoseek search``, by every HTTP route of the service and by the
-page, and the client that goes through a running server speaks the same types, so the answer
-to a query does not depend on where it is asked:
+``Searcher`` is used by ``dinoseek search`` and by every HTTP route of the service, and the
+client that goes through a running server speaks the same types, so the answer to a query
+does not depend on where it is asked:
 
 - ``Filters``: exact matches, named the same in the CLI (``--filter root=/photos``), the HTTP
   API (``?root=/photos``) and the client;
@@ -17,7 +17,9 @@ The service runs the steps on its own threads (decode pool, micro-batcher); the 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -156,7 +158,13 @@ class SearchResult:
 
 
 class Searcher:
-    """Queries one store with one embedder's vectors (the collection must fit the embedder)."""
+    """Queries one store with one embedder's vectors (the collection must fit the embedder).
+
+    The collections in ``keep`` (the one a runtime acquired) are held for the searcher's
+    lifetime. Any other collection a query names is acquired for that query only and
+    released after it, so that a server asked about another collection does not keep it from
+    the processes that need it (``dinoseek index -c other``).
+    """
 
     def __init__(
         self,
@@ -164,25 +172,52 @@ class Searcher:
         embedder: ImageEmbedder,
         *,
         max_image_pixels: int,
+        keep: Iterable[str] = (),
         probe_ttl_s: float = 10.0,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.max_image_pixels = max_image_pixels
         self.probe_cache = ProbeCache(store.probes, embedder.space, ttl_s=probe_ttl_s)
-        self._opened: set[str] = set()
+        self._kept = set(keep)
+        self._compatible: set[str] = set()
+        self._users: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def open_collection(self, name: str) -> None:
-        """Check (once) that ``name`` was built with this embedder's model, and acquire it."""
-        if name in self._opened:
+    def check(self, name: str) -> None:
+        """Refuse (once checked, remembered) a collection built with another model."""
+        if name in self._compatible:
             return
+        self.embedder.space.check_compatible(self.store.collection_space(name), name)
         with self._lock:
-            if name in self._opened:
-                return
-            self.embedder.space.check_compatible(self.store.collection_space(name), name)
+            self._compatible.add(name)
+
+    def keep(self, name: str) -> None:
+        """Check ``name`` and hold it from now on (the collection a server serves)."""
+        self.check(name)
+        with self._lock:
             self.store.acquire(name)
-            self._opened.add(name)
+            self._kept.add(name)
+
+    @contextmanager
+    def using(self, name: str) -> Iterator[None]:
+        """``name``, checked and acquired for the duration of the block."""
+        self.check(name)
+        with self._lock:
+            if name in self._kept:
+                self.store.acquire(name)  # idempotent: held from the first time on
+            else:
+                if not self._users[name]:
+                    self.store.acquire(name)
+                self._users[name] += 1
+        try:
+            yield
+        finally:
+            if name not in self._kept:
+                with self._lock:
+                    self._users[name] -= 1
+                    if not self._users[name]:
+                        self.store.release(name)
 
     # -- the steps --------------------------------------------------------------------------
 
@@ -200,8 +235,8 @@ class Searcher:
         labels: LabelRequest,
     ) -> list[SearchResult]:
         """Neighbours (one store call for all vectors) and labels of each vector."""
-        self.open_collection(collection)
-        hits = self.store.search(collection, [query.for_vector(v) for v in vectors])
+        with self.using(collection):
+            hits = self.store.search(collection, [query.for_vector(v) for v in vectors])
         results = []
         for vector, found in zip(vectors, hits, strict=True):
             neighbours = [Neighbour.from_hit(hit) for hit in found]
@@ -243,7 +278,7 @@ class Searcher:
     ) -> list[SearchResult | DinoseekError]:
         """The whole path for (bytes, name) images, in order: each gets its result, or the
         error that stopped it (not an image, cannot be embedded)."""
-        self.open_collection(collection)
+        self.check(collection)
         outcomes: list[SearchResult | DinoseekError | None] = [None] * len(images)
         ready: list[tuple[int, PreparedImage]] = []
         for index, (data, name) in enumerate(images):
@@ -266,18 +301,18 @@ class Searcher:
 
     def similar(self, collection: str, point_id: str, query: NeighbourQuery) -> list[Neighbour]:
         """Neighbours of a stored point (itself excluded), without a model call."""
-        point = self.point(collection, point_id, with_vector=True)
-        assert point.vector is not None, "fetched with its vector"
-        (hits,) = self.store.search(
-            collection, [query.for_vector(point.vector, exclude=[point.id])]
-        )
+        with self.using(collection):
+            point = self.point(collection, point_id, with_vector=True)
+            assert point.vector is not None, "fetched with its vector"
+            nearest = query.for_vector(point.vector, exclude=[point.id])
+            (hits,) = self.store.search(collection, [nearest])
         return [Neighbour.from_hit(hit) for hit in hits]
 
     def point(self, collection: str, point_id: str, *, with_vector: bool = False) -> StoredPoint:
         """A stored point (``InvalidPointIdError``, ``PointNotFoundError``)."""
         point_id = validate_point_id(point_id)
-        self.open_collection(collection)
-        found = self.store.get(collection, [point_id], with_vectors=with_vector)
+        with self.using(collection):
+            found = self.store.get(collection, [point_id], with_vectors=with_vector)
         if not found or (with_vector and found[0].vector is None):
             raise PointNotFoundError(f"no point with id {point_id} in collection {collection!r}")
         return found[0]

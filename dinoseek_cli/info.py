@@ -19,10 +19,9 @@ from dinoseek.commandline import (
     store_options,
     store_owner,
 )
-from dinoseek.errors import StoreLockedError
 from dinoseek.runtime import Runtime
 from dinoseek.settings import Settings
-from dinoseek.store import VectorStore
+from dinoseek.store import VectorStore, collection_statuses
 from search_api.client import ServiceClient
 
 
@@ -49,17 +48,14 @@ def info(as_json: bool, quiet: bool, **flags: Any) -> None:
 def info_document(settings: Settings, store: VectorStore) -> dict[str, Any]:
     """What ``info`` reports, as JSON."""
     collections = []
-    for name in store.list_collections():
-        entry: dict[str, Any] = {"name": name}
-        try:
-            details = store.collection_info(name)
-            entry.update(points=details.points, indexed_vectors=details.indexed_vectors)
-            space = details.space
-        except StoreLockedError as error:
-            entry["in_use_by"] = error.holder
-            space = store.collection_space(name)
-        if space is not None:
-            entry.update(model=space.model_id, dim=space.dim)
+    for status in collection_statuses(store):
+        entry: dict[str, Any] = {"name": status.name}
+        if status.holder is None:
+            entry.update(points=status.points, indexed_vectors=status.indexed_vectors)
+        else:
+            entry["in_use_by"] = status.holder
+        if status.space is not None:
+            entry.update(model=status.space.model_id, dim=status.space.dim)
         collections.append(entry)
     document: dict[str, Any] = {"store": store.describe(), "collections": collections}
     if not settings.uses_server:

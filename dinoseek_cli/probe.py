@@ -29,6 +29,7 @@ from dinoseek.probe import (
     evaluate_probe,
     labelled_vectors,
     load_probe,
+    probe_summary,
 )
 from dinoseek.probe.calibration import temperature_note
 from dinoseek.probe.collection import train_collection_probe
@@ -129,7 +130,7 @@ def list_probes(as_json: bool, quiet: bool, **flags: Any) -> None:
                 {
                     "collection": settings.collection,
                     "default": default,
-                    "probes": [{"name": p.name, **_summary(p.info)} for p in probes],
+                    "probes": [probe_summary(p) for p in probes],
                 }
             )
         )
@@ -139,7 +140,7 @@ def list_probes(as_json: bool, quiet: bool, **flags: Any) -> None:
         return
     click.echo(f"{'name':<16} {'classes':>7} {'accuracy':>8} {'trained on':>10}  trained at")
     for stored in probes:
-        info = _summary(stored.info)
+        info = probe_summary(stored)
         mark = " (default)" if stored.name == default else ""
         accuracy = info["accuracy"]
         click.echo(
@@ -197,18 +198,6 @@ def delete(name: str, **flags: Any) -> None:
     with _runtime(settings, "delete", "none") as runtime:
         runtime.store.probes.delete(settings.collection, name)
     click.echo(f"deleted probe {name!r} of {settings.collection!r}")
-
-
-def _summary(info: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "classes": list(info.get("classes", [])),
-        "accuracy": info.get("accuracy"),
-        "trained_at": info.get("trained_at"),
-        "train_size": info.get("train_size"),
-        "label_field": info.get("label_field"),
-        "model_id": info.get("model_id"),
-        "min_confidence": info.get("min_confidence"),
-    }
 
 
 def _runtime(settings: Settings, action: str, collection: CollectionNeed) -> Runtime:

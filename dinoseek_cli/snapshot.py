@@ -1,10 +1,9 @@
 """``dinoseek snapshot``: back up a collection to one file, and restore it.
 
 A snapshot holds the collection's vectors and payloads, its embedding space (model, size,
-preprocessing) and its probes, in one archive (format: ``dinoseek.store.snapshot``). It is
+preprocessing) and its probes, in one archive (format: ``dinoseek.store.archive``). It is
 made and restored by the store in use: the embedded store (``--data-dir``) or a Qdrant server
-(``--qdrant-url``); a snapshot of one kind is restored into the same kind. Format:
-``dinoseek.store.archive``.
+(``--qdrant-url``); a snapshot of one kind is restored into the same kind.
 """
 
 from __future__ import annotations

@@ -12,12 +12,11 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 
-from dinoseek.errors import DinoseekError, StoreError
+from dinoseek.errors import DinoseekError, StoreLockedError, StoreUnavailableError
 from dinoseek.labels import LabelMethod
-from dinoseek.probe import choose_probe
+from dinoseek.probe import choose_probe, probe_summary
 from dinoseek.search import Filters, LabelRequest, NeighbourQuery
 from dinoseek.settings import validate_collection_name
-from dinoseek.store import CollectionInfo
 from search_api.batching import OverloadedError
 from search_api.errors import RETRY_AFTER_S, ApiError
 from search_api.schemas import (
@@ -359,42 +358,23 @@ async def probes(service: Service, collection: Collection = None) -> ProbesRespo
     return ProbesResponse(
         collection=name,
         default=choose_probe(stored),
-        probes=[
-            ProbeSummary(
-                name=p.name,
-                classes=list(p.info.get("classes", [])),
-                accuracy=p.info.get("accuracy"),
-                trained_at=p.info.get("trained_at"),
-                train_size=p.info.get("train_size"),
-                label_field=p.info.get("label_field"),
-                model_id=p.info.get("model_id"),
-                min_confidence=p.info.get("min_confidence"),
-            )
-            for p in stored
-        ],
+        probes=[ProbeSummary(**probe_summary(p)) for p in stored],
     )
 
 
 @routes.get("/collections", response_model=CollectionsResponse, summary="Collections")
 async def collections(service: Service) -> CollectionsResponse:
     """Every collection: its size and the model it was built with."""
-    summaries = []
-    for found in await service.collections():
-        if isinstance(found, CollectionInfo):
-            space = found.space
-            points, indexed, name = found.points, found.indexed_vectors, found.name
-        else:  # held by another process: no counts
-            name, points, indexed = found, None, None
-            space = await service.in_thread(service.store.collection_space, name)
-        summaries.append(
-            CollectionSummary(
-                name=name,
-                points=points,
-                indexed_vectors=indexed,
-                model=space.model_id if space else None,
-                dim=space.dim if space else None,
-            )
+    summaries = [
+        CollectionSummary(
+            name=status.name,
+            points=status.points,
+            indexed_vectors=status.indexed_vectors,
+            model=status.space.model_id if status.space else None,
+            dim=status.space.dim if status.space else None,
         )
+        for status in await service.collections()
+    ]
     return CollectionsResponse(store=service.store.describe(), collections=summaries)
 
 
@@ -424,6 +404,8 @@ async def ready(request: Request) -> ReadyResponse:
         raise ApiError(503, "not_ready", "the model is still loading", retry_after_s=RETRY_AFTER_S)
     try:
         state = await service.in_thread(service.ready_state)
-    except StoreError as exc:
+    except (StoreUnavailableError, StoreLockedError) as exc:
         raise ApiError(503, "store_unavailable", exc.message, retry_after_s=RETRY_AFTER_S) from None
+    except DinoseekError as exc:  # e.g. a collection built with another model: not ready
+        raise ApiError(503, exc.code, exc.message, retry_after_s=RETRY_AFTER_S) from None
     return ReadyResponse(**state)

@@ -27,14 +27,13 @@ from dinoseek.embedding import ImageEmbedder, PatchEmbeddings, VectorOrError
 from dinoseek.errors import (
     CollectionNotFoundError,
     PointNotFoundError,
-    StoreLockedError,
     StoreUnavailableError,
 )
 from dinoseek.images import PreparedImage, load_image
 from dinoseek.labels import PredictedLabel
 from dinoseek.runtime import Runtime
 from dinoseek.search import LabelRequest, Neighbour, NeighbourQuery, SearchResult
-from dinoseek.store import CollectionInfo, StoredPoint, StoredProbe
+from dinoseek.store import CollectionStatus, StoredPoint, StoredProbe, collection_statuses
 from search_api.batching import MicroBatcher
 from search_api.metrics import ServiceMetrics
 
@@ -102,7 +101,7 @@ class SearchService:
         """A missing collection or an unreachable Qdrant does not stop start-up (the service
         answers 404 or 503 until they are there)."""
         try:
-            self.searcher.open_collection(self.settings.collection)
+            self.searcher.keep(self.settings.collection)
         except CollectionNotFoundError:
             log.warning(
                 "collection %r does not exist yet in the %s; run `dinoseek index`",
@@ -175,7 +174,7 @@ class SearchService:
         self, collection: str, vector: np.ndarray, knn_top_k: int, labels: LabelRequest
     ) -> list[PredictedLabel]:
         """Predicted labels only (the neighbours are searched only for a kNN vote)."""
-        await run_in_threadpool(self.searcher.open_collection, collection)
+        await run_in_threadpool(self.searcher.check, collection)
         neighbours: list[Neighbour] = []
         if labels.method != "probe":
             query = NeighbourQuery(top_k=knn_top_k)
@@ -209,17 +208,9 @@ class SearchService:
         """The collection's probes (cached for a few seconds)."""
         return await run_in_threadpool(self.searcher.probes, collection)
 
-    async def collections(self) -> list[CollectionInfo | str]:
-        """Every collection with its counts; the name alone for one that another process
-        holds (the embedded store cannot read it meanwhile)."""
-        names = await run_in_threadpool(self.store.list_collections)
-        found: list[CollectionInfo | str] = []
-        for name in names:
-            try:
-                found.append(await run_in_threadpool(self.store.collection_info, name))
-            except StoreLockedError:
-                found.append(name)
-        return found
+    async def collections(self) -> list[CollectionStatus]:
+        """Every collection with its counts (none for one another process holds)."""
+        return await run_in_threadpool(collection_statuses, self.store)
 
     # -- files --------------------------------------------------------------------------------
 
@@ -262,7 +253,7 @@ class SearchService:
         exists = self.settings.collection in self.store.list_collections()
         points = None
         if exists:
-            self.searcher.open_collection(self.settings.collection)
+            self.searcher.keep(self.settings.collection)
             points = self.store.count(self.settings.collection)
         return {
             "ready": self.started,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
-from dinoseek.errors import CollectionMismatchError
+from dinoseek.errors import CollectionMismatchError, StoreLockedError
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, ServerStore, point_id_for_sha256
@@ -449,3 +450,35 @@ def test_a_keyless_upload_is_refused_before_it_is_read(
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
     assert not watched.read, "the upload was read before the 401"
+
+
+def test_a_query_on_another_collection_does_not_keep_it(
+    embedder: ImageEmbedder, indexed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(indexed[0], data)
+    with EdgeStore(data) as store:  # a second collection, of the same model
+        store.ensure_collection("other", store.collection_space("images"))
+    with make_client(embedder, data) as client:
+        query = upload(photo_paths(indexed)[0].read_bytes())
+        other = client.post("/search", files=query, params={"collection": "other"})
+        assert other.status_code == 200
+        with EdgeStore(data) as indexer:  # as `dinoseek index -c other` would
+            indexer.acquire("other")
+            with pytest.raises(StoreLockedError):
+                indexer.acquire("images")  # the one it serves stays its own
+        listed = client.get("/collections").json()["collections"]
+        assert [c["name"] for c in listed] == ["images", "other"]
+
+
+def test_ready_reports_a_collection_of_another_model(
+    embedder: ImageEmbedder, other_embedder: ImageEmbedder, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    with make_client(embedder, data) as client:
+        assert client.get("/ready").json()["collection_exists"] is False
+        with EdgeStore(data) as store:  # created meanwhile, with another model
+            store.ensure_collection("images", other_embedder.space)
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "collection_mismatch"

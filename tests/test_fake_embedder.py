@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dinoseek.embedding import ImageEmbedder
 from dinoseek.errors import CollectionMismatchError
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.images import DINOV2_PREPROCESSING, decode_image
@@ -15,10 +14,6 @@ from tests.helpers import encode, photo
 
 def pixels(data: bytes) -> np.ndarray:
     return DINOV2_PREPROCESSING.to_pixels(decode_image(data, max_pixels=10**8).image)
-
-
-def test_it_is_an_image_embedder() -> None:
-    assert isinstance(FakeEmbedder(), ImageEmbedder)
 
 
 def test_deterministic_and_content_sensitive() -> None:

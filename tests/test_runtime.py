@@ -152,20 +152,38 @@ def test_indexing_compiles_for_its_batch_and_sizes_the_decode_pool(tmp_path: Pat
 
 def test_an_unreachable_qdrant_stops_a_command_but_not_a_server(tmp_path: Path) -> None:
     # A real qdrant-client against a closed port (no Qdrant server runs here), retrying briefly.
-    settings = Settings(data_dir=tmp_path, qdrant_url="http://127.0.0.1:9")
-
     def unreachable() -> ServerStore:
         return ServerStore.connect("http://127.0.0.1:9", timeout_s=1, retry_delays_s=(0.01,))
 
+    implicit = Settings(data_dir=tmp_path, qdrant_url="http://127.0.0.1:9")
+    explicit = Settings(data_dir=tmp_path, qdrant_url="http://127.0.0.1:9", model="fake/given")
     loader = Loader()
     with pytest.raises(StoreUnavailableError, match="unreachable"):
-        Runtime.open(settings, collection="optional", loader=loader.loader, store=unreachable())
+        Runtime.open(explicit, collection="optional", loader=loader.loader, store=unreachable())
     serving = ModelPolicy(purpose="serve")
+    # A server starts without its Qdrant only when it need not ask it which model to load.
+    with pytest.raises(StoreUnavailableError, match="give the model"):
+        Runtime.open(
+            implicit,
+            collection="optional",
+            policy=serving,
+            loader=loader.loader,
+            store=unreachable(),
+        )
     runtime = Runtime.open(
-        settings, collection="optional", policy=serving, loader=loader.loader, store=unreachable()
+        explicit, collection="optional", policy=serving, loader=loader.loader, store=unreachable()
     )
     runtime.close()
-    assert loader.asked == ["facebook/dinov2-base"]
+    assert loader.asked == ["fake/given"]
+
+
+def test_a_one_off_query_is_never_compiled(tmp_path: Path) -> None:
+    loader = Loader()
+    settings = Settings(data_dir=tmp_path, compile="default")
+    with Runtime.open(settings, collection="optional", loader=loader.loader):
+        pass
+    assert loader.made[0].compiled == []
+    assert loader.made[0].warmed == []
 
 
 def test_a_given_store_and_embedder_go_through_the_same_startup(

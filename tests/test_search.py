@@ -147,3 +147,33 @@ def test_neighbours_of_a_stored_point(searcher: Searcher, indexed: tuple[Path, l
         searcher.similar("images", "00000000-0000-0000-0000-000000000000", NeighbourQuery())
     with pytest.raises(InvalidPointIdError):
         searcher.similar("images", "../etc/passwd", NeighbourQuery())
+
+
+def test_the_label_policy_with_a_probe(
+    indexed: tuple[Path, list[Path]], embedder: ImageEmbedder, tmp_path: Path
+) -> None:
+    import shutil
+
+    from dinoseek.probe.collection import train_collection_probe
+
+    data = tmp_path / "data"
+    shutil.copytree(indexed[0], data)
+    with EdgeStore(data) as store:
+        store.acquire("images")
+        train_collection_probe(store, "images", min_per_class=2, holdout=0.25)
+        searcher = Searcher(store, embedder, max_image_pixels=10**8, probe_ttl_s=0)
+        image = [(indexed[1][0].read_bytes(), "q.jpg")]
+
+        def labels(request: LabelRequest) -> list[tuple[str, str | None]] | None:
+            (result,) = searcher.search_images("images", image, NeighbourQuery(top_k=4), request)
+            assert isinstance(result, SearchResult)
+            if result.labels is None:
+                return None
+            return sorted({(label.method, label.probe) for label in result.labels})
+
+        assert labels(LabelRequest()) == [("probe", "default")]  # a probe: labels by default
+        assert labels(LabelRequest(method="knn")) == [("knn", None)]  # asked for the vote
+        assert labels(LabelRequest(with_labels=False)) is None
+        assert labels(LabelRequest(probe="default", method="probe")) == [("probe", "default")]
+        with pytest.raises(ProbeNotFoundError, match="'nope'"):
+            labels(LabelRequest(probe="nope"))

@@ -35,9 +35,10 @@ def free_port() -> int:
 def served(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
 ) -> Iterator[tuple[str, Path, list[Path], subprocess.Popen[str]]]:
-    """(url, data dir, indexed photos, server process), one server for the module (the last
-    test stops it). The search answers of the collection before the server started are in
-    ``DATA/../local.json`` (see ``local_answers``)."""
+    """(url, data dir, indexed photos, server process), one server for the module, stopped
+    with SIGINT at the end (it must exit 0 and leave the store released). The search answers
+    of the collection before the server started are in ``DATA/../local.json``
+    (see ``local_answers``)."""
     tmp_path = tmp_path_factory.mktemp("served")
     photos = tmp_path / "photos"
     paths = write_tree(photos, per_class=4)
@@ -84,8 +85,15 @@ def served(
         yield url, data, paths, server
     finally:
         if server.poll() is None:
-            server.kill()
-            server.wait()
+            server.send_signal(signal.SIGINT)  # a clean stop: exit 0, the store released
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    assert server.returncode == 0, "the server did not stop cleanly on SIGINT"
+    with EdgeStore(data) as store:
+        assert store.collection_info("images").points == 8  # released, and intact
 
 
 QUERIES: dict[str, tuple[str, ...]] = {
@@ -132,7 +140,7 @@ def test_the_cli_gives_the_same_answer_with_and_without_a_server(
 def test_search_over_http_and_the_cli_through_the_server(
     served: tuple[str, Path, list[Path], subprocess.Popen[str]],
 ) -> None:
-    url, data, paths, server = served
+    url, data, paths, _ = served
     response = httpx.post(
         f"{url}/search", files={"image": paths[3].open("rb")}, params={"top_k": 3}
     )
@@ -155,11 +163,6 @@ def test_search_over_http_and_the_cli_through_the_server(
     assert refused.exit_code == 3
     assert time.perf_counter() - started < 10
     assert "stop the server" in refused.stderr
-
-    server.send_signal(signal.SIGINT)
-    assert server.wait(timeout=20) == 0
-    with EdgeStore(data) as store:  # released on shutdown
-        assert store.collection_info("images").points == 8
 
 
 def test_python_dash_m_search_api_help() -> None:

@@ -625,3 +625,14 @@ def write_archive(
 
 def write_server_archive(target: Path, snapshot: bytes) -> None:
     write_archive(target, "server", [(tarfile.TarInfo("qdrant/collection.snapshot"), snapshot)])
+
+
+def test_a_snapshot_leaves_the_collection_as_it_found_it(source: EdgeStore, tmp_path: Path) -> None:
+    source.snapshots.create("images", tmp_path / "held.tar.gz")
+    assert source.is_held("images")  # it held it: it still does
+    source.close()
+    with EdgeStore(source.data_dir) as store:
+        store.snapshots.create("images", tmp_path / "free.tar.gz")
+        assert not store.is_held("images")  # it did not: it does not
+        with EdgeStore(source.data_dir) as other:
+            other.acquire("images")

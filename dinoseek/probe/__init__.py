@@ -20,6 +20,7 @@ from dinoseek.probe.collection import (
     evaluate_probe,
     labelled_vectors,
     load_probe,
+    probe_summary,
 )
 from dinoseek.probe.model import LinearProbe
 from dinoseek.probe.report import ClassReport, ConfusedPair, ProbeReport, SkippedClass
@@ -39,6 +40,7 @@ __all__ = [
     "fit_temperature",
     "labelled_vectors",
     "load_probe",
+    "probe_summary",
     "train_collection_probe",
     "train_probe",
 ]

@@ -111,6 +111,22 @@ def evaluate_probe(
     }
 
 
+def probe_summary(stored: StoredProbe) -> dict[str, Any]:
+    """What lists of probes show of one (the CLI and ``GET /probes``): its name, classes,
+    held-out accuracy, training time and size, label field, model and confidence floor."""
+    info = stored.info
+    return {
+        "name": stored.name,
+        "classes": [str(c) for c in info.get("classes", [])],
+        "accuracy": info.get("accuracy"),
+        "trained_at": info.get("trained_at"),
+        "train_size": info.get("train_size"),
+        "label_field": info.get("label_field"),
+        "model_id": info.get("model_id"),
+        "min_confidence": info.get("min_confidence"),
+    }
+
+
 def choose_probe(probes: Sequence[StoredProbe]) -> str | None:
     """The probe used when none is named: ``default`` if present, else the newest."""
     if not probes:

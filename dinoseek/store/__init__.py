@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from dinoseek.errors import StoreLockedError
 from dinoseek.settings import Settings
 from dinoseek.store.edge import EdgeStore
 from dinoseek.store.protocol import ProbeStore, SnapshotStore, VectorStore
 from dinoseek.store.records import (
     CollectionInfo,
+    CollectionStatus,
     FilterValue,
     PointRecord,
     SearchHit,
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CollectionInfo",
+    "CollectionStatus",
     "EdgeStore",
     "FilterValue",
     "PointRecord",
@@ -43,6 +46,7 @@ __all__ = [
     "StoredPoint",
     "StoredProbe",
     "VectorStore",
+    "collection_statuses",
     "open_store",
     "point_id_for_sha256",
     "validate_point_id",
@@ -66,6 +70,21 @@ def open_store(settings: Settings, *, owner: Mapping[str, Any] | None = None) ->
             write_consistency_factor=settings.qdrant_write_consistency,
         )
     return EdgeStore(settings.data_dir, owner=owner)
+
+
+def collection_statuses(store: VectorStore) -> list[CollectionStatus]:
+    """Every collection with its counts; for one that another process holds, its space and
+    its holder instead (the embedded store cannot count it meanwhile)."""
+    statuses = []
+    for name in store.list_collections():
+        try:
+            info = store.collection_info(name)
+        except StoreLockedError as error:
+            space = store.collection_space(name)
+            statuses.append(CollectionStatus(name, None, None, space, dict(error.holder)))
+            continue
+        statuses.append(CollectionStatus(name, info.points, info.indexed_vectors, info.space))
+    return statuses
 
 
 def __getattr__(name: str) -> Any:

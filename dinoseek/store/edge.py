@@ -128,21 +128,30 @@ class EdgeStore:
                 _close(name, held)
 
     def ensure_collection(self, name: str, space: EmbeddingSpace) -> None:
-        """Create the collection (metadata first, then the shard) or check compatibility;
-        it is acquired afterwards."""
+        """Create the collection (metadata first, then the shard) or check compatibility; it
+        is acquired afterwards. A new collection is never unlocked between its creation and
+        its acquisition, so no other process can take it in between."""
         directory = self.collection_dir(name)
         metadata_path = directory / METADATA_FILE
         if metadata_path.exists():
             space.check_compatible(self.collection_space(name), name)
-        else:
-            directory.mkdir(parents=True, exist_ok=True)
+            self.acquire(name)
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        with self._guard:
+            if name in self._held:
+                return
             lock_file = self._lock(name)
             try:
-                if not metadata_path.exists():
+                if metadata_path.exists():  # created by another process meanwhile
+                    space.check_compatible(self.collection_space(name), name)
+                else:
                     write_json_atomic(metadata_path, space.to_metadata())
-            finally:
+                shard = open_or_create_shard(directory / SHARD_DIR, space)
+            except BaseException:
                 release(lock_file)
-        self.acquire(name)
+                raise
+            self._held[name] = _Held(shard, lock_file, self.collection_space(name))
 
     def delete_collection(self, name: str) -> None:
         """Remove the collection directory. Needs the lock, like every write."""
@@ -282,9 +291,11 @@ class EdgeStore:
     @contextmanager
     def closed_but_held(self, name: str) -> Iterator[tuple[EmbeddingSpace, int]]:
         """Hold the collection's lock with its shard flushed and closed (a consistent set of
-        files to copy), reopening it afterwards; yields its space and point count. Other
-        threads of this process must not use the collection meanwhile."""
+        files to copy), reopening it afterwards (and releasing it, unless it was held before);
+        yields its space and point count. Other threads of this process must not use the
+        collection meanwhile."""
         with self._guard:
+            was_held = name in self._held
             self.acquire(name)
             held = self._held[name]
             points = int(held.shard.count(qe.CountRequest(exact=True)))
@@ -300,6 +311,8 @@ class EdgeStore:
                     self._held.pop(name, None)
                     release(held.lock_file)
                     raise
+                if not was_held:  # as it was before: a snapshot takes nothing for good
+                    self.release(name)
 
     def take_for_swap(self, name: str) -> IO[str]:
         """The collection's lock with nothing open: this store's own (its shard closed and

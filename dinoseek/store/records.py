@@ -88,6 +88,19 @@ class CollectionInfo:
 
 
 @dataclass(frozen=True)
+class CollectionStatus:
+    """A collection as ``info`` and ``GET /collections`` show it. ``points`` and
+    ``indexed_vectors`` are None, and ``holder`` says who holds it, for an embedded collection
+    that another process holds (its counts cannot be read meanwhile)."""
+
+    name: str
+    points: int | None
+    indexed_vectors: int | None
+    space: EmbeddingSpace | None
+    holder: dict[str, object] | None = None
+
+
+@dataclass(frozen=True)
 class StoredProbe:
     """A probe's description (``info``: the probe's metadata and training report)."""
 
