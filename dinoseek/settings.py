@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="largest file the indexer reads, in bytes"
     )
+    max_snapshot_bytes: int = Field(
+        256 * 1024**3, gt=0, description="largest snapshot a restore unpacks, in bytes"
+    )
     decode_timeout_s: float = Field(
         60.0, gt=0, description="time the indexer gives one file to be read and decoded, in s"
     )

@@ -102,7 +102,9 @@ def restore(path: Path, replace: bool, as_json: bool, quiet: bool, **flags: Any)
     explicit = "collection" in settings.model_fields_set
     collection = restore_target(path, settings.collection, explicit)
     with _locked_remedy(), _runtime(settings, "restore") as runtime:
-        info = runtime.store.snapshots.restore(collection, path, replace=replace)
+        info = runtime.store.snapshots.restore(
+            collection, path, replace=replace, max_bytes=settings.max_snapshot_bytes
+        )
         where = runtime.store.describe()
     if as_json:
         click.echo(json.dumps({"action": "restore", "store": where, **info.to_dict()}))

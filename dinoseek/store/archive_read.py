@@ -10,11 +10,14 @@ sparse, so the holes of an Edge shard stay holes.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import os
+import shutil
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -36,6 +39,12 @@ from dinoseek.store.archive import (
     SnapshotManifest,
 )
 
+GZIP_MAGIC = b"\x1f\x8b"
+BLOCK = tarfile.BLOCKSIZE
+HEADER_MEMBER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, b"x", b"g")
+MAX_HEADER_MEMBER_BYTES = 64 * 1024
+FREE_SPACE_MARGIN_BYTES = 64 * 1024 * 1024
+
 
 def read_manifest(source: Path) -> SnapshotManifest:
     """The manifest of the snapshot at ``source`` (reads only the start of the file)."""
@@ -43,15 +52,20 @@ def read_manifest(source: Path) -> SnapshotManifest:
         return _read_first_member(tar, source)
 
 
-def extract_archive(source: Path, destination: Path, *, kind: str) -> SnapshotManifest:
+def extract_archive(
+    source: Path, destination: Path, *, kind: str, max_bytes: int | None = None
+) -> SnapshotManifest:
     """Check and extract the snapshot ``source`` into the new directory ``destination``.
 
     Refuses (``SnapshotError``) an archive that is not a snapshot, is damaged or truncated,
-    was taken from the other kind of store, or holds anything but the expected regular files
-    and directories. Nothing is written outside ``destination``; on error, what was written
-    inside it is left for the caller to remove.
+    was taken from the other kind of store, holds anything but the expected regular files
+    and directories, or whose files add up to more than ``max_bytes``; and (``StoreError``)
+    one that would not fit in the free space left. Each of these is checked from a member's
+    header, before its content is read. Nothing is written outside ``destination``; on error,
+    what was written inside it is left for the caller to remove.
     """
     destination.mkdir(parents=True)
+    total = 0
     with _open_for_reading(source) as tar:
         manifest = _read_first_member(tar, source)
         check_kind(manifest, kind, source)
@@ -64,6 +78,8 @@ def extract_archive(source: Path, destination: Path, *, kind: str) -> SnapshotMa
             if member.isreg() and relative in seen:
                 raise SnapshotError(f"{source}: member {relative!r} appears twice")
             seen.add(relative)
+            total += member.size
+            _check_room(source, destination, relative, member.size, total, max_bytes)
             digest = _extract_member(tar, member, destination / relative, source)
             if digest is not None and digest != expected:
                 raise SnapshotError(
@@ -71,6 +87,24 @@ def extract_archive(source: Path, destination: Path, *, kind: str) -> SnapshotMa
                 )
     _check_complete(manifest, seen, source)
     return manifest
+
+
+def _check_room(
+    source: Path, destination: Path, name: str, size: int, total: int, max_bytes: int | None
+) -> None:
+    """Refuse a member that takes the snapshot past ``max_bytes``, or that the disk has no
+    room for."""
+    if max_bytes is not None and total > max_bytes:
+        raise SnapshotError(
+            f"{source}: its files add up to more than {max_bytes:,} bytes (at {name}, "
+            f"{size:,} bytes); raise DINOSEEK_MAX_SNAPSHOT_BYTES to restore it"
+        )
+    free = shutil.disk_usage(destination).free
+    if size + FREE_SPACE_MARGIN_BYTES > free:
+        raise StoreError(
+            f"not enough free space in {destination} to restore {source} ({name} is "
+            f"{size:,} bytes, {free:,} bytes are free); make room, then try again"
+        )
 
 
 def check_kind(manifest: SnapshotManifest, kind: str, source: Path) -> None:
@@ -169,19 +203,87 @@ def _check_complete(manifest: SnapshotManifest, seen: set[str], source: Path) ->
 
 @contextmanager
 def _open_for_reading(source: Path) -> Iterator[tarfile.TarFile]:
-    """Open ``source`` as a stream (gzip or plain tar), translating failures."""
+    """Open ``source`` as a stream (gzip or plain tar) behind a ``HeaderGuard``, translating
+    failures."""
     try:
-        tar = tarfile.open(source, mode="r|*")  # noqa: SIM115 - closed by the with below
+        raw = open(source, "rb")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError:
         raise SnapshotError(f"{source}: no such file") from None
     except IsADirectoryError:
         raise SnapshotError(f"{source} is a directory, not a snapshot file") from None
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise SnapshotError(_unreadable(source, exc)) from None
     except OSError as exc:
         raise SnapshotError(f"cannot read {source}: {exc}") from None
-    with tar:
-        yield tar
+    with raw:
+        gzipped = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
+        guarded = HeaderGuard(gzip.GzipFile(fileobj=raw).read if gzipped else raw.read, source)
+        try:
+            tar = tarfile.open(fileobj=guarded, mode="r|")  # noqa: SIM115 - closed below
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            raise SnapshotError(_unreadable(source, exc)) from None
+        with tar:
+            yield tar
+
+
+class HeaderGuard(io.RawIOBase):
+    """The decompressed tar stream, with every member's header read as it passes by.
+
+    tarfile reads a GNU long-name or PAX header member whole, before any check of its own
+    (a 1 MB archive can claim a 2 GB file name). This guard parses each 512-byte header as
+    the bytes go through and refuses such a member over ``MAX_HEADER_MEMBER_BYTES`` before
+    tarfile has read it.
+    """
+
+    def __init__(self, read: Callable[[int], bytes], source: Path) -> None:
+        self.read_bytes = read
+        self.source = source
+        self.position = 0
+        self.next_header = 0  # offset of the next header block
+        self.pending = b""  # the start of a header block split across reads
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read_bytes(len(buffer))
+        buffer[: len(data)] = data
+        self._inspect(data)
+        self.position += len(data)
+        return len(data)
+
+    def _inspect(self, data: bytes) -> None:
+        start, end = self.position, self.position + len(data)
+        while self.next_header < end:
+            offset = self.next_header - start
+            block = self.pending + data[max(0, offset) : offset + BLOCK - len(self.pending)]
+            if len(block) < BLOCK:
+                self.pending = block
+                return
+            self.pending = b""
+            self.next_header += BLOCK + self._member_blocks(block) * BLOCK
+
+    def _member_blocks(self, block: bytes) -> int:
+        if block.count(0) == BLOCK:
+            return 0  # end-of-archive padding
+        size = _header_size(block[124:136])
+        kind = block[156:157]
+        if kind in HEADER_MEMBER_TYPES and size > MAX_HEADER_MEMBER_BYTES:
+            raise SnapshotError(
+                f"{self.source}: a {size:,}-byte tar header (long name or PAX) is implausibly "
+                "large; refusing the snapshot before reading it"
+            )
+        return -(-size // BLOCK)
+
+
+def _header_size(field: bytes) -> int:
+    """A tar header's size field: octal digits, or base-256 when its first bit is set."""
+    if field[:1] and field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    digits = field.strip(b"\x00 ")
+    try:
+        return int(digits, 8) if digits else 0
+    except ValueError:
+        return 0  # tarfile itself refuses the header
 
 
 def _unreadable(source: Path, exc: BaseException) -> str:

@@ -86,7 +86,14 @@ class EdgeSnapshots:
         log.debug("snapshot of %s (%d points) written to %s", collection, points, target)
         return manifest.info(target, collection)
 
-    def restore(self, collection: str, source: Path, *, replace: bool = False) -> SnapshotInfo:
+    def restore(
+        self,
+        collection: str,
+        source: Path,
+        *,
+        replace: bool = False,
+        max_bytes: int | None = None,
+    ) -> SnapshotInfo:
         """Recreate ``collection`` from an embedded-store snapshot (see the module doc)."""
         name = validate_collection_name(collection)
         source = Path(source)
@@ -97,7 +104,7 @@ class EdgeSnapshots:
         staging = self.data_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         with self._restore_lock():
             try:
-                manifest = extract_archive(source, staging, kind="edge")
+                manifest = extract_archive(source, staging, kind="edge", max_bytes=max_bytes)
                 staged = self._stage_collection(staging, manifest, source)
                 self._swap_in(name, staged, replace=replace)
             finally:

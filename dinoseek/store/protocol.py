@@ -60,10 +60,18 @@ class SnapshotStore(Protocol):
         under a temporary name renamed when complete; an existing file is never overwritten."""
         ...
 
-    def restore(self, collection: str, source: Path, *, replace: bool = False) -> SnapshotInfo:
+    def restore(
+        self,
+        collection: str,
+        source: Path,
+        *,
+        replace: bool = False,
+        max_bytes: int | None = None,
+    ) -> SnapshotInfo:
         """Recreate ``collection`` from the archive ``source`` (possibly taken of a collection
         of another name). An existing collection is refused (``CollectionExistsError``)
-        unless ``replace`` is true."""
+        unless ``replace`` is true; an archive whose files add up to more than ``max_bytes``,
+        or that would not fit on the disk, is refused before it is extracted that far."""
         ...
 
 

@@ -83,7 +83,14 @@ class ServerSnapshots:
             self._delete_remote_snapshot(rest, collection, remote.name)
         return manifest.info(target, collection, warnings=notes)
 
-    def restore(self, collection: str, source: Path, *, replace: bool = False) -> SnapshotInfo:
+    def restore(
+        self,
+        collection: str,
+        source: Path,
+        *,
+        replace: bool = False,
+        max_bytes: int | None = None,
+    ) -> SnapshotInfo:
         """Upload the archived Qdrant snapshot as ``collection``, then restore its probes.
 
         The archive is checked and extracted to a temporary directory first (``TMPDIR``
@@ -105,7 +112,7 @@ class ServerSnapshots:
         notes = self._cluster_warnings(rest, "restore")
         with tempfile.TemporaryDirectory(prefix="dinoseek-restore-") as directory:
             staging = Path(directory) / "snapshot"
-            manifest = extract_archive(source, staging, kind="server")
+            manifest = extract_archive(source, staging, kind="server", max_bytes=max_bytes)
             probes = read_probe_files(staging, manifest.probes)
             rest.upload_snapshot(name, staging / SERVER_DATA_FILE)
         self._replace_probes(name, probes)
