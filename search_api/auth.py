@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 
+from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 OPEN_PATHS = frozenset(
@@ -50,3 +51,11 @@ class ApiKeyCheck:
     def _allowed(self, scope: Scope) -> bool:
         given = next((value for name, value in scope["headers"] if name == HEADER), b"")
         return hmac.compare_digest(given, self.key)
+
+
+def has_key(given: str | None, key: SecretStr | None) -> bool:
+    """Whether a request may see what the key protects: no key is set, or it sent the key
+    (compared in constant time). For the open routes that answer both ways (``/ready``)."""
+    if key is None:
+        return True
+    return hmac.compare_digest((given or "").encode(), key.get_secret_value().encode())

@@ -5,6 +5,7 @@ validation errors and unknown routes. No input produces a 5xx."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -55,12 +56,19 @@ class ApiError(Exception):
 
 
 def error_response(
-    status: int, code: str, message: str, *, retry_after_s: int | None = None
+    status: int,
+    code: str,
+    message: str,
+    *,
+    retry_after_s: int | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    """The one error body."""
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    """The one error body (``headers``: those the answer needs, e.g. ``Allow`` for a 405)."""
+    sent = dict(headers or {})
+    if retry_after_s is not None:
+        sent["Retry-After"] = str(retry_after_s)
     return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+        {"error": {"code": code, "message": message}}, status_code=status, headers=sent or None
     )
 
 
@@ -117,7 +125,7 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(error.detail) if error.detail else code.replace("_", " ")
         if error.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}; see /docs"
-        return error_response(error.status_code, code, message)
+        return error_response(error.status_code, code, message, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:

@@ -16,7 +16,8 @@ from dinoseek.errors import DinoseekError, StoreLockedError, StoreUnavailableErr
 from dinoseek.labels import LabelMethod
 from dinoseek.probe import choose_probe, probe_summary
 from dinoseek.search import Filters, LabelRequest, NeighbourQuery
-from dinoseek.settings import validate_collection_name
+from dinoseek.settings import COLLECTION_NAME_PATTERN, validate_collection_name
+from search_api.auth import has_key
 from search_api.batching import OverloadedError
 from search_api.errors import RETRY_AFTER_S, ApiError
 from search_api.schemas import (
@@ -40,6 +41,7 @@ from search_api.schemas import (
 from search_api.service import SearchService, StageClock
 
 MAX_BATCH_IMAGES = 64
+UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 T = TypeVar("T")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -79,7 +81,14 @@ Root = Annotated[str | None, Query(description="only neighbours indexed under th
 FilePath = Annotated[str | None, Query(description="only the neighbour with this file path")]
 Format = Annotated[str | None, Query(description="only neighbours of this format (JPEG, PNG...)")]
 Sha256 = Annotated[str | None, Query(description="only the neighbour with this content hash")]
-Collection = Annotated[str | None, Query(description="collection (default: the service's)")]
+# The rules below are enforced by the core (with its own error codes); the schema states them.
+Collection = Annotated[
+    str | None,
+    Query(
+        description="collection (default: the service's)",
+        json_schema_extra={"pattern": COLLECTION_NAME_PATTERN.pattern},
+    ),
+]
 WithLabels = Annotated[
     bool | None,
     Query(description="predict labels (default: yes when the collection has a probe)"),
@@ -235,7 +244,13 @@ def _or_error(item: BatchItem, outcome: T | BaseException) -> T | None:
     return outcome
 
 
-PointId = Annotated[str, Path(description="a point id, as returned by search")]
+PointId = Annotated[
+    str,
+    Path(
+        description="a point id (a UUID), as returned by search",
+        json_schema_extra={"format": "uuid", "pattern": UUID_PATTERN},
+    ),
+]
 
 
 @routes.get(
@@ -294,7 +309,10 @@ async def point_image(
     return Response(
         await service.thumbnail(path, size),
         media_type="image/jpeg",
-        headers={"Cache-Control": "max-age=3600"},
+        # Behind a key, shared caches must not keep a copy for other clients.
+        headers={
+            "Cache-Control": "private, max-age=3600" if service.settings.api_key else "max-age=3600"
+        },
     )
 
 
@@ -402,10 +420,13 @@ async def ready(request: Request) -> ReadyResponse:
     service: SearchService | None = getattr(request.app.state, "service", None)
     if service is None or not service.started:
         raise ApiError(503, "not_ready", "the model is still loading", retry_after_s=RETRY_AFTER_S)
+    shown = has_key(request.headers.get("x-api-key"), service.settings.api_key)
     try:
         state = await service.in_thread(service.ready_state)
     except (StoreUnavailableError, StoreLockedError) as exc:
-        raise ApiError(503, "store_unavailable", exc.message, retry_after_s=RETRY_AFTER_S) from None
+        message = exc.message if shown else "the store is unreachable"
+        raise ApiError(503, "store_unavailable", message, retry_after_s=RETRY_AFTER_S) from None
     except DinoseekError as exc:  # e.g. a collection built with another model: not ready
-        raise ApiError(503, exc.code, exc.message, retry_after_s=RETRY_AFTER_S) from None
-    return ReadyResponse(**state)
+        message = exc.message if shown else "the collection cannot be served"
+        raise ApiError(503, exc.code, message, retry_after_s=RETRY_AFTER_S) from None
+    return ReadyResponse(**state) if shown else ReadyResponse(ready=state["ready"])

@@ -167,12 +167,13 @@ class HealthResponse(BaseModel):
 
 
 class ReadyResponse(BaseModel):
-    """The service can answer queries."""
+    """The service can answer queries. When the service has an API key, a request without it
+    gets ``ready`` alone: the rest says where the data lives."""
 
     ready: bool
-    model: str
-    device: str
-    store: str
-    collection: str
-    collection_exists: bool
-    points: int | None
+    model: str | None = None
+    device: str | None = None
+    store: str | None = None
+    collection: str | None = None
+    collection_exists: bool | None = None
+    points: int | None = None

@@ -200,6 +200,7 @@ def test_points_similar_and_image(client: TestClient, indexed: tuple[Path, Path]
     assert original.headers["content-type"] == "image/jpeg"
     thumbnail = client.get(f"/points/{point_id}/image", params={"size": 64})
     assert thumbnail.headers["content-type"] == "image/jpeg"
+    assert thumbnail.headers["cache-control"] == "max-age=3600"  # no key: anyone may cache
     assert max(Image.open(io.BytesIO(thumbnail.content)).size) <= 64
 
     unknown = "00000000-0000-0000-0000-000000000000"
@@ -288,6 +289,8 @@ def test_api_key(embedder: ImageEmbedder, indexed: tuple[Path, Path]) -> None:
             assert keyed.get(path, headers=key).status_code == 200, path
         for path in ("/health", "/ready", "/docs", "/openapi.json"):
             assert keyed.get(path).status_code == 200, path
+        thumbnail = keyed.get(f"/points/{point_id}/image", params={"size": 32}, headers=key)
+        assert thumbnail.headers["cache-control"] == "private, max-age=3600"
 
 
 def test_cors_is_off_unless_configured(embedder: ImageEmbedder, indexed: tuple[Path, Path]) -> None:
@@ -460,6 +463,7 @@ def test_a_query_on_another_collection_does_not_keep_it(
     with EdgeStore(data) as store:  # a second collection, of the same model
         store.ensure_collection("other", store.collection_space("images"))
     with make_client(embedder, data) as client:
+        assert len(client.get("/collections").json()["collections"]) == 2  # counted, not kept
         query = upload(photo_paths(indexed)[0].read_bytes())
         other = client.post("/search", files=query, params={"collection": "other"})
         assert other.status_code == 200

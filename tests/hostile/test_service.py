@@ -158,3 +158,49 @@ def test_client_chosen_methods_and_paths_do_not_grow_the_metrics(
         after = metrics_size()
     # 200 more methods and paths never seen: the same series, only their counts grew.
     assert after - before < 300, "each new method or path became a new series"
+
+
+def test_ready_tells_a_stranger_only_whether_it_is_ready(
+    data_dir: Path, embedder: ImageEmbedder
+) -> None:
+    settings = Settings(model=embedder.model_id, data_dir=data_dir, api_key="k")
+    with TestClient(create_app(settings, embedder=embedder, store=EdgeStore(data_dir))) as client:
+        stranger = client.get("/ready").json()
+        assert stranger == {k: None for k in stranger} | {"ready": True}
+        known = client.get("/ready", headers={"X-API-Key": "k"}).json()
+        assert known["store"].startswith("embedded store at")
+        assert known["points"] == 0
+
+
+def test_a_405_says_which_methods_are_allowed(data_dir: Path, embedder: ImageEmbedder) -> None:
+    settings = Settings(model=embedder.model_id, data_dir=data_dir)
+    with TestClient(create_app(settings, embedder=embedder, store=EdgeStore(data_dir))) as client:
+        answer = client.get("/search")
+        assert answer.status_code == 405
+        assert answer.headers["allow"] == "POST"
+        assert answer.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_16_bit_image_is_scaled_without_a_float_copy() -> None:
+    import io
+    import tracemalloc
+
+    import numpy as np
+    from PIL import Image
+
+    from dinoseek.images import decode_image
+
+    side = 4000
+    wide = Image.new("I;16", (side, side))
+    wide.frombytes(np.tile(np.arange(side, dtype="<u2") * 16, (side, 1)).tobytes())
+    buffer = io.BytesIO()
+    wide.save(buffer, "PNG")
+    tracemalloc.start()
+    try:
+        decoded = decode_image(buffer.getvalue(), max_pixels=40_000_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoded.image.size == (side, side)
+    # A float64 copy of the image alone is 128 MB; the 8-bit result is 16 MB.
+    assert peak < 64 * 1024 * 1024, f"{peak:,} bytes"
