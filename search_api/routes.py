@@ -81,6 +81,18 @@ Root = Annotated[str | None, Query(description="only neighbours indexed under th
 FilePath = Annotated[str | None, Query(description="only the neighbour with this file path")]
 Format = Annotated[str | None, Query(description="only neighbours of this format (JPEG, PNG...)")]
 Sha256 = Annotated[str | None, Query(description="only the neighbour with this content hash")]
+# What makes bytes an image cannot be said in a schema; that they are not empty can.
+ImageUpload = Annotated[
+    UploadFile, File(description="the image", json_schema_extra={"minLength": 1})
+]
+QueryImages = Annotated[
+    list[UploadFile],
+    File(
+        description=f"the query images (1 to {MAX_BATCH_IMAGES}; an empty or unusable one "
+        "gets an error item)",
+        json_schema_extra={"minItems": 1, "maxItems": MAX_BATCH_IMAGES},
+    ),
+]
 # The rules below are enforced by the core (with its own error codes); the schema states them.
 Collection = Annotated[
     str | None,
@@ -149,7 +161,9 @@ class Labelling:
 
 def _collection(service: SearchService, collection: str | None) -> str:
     try:
-        return validate_collection_name(collection or service.settings.collection)
+        return validate_collection_name(
+            service.settings.collection if collection is None else collection
+        )
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
 
@@ -165,7 +179,7 @@ async def _vector(service: SearchService, upload: UploadFile, clock: StageClock)
 @routes.post("/search", response_model=SearchResponse, summary="Search with an image")
 async def search(
     service: Service,
-    image: Annotated[UploadFile, File(description="the query image")],
+    image: ImageUpload,
     neighbours: Annotated[Neighbours, Depends()],
     labelling: Annotated[Labelling, Depends()],
 ) -> SearchResponse:
@@ -189,7 +203,7 @@ async def search(
 )
 async def search_batch(
     service: Service,
-    images: Annotated[list[UploadFile], File(description="the query images")],
+    images: QueryImages,
     neighbours: Annotated[Neighbours, Depends()],
     labelling: Annotated[Labelling, Depends()],
 ) -> BatchSearchResponse:
@@ -319,7 +333,7 @@ async def point_image(
 @routes.post("/embed", response_model=EmbedResponse, summary="Embed an image")
 async def embed(
     service: Service,
-    image: Annotated[UploadFile, File(description="the image")],
+    image: ImageUpload,
     patch_tokens: Annotated[bool, Query(description="also return the patch tokens")] = False,
 ) -> EmbedResponse:
     """The vector the indexer would store for this image (and its patch tokens on request)."""
@@ -347,7 +361,7 @@ async def embed(
 @routes.post("/classify", response_model=ClassifyResponse, summary="Labels of an image")
 async def classify(
     service: Service,
-    image: Annotated[UploadFile, File(description="the image")],
+    image: ImageUpload,
     label_method: LabelMethodParam = None,
     probe: ProbeName = None,
     top_k: Annotated[int, Query(ge=1, le=1000, description="neighbours that vote (knn)")] = 10,

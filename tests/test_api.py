@@ -131,8 +131,9 @@ def test_parameter_and_routing_errors(client: TestClient, indexed: tuple[Path, P
     unknown = client.post("/search", files=upload(data), params={"collection": "nope"})
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "collection_not_found"
-    invalid = client.post("/search", files=upload(data), params={"collection": "../x"})
-    assert invalid.status_code == 422
+    for name in ("../x", ""):  # an empty name is not the default collection
+        invalid = client.post("/search", files=upload(data), params={"collection": name})
+        assert invalid.status_code == 422
     assert client.get("/nowhere").json()["error"]["code"] == "not_found"
     assert client.get("/search").json()["error"]["code"] == "method_not_allowed"
 

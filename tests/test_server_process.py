@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,10 @@ from click.testing import CliRunner
 from dinoseek.store import EdgeStore
 from dinoseek_cli.main import main
 from tests.helpers import write_tree
+from tests.live_server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 REPO = Path(__file__).parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -4,32 +4,22 @@ uvicorn on a loopback port (in a thread of this process), with the server's own 
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from dinoseek.embedding import ImageEmbedder
 from dinoseek.runtime import ModelPolicy, Runtime
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
-from search_api.server import server_config
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.live_server import LiveServer, live_server
 
 
 @pytest.fixture
-def server(
-    tmp_path: Path, embedder: ImageEmbedder
-) -> Iterator[tuple[str, uvicorn.Server, threading.Thread]]:
+def server(tmp_path: Path, embedder: ImageEmbedder) -> Iterator[LiveServer]:
     settings = Settings(
         model=embedder.model_id,
         data_dir=tmp_path / "data",
@@ -44,19 +34,8 @@ def server(
         store=EdgeStore(tmp_path / "data"),
         embedder=embedder,
     )
-    port = free_port()
-    server = uvicorn.Server(server_config(runtime, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        yield url, server, thread
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with live_server(runtime) as served:
+        yield served
 
 
 def closed_within(connection: socket.socket, seconds: float) -> bool:
@@ -69,19 +48,18 @@ def closed_within(connection: socket.socket, seconds: float) -> bool:
 
 
 def test_a_connection_that_sends_nothing_is_closed(
-    server: tuple[str, uvicorn.Server, threading.Thread],
+    server: LiveServer,
 ) -> None:
-    url, _, _ = server
-    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as idle:
+    url = server.url
+    with socket.create_connection(("127.0.0.1", server.port)) as idle:
         assert closed_within(idle, 3.0)
     assert httpx.get(f"{url}/health").status_code == 200
 
 
 def test_headers_trickled_a_byte_at_a_time_are_cut_off(
-    server: tuple[str, uvicorn.Server, threading.Thread],
+    server: LiveServer,
 ) -> None:
-    url, _, _ = server
-    port = int(url.rsplit(":", 1)[1])
+    port = server.port
     with socket.create_connection(("127.0.0.1", port)) as slow:
         started = time.monotonic()
         try:
@@ -96,10 +74,9 @@ def test_headers_trickled_a_byte_at_a_time_are_cut_off(
 
 
 def test_connections_beyond_the_limit_get_503(
-    server: tuple[str, uvicorn.Server, threading.Thread],
+    server: LiveServer,
 ) -> None:
-    url, _, _ = server
-    port = int(url.rsplit(":", 1)[1])
+    url, port = server.url, server.port
     held = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
     try:
         time.sleep(0.1)
@@ -112,10 +89,9 @@ def test_connections_beyond_the_limit_get_503(
 
 
 def test_shutdown_does_not_wait_for_a_request_that_never_ends(
-    server: tuple[str, uvicorn.Server, threading.Thread],
+    server: LiveServer,
 ) -> None:
-    url, instance, thread = server
-    port = int(url.rsplit(":", 1)[1])
+    port, instance, thread = server.port, server.server, server.thread
     with socket.create_connection(("127.0.0.1", port)) as trickler:
         trickler.sendall(
             b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"

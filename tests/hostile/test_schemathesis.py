@@ -1,0 +1,160 @@
+"""A bounded schemathesis run against the real server: a real uvicorn with the API key on, a
+labelled collection with a probe, every check schemathesis has, a fixed seed and a cap on
+the cases per operation. It must end with no failure: no 5xx, no response outside the schema,
+no request the schema forbids answered with success, and so on (``st explain CODE``).
+
+The stand-in model serves (this run is about the HTTP surface, not the model).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dinoseek.embedding import ImageEmbedder
+from dinoseek.probe.collection import train_collection_probe
+from dinoseek.runtime import ModelPolicy, Runtime
+from dinoseek.settings import Settings
+from dinoseek.store import EdgeStore
+from indexer.catalog import LabelSource
+from indexer.pipeline import IndexOptions, index_folders
+from search_api.routes import MAX_BATCH_IMAGES
+from tests.helpers import write_tree
+from tests.live_server import LiveServer, live_server
+
+API_KEY = "schemathesis-key"
+SEED = 20261201
+MAX_EXAMPLES = 25
+MIN_CASES = 400  # what this seed and cap generate is well above; fewer means a broken run
+TIME_LIMIT_S = 110
+UPLOAD_PATHS = ("/search", "/search/batch", "/classify", "/embed")
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, embedder: ImageEmbedder
+) -> Iterator[tuple[LiveServer, Path]]:
+    """(the server, one of the photos it has indexed)."""
+    root = tmp_path_factory.mktemp("schemathesis")
+    photos = root / "photos"
+    write_tree(photos, per_class=6, classes=("cats", "dogs", "birds"))
+    options = IndexOptions(
+        roots=(photos,),
+        collection="images",
+        failures_report=root / "failures.jsonl",
+        workers=0,
+        progress="off",
+        labels=LabelSource(from_folders=True),
+    )
+    with EdgeStore(root / "data") as store:
+        index_folders(embedder, store, options)
+        train_collection_probe(store, "images", min_per_class=2, holdout=0.25)
+    settings = Settings(model=embedder.model_id, data_dir=root / "data", api_key=API_KEY)  # type: ignore[arg-type]
+    runtime = Runtime.open(
+        settings,
+        collection="optional",
+        policy=ModelPolicy(purpose="serve"),
+        store=EdgeStore(root / "data"),
+        embedder=embedder,
+    )
+    with live_server(runtime) as server:
+        yield server, sorted(photos.rglob("*.jpg"))[0]
+
+
+def some_point_id(server: LiveServer, photo: Path) -> str:
+    with photo.open("rb") as image:
+        response = httpx.post(
+            f"{server.url}/search",
+            params={"top_k": 1},
+            files={"image": (photo.name, image)},
+            headers={"X-API-Key": API_KEY},
+        )
+    response.raise_for_status()
+    return str(response.json()["results"][0]["id"])
+
+
+def config(point_id: str) -> str:
+    """The run's schemathesis.toml. Two statuses are added to what the checks expect, each
+    for a reason the schema cannot state."""
+    uploads = ", ".join(f'"{path}"' for path in UPLOAD_PATHS)
+    return f"""
+seed = {SEED}
+workers = 1
+request-timeout = 15
+headers = {{ "X-API-Key" = "{API_KEY}" }}
+
+[generation]
+max-examples = {MAX_EXAMPLES}
+
+# The point operations get a point that exists, not only 404s.
+[parameters]
+point_id = "{point_id}"
+
+# 413 is how the service refuses too much: more than {MAX_BATCH_IMAGES} images, too large an upload.
+[checks]
+negative_data_rejection.expected-statuses = [
+    400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429,
+]
+
+# Bytes that fit the schema are rarely an image, and no schema can say what is one:
+# 415 (no image signature) and 422 (cannot be decoded) are the right answers to them.
+[[operations]]
+include-path = [{uploads}]
+checks.positive_data_acceptance.expected-statuses = ["2xx", 401, 403, 404, 409, 415, 422, 429]
+
+# Multipart parts carry no type: an image "of type boolean" is the bytes `true`, an unusable
+# image, which the batch contract answers with an error item in a 200. The query parameters
+# it shares with POST /search are checked there.
+[[operations]]
+include-path = "/search/batch"
+checks.negative_data_rejection.enabled = false
+"""
+
+
+def test_schemathesis_finds_no_failure_on_the_real_server(
+    served: tuple[LiveServer, Path], tmp_path: Path
+) -> None:
+    server, photo = served
+    config_file = tmp_path / "schemathesis.toml"
+    config_file.write_text(config(some_point_id(server, photo)))
+    report = tmp_path / "report.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--no-color",
+            "--config-file",
+            str(config_file),
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "all",
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIME_LIMIT_S,
+        cwd=tmp_path,
+    )
+    summary = json.loads(report.read_text())
+    output = run.stdout[-6000:] + run.stderr[-2000:]
+    assert summary["complete"], output
+    assert summary["exit_code"] == 0, output
+    assert summary["failures"] == [], output
+    assert summary["errors"] == [], output
+    assert summary["test_cases"]["generated"] >= MIN_CASES, output
+    assert summary["warnings"]["missing_test_data"] == [], output
+
+    metrics = httpx.get(f"{server.url}/metrics", headers={"X-API-Key": API_KEY}).text
+    assert not re.search(r'status="5\d\d"', metrics), "the server answered 5xx"
