@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,34 +326,58 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _scale_to_8bit(image: Image.Image) -> Image.Image:
-    """Map 16-bit, 32-bit integer or float greyscale to 8 bits over its full range."""
+    """Map 16-bit, 32-bit integer or float greyscale to 8 bits over its full range
+    (non-finite values count as 0), a block of rows at a time: beside the image and its 8-bit
+    result, the memory of a few rows, not of a (float64) copy of the whole image."""
     if image.mode.startswith("I;16"):
-        return _scale_16bit(np.asarray(image))
-    values = np.asarray(image).astype(np.float64)
-    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    if image.mode.startswith("I;16"):
-        low, high = 0.0, 65535.0
-    elif image.mode == "F" and values.size and values.min() >= 0.0 and values.max() <= 1.0:
+        return _scale_16bit(image)
+    low, high = _value_range(image)
+    if image.mode == "F" and low >= 0.0 and high <= 1.0:
         low, high = 0.0, 1.0
-    elif image.mode == "I" and values.size and values.min() >= 0 and values.max() <= 65535:
+    elif image.mode == "I" and low >= 0 and high <= 65535:
         low, high = 0.0, 65535.0
-    else:
-        low = float(values.min()) if values.size else 0.0
-        high = float(values.max()) if values.size else 1.0
-    span = high - low if high > low else 1.0
-    scaled = np.clip(np.rint((values - low) * (255.0 / span)), 0, 255).astype(np.uint8)
+    return _scale_rows(image, low, high)
+
+
+def _row_blocks(image: Image.Image) -> Iterator[tuple[slice, np.ndarray]]:
+    """(rows, their values) for consecutive blocks of about a million pixels."""
+    width, height = image.size
+    step = max(1, (1 << 20) // max(1, width))
+    for top in range(0, height, step):
+        bottom = min(height, top + step)
+        yield slice(top, bottom), np.asarray(image.crop((0, top, width, bottom)))
+
+
+def _scale_16bit(image: Image.Image) -> Image.Image:
+    """``rint(v * 255 / 65535)`` in integers (no ``v`` is a tie: ``v * 510`` is even and
+    ``65535 * odd`` is not, so the integer rounding equals ``rint``)."""
+    scaled = np.empty((image.height, image.width), dtype=np.uint8)
+    for rows, block in _row_blocks(image):
+        scaled[rows] = (block.astype(np.uint32) * 255 + 32767) // 65535
     return Image.fromarray(scaled, mode="L")
 
 
-def _scale_16bit(values: np.ndarray) -> Image.Image:
-    """``rint(v * 255 / 65535)`` in integers, a block of rows at a time: the memory and time
-    of a few rows, not of a float64 copy of the whole image. (No ``v`` is a tie: ``v * 510``
-    is even and ``65535 * odd`` is not, so the integer rounding equals ``rint``.)"""
-    scaled = np.empty(values.shape, dtype=np.uint8)
-    rows = max(1, (1 << 20) // max(1, values.shape[1]))
-    for top in range(0, values.shape[0], rows):
-        block = values[top : top + rows].astype(np.uint32)
-        scaled[top : top + rows] = (block * 255 + 32767) // 65535
+def _finite(block: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):  # signalling NaNs warn when cast; they become 0
+        return np.nan_to_num(block.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _value_range(image: Image.Image) -> tuple[float, float]:
+    """(min, max) of the values, non-finite ones as 0; (0, 1) for an image without pixels."""
+    low, high = np.inf, -np.inf
+    for _, block in _row_blocks(image):
+        if block.size:
+            values = _finite(block)
+            low, high = min(low, float(values.min())), max(high, float(values.max()))
+    return (low, high) if low <= high else (0.0, 1.0)
+
+
+def _scale_rows(image: Image.Image, low: float, high: float) -> Image.Image:
+    """``rint((v - low) * 255 / (high - low))``, clipped to 0..255, as 8-bit greyscale."""
+    span = high - low if high > low else 1.0
+    scaled = np.empty((image.height, image.width), dtype=np.uint8)
+    for rows, block in _row_blocks(image):
+        scaled[rows] = np.clip(np.rint((_finite(block) - low) * (255.0 / span)), 0, 255)
     return Image.fromarray(scaled, mode="L")
 
 

@@ -97,7 +97,7 @@ def test_full_queue_refuses_at_once() -> None:
     served, refused, refused_in = asyncio.run(scenario())
     assert served == 3  # one running, two queued
     assert refused == 3
-    assert refused_in < 0.01
+    assert refused_in < 0.1  # at once: not after a forward pass (0.2 s)
 
 
 def test_a_failing_batch_fails_its_requests_only() -> None:
