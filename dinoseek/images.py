@@ -10,6 +10,7 @@ This module needs neither torch nor transformers, so decode workers start fast.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from collections.abc import Iterator, Mapping
@@ -298,11 +299,11 @@ def _load_pixels(image: Image.Image, *, max_pixels: int, name: str) -> None:
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:
-    try:
-        oriented = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - malformed EXIF must not reject a good image
-        return image
-    return oriented if oriented is not None else image
+    # In place: without an orientation to apply, exif_transpose would return a full copy.
+    # A malformed EXIF block must not reject a good image.
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(image, in_place=True)
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

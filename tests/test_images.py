@@ -69,6 +69,22 @@ def test_exif_orientation_is_applied() -> None:
     assert (decoded.width, decoded.height) == (20, 40)
 
 
+def test_an_upright_image_is_not_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each full copy of a decoded image is as large as the image: an upright RGB one takes
+    none (memory per decode is what the README states)."""
+    copies: list[tuple[int, int]] = []
+    copy = Image.Image.copy
+
+    def counted_copy(image: Image.Image) -> Image.Image:
+        copies.append(image.size)
+        return copy(image)
+
+    monkeypatch.setattr(Image.Image, "copy", counted_copy)
+    for fmt in ("PNG", "JPEG"):
+        decode_image(encode(photo(1, (64, 48)), fmt), max_pixels=MAX_PIXELS)
+    assert copies == []
+
+
 def test_malformed_exif_is_ignored_not_fatal() -> None:
     data = encode(photo(1, (40, 30)), "JPEG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff")
     decoded = decode_image(data, max_pixels=MAX_PIXELS)
