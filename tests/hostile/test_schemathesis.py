@@ -149,6 +149,7 @@ def test_schemathesis_finds_no_failure_on_the_real_server(
     )
     summary = json.loads(report.read_text())
     output = run.stdout[-6000:] + run.stderr[-2000:]
+    print(f"schemathesis: {summary['test_cases']} in {summary['running_time']:.1f} s")
     assert summary["complete"], output
     assert summary["exit_code"] == 0, output
     assert summary["failures"] == [], output
