@@ -20,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing import get_context
@@ -70,6 +71,19 @@ VERSIONS = {
 
 
 # -- the machine -----------------------------------------------------------------------------
+
+
+@contextmanager
+def open_embedder(model: str, device: str, dtype: str) -> Iterator[Any]:
+    """The project's embedder, loaded through the runtime as every command loads it (no
+    store), and closed when the block ends."""
+    from dinoseek.runtime import Runtime
+    from dinoseek.settings import Settings
+
+    with tempfile.TemporaryDirectory() as empty:
+        settings = Settings(model=model, device=device, dtype=dtype, data_dir=Path(empty))
+        with Runtime.open(settings, collection="none") as runtime:
+            yield runtime.require_embedder()
 
 
 def cpu_model() -> str:

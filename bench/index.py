@@ -66,42 +66,35 @@ def model_worker(
     model: str, data: Path, device: str, dtype: str, batch: int, images: int, threads: int
 ) -> dict[str, Any]:
     """The embedder's own batched throughput on preprocessed pixels (no decode, no store)."""
-    import tempfile
-
     import numpy as np
     import torch
 
     from dinoseek.images import load_image
-    from dinoseek.runtime import Runtime
-    from dinoseek.settings import Settings
 
     if threads > 0:
         torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as empty:
-        settings = Settings(model=model, device=device, dtype=dtype, data_dir=Path(empty))
-        with Runtime.open(settings, collection="none") as runtime:
-            embedder = runtime.require_embedder()
-    files = common.list_images(data)[:batch]
-    to_pixels = embedder.preprocessing.to_pixels
-    prepared = [to_pixels(load_image(p, max_pixels=10**9).image) for p in files]
-    pixels = np.stack([prepared[i % len(prepared)] for i in range(batch)])
-    for _ in range(2):  # warm-up: the first passes pay one-time costs
-        embedder.embed_pixels(pixels)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    repeats = max(3, math.ceil(images / batch))
-    started = time.perf_counter()
-    for _ in range(repeats):
-        embedder.embed_pixels(pixels)  # returns numpy: the device is synchronised
-    elapsed = time.perf_counter() - started
-    return {
-        "images": repeats * batch,
-        "seconds": round(elapsed, 3),
-        "rate": round(repeats * batch / elapsed, 2),
-        "threads": torch.get_num_threads(),
-        "dtype": embedder.describe()["dtype"],
-        "gpu_alloc_mib": _peak_alloc_mib(torch, device),
-    }
+    with common.open_embedder(model, device, dtype) as embedder:
+        files = common.list_images(data)[:batch]
+        to_pixels = embedder.preprocessing.to_pixels
+        prepared = [to_pixels(load_image(p, max_pixels=10**9).image) for p in files]
+        pixels = np.stack([prepared[i % len(prepared)] for i in range(batch)])
+        for _ in range(2):  # warm-up: the first passes pay one-time costs
+            embedder.embed_pixels(pixels)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        repeats = max(3, math.ceil(images / batch))
+        started = time.perf_counter()
+        for _ in range(repeats):
+            embedder.embed_pixels(pixels)  # returns numpy: the device is synchronised
+        elapsed = time.perf_counter() - started
+        return {
+            "images": repeats * batch,
+            "seconds": round(elapsed, 3),
+            "rate": round(repeats * batch / elapsed, 2),
+            "threads": torch.get_num_threads(),
+            "dtype": embedder.describe()["dtype"],
+            "gpu_alloc_mib": _peak_alloc_mib(torch, device),
+        }
 
 
 def _peak_alloc_mib(torch: Any, device: str) -> float | None:

@@ -157,13 +157,10 @@ def check_model(
     spec: str, model_id: str, configs: list[tuple[str, str]], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     """Compare every configuration with the reference on every sample."""
-    import tempfile
 
     import numpy as np
 
     from dinoseek.images import decode_image
-    from dinoseek.runtime import Runtime
-    from dinoseek.settings import Settings
 
     samples = make_samples()
     decoded = [decode_image(s.data, max_pixels=10**8, name=s.name).image for s in samples]
@@ -172,39 +169,35 @@ def check_model(
     cross = float(similarity[np.triu_indices(len(samples), 1)].mean())
     rows = []
     for device, dtype in configs:
-        with tempfile.TemporaryDirectory() as empty:
-            settings = Settings(model=model_id, device=device, dtype=dtype, data_dir=Path(empty))
-            with Runtime.open(settings, collection="none") as runtime:
-                embedder = runtime.require_embedder()
-        pixels = np.stack([embedder.preprocessing.to_pixels(image) for image in decoded])
-        ours = np.concatenate(
-            [
-                embedder.embed_pixels(pixels[i : i + args.batch_size])
-                for i in range(0, len(pixels), args.batch_size)
-            ]
-        )
-        cosines = (ours.astype(np.float64) * reference.astype(np.float64)).sum(axis=1)
-        threshold = args.threshold or (
-            CPU_FP32_THRESHOLD if (device, dtype) == ("cpu", "float32") else OTHER_THRESHOLD
-        )
-        worst = int(cosines.argmin())
-        rows.append(
-            {
-                "model": spec,
-                "config": f"{device} {dtype}",
-                "images": len(samples),
-                "min_cos": float(cosines.min()),
-                "mean_cos": float(cosines.mean()),
-                "max_gap": float(1.0 - cosines.min()),
-                "worst": samples[worst].name,
-                "cross_cos": cross,
-                "threshold": threshold,
-                "verdict": "ok" if cosines.min() >= threshold else "FAIL",
-                "reference_processor": processor,
-                "per_image": {s.name: float(c) for s, c in zip(samples, cosines, strict=True)},
-            }
-        )
-        del embedder
+        with common.open_embedder(model_id, device, dtype) as embedder:
+            pixels = np.stack([embedder.preprocessing.to_pixels(image) for image in decoded])
+            ours = np.concatenate(
+                [
+                    embedder.embed_pixels(pixels[i : i + args.batch_size])
+                    for i in range(0, len(pixels), args.batch_size)
+                ]
+            )
+            cosines = (ours.astype(np.float64) * reference.astype(np.float64)).sum(axis=1)
+            threshold = args.threshold or (
+                CPU_FP32_THRESHOLD if (device, dtype) == ("cpu", "float32") else OTHER_THRESHOLD
+            )
+            worst = int(cosines.argmin())
+            rows.append(
+                {
+                    "model": spec,
+                    "config": f"{device} {dtype}",
+                    "images": len(samples),
+                    "min_cos": float(cosines.min()),
+                    "mean_cos": float(cosines.mean()),
+                    "max_gap": float(1.0 - cosines.min()),
+                    "worst": samples[worst].name,
+                    "cross_cos": cross,
+                    "threshold": threshold,
+                    "verdict": "ok" if cosines.min() >= threshold else "FAIL",
+                    "reference_processor": processor,
+                    "per_image": {s.name: float(c) for s, c in zip(samples, cosines, strict=True)},
+                }
+            )
     return rows
 
 
