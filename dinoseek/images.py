@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -435,10 +436,11 @@ class Preprocessing:
     def to_pixels(self, image: Image.Image) -> np.ndarray:
         """Resize and centre-crop an RGB image: a uint8 array of shape (height, width, 3).
 
-        The same pixels as resizing the whole image and then cropping it, as transformers
-        does, but only the crop window is resized (Pillow's ``box``): the work and memory are
-        those of the output, however extreme the input's aspect ratio (a 1 x 4000 image would
-        otherwise be resized to 256 x 1,024,000 first).
+        The pixels of resizing the whole image and then cropping it, as transformers does
+        (to within 1 level, from Pillow keeping its box in single precision), but only the
+        crop window is resized: the work and memory are those of the output, however extreme
+        the input's aspect ratio (a 1 x 4000 image would otherwise be resized to
+        256 x 1,024,000 first).
         """
         new_width, new_height = self.resized_size(image.width, image.height)
         if self.crop is None:
@@ -451,18 +453,39 @@ class Preprocessing:
         # resized image is smaller than the crop; the rest is zero padding).
         x0, x1 = max(left, 0), min(left + crop_width, new_width)
         y0, y1 = max(top, 0), min(top + crop_height, new_height)
-        scale_x, scale_y = image.width / new_width, image.height / new_height
-        region = image.resize(
-            (x1 - x0, y1 - y0),
-            resample=self.resample,
-            box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y),
-        )
+        region = self._resize_window(image, (new_width, new_height), (x0, y0, x1, y1))
         pixels = np.array(region, dtype=np.uint8)  # a writable copy (torch warns otherwise)
         if pixels.shape[:2] == (crop_height, crop_width):
             return pixels
         canvas = np.zeros((crop_height, crop_width, 3), dtype=np.uint8)
         canvas[y0 - top : y1 - top, x0 - left : x1 - left] = pixels
         return canvas
+
+    def _resize_window(
+        self, image: Image.Image, size: tuple[int, int], window: tuple[int, int, int, int]
+    ) -> Image.Image:
+        """The ``window`` (x0, y0, x1, y1) of ``image`` resized to ``size``, in Pillow's own
+        two passes, horizontal then vertical, each on what the window needs. (One resize with
+        a box may take the passes in the other order, and the 8-bit image between them then
+        rounds and clips differently.)"""
+        x0, y0, x1, y1 = window
+        scale_x, scale_y = image.width / size[0], image.height / size[1]
+        # The source rows the vertical pass reads: the window's, plus the filter's reach
+        # (at most 3 output pixels for Lanczos) and a row for rounding.
+        reach = math.ceil(3 * max(scale_y, 1.0)) + 1
+        first = max(0, math.floor(y0 * scale_y) - reach)
+        last = min(image.height, math.ceil(y1 * scale_y) + reach)
+        # Rows at whole-pixel positions and scale 1: the vertical part of this call copies.
+        rows = image.resize(
+            (x1 - x0, last - first),
+            resample=self.resample,
+            box=(x0 * scale_x, first, x1 * scale_x, last),
+        )
+        return rows.resize(
+            (x1 - x0, y1 - y0),
+            resample=self.resample,
+            box=(0, y0 * scale_y - first, x1 - x0, y1 * scale_y - first),
+        )
 
 
 def preprocessing_from_processor_config(config: Mapping[str, Any]) -> Preprocessing:
