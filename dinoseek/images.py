@@ -34,6 +34,7 @@ PLUGIN_FORMATS: tuple[str, ...] = ("AVIF", "HEIF")
 BACKGROUND_RGB: tuple[int, int, int] = (255, 255, 255)
 
 _SNIFF_BYTES = 32
+_BLOCK_PIXELS = 1 << 20  # high-depth images are scaled to 8 bits this many pixels at a time
 
 # Pillow warns about recoverable oddities (corrupt EXIF, palette transparency) and about images
 # between 1x and 2x its own pixel limit. dinoseek checks sizes itself and reports real failures
@@ -155,7 +156,17 @@ def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> Decode
     fmt = str(image.format or "unknown")
     _load_pixels(image, max_pixels=max_pixels, name=name)
     image = _apply_orientation(image)
-    rgb = to_rgb(image)
+    try:
+        rgb = to_rgb(image)
+    except MemoryError:
+        raise ImageError(
+            f"{name}: not enough memory to convert this image", code=ImageErrorCode.TOO_MANY_PIXELS
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a mode or layout Pillow cannot convert
+        raise ImageError(
+            f"{name}: cannot be converted to RGB ({type(exc).__name__}: {exc})",
+            code=ImageErrorCode.CORRUPT_IMAGE,
+        ) from None
     return DecodedImage(image=rgb, width=rgb.width, height=rgb.height, format=fmt)
 
 
@@ -318,7 +329,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if "transparency" not in image.info:
             return image.convert("RGB")
         image = image.convert("RGBA")
-    elif mode in ("PA", "LA", "La", "RGBa"):
+    elif mode == "La":  # premultiplied: Pillow converts it to LA only
+        image = image.convert("LA").convert("RGBA")
+    elif mode in ("PA", "LA", "RGBa"):
         image = image.convert("RGBA")
     if image.mode == "RGBA":
         background = Image.new("RGB", image.size, BACKGROUND_RGB)
@@ -341,21 +354,26 @@ def _scale_to_8bit(image: Image.Image) -> Image.Image:
     return _scale_rows(image, low, high)
 
 
-def _row_blocks(image: Image.Image) -> Iterator[tuple[slice, np.ndarray]]:
-    """(rows, their values) for consecutive blocks of about a million pixels."""
+def _blocks(image: Image.Image) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
+    """(where, its values) for consecutive blocks of at most ``_BLOCK_PIXELS``: rows of the
+    image, or parts of a row when one row is longer."""
     width, height = image.size
-    step = max(1, (1 << 20) // max(1, width))
-    for top in range(0, height, step):
-        bottom = min(height, top + step)
-        yield slice(top, bottom), np.asarray(image.crop((0, top, width, bottom)))
+    columns = min(width, _BLOCK_PIXELS)
+    rows = max(1, _BLOCK_PIXELS // columns)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        for left in range(0, width, columns):
+            right = min(width, left + columns)
+            values = np.asarray(image.crop((left, top, right, bottom)))
+            yield (slice(top, bottom), slice(left, right)), values
 
 
 def _scale_16bit(image: Image.Image) -> Image.Image:
     """``rint(v * 255 / 65535)`` in integers (no ``v`` is a tie: ``v * 510`` is even and
     ``65535 * odd`` is not, so the integer rounding equals ``rint``)."""
     scaled = np.empty((image.height, image.width), dtype=np.uint8)
-    for rows, block in _row_blocks(image):
-        scaled[rows] = (block.astype(np.uint32) * 255 + 32767) // 65535
+    for where, block in _blocks(image):
+        scaled[where] = (block.astype(np.uint32) * 255 + 32767) // 65535
     return Image.fromarray(scaled, mode="L")
 
 
@@ -367,7 +385,7 @@ def _finite(block: np.ndarray) -> np.ndarray:
 def _value_range(image: Image.Image) -> tuple[float, float]:
     """(min, max) of the values, non-finite ones as 0; (0, 1) for an image without pixels."""
     low, high = np.inf, -np.inf
-    for _, block in _row_blocks(image):
+    for _, block in _blocks(image):
         if block.size:
             values = _finite(block)
             low, high = min(low, float(values.min())), max(high, float(values.max()))
@@ -378,8 +396,8 @@ def _scale_rows(image: Image.Image, low: float, high: float) -> Image.Image:
     """``rint((v - low) * 255 / (high - low))``, clipped to 0..255, as 8-bit greyscale."""
     span = high - low if high > low else 1.0
     scaled = np.empty((image.height, image.width), dtype=np.uint8)
-    for rows, block in _row_blocks(image):
-        scaled[rows] = np.clip(np.rint((_finite(block) - low) * (255.0 / span)), 0, 255)
+    for where, block in _blocks(image):
+        scaled[where] = np.clip(np.rint((_finite(block) - low) * (255.0 / span)), 0, 255)
     return Image.fromarray(scaled, mode="L")
 
 
