@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import shutil
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -41,7 +40,13 @@ from dinoseek.store.archive import (
 
 GZIP_MAGIC = b"\x1f\x8b"
 BLOCK = tarfile.BLOCKSIZE
-HEADER_MEMBER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, b"x", b"g")
+HEADER_MEMBER_TYPES = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
 MAX_HEADER_MEMBER_BYTES = 64 * 1024
 FREE_SPACE_MARGIN_BYTES = 64 * 1024 * 1024
 
@@ -203,8 +208,8 @@ def _check_complete(manifest: SnapshotManifest, seen: set[str], source: Path) ->
 
 @contextmanager
 def _open_for_reading(source: Path) -> Iterator[tarfile.TarFile]:
-    """Open ``source`` as a stream (gzip or plain tar) behind a ``HeaderGuard``, translating
-    failures."""
+    """Open ``source`` as a stream (gzip or plain tar) whose headers are bounded
+    (``BoundedTarInfo``), translating failures."""
     try:
         raw = open(source, "rb")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError:
@@ -213,77 +218,42 @@ def _open_for_reading(source: Path) -> Iterator[tarfile.TarFile]:
         raise SnapshotError(f"{source} is a directory, not a snapshot file") from None
     except OSError as exc:
         raise SnapshotError(f"cannot read {source}: {exc}") from None
-    with raw:
+    with raw, ExitStack() as stack:
         gzipped = raw.read(2) == GZIP_MAGIC
         raw.seek(0)
-        guarded = HeaderGuard(gzip.GzipFile(fileobj=raw).read if gzipped else raw.read, source)
+        stream: IO[bytes] | gzip.GzipFile = raw
+        if gzipped:
+            stream = stack.enter_context(gzip.GzipFile(fileobj=raw))
         try:
-            tar = tarfile.open(fileobj=guarded, mode="r|")  # noqa: SIM115 - closed below
+            tar = tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo)  # noqa: SIM115
+        except HeaderTooLargeError as exc:
+            raise SnapshotError(f"{source}: {exc}") from None
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             raise SnapshotError(_unreadable(source, exc)) from None
         with tar:
             yield tar
 
 
-class HeaderGuard(io.RawIOBase):
-    """The decompressed tar stream, with every member's header read as it passes by.
+class HeaderTooLargeError(Exception):
+    """A long-name or PAX header member over ``MAX_HEADER_MEMBER_BYTES``."""
 
-    tarfile reads a GNU long-name or PAX header member whole, before any check of its own
-    (a 1 MB archive can claim a 2 GB file name). This guard parses each 512-byte header as
-    the bytes go through and refuses such a member over ``MAX_HEADER_MEMBER_BYTES`` before
-    tarfile has read it.
-    """
 
-    def __init__(self, read: Callable[[int], bytes], source: Path) -> None:
-        self.read_bytes = read
-        self.source = source
-        self.position = 0
-        self.next_header = 0  # offset of the next header block
-        self.pending = b""  # the start of a header block split across reads
+class BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's member header, refusing a GNU long-name or PAX header member over
+    ``MAX_HEADER_MEMBER_BYTES`` as soon as its own 512-byte header is parsed: tarfile would
+    otherwise read such a member whole, before any check (a 1 MB archive can claim a 2 GB
+    file name). tarfile parses every header, the ones that follow such members included,
+    through this class."""
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read_bytes(len(buffer))
-        buffer[: len(data)] = data
-        self._inspect(data)
-        self.position += len(data)
-        return len(data)
-
-    def _inspect(self, data: bytes) -> None:
-        start, end = self.position, self.position + len(data)
-        while self.next_header < end:
-            offset = self.next_header - start
-            block = self.pending + data[max(0, offset) : offset + BLOCK - len(self.pending)]
-            if len(block) < BLOCK:
-                self.pending = block
-                return
-            self.pending = b""
-            self.next_header += BLOCK + self._member_blocks(block) * BLOCK
-
-    def _member_blocks(self, block: bytes) -> int:
-        if block.count(0) == BLOCK:
-            return 0  # end-of-archive padding
-        size = _header_size(block[124:136])
-        kind = block[156:157]
-        if kind in HEADER_MEMBER_TYPES and size > MAX_HEADER_MEMBER_BYTES:
-            raise SnapshotError(
-                f"{self.source}: a {size:,}-byte tar header (long name or PAX) is implausibly "
-                "large; refusing the snapshot before reading it"
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> BoundedTarInfo:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in HEADER_MEMBER_TYPES and info.size > MAX_HEADER_MEMBER_BYTES:
+            raise HeaderTooLargeError(
+                f"a {info.size:,}-byte tar header (long name or PAX) is implausibly large; "
+                "refusing the snapshot before reading it"
             )
-        return -(-size // BLOCK)
-
-
-def _header_size(field: bytes) -> int:
-    """A tar header's size field: octal digits, or base-256 when its first bit is set."""
-    if field[:1] and field[0] & 0x80:
-        return int.from_bytes(field[1:], "big")
-    digits = field.strip(b"\x00 ")
-    try:
-        return int(digits, 8) if digits else 0
-    except ValueError:
-        return 0  # tarfile itself refuses the header
+        return info
 
 
 def _unreadable(source: Path, exc: BaseException) -> str:
@@ -298,6 +268,8 @@ def _next_members(tar: tarfile.TarFile, source: Path) -> Iterator[tarfile.TarInf
     while True:
         try:
             member = tar.next()
+        except HeaderTooLargeError as exc:
+            raise SnapshotError(f"{source}: {exc}") from None
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             raise SnapshotError(_unreadable(source, exc)) from None
         if member is None:

@@ -60,6 +60,42 @@ def test_a_huge_name_header_is_refused_before_it_is_read(tmp_path: Path, format_
     assert peak < 8 * MEGABYTE, f"{peak:,} bytes held while refusing it"
 
 
+def test_a_directory_claiming_a_size_does_not_hide_the_header_after_it(tmp_path: Path) -> None:
+    """tarfile ignores a directory's size field: whatever follows is the next header, here a
+    32 MB long name (a check that trusted the field would skip over it)."""
+    folder = tarfile.TarInfo("collection")
+    folder.type = tarfile.DIRTYPE
+    folder.size = 40 * MEGABYTE
+    long_name = tarfile.TarInfo("collection/" + "n" * (32 * MEGABYTE))
+    long_name.type = tarfile.DIRTYPE
+    source = tmp_path / "sized-directory.tar.gz"
+    with_manifest(source, folder.tobuf(tarfile.GNU_FORMAT) + long_name.tobuf(tarfile.GNU_FORMAT))
+    error, peak = restore_peak(source, tmp_path)
+    assert "implausibly large" in str(error)
+    assert peak < 8 * MEGABYTE, f"{peak:,} bytes held while refusing it"
+
+
+def test_a_huge_global_pax_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    header = tarfile.TarInfo.create_pax_global_header({"comment": "c" * (32 * MEGABYTE)})
+    source = tmp_path / "global-header.tar.gz"
+    with_manifest(source, header)
+    error, peak = restore_peak(source, tmp_path)
+    assert "implausibly large" in str(error)
+    assert peak < 8 * MEGABYTE, f"{peak:,} bytes held while refusing it"
+
+
+def test_a_pax_size_over_the_limit_is_refused(tmp_path: Path) -> None:
+    """A PAX record can set a member's size past what its ustar field says: the limit reads
+    the size tarfile uses."""
+    planted = tarfile.TarInfo("collection/shard/planted.bin")
+    planted.size = 20 * MEGABYTE
+    planted.pax_headers = {"size": str(20 * MEGABYTE)}
+    source = tmp_path / "pax-size.tar.gz"
+    with_manifest(source, planted.tobuf(tarfile.PAX_FORMAT), listed=(planted.name,))
+    with pytest.raises(SnapshotError, match="DINOSEEK_MAX_SNAPSHOT_BYTES"):
+        extract_archive(source, tmp_path / "out", kind="edge", max_bytes=10 * MEGABYTE)
+
+
 def test_a_planted_file_over_the_limit_is_refused(tmp_path: Path) -> None:
     big = tarfile.TarInfo("collection/shard/planted.bin")
     source = tmp_path / "planted.tar.gz"
