@@ -109,6 +109,13 @@ class CollectionMismatchError(StoreError):
     code = "collection_mismatch"
 
 
+class PointRefusedError(StoreError):
+    """The store refused the data of a request (a point or payload it cannot hold), as
+    opposed to failing itself."""
+
+    code = "point_refused"
+
+
 class PointNotFoundError(StoreError):
     """No point has the requested id."""
 

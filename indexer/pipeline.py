@@ -30,12 +30,7 @@ from typing import Any
 import numpy as np
 
 from dinoseek.embedding import ImageEmbedder, Pixels
-from dinoseek.errors import (
-    CollectionNotAcquiredError,
-    EmbeddingError,
-    StoreLockedError,
-    StoreUnavailableError,
-)
+from dinoseek.errors import EmbeddingError, PointRefusedError
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload
 from indexer.decode import DecodePool, GpuDecodeStage
@@ -130,15 +125,20 @@ Operation = Upsert | SetPayload | Delete
 class StoreWriter:
     """Applies operations on a thread, in order, through a bounded queue.
 
-    A write that the store refuses for a reason other than being unreachable is retried one
-    point at a time; the points still refused are collected in ``rejected`` (id, reason), so
-    that one bad point never ends a run.
+    A write that the store refuses for its data (``REFUSED_DATA``) is retried one point at a
+    time; the points still refused are collected in ``rejected`` (id, reason), so that one
+    bad point never ends a run. A payload update refused leaves its point stale: its id is
+    also in ``stale``. Any other failure is the store's (unreachable, locked, a full disk, a
+    deleted collection...): the run ends with it.
     """
+
+    REFUSED_DATA = (PointRefusedError, TypeError, ValueError)
 
     def __init__(self, store: VectorStore, collection: str, *, depth: int = 4) -> None:
         self.store = store
         self.collection = collection
         self.rejected: list[tuple[str, str]] = []
+        self.stale: list[str] = []
         self._queue: queue.Queue[Operation | None] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="dinoseek-writer", daemon=True)
@@ -180,9 +180,9 @@ class StoreWriter:
     def _apply_isolating(self, operation: Operation) -> None:
         try:
             self._apply(operation)
-        except (StoreUnavailableError, StoreLockedError, CollectionNotAcquiredError):
-            raise  # the store itself, not this data: the run cannot go on
-        except Exception as exc:  # one refused point must not end the run
+        except self.REFUSED_DATA as exc:  # one refused point must not end the run
+            if isinstance(operation, Delete):
+                raise
             if isinstance(operation, Upsert) and len(operation.points) > 1:
                 for point in operation.points:
                     self._apply_isolating(Upsert([point]))
@@ -190,10 +190,9 @@ class StoreWriter:
             reason = first_line(exc)
             if isinstance(operation, Upsert):
                 self.rejected += [(p.id, reason) for p in operation.points]
-            elif isinstance(operation, SetPayload):
-                self.rejected.append((operation.point_id, reason))
             else:
-                raise
+                self.rejected.append((operation.point_id, reason))
+                self.stale.append(operation.point_id)
 
     def _apply(self, operation: Operation) -> None:
         if isinstance(operation, Upsert):
@@ -254,6 +253,8 @@ class IndexRun:
             self.summary.embed_elapsed_s = round(time.perf_counter() - embed_started, 3)
         finally:
             self._writer.close()
+        if self._writer.stale:  # kept its old payload: removed, its files reported below
+            self.store.delete(options.collection, self._writer.stale)
         self._report_rejected(self._writer.rejected)
         self.summary.interrupted = self.stop.is_set()
         write_failures(options.failures_report, self.failures.values())

@@ -299,3 +299,25 @@ def test_probes_are_stored_per_collection(store: VectorStore) -> None:
     store.delete_collection("images")
     store.ensure_collection("images", make_space())
     assert store.probes.list("images") == []  # a collection's probes go with it
+
+
+@pytest.mark.parametrize(("status", "data_refused"), [(400, True), (422, True), (500, False)])
+def test_a_server_refusing_the_data_is_told_from_a_failing_server(
+    status: int, data_refused: bool
+) -> None:
+    """The indexer isolates a point the store refuses, and ends the run when the store fails:
+    a Qdrant server's 4xx is the request's data, its 5xx the server. (A stand-in for the
+    server's answer: no Qdrant server runs here.)"""
+    import httpx
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    from dinoseek.errors import PointRefusedError, StoreError
+    from dinoseek.store.server_calls import QdrantCalls
+
+    def answer() -> None:
+        body = b'{"status": {"error": "payload cannot be stored"}}'
+        raise UnexpectedResponse(status, "refused", body, httpx.Headers())
+
+    with pytest.raises(StoreError, match="payload cannot be stored") as caught:
+        QdrantCalls("Qdrant server at test", retry_delays_s=())(answer)
+    assert isinstance(caught.value, PointRefusedError) is data_refused

@@ -16,7 +16,12 @@ from typing import Any, TypeVar
 import httpx
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from dinoseek.errors import CollectionNotFoundError, StoreError, StoreUnavailableError
+from dinoseek.errors import (
+    CollectionNotFoundError,
+    PointRefusedError,
+    StoreError,
+    StoreUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +53,10 @@ class QdrantCalls:
                 if exc.status_code == 404:
                     raise CollectionNotFoundError(self.not_found_message(_reason(exc))) from None
                 if exc.status_code not in _TRANSIENT_STATUS:
-                    raise StoreError(
+                    # 4xx: the request's data; 5xx: the server itself.
+                    status = exc.status_code or 500
+                    error = PointRefusedError if status < 500 else StoreError
+                    raise error(
                         f"the {self.description} refused the request ({exc.status_code}): "
                         f"{_reason(exc)}"
                     ) from None
@@ -59,7 +67,9 @@ class QdrantCalls:
                 # qdrant-client's in-process mode reports a missing collection this way.
                 if "not found" in str(exc):
                     raise CollectionNotFoundError(self.not_found_message(str(exc))) from None
-                raise StoreError(f"the {self.description} refused the request: {exc}") from None
+                raise PointRefusedError(
+                    f"the {self.description} refused the request: {exc}"
+                ) from None
             if attempt < len(self.retry_delays_s):
                 delay = self.retry_delays_s[attempt]
                 log.warning("%s: %s; retrying in %.1f s", self.description, failure, delay)

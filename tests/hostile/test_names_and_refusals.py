@@ -12,12 +12,19 @@ import pytest
 
 from dinoseek.embedding import ImageEmbedder
 from dinoseek.store import EdgeStore, PointRecord
+from indexer.catalog import LabelSource
 from indexer.pipeline import IndexOptions, IndexSummary, index_folders
 from indexer.report import load_failures
 from tests.helpers import write_tree
 
 
-def run(embedder: ImageEmbedder, store: EdgeStore, photos: Path, report: Path) -> IndexSummary:
+def run(
+    embedder: ImageEmbedder,
+    store: EdgeStore,
+    photos: Path,
+    report: Path,
+    labels: LabelSource | None = None,
+) -> IndexSummary:
     options = IndexOptions(
         roots=(photos,),
         collection="images",
@@ -25,6 +32,7 @@ def run(embedder: ImageEmbedder, store: EdgeStore, photos: Path, report: Path) -
         batch_size=4,
         workers=0,
         progress="off",
+        labels=labels or LabelSource(),
     )
     return index_folders(embedder, store, options)
 
@@ -57,7 +65,7 @@ class RefusingStore(EdgeStore):
     here once the indexer screens file names itself."""
 
     def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
-        if any("refused" in str(p.payload.get("path")) for p in points):
+        if any("/refused/" in str(p.payload.get("path")) for p in points):
             raise TypeError("failed to extract field Helper::String.0")
         super().upsert(name, points)
 
@@ -74,6 +82,48 @@ def test_a_point_the_store_refuses_fails_alone(tmp_path: Path, embedder: ImageEm
     failures = load_failures(tmp_path / "failures.jsonl")
     assert all("refused/" in path for path in failures)
     assert all("the store refused it (TypeError" in r.message for r in failures.values())
+
+
+class RefusingPayloads(EdgeStore):
+    """The embedded store, refusing payload updates of points under ``refused/``."""
+
+    def set_payload(self, name: str, point_id: str, payload: dict[str, object]) -> None:
+        if "/refused/" in str(payload.get("path")):
+            raise TypeError("failed to extract field Helper::String.0")
+        super().set_payload(name, point_id, payload)
+
+
+def test_a_refused_payload_update_leaves_no_stale_point(
+    tmp_path: Path, embedder: ImageEmbedder
+) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=3, classes=("a", "refused"))
+    report = tmp_path / "failures.jsonl"
+    with RefusingPayloads(tmp_path / "data") as store:
+        run(embedder, store, photos, report)
+        relabelled = run(embedder, store, photos, report, LabelSource(from_folders=True))
+        assert store.count("images") == 3  # the refused points are gone, not left stale
+        labels = {r.payload["label"] for r in store.scroll("images")}
+    assert labels == {"a"}
+    assert relabelled.failed_by_reason == {"store_refused": 3}
+    assert all("refused/" in path for path in load_failures(report))
+
+
+class Broken(EdgeStore):
+    """The embedded store, refusing every write as a full disk would."""
+
+    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_failing_store_ends_the_run(tmp_path: Path, embedder: ImageEmbedder) -> None:
+    """Not a bad point: the run ends with the store's error rather than reporting every
+    file as refused (and skipping them on later runs)."""
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=3, classes=("a",))
+    with Broken(tmp_path / "data") as store, pytest.raises(OSError, match="No space left"):
+        run(embedder, store, photos, tmp_path / "failures.jsonl")
+    assert not (tmp_path / "failures.jsonl").exists()
 
 
 @pytest.mark.parametrize("error", ["unavailable", "locked"])
