@@ -1,8 +1,9 @@
 """Admission before work, and a deadline for what was admitted.
 
-ASGI middleware on the routes that run the model. A request is admitted only while fewer
-than ``limit`` are in flight and their uploads (by Content-Length, or the upload limit when a
-body comes without one) stay under ``max_bytes``; otherwise it is answered 503 with
+ASGI middleware on the routes that decode images: those that run the model, and the
+thumbnails. A request is admitted only while fewer than ``limit`` are in flight and their
+uploads (by Content-Length, or the upload limit when a POST comes without one) stay under
+``max_bytes``; otherwise it is answered 503 with
 ``Retry-After`` before a byte of its body is read, decoded or queued, so a refused client costs
 the server almost nothing. An admitted request has ``timeout_s`` for everything: receiving its
 upload (a client trickling its body is cut off), decoding, waiting for the model and the
@@ -29,6 +30,14 @@ MODEL_ROUTES = frozenset(
 RETRY_AFTER_S = 1
 
 
+def is_admitted_route(method: str, path: str) -> bool:
+    """The routes that decode images: the model routes and the thumbnails
+    (``GET /points/{id}/image``)."""
+    if (method, path) in MODEL_ROUTES:
+        return True
+    return method == "GET" and path.startswith("/points/") and path.endswith("/image")
+
+
 class Admission:
     """ASGI middleware: 503 for a model request beyond the limits, or past its deadline."""
 
@@ -52,11 +61,12 @@ class Admission:
         self.bytes_in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["method"], scope["path"]) not in MODEL_ROUTES:
+        if scope["type"] != "http" or not is_admitted_route(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
         weight = _content_length(scope)
-        weight = self.unknown_length_bytes if weight is None else weight
+        if weight is None:
+            weight = self.unknown_length_bytes if scope["method"] == "POST" else 0
         if self.in_flight and (
             self.in_flight >= self.limit or self.bytes_in_flight + weight > self.max_bytes
         ):
@@ -74,7 +84,7 @@ class Admission:
 
         try:
             await asyncio.wait_for(self.app(scope, receive, tracking_send), self.timeout_s)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
             if not started:
                 message = (
                     f"the query took longer than {self.timeout_s:g} s "

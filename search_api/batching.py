@@ -113,7 +113,7 @@ class MicroBatcher:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
+                except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
                     break
             live = [r for r in batch if not r.future.done()]  # a client may have gone
             if live:

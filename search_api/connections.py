@@ -41,9 +41,12 @@ class HeaderDeadlineProtocol(H11Protocol):
             self._disarm()
 
     def on_response_complete(self) -> None:
+        answered = self.cycle
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()  # the next request on this connection
+        # The next request on this connection, unless its head was already there (pipelined):
+        # uvicorn has then started it, inside the call above.
+        if not self.transport.is_closing() and self.cycle is answered:
+            self._arm()
 
     def _arm(self) -> None:
         self._disarm()

@@ -317,17 +317,14 @@ async def point_image(
     name = _collection(service, collection)
     stored = await service.point(name, point_id)
     path = await service.image_file(stored)
+    # Behind a key, shared caches must not keep a copy for other clients.
+    caching = {
+        "Cache-Control": "private, max-age=3600" if service.settings.api_key else "max-age=3600"
+    }
     if size is None:
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media_type)
-    return Response(
-        await service.thumbnail(path, size),
-        media_type="image/jpeg",
-        # Behind a key, shared caches must not keep a copy for other clients.
-        headers={
-            "Cache-Control": "private, max-age=3600" if service.settings.api_key else "max-age=3600"
-        },
-    )
+        return FileResponse(path, media_type=media_type, headers=caching)
+    return Response(await service.thumbnail(path, size), media_type="image/jpeg", headers=caching)
 
 
 @routes.post("/embed", response_model=EmbedResponse, summary="Embed an image")

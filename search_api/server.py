@@ -1,12 +1,14 @@
 """Run the app with uvicorn (``dinoseek serve``, ``python -m search_api``).
 
-The server's own limits: ``DINOSEEK_MAX_CONNECTIONS`` open connections (503 beyond),
-``DINOSEEK_HEADER_TIMEOUT_S`` for a request head (``search_api.connections``), 5 s for an idle
-keep-alive connection, and ``DINOSEEK_SHUTDOWN_TIMEOUT_S`` for requests in flight at shutdown,
-after which they are cut off and the store is closed anyway.
+The server's own limits: ``DINOSEEK_MAX_CONNECTIONS`` connections and requests in flight
+(503 beyond), ``DINOSEEK_HEADER_TIMEOUT_S`` for a request head (``search_api.connections``),
+5 s for an idle keep-alive connection, and ``DINOSEEK_SHUTDOWN_TIMEOUT_S`` (whole seconds) for
+requests in flight at shutdown, after which they are cut off and the store is closed anyway.
 """
 
 from __future__ import annotations
+
+import math
 
 import uvicorn
 
@@ -41,7 +43,7 @@ def server_config(
         http=with_header_timeout(settings.header_timeout_s),
         timeout_keep_alive=KEEP_ALIVE_S,
         limit_concurrency=settings.max_connections,
-        timeout_graceful_shutdown=int(max(1, settings.shutdown_timeout_s)),
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),  # whole seconds
     )
 
 

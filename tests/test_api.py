@@ -290,8 +290,9 @@ def test_api_key(embedder: ImageEmbedder, indexed: tuple[Path, Path]) -> None:
             assert keyed.get(path, headers=key).status_code == 200, path
         for path in ("/health", "/ready", "/docs", "/openapi.json"):
             assert keyed.get(path).status_code == 200, path
-        thumbnail = keyed.get(f"/points/{point_id}/image", params={"size": 32}, headers=key)
-        assert thumbnail.headers["cache-control"] == "private, max-age=3600"
+        for params in ({"size": 32}, {}):  # a thumbnail, the file itself
+            image = keyed.get(f"/points/{point_id}/image", params=params, headers=key)
+            assert image.headers["cache-control"] == "private, max-age=3600"
 
 
 def test_cors_is_off_unless_configured(embedder: ImageEmbedder, indexed: tuple[Path, Path]) -> None:

@@ -73,6 +73,24 @@ def test_headers_trickled_a_byte_at_a_time_are_cut_off(
         assert time.monotonic() - started < 3.0, "the trickle went on past the deadline"
 
 
+def test_a_pipelined_request_has_its_body_deadline_not_the_head_deadline(
+    server: LiveServer,
+) -> None:
+    """A request whose head came with the one before it is being served: its slow body is
+    the query deadline's business, not cut off at the head deadline after the first answer."""
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        client.sendall(
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+        )
+        started = time.monotonic()
+        while time.monotonic() - started < 4 * 0.5:  # the head deadline is 0.5 s
+            client.sendall(b"x")  # raises once the server has closed the connection
+            time.sleep(0.1)
+        assert b"200 OK" in client.recv(4096)  # the first answer came meanwhile
+
+
 def test_connections_beyond_the_limit_get_503(
     server: LiveServer,
 ) -> None:

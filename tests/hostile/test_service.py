@@ -98,6 +98,31 @@ def test_uploads_in_flight_are_bounded_in_bytes(data_dir: Path, embedder: ImageE
     assert not second.read
 
 
+def test_thumbnails_are_admitted_like_queries(data_dir: Path, embedder: ImageEmbedder) -> None:
+    """A thumbnail decodes an image too: it counts against the same limit, so thumbnails
+    cannot crowd out the queries (nor the reverse) past it."""
+    settings = Settings(model=embedder.model_id, data_dir=data_dir, max_queue=1)
+    gated = Gated(embedder)
+    app = create_app(settings, embedder=gated, store=EdgeStore(data_dir))
+    thumbnail = "/points/00000000-0000-5000-8000-000000000000/image"
+
+    async def during_a_query() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with serving(app) as http:
+            files = {"image": ("q.jpg", encode(photo(2)))}
+            running = asyncio.create_task(http.post("/search", files=files))
+            await asyncio.sleep(0.3)
+            refused = await http.get(thumbnail, params={"size": 64})
+            gated.gate.set()
+            await running
+            return refused, await http.get(thumbnail, params={"size": 64}), await running
+
+    refused, after, query = asyncio.run(during_a_query())
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert after.status_code == 404  # admitted once the place is free: no such point
+    assert query.status_code == 200
+
+
 def test_a_query_past_its_deadline_is_a_503_and_frees_its_place(
     data_dir: Path, embedder: ImageEmbedder
 ) -> None:
@@ -160,9 +185,12 @@ def test_client_chosen_methods_and_paths_do_not_grow_the_metrics(
             return len(client.get("/metrics", headers={"X-API-Key": "k"}).content)
 
         def hostile_requests(start: int, count: int) -> None:
+            key = {"X-API-Key": "k"}
             for i in range(start, start + count):
-                method = f"M{i:04d}" + "X" * 2000
-                client.request(method, f"/random/{i}/" + "p" * 500)
+                method = f"M{i:04d}" + "X" * 4096
+                client.request(method, f"/random/{i}/" + "p" * 500)  # 401: no key
+                client.request(method, f"/random/{i}/" + "p" * 500, headers=key)  # 404
+                client.request(method, f"/points/{i}", headers=key)  # a route, another method
                 client.request("GET", f"/points/{i}")  # 401: no key
 
         hostile_requests(0, 2)
