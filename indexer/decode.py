@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.shared_memory import SharedMemory
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from dinoseek.errors import ImageError
 from dinoseek.images import ImageHeader, inspect_image
@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # torch: imported only where --gpu-decode is asked for
     from dinoseek.gpu_decode import GpuJpegDecoder
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 POLL_S = 0.25  # how often a wait for a decode looks at the stop event
 WORKER_EXIT_S = 2.0  # how long closing waits for busy workers before killing them
@@ -148,7 +149,7 @@ class DecodePool:
                 in_flight.clear()
                 self._restart()
                 if lost:
-                    log.warning("a decode worker died; retrying the files it may have held")
+                    log.warning("a decode worker died or hung; retrying the files it may have held")
                     upcoming = _chain(lost, upcoming)
                     isolating = len(lost)
                 fill()
@@ -226,7 +227,7 @@ class _StoppedError(Exception):
     """``stop`` was set while waiting for a result."""
 
 
-def _result(future: Future[Result], stop: threading.Event, timeout_s: float) -> Result:
+def _result(future: Future[T], stop: threading.Event, timeout_s: float) -> T:
     """The future's result, checking ``stop`` every moment (``_StoppedError``) and giving up after
     ``timeout_s`` (``TimeoutError``)."""
     deadline = time.monotonic() + timeout_s
@@ -328,7 +329,9 @@ class GpuDecodeStage:
         window = 4 * self.batch
         upcoming = iter(files)
         jobs: list[tuple[ScannedFile, _ReadJpeg]] = []
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="read") as pool:
+        timeout_s = self.config.decode_timeout_s
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="read")
+        try:
             in_flight: deque[tuple[ScannedFile, Future[Result | _ReadJpeg]]] = deque()
             while not stop.is_set():
                 while len(in_flight) < window and (file := next(upcoming, None)) is not None:
@@ -336,7 +339,13 @@ class GpuDecodeStage:
                 if not in_flight:
                     break
                 file, future = in_flight.popleft()
-                outcome = future.result()
+                try:
+                    outcome = _result(future, stop, timeout_s)
+                except _StoppedError:
+                    return
+                except TimeoutError as exc:  # its thread is left to finish on its own
+                    yield file, _failure(file, exc, timeout_s)
+                    continue
                 if isinstance(outcome, _ReadJpeg):
                     jobs.append((file, outcome))
                     if len(jobs) >= self.batch:
@@ -346,6 +355,8 @@ class GpuDecodeStage:
                     yield file, outcome
             if jobs and not stop.is_set():
                 yield from self._decode(jobs)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)  # a stuck read never holds a stop
 
     def close(self) -> None:
         """Nothing to release: the threads end with each ``results`` call."""

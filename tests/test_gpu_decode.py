@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,37 @@ def test_an_extreme_aspect_ratio_goes_to_the_cpu_path(decoder: GpuJpegDecoder) -
     assert results[0] is None
     assert results[1] is None
     assert results[2] is not None
+
+
+def test_stage_reports_a_read_past_its_deadline_and_stops_at_once(
+    decoder: GpuJpegDecoder, embedder: ImageEmbedder, tmp_path: Path
+) -> None:
+    """A file whose read never ends (a hung mount, say; here a read that waits on a gate) is
+    reported as ``decode_timeout`` and the others go on; a stop does not wait for it."""
+    for name in ("a.jpg", "stuck.jpg", "b.jpg"):
+        (tmp_path / name).write_bytes(encode(photo(len(name), (64, 48))))
+    config = WorkerConfig(embedder.preprocessing, max_image_pixels=10**7, decode_timeout_s=0.5)
+    gate = threading.Event()
+
+    class Stuck(GpuDecodeStage):
+        def _read(self, path: str) -> object:  # type: ignore[override]
+            if path.endswith("stuck.jpg"):
+                gate.wait(timeout=30)
+            return super()._read(path)
+
+    stage = Stuck(decoder, config, threads=2, batch=1)
+    results = {Path(f.path).name: r for f, r in stage.results(scanned(tmp_path), threading.Event())}
+    stuck = results.pop("stuck.jpg")
+    assert isinstance(stuck, FailedFile)
+    assert stuck.code == "decode_timeout"
+    assert all(isinstance(r, PreparedFile) for r in results.values())
+
+    stop = threading.Event()
+    no_deadline_near = WorkerConfig(embedder.preprocessing, max_image_pixels=10**7)
+    waiting = Stuck(decoder, no_deadline_near, threads=2, batch=1)
+    started = time.monotonic()
+    stopper = threading.Timer(0.3, stop.set)
+    stopper.start()
+    list(waiting.results(scanned(tmp_path), stop))  # "stuck.jpg" holds with no deadline near
+    assert time.monotonic() - started < 5
+    gate.set()
