@@ -18,6 +18,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from search_api.limits import declared_length
+
 # The routes that run the model: (method, path).
 MODEL_ROUTES = frozenset(
     {
@@ -64,7 +66,7 @@ class Admission:
         if scope["type"] != "http" or not is_admitted_route(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
-        weight = _content_length(scope)
+        weight = declared_length(scope)
         if weight is None:
             weight = self.unknown_length_bytes if scope["method"] == "POST" else 0
         if self.in_flight and (

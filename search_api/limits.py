@@ -38,7 +38,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared = declared_length(scope)
         if declared is not None and declared > self.max_bytes:
             await self._reject(send, declared)
             return
@@ -84,11 +84,13 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def _content_length(scope: Scope) -> int | None:
+def declared_length(scope: Scope) -> int | None:
+    """The request's Content-Length, or None when it has none (or not a number)."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:
-                return int(value)
+                return max(0, int(value))
             except ValueError:
                 return None
+    return None
     return None

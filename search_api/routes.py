@@ -17,6 +17,7 @@ from dinoseek.labels import LabelMethod
 from dinoseek.probe import choose_probe, probe_summary
 from dinoseek.search import Filters, LabelRequest, NeighbourQuery
 from dinoseek.settings import COLLECTION_NAME_PATTERN, validate_collection_name
+from dinoseek.store import POINT_ID_PATTERN
 from search_api.auth import has_key
 from search_api.batching import OverloadedError
 from search_api.errors import RETRY_AFTER_S, ApiError
@@ -41,7 +42,6 @@ from search_api.schemas import (
 from search_api.service import SearchService, StageClock
 
 MAX_BATCH_IMAGES = 64
-UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 T = TypeVar("T")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -262,7 +262,7 @@ PointId = Annotated[
     str,
     Path(
         description="a point id (a UUID), as returned by search",
-        json_schema_extra={"format": "uuid", "pattern": UUID_PATTERN},
+        json_schema_extra={"format": "uuid", "pattern": POINT_ID_PATTERN.pattern},
     ),
 ]
 

@@ -263,8 +263,17 @@ def test_point_ids_are_deterministic_uuids() -> None:
     sha = "ab" * 32
     assert point_id_for_sha256(sha) == point_id_for_sha256(sha.upper())
     assert validate_point_id(point_id_for_sha256(sha).upper()) == point_id_for_sha256(sha)
-    with pytest.raises(InvalidPointIdError):
-        validate_point_id("not-a-uuid")
+    canonical = point_id_for_sha256(sha)
+    # Only the form the API's schema states: no braces, urn, missing hyphens or a newline.
+    for text in (
+        "not-a-uuid",
+        f"{{{canonical}}}",
+        f"urn:uuid:{canonical}",
+        canonical.replace("-", ""),
+        canonical + "\n",
+    ):
+        with pytest.raises(InvalidPointIdError):
+            validate_point_id(text)
 
 
 @pytest.mark.parametrize("name", ["", "../evil", "a/b", ".hidden", "x" * 65])

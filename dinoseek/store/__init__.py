@@ -15,6 +15,7 @@ from dinoseek.settings import Settings
 from dinoseek.store.edge import EdgeStore
 from dinoseek.store.protocol import ProbeStore, SnapshotStore, VectorStore
 from dinoseek.store.records import (
+    POINT_ID_PATTERN,
     CollectionInfo,
     CollectionStatus,
     FilterValue,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from dinoseek.store.server import ServerStore
 
 __all__ = [
+    "POINT_ID_PATTERN",
     "CollectionInfo",
     "CollectionStatus",
     "EdgeStore",

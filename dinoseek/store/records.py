@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,14 +29,19 @@ def point_id_for_sha256(sha256_hex: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, sha256_hex.lower()))
 
 
+POINT_ID_PATTERN = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+
+
 def validate_point_id(text: str) -> str:
-    """Return the canonical form of a point id, or raise ``InvalidPointIdError``."""
-    try:
-        return str(uuid.UUID(str(text)))
-    except ValueError:
+    """Return the canonical form of a point id (a hyphenated UUID, in any case), or raise
+    ``InvalidPointIdError``."""
+    if not POINT_ID_PATTERN.fullmatch(str(text)):
         raise InvalidPointIdError(
             f"{text!r} is not a point id (point ids are UUIDs, as returned by search)"
-        ) from None
+        )
+    return str(uuid.UUID(str(text)))
 
 
 @dataclass(frozen=True)
