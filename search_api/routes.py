@@ -423,6 +423,7 @@ async def health() -> HealthResponse:
 @open_routes.get(
     "/ready",
     response_model=ReadyResponse,
+    response_model_exclude_none=True,  # a caller without the key gets {"ready": ...} alone
     summary="Readiness",
     responses={503: {"model": ErrorBody, "description": "not ready"}},
 )
