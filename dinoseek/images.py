@@ -342,7 +342,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _scale_to_8bit(image: Image.Image) -> Image.Image:
     """Map 16-bit, 32-bit integer or float greyscale to 8 bits over its full range
-    (non-finite values count as 0), a block of rows at a time: beside the image and its 8-bit
+    (non-finite values count as 0), a block at a time: beside the image and its 8-bit
     result, the memory of a few rows, not of a (float64) copy of the whole image."""
     if image.mode.startswith("I;16"):
         return _scale_16bit(image)

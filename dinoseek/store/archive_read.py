@@ -39,7 +39,6 @@ from dinoseek.store.archive import (
 )
 
 GZIP_MAGIC = b"\x1f\x8b"
-BLOCK = tarfile.BLOCKSIZE
 HEADER_MEMBER_TYPES = (
     tarfile.GNUTYPE_LONGNAME,
     tarfile.GNUTYPE_LONGLINK,
