@@ -31,7 +31,6 @@ from dinoseek.images import Preprocessing
 log = logging.getLogger(__name__)
 
 JPEG_END = b"\xff\xd9"
-MAX_RESIZE_FACTOR = 16
 
 
 @dataclass(frozen=True)
@@ -109,16 +108,14 @@ class GpuJpegDecoder:
         return results
 
     def resizes_within_bounds(self, image: torch.Tensor, orientation: int = 1) -> bool:
-        """Whether resizing the whole image stays within ``MAX_RESIZE_FACTOR`` times the
-        model input. The GPU path resizes the whole image before cropping, so an extreme
-        aspect ratio (a 1 x 4000 JPEG becomes 256 x 1,024,000) goes to the CPU path, which
-        resizes only the crop window."""
+        """Whether the image is resized whole (``Preprocessing.resizes_whole``). The GPU path
+        always resizes the whole image before cropping, so an image with an extreme aspect
+        ratio (a 1 x 4000 JPEG becomes 256 x 1,024,000) goes to the CPU path, which resizes
+        only its crop window."""
         height, width = int(image.shape[1]), int(image.shape[2])
         if orientation >= 5:
             height, width = width, height
-        new_width, new_height = self.preprocessing.resized_size(width, height)
-        out_height, out_width = self.preprocessing.output_size
-        return new_width * new_height <= MAX_RESIZE_FACTOR * out_height * out_width
+        return self.preprocessing.resizes_whole(width, height)
 
     def _decode_one(self, tensor: torch.Tensor) -> torch.Tensor | None:
         try:

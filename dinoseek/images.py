@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -34,6 +33,9 @@ PLUGIN_FORMATS: tuple[str, ...] = ("AVIF", "HEIF")
 BACKGROUND_RGB: tuple[int, int, int] = (255, 255, 255)
 
 _SNIFF_BYTES = 32
+# An image is resized whole (as transformers does) while that takes at most this many times
+# the pixels of the model input; beyond, only its crop window is resized.
+MAX_RESIZE_FACTOR = 16
 _BLOCK_PIXELS = 1 << 20  # high-depth images are scaled to 8 bits this many pixels at a time
 
 # Pillow warns about recoverable oddities (corrupt EXIF, palette transparency) and about images
@@ -451,14 +453,22 @@ class Preprocessing:
         new_long = int(new_short * long / short)
         return (new_short, new_long) if width <= height else (new_long, new_short)
 
+    def resizes_whole(self, width: int, height: int) -> bool:
+        """Whether an image of this size is resized whole before the crop, as transformers
+        does: when that stays within ``MAX_RESIZE_FACTOR`` times the model input. Beyond,
+        only the crop window is resized (an extreme aspect ratio: a 1 x 4000 image would
+        become 256 x 1,024,000)."""
+        new_width, new_height = self.resized_size(width, height)
+        out_height, out_width = self.output_size
+        return new_width * new_height <= MAX_RESIZE_FACTOR * out_height * out_width
+
     def to_pixels(self, image: Image.Image) -> np.ndarray:
         """Resize and centre-crop an RGB image: a uint8 array of shape (height, width, 3).
 
-        The pixels of resizing the whole image and then cropping it, as transformers does
-        (to within 1 level, from Pillow keeping its box in single precision), but only the
-        crop window is resized: the work and memory are those of the output, however extreme
-        the input's aspect ratio (a 1 x 4000 image would otherwise be resized to
-        256 x 1,024,000 first).
+        The pixels transformers computes (the whole image resized, then cropped) for every
+        image ``resizes_whole`` accepts; beyond, only the crop window is resized, so the work
+        and memory are those of the output however extreme the aspect ratio (the pixels then
+        differ by rounding: Pillow may take its two passes in the other order).
         """
         new_width, new_height = self.resized_size(image.width, image.height)
         if self.crop is None:
@@ -471,39 +481,22 @@ class Preprocessing:
         # resized image is smaller than the crop; the rest is zero padding).
         x0, x1 = max(left, 0), min(left + crop_width, new_width)
         y0, y1 = max(top, 0), min(top + crop_height, new_height)
-        region = self._resize_window(image, (new_width, new_height), (x0, y0, x1, y1))
+        if self.resizes_whole(image.width, image.height):
+            resized = image.resize((new_width, new_height), resample=self.resample)
+            region = resized.crop((x0, y0, x1, y1))
+        else:
+            scale_x, scale_y = image.width / new_width, image.height / new_height
+            region = image.resize(
+                (x1 - x0, y1 - y0),
+                resample=self.resample,
+                box=(x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y),
+            )
         pixels = np.array(region, dtype=np.uint8)  # a writable copy (torch warns otherwise)
         if pixels.shape[:2] == (crop_height, crop_width):
             return pixels
         canvas = np.zeros((crop_height, crop_width, 3), dtype=np.uint8)
         canvas[y0 - top : y1 - top, x0 - left : x1 - left] = pixels
         return canvas
-
-    def _resize_window(
-        self, image: Image.Image, size: tuple[int, int], window: tuple[int, int, int, int]
-    ) -> Image.Image:
-        """The ``window`` (x0, y0, x1, y1) of ``image`` resized to ``size``, in Pillow's own
-        two passes, horizontal then vertical, each on what the window needs. (One resize with
-        a box may take the passes in the other order, and the 8-bit image between them then
-        rounds and clips differently.)"""
-        x0, y0, x1, y1 = window
-        scale_x, scale_y = image.width / size[0], image.height / size[1]
-        # The source rows the vertical pass reads: the window's, plus the filter's reach
-        # (at most 3 output pixels for Lanczos) and a row for rounding.
-        reach = math.ceil(3 * max(scale_y, 1.0)) + 1
-        first = max(0, math.floor(y0 * scale_y) - reach)
-        last = min(image.height, math.ceil(y1 * scale_y) + reach)
-        # Rows at whole-pixel positions and scale 1: the vertical part of this call copies.
-        rows = image.resize(
-            (x1 - x0, last - first),
-            resample=self.resample,
-            box=(x0 * scale_x, first, x1 * scale_x, last),
-        )
-        return rows.resize(
-            (x1 - x0, y1 - y0),
-            resample=self.resample,
-            box=(0, y0 * scale_y - first, x1 - x0, y1 * scale_y - first),
-        )
 
 
 def preprocessing_from_processor_config(config: Mapping[str, Any]) -> Preprocessing:
