@@ -17,10 +17,12 @@ The service runs the steps on its own threads (decode pool, micro-batcher); the 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -147,6 +149,35 @@ class Neighbour:
             label=None if label in (None, "") else str(label),
             payload=hit.payload,
         )
+
+
+@dataclass(frozen=True)
+class ListedPoint:
+    """A stored point as a listing shows it: its id, path and label."""
+
+    id: str
+    path: str | None
+    label: str | None
+    payload: dict[str, Any]
+
+    @classmethod
+    def from_stored(cls, point: StoredPoint) -> ListedPoint:
+        """Shape a stored point."""
+        path, label = point.payload.get("path"), point.payload.get("label")
+        return cls(
+            id=point.id,
+            path=None if path is None else str(path),
+            label=None if label in (None, "") else str(label),
+            payload=point.payload,
+        )
+
+
+@dataclass(frozen=True)
+class BrowsePage:
+    """A page of points in id order; ``next`` starts the following page (None at the end)."""
+
+    points: list[ListedPoint]
+    next: str | None
 
 
 @dataclass(frozen=True)
@@ -316,6 +347,30 @@ class Searcher:
         if not found or (with_vector and found[0].vector is None):
             raise PointNotFoundError(f"no point with id {point_id} in collection {collection!r}")
         return found[0]
+
+    def browse(
+        self, collection: str, *, limit: int, start: str | None, filters: Filters
+    ) -> BrowsePage:
+        """Up to ``limit`` points in id order from ``start`` (a point id; "random" for a
+        random place), with where the next page starts. Point ids are hashes, so id order
+        is a random sample of the collection, and a random place a new one."""
+        random = start == "random"
+        first = str(uuid.uuid4()) if random else None if start is None else validate_point_id(start)
+        with self.using(collection):
+            points = self._page(collection, first, limit, filters)
+            if random and len(points) <= limit:  # too near the end: from the beginning
+                points = self._page(collection, None, limit, filters)
+        following = points[limit].id if len(points) > limit else None
+        return BrowsePage([ListedPoint.from_stored(p) for p in points[:limit]], following)
+
+    def _page(
+        self, collection: str, start: str | None, limit: int, filters: Filters
+    ) -> list[StoredPoint]:
+        """``limit`` + 1 points from ``start``: the last one is where the next page starts."""
+        scrolled = self.store.scroll(
+            collection, filters=filters.conditions(), batch_size=limit + 1, start=start
+        )
+        return list(islice(scrolled, limit + 1))
 
     def probes(self, collection: str) -> list[StoredProbe]:
         """The collection's probes (cached for a few seconds)."""

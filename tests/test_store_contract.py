@@ -226,6 +226,19 @@ def test_scroll_pages_through_everything(store: VectorStore) -> None:
     assert len(cats) == 12
 
 
+def test_scroll_from_a_start_id(store: VectorStore) -> None:
+    """From the first id at or after ``start``, stored or not (browsing from a random place)."""
+    store.ensure_collection("images", make_space())
+    store.upsert("images", records(12))
+    ids = [p.id for p in store.scroll("images", batch_size=5)]
+    assert ids == sorted(ids)
+    assert [p.id for p in store.scroll("images", start=ids[7], batch_size=2)] == ids[7:]
+    between = ids[3][:-1] + ("0" if ids[3][-1] != "0" else "1")  # not a stored id
+    expected = [i for i in ids if i >= between]
+    assert [p.id for p in store.scroll("images", start=between)] == expected
+    assert list(store.scroll("images", start="ffffffff-ffff-ffff-ffff-ffffffffffff")) == []
+
+
 def test_delete_and_set_payload(store: VectorStore) -> None:
     store.ensure_collection("images", make_space())
     points = records(6)

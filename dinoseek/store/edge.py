@@ -235,10 +235,11 @@ class EdgeStore:
         with_vectors: bool = False,
         filters: Mapping[str, FilterValue] | None = None,
         batch_size: int = 512,
+        start: str | None = None,
     ) -> Iterator[StoredPoint]:
         """Pages through the shard with Edge's scroll offsets."""
         shard = self._shard(name)
-        offset: Any = None
+        offset: Any = start
         while True:
             records, offset = shard.scroll(
                 qe.ScrollRequest(

@@ -161,8 +161,10 @@ class VectorStore(Protocol):
         with_vectors: bool = False,
         filters: Mapping[str, FilterValue] | None = None,
         batch_size: int = 512,
+        start: str | None = None,
     ) -> Iterator[StoredPoint]:
-        """Every point of a collection (optionally filtered), in id order."""
+        """Every point of a collection (optionally filtered), in id order; from the first id
+        at or after ``start`` when it is given (any UUID, stored or not)."""
         ...
 
     def count(self, name: str) -> int:

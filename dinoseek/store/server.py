@@ -253,10 +253,11 @@ class ServerStore:
         with_vectors: bool = False,
         filters: Mapping[str, FilterValue] | None = None,
         batch_size: int = 512,
+        start: str | None = None,
     ) -> Iterator[StoredPoint]:
         """Pages through the collection with Qdrant's scroll offsets."""
         self._check_acquired(name)
-        offset: Any = None
+        offset: Any = start
         while True:
             records, offset = self._call(
                 self.client.scroll,
