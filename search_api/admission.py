@@ -26,6 +26,7 @@ MODEL_ROUTES = frozenset(
         ("POST", "/search"),
         ("POST", "/search/batch"),
         ("POST", "/embed"),
+        ("POST", "/embed/pca"),
         ("POST", "/classify"),
     }
 )
@@ -35,8 +36,11 @@ RETRY_AFTER_S = 1
 def is_admitted_route(method: str, path: str) -> bool:
     """The routes that decode images: the model routes and the thumbnails
     (``GET /points/{id}/image``)."""
-    if (method, path) in MODEL_ROUTES:
-        return True
+    return (method, path) in MODEL_ROUTES or is_image_read(method, path)
+
+
+def is_image_read(method: str, path: str) -> bool:
+    """``GET /points/{id}/image``: a point's file or thumbnail."""
     return method == "GET" and path.startswith("/points/") and path.endswith("/image")
 
 
@@ -103,16 +107,6 @@ class Admission:
             f"{self.bytes_in_flight:,} bytes of uploads; limits DINOSEEK_MAX_QUEUE and "
             "DINOSEEK_MAX_INFLIGHT_BYTES); try again shortly"
         )
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return max(0, int(value))
-            except ValueError:
-                return None
-    return None
 
 
 async def _answer_503(send: Send, code: str, message: str) -> None:

@@ -28,6 +28,7 @@ from search_api.auth import ApiKeyCheck
 from search_api.errors import install_error_handlers
 from search_api.limits import BodySizeLimit
 from search_api.metrics import RequestMetrics, ServiceMetrics
+from search_api.page import ASSETS_PREFIX, SecurityHeaders, assets, page_routes
 from search_api.routes import open_routes, routes
 from search_api.service import SearchService
 
@@ -39,7 +40,7 @@ DESCRIPTION = """\
 Image similarity search on DINOv2 features. Upload an image to `/search` and get its nearest
 neighbours from the collection, with scores and payloads. Every error has the body
 `{"error": {"code": "...", "message": "..."}}`. When `DINOSEEK_API_KEY` is set, every route
-but `/health`, `/ready` and these docs needs the header `X-API-Key`.
+but `/health`, `/ready`, these docs and the search page at `/` needs the header `X-API-Key`.
 """
 
 # Documents the header in OpenAPI; ApiKeyCheck enforces it before the body is read.
@@ -94,9 +95,12 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(open_routes)
+    app.include_router(page_routes)
+    app.mount(ASSETS_PREFIX, assets(), name="assets")
     app.include_router(routes, dependencies=[Depends(API_KEY_HEADER)])
-    # Middleware wraps in reverse order of addition: CORS sees a request first, then the
-    # metrics, the upload limit, the API key and the admission; none of them reads the body.
+    # Middleware wraps in reverse order of addition: the security headers see a request
+    # first, then CORS, the metrics, the upload limit, the API key and the admission; none
+    # of them reads the body.
     app.add_middleware(
         Admission,
         limit=settings.max_queue,
@@ -115,4 +119,5 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["X-API-Key"],
         )
+    app.add_middleware(SecurityHeaders)
     return app

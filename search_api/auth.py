@@ -3,21 +3,32 @@
 FastAPI parses a multipart body before a dependency runs, so a key checked as a dependency
 would come after the upload. Here a keyless or wrong request is answered 401 from its headers
 alone. The comparison is constant-time. ``OPEN_PATHS`` need no key: liveness and readiness
-(which reveal nothing about the data) and the API documentation.
+(which reveal nothing about the data), the API documentation, and the search page with its
+assets.
+
+An ``<img>`` cannot send a header, so the page's thumbnails carry the key in a cookie
+(``KEY_COOKIE``, set by the page with ``SameSite=Strict``). The cookie is accepted only for
+``GET /points/{id}/image``: it reads an image and changes nothing.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import unquote
 
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from search_api.admission import is_image_read
+from search_api.page import is_page_path
 
 OPEN_PATHS = frozenset(
     {"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
 HEADER = b"x-api-key"
+KEY_COOKIE = "dinoseek_key"
 
 
 class ApiKeyCheck:
@@ -28,7 +39,7 @@ class ApiKeyCheck:
         self.key = key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+        if scope["type"] != "http" or _is_open(scope["path"]) or self._allowed(scope):
             await self.app(scope, receive, send)
             return
         body = json.dumps(
@@ -49,8 +60,29 @@ class ApiKeyCheck:
         await send({"type": "http.response.body", "body": body})
 
     def _allowed(self, scope: Scope) -> bool:
-        given = next((value for name, value in scope["headers"] if name == HEADER), b"")
-        return hmac.compare_digest(given, self.key)
+        given = next((value for name, value in scope["headers"] if name == HEADER), None)
+        if given is None and is_image_read(scope["method"], scope["path"]):
+            given = _cookie_key(scope)
+        return hmac.compare_digest(given or b"", self.key)
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or is_page_path(path)
+
+
+def _cookie_key(scope: Scope) -> bytes | None:
+    """The key in the page's cookie, if the request has one."""
+    for name, value in scope["headers"]:
+        if name != b"cookie":
+            continue
+        cookies = SimpleCookie()
+        try:
+            cookies.load(value.decode("latin-1"))
+        except CookieError:
+            return None
+        if KEY_COOKIE in cookies:
+            return unquote(cookies[KEY_COOKIE].value).encode()
+    return None
 
 
 def has_key(given: str | None, key: SecretStr | None) -> bool:

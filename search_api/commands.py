@@ -34,7 +34,8 @@ from search_api.server import public_url, run_server
 @click.option("--quiet", "-q", is_flag=True, help="Log warnings and errors only.")
 @handle_errors
 def serve(host: str, port: int, quiet: bool, **flags: Any) -> None:
-    """Serve the HTTP API: /search, /search/batch, /points/{id}/similar, /embed, /docs.
+    """Serve the search page at / and the HTTP API: /search, /search/batch,
+    /points/{id}/similar, /embed, /docs.
 
     Loads the model once, opens the store and checks that the collection was built with the
     same model, then warms the model up before it listens. With the embedded store the server
@@ -53,8 +54,8 @@ def serve(host: str, port: int, quiet: bool, **flags: Any) -> None:
         loader=model_loader(),
     )
     click.echo(
-        f"serving {settings.collection!r} ({runtime.store.describe()}) on {url}; "
-        f"docs at {url}/docs",
+        f"serving {settings.collection!r} ({runtime.store.describe()}) on {url}: "
+        f"the search page at {url}/, the API docs at {url}/docs",
         err=True,
     )
     try:

@@ -17,13 +17,14 @@ from dinoseek.labels import LabelMethod
 from dinoseek.probe import choose_probe, probe_summary
 from dinoseek.search import Filters, LabelRequest, NeighbourQuery
 from dinoseek.settings import COLLECTION_NAME_PATTERN, validate_collection_name
-from dinoseek.store import POINT_ID_PATTERN
+from dinoseek.store import POINT_ID_PATTERN, StoredPoint
 from search_api.auth import has_key
 from search_api.batching import OverloadedError
 from search_api.errors import RETRY_AFTER_S, ApiError
 from search_api.schemas import (
     BatchItem,
     BatchSearchResponse,
+    BrowseResponse,
     ClassifyResponse,
     CollectionsResponse,
     CollectionSummary,
@@ -39,7 +40,7 @@ from search_api.schemas import (
     SimilarResponse,
     Timings,
 )
-from search_api.service import SearchService, StageClock
+from search_api.service import THUMBNAIL_QUALITY, SearchService, StageClock
 
 MAX_BATCH_IMAGES = 64
 T = TypeVar("T")
@@ -286,6 +287,28 @@ async def similar(
     )
 
 
+@routes.get("/points", response_model=BrowseResponse, summary="Browse the collection")
+async def browse(
+    service: Service,
+    limit: Annotated[int, Query(ge=1, le=200, description="points per page")] = 24,
+    start: Annotated[
+        str | None,
+        Query(
+            description="where the page starts: a point id (a page's `next`), or `random`",
+            json_schema_extra={"pattern": f"^(random|{POINT_ID_PATTERN.pattern[1:-1]})$"},
+        ),
+    ] = None,
+    label: Label = None,
+    root: Root = None,
+    collection: Collection = None,
+) -> BrowseResponse:
+    """A page of stored points in id order, which is a random sample since ids are hashes
+    (`start=random`: from a random place), and where the next page starts."""
+    name = _collection(service, collection)
+    page = await service.browse(name, limit, start, Filters(label=label, root=root))
+    return BrowseResponse(collection=name, points=page.points, next=page.next)
+
+
 @routes.get("/points/{point_id}", response_model=PointResponse, summary="A stored point")
 async def point(
     service: Service, point_id: PointId, collection: Collection = None
@@ -308,6 +331,7 @@ async def point(
     summary="The indexed image or a thumbnail",
 )
 async def point_image(
+    request: Request,
     service: Service,
     point_id: PointId,
     size: Annotated[int | None, Query(ge=16, le=2048, description="thumbnail size")] = None,
@@ -316,15 +340,35 @@ async def point_image(
     """The file behind a point, found by id only (never by a path from the request)."""
     name = _collection(service, collection)
     stored = await service.point(name, point_id)
-    path = await service.image_file(stored)
     # Behind a key, shared caches must not keep a copy for other clients.
     caching = {
         "Cache-Control": "private, max-age=3600" if service.settings.api_key else "max-age=3600"
     }
+    path = await service.image_file(stored)
+    etag = image_etag(stored, size)
+    if etag is not None:
+        caching["ETag"] = etag
+        if _matches(etag, request.headers.get("if-none-match", "")):
+            return Response(status_code=304, headers=caching)
     if size is None:
         media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media_type, headers=caching)
     return Response(await service.thumbnail(path, size), media_type="image/jpeg", headers=caching)
+
+
+def image_etag(point: StoredPoint, size: int | None) -> str | None:
+    """A strong ETag for a point's image: its content hash, and the thumbnail size."""
+    sha256 = point.payload.get("sha256")
+    if not isinstance(sha256, str) or not sha256.isalnum():
+        return None
+    kind = "file" if size is None else f"{size}q{THUMBNAIL_QUALITY}"
+    return f'"{sha256[:32]}-{kind}"'
+
+
+def _matches(etag: str, if_none_match: str) -> bool:
+    """Whether an If-None-Match header names ``etag`` (or is ``*``)."""
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return etag in tags or "*" in tags
 
 
 @routes.post("/embed", response_model=EmbedResponse, summary="Embed an image")
@@ -353,6 +397,34 @@ async def embed(
         patch_tokens=result.patch_tokens[0].tolist(),
         timings_ms=Timings(**clock.as_dict()),
     )
+
+
+@routes.post(
+    "/embed/pca",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"image/png": {}},
+            "description": "the patch grid in colours, each patch as many pixels as the model "
+            "input gave it",
+        }
+    },
+    summary="What the model sees",
+)
+async def embed_pca(
+    service: Service,
+    image: ImageUpload,
+    mask: Annotated[
+        bool, Query(description="black out the background (first component below zero)")
+    ] = False,
+) -> Response:
+    """The image's patch features projected on their first three principal components, as
+    an RGB PNG of the patch grid (the picture of the DINOv2 paper)."""
+    clock = StageClock()
+    prepared = await service.prepare(await image.read(), image.filename or "upload", clock)
+    result = await service.embed_with_patches(prepared.pixels, clock)
+    png = await service.patch_png(result, prepared.pixels.shape[1], mask=mask)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 @routes.post("/classify", response_model=ClassifyResponse, summary="Labels of an image")

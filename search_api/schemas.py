@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from dinoseek.labels import PredictedLabel
-from dinoseek.search import Neighbour
+from dinoseek.search import ListedPoint, Neighbour
 
 EXAMPLE_ID = "6b1c1f6e-3d0e-5b8e-9c55-2d1b0e8f4a11"
 EXAMPLE_PAYLOAD: dict[str, Any] = {
@@ -116,6 +116,14 @@ class SimilarResponse(BaseModel):
     id: str
     timings_ms: Timings
     results: list[Neighbour]
+
+
+class BrowseResponse(BaseModel):
+    """A page of the collection's points; ``next`` is the ``start`` of the next page."""
+
+    collection: str
+    points: list[ListedPoint]
+    next: str | None
 
 
 class PointResponse(BaseModel):

@@ -31,8 +31,16 @@ from dinoseek.errors import (
 )
 from dinoseek.images import PreparedImage, load_image
 from dinoseek.labels import PredictedLabel
+from dinoseek.patch_pca import patch_picture
 from dinoseek.runtime import Runtime
-from dinoseek.search import LabelRequest, Neighbour, NeighbourQuery, SearchResult
+from dinoseek.search import (
+    BrowsePage,
+    Filters,
+    LabelRequest,
+    Neighbour,
+    NeighbourQuery,
+    SearchResult,
+)
 from dinoseek.store import CollectionStatus, StoredPoint, StoredProbe, collection_statuses
 from search_api.batching import MicroBatcher
 from search_api.metrics import ServiceMetrics
@@ -204,6 +212,14 @@ class SearchService:
         """A stored point, or PointNotFoundError."""
         return await run_in_threadpool(self.searcher.point, collection, point_id)
 
+    async def browse(
+        self, collection: str, limit: int, start: str | None, filters: Filters
+    ) -> BrowsePage:
+        """A page of the collection's points (``start``: a point id, "random" or None)."""
+        return await run_in_threadpool(
+            lambda: self.searcher.browse(collection, limit=limit, start=start, filters=filters)
+        )
+
     async def probes(self, collection: str) -> list[StoredProbe]:
         """The collection's probes (cached for a few seconds)."""
         return await run_in_threadpool(self.searcher.probes, collection)
@@ -244,6 +260,18 @@ class SearchService:
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
+        return buffer.getvalue()
+
+    async def patch_png(self, patches: PatchEmbeddings, height: int, *, mask: bool) -> bytes:
+        """The PCA picture of one image's patches as a PNG, each patch as many pixels as it
+        had in the model input (``height`` pixels for the grid's rows)."""
+        return await run_in_threadpool(self._patch_png, patches, height, mask)
+
+    def _patch_png(self, patches: PatchEmbeddings, height: int, mask: bool) -> bytes:
+        picture = patch_picture(patches.patch_tokens[0], patches.grid, mask=mask)
+        factor = max(1, height // max(1, patches.grid[0]))
+        buffer = io.BytesIO()
+        Image.fromarray(picture.upscaled(factor), "RGB").save(buffer, "PNG")
         return buffer.getvalue()
 
     # -- state --------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ SEED = 20261201
 MAX_EXAMPLES = 25
 MIN_CASES = 400  # what this seed and cap generate is well above; fewer means a broken run
 TIME_LIMIT_S = 110
-UPLOAD_PATHS = ("/search", "/search/batch", "/classify", "/embed")
+UPLOAD_PATHS = ("/search", "/search/batch", "/classify", "/embed", "/embed/pca")
 
 
 @pytest.fixture(scope="module")

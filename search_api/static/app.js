@@ -1,0 +1,544 @@
+// dinoseek's search page. Plain JavaScript, no dependencies: everything it shows comes from
+// the API of the server that served it. Every path and label is inserted as text, never as
+// HTML. The state of a view is in the URL, so back and forward work; an upload's results
+// are kept in the history entry (its image cannot be in a URL).
+"use strict";
+
+const KEY_STORAGE = "dinoseek.apiKey";
+const KEY_COOKIE = "dinoseek_key"; // read by the server for <img> thumbnails only
+const THUMBNAIL_SIZE = 256;
+const BROWSE_PAGE = 24;
+const MAX_RETRY_AFTER_S = 10;
+
+const $ = (id) => document.getElementById(id);
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// -- the API key --------------------------------------------------------------------------
+
+function apiKey() {
+  return sessionStorage.getItem(KEY_STORAGE);
+}
+
+function setApiKey(key) {
+  sessionStorage.setItem(KEY_STORAGE, key);
+  document.cookie = `${KEY_COOKIE}=${encodeURIComponent(key)}; path=/points; SameSite=Strict`;
+}
+
+let keyWaiters = [];
+
+function askForKey(reason) {
+  const form = $("key-form");
+  $("key-reason").textContent = reason;
+  form.hidden = false;
+  $("key-input").focus();
+  return new Promise((resolve) => keyWaiters.push(resolve));
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  setApiKey($("key-input").value);
+  $("key-input").value = "";
+  $("key-form").hidden = true;
+  const waiters = keyWaiters;
+  keyWaiters = [];
+  waiters.forEach((resolve) => resolve());
+});
+
+// -- talking to the API -------------------------------------------------------------------
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// fetch() with the key; a 401 asks for the key and tries again, a 503 is retried once
+// after its Retry-After; any other error becomes an ApiError with the server's message.
+async function api(path, options = {}, retried = false) {
+  const headers = new Headers(options.headers || {});
+  const key = apiKey();
+  if (key !== null) headers.set("X-API-Key", key);
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers });
+  } catch (error) {
+    throw new ApiError(0, "unreachable", "The server cannot be reached. Is `dinoseek serve` still running?");
+  }
+  if (response.ok) return response;
+  const detail = await errorDetail(response);
+  if (response.status === 401) {
+    await askForKey(key === null ? "This server needs an API key." : `The server refused the key: ${detail.message}`);
+    return api(path, options, retried);
+  }
+  if (response.status === 503 && !retried) {
+    const after = Math.min(Number(response.headers.get("Retry-After")) || 1, MAX_RETRY_AFTER_S);
+    showMessage(`The server is busy (${detail.message}). Trying again in ${after} s…`, "info");
+    await sleep(after * 1000);
+    hideMessage();
+    return api(path, options, true);
+  }
+  throw new ApiError(response.status, detail.code, detail.message);
+}
+
+async function errorDetail(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error && typeof body.error.message === "string") return body.error;
+  } catch (_) {
+    // not JSON: fall through
+  }
+  return { code: `http_${response.status}`, message: `${response.status} ${response.statusText}` };
+}
+
+async function getJson(path) {
+  return (await api(path)).json();
+}
+
+// -- messages -----------------------------------------------------------------------------
+
+function showMessage(text, kind = "error") {
+  const box = $("message");
+  box.textContent = text;
+  box.className = kind;
+  box.hidden = false;
+}
+
+function hideMessage() {
+  $("message").hidden = true;
+}
+
+function explain(error) {
+  if (!(error instanceof ApiError)) return `Something went wrong: ${error.message}`;
+  const prefix = {
+    413: "Too large",
+    415: "Not an image dinoseek can read",
+    422: "Not usable",
+    503: "The server is overloaded or its store is unreachable",
+    0: "No connection",
+  }[error.status];
+  return prefix ? `${prefix}: ${error.message}` : error.message;
+}
+
+// -- the state in the URL -----------------------------------------------------------------
+
+const CONTROL_PARAMS = ["top_k", "threshold", "label", "root", "collection", "labels"];
+
+function controls() {
+  return {
+    top_k: $("top-k").value || "12",
+    threshold: $("threshold").value,
+    label: $("label").value.trim(),
+    root: $("root").value.trim(),
+    collection: $("collection").value,
+    labels: $("with-labels").checked ? "1" : "0",
+  };
+}
+
+function setControls(params) {
+  $("top-k").value = params.get("top_k") || "12";
+  $("threshold").value = params.get("threshold") || "";
+  $("label").value = params.get("label") || "";
+  $("root").value = params.get("root") || "";
+  const collection = params.get("collection") || "";
+  if (collection && ![...$("collection").options].some((o) => o.value === collection)) {
+    $("collection").append(new Option(collection, collection));
+  }
+  $("collection").value = collection;
+  $("with-labels").checked = params.get("labels") !== "0";
+}
+
+function pageParams(view, extra = {}) {
+  const params = new URLSearchParams();
+  params.set("view", view);
+  for (const [name, value] of Object.entries({ ...controls(), ...extra })) {
+    if (value !== "" && value !== undefined && value !== null) params.set(name, value);
+  }
+  if (params.get("labels") === "1") params.delete("labels");
+  if (params.get("top_k") === "12") params.delete("top_k");
+  return params;
+}
+
+// Query parameters for the API from the page's parameters.
+function searchQuery(params, { withLabels = true } = {}) {
+  const query = new URLSearchParams();
+  query.set("top_k", params.get("top_k") || "12");
+  for (const name of ["label", "root", "collection"]) {
+    if (params.get(name)) query.set(name, params.get(name));
+  }
+  if (params.get("threshold")) query.set("score_threshold", params.get("threshold"));
+  if (withLabels) query.set("with_labels", params.get("labels") === "0" ? "false" : "true");
+  return query;
+}
+
+function collectionQuery(params) {
+  const collection = params.get("collection");
+  return collection ? `collection=${encodeURIComponent(collection)}` : "";
+}
+
+function navigate(params, data = null) {
+  history.pushState(data, "", `?${params}`);
+  show(params, data);
+}
+
+window.addEventListener("popstate", (event) => {
+  show(new URLSearchParams(location.search), event.state);
+});
+
+// -- rendering ----------------------------------------------------------------------------
+
+function imageUrl(id, params, size) {
+  const query = new URLSearchParams();
+  if (size) query.set("size", String(size));
+  if (params.get("collection")) query.set("collection", params.get("collection"));
+  const text = query.toString();
+  return `/points/${encodeURIComponent(id)}/image${text ? `?${text}` : ""}`;
+}
+
+function card(result, params) {
+  const item = $("card-template").content.firstElementChild.cloneNode(true);
+  const name = result.path || result.id;
+  const image = item.querySelector("img");
+  image.src = imageUrl(result.id, params, THUMBNAIL_SIZE);
+  image.alt = name;
+  const thumb = item.querySelector(".thumb");
+  thumb.setAttribute("aria-label", `Images similar to ${name}`);
+  thumb.addEventListener("click", () => navigate(pageParams("similar", { id: result.id })));
+  const score = item.querySelector(".score");
+  if (typeof result.score === "number") score.textContent = result.score.toFixed(4);
+  else score.remove();
+  const label = item.querySelector(".label-tag");
+  if (result.label) label.textContent = result.label;
+  else label.remove();
+  const path = item.querySelector(".path");
+  path.querySelector(".path-text").textContent = name;
+  path.title = name;
+  item.querySelector(".open").href = imageUrl(result.id, params, null);
+  item.querySelector(".copy").addEventListener("click", () => copyText(name));
+  item.dataset.id = result.id;
+  return item;
+}
+
+function grid(results, params) {
+  const list = document.createElement("ul");
+  list.className = "grid";
+  results.forEach((result) => list.append(card(result, params)));
+  if (!results.length) {
+    const empty = document.createElement("li");
+    empty.className = "empty";
+    empty.textContent = "No neighbours match.";
+    list.append(empty);
+  }
+  return list;
+}
+
+function queryCard({ preview, name, labels, error }) {
+  const article = $("query-template").content.firstElementChild.cloneNode(true);
+  const image = article.querySelector(".preview img");
+  if (preview) image.src = preview;
+  else image.remove();
+  image.alt = `Query: ${name}`;
+  article.querySelector(".name").textContent = name;
+  if (labels && labels.length) {
+    const list = article.querySelector(".labels");
+    labels.forEach((predicted) => {
+      const entry = document.createElement("li");
+      const percent = (predicted.probability * 100).toFixed(1);
+      entry.textContent = `${predicted.label}: ${percent}% (${predicted.method})`;
+      list.append(entry);
+    });
+    article.querySelector(".predicted").hidden = false;
+  }
+  if (error) {
+    const box = article.querySelector(".query-error");
+    box.textContent = `${name}: ${error.message} (${error.code})`;
+    box.hidden = false;
+  }
+  return article;
+}
+
+function setTitle(text) {
+  document.title = text ? `${text} · dinoseek` : "dinoseek";
+}
+
+// Patch features as colours, beside the query; the checkbox asks for the foreground only.
+function attachPca(article, file) {
+  const figure = article.querySelector(".pca");
+  const image = figure.querySelector("img");
+  const pictures = {};
+  const load = async (mask) => {
+    if (!pictures[mask]) {
+      const form = new FormData();
+      form.append("image", file, file.name);
+      const response = await api(`/embed/pca?mask=${mask}`, { method: "POST", body: form });
+      pictures[mask] = URL.createObjectURL(await response.blob());
+    }
+    image.src = pictures[mask];
+    image.alt = mask
+      ? `Foreground patches of ${file.name}, coloured by their principal components`
+      : `Patch features of ${file.name} on their first three principal components`;
+    figure.hidden = false;
+  };
+  figure.querySelector(".mask").addEventListener("change", (event) => {
+    load(event.target.checked).catch((error) => showMessage(explain(error)));
+  });
+  return load(false);
+}
+
+// -- the views ----------------------------------------------------------------------------
+
+let showing = 0; // the newest view wins when several are loading
+
+async function show(params, data) {
+  const ticket = ++showing;
+  setControls(params);
+  hideMessage();
+  $("more").hidden = true;
+  const view = params.get("view") || "browse";
+  try {
+    if (view === "similar" && params.get("id")) await showSimilar(params, ticket);
+    else if (view === "upload") showUpload(params, data);
+    else await showBrowse(params, ticket);
+  } catch (error) {
+    if (ticket === showing) showMessage(explain(error));
+  }
+}
+
+function replaceView(...nodes) {
+  $("view").replaceChildren(...nodes);
+}
+
+async function showSimilar(params, ticket) {
+  const id = params.get("id");
+  const scope = collectionQuery(params);
+  const [point, found] = await Promise.all([
+    getJson(`/points/${encodeURIComponent(id)}${scope ? `?${scope}` : ""}`),
+    getJson(`/points/${encodeURIComponent(id)}/similar?${searchQuery(params, { withLabels: false })}`),
+  ]);
+  if (ticket !== showing) return;
+  const name = point.payload.path || id;
+  setTitle(`Similar to ${name}`);
+  replaceView(queryCard({ preview: imageUrl(id, params, THUMBNAIL_SIZE), name }), grid(found.results, params));
+}
+
+async function showBrowse(params, ticket) {
+  const query = new URLSearchParams();
+  query.set("limit", String(BROWSE_PAGE));
+  query.set("start", params.get("start") || "random");
+  for (const name of ["label", "root", "collection"]) {
+    if (params.get(name)) query.set(name, params.get(name));
+  }
+  const page = await getJson(`/points?${query}`);
+  if (ticket !== showing) return;
+  setTitle("Browse");
+  const heading = document.createElement("h2");
+  heading.textContent = "Browse the collection";
+  replaceView(heading, grid(page.points, params));
+  if (page.next) {
+    $("more").hidden = false;
+    $("more").onclick = () => navigate(pageParams("browse", { start: page.next }));
+  }
+}
+
+function showUpload(params, data) {
+  if (!data || !data.groups) {
+    setTitle("");
+    replaceView();
+    showMessage("The query image is not kept across reloads: drop it again.", "info");
+    return;
+  }
+  setTitle(data.groups.length === 1 ? data.groups[0].name : `${data.groups.length} images`);
+  const nodes = [];
+  for (const group of data.groups) {
+    const article = queryCard(group);
+    nodes.push(article);
+    if (group.results) nodes.push(grid(group.results, params));
+    const file = uploads.get(group.upload);
+    if (file && !group.error) {
+      if (data.groups.length === 1) {
+        attachPca(article, file).catch((error) => showMessage(explain(error)));
+      } else {
+        const button = article.querySelector(".show-pca");
+        button.hidden = false;
+        button.addEventListener("click", () => {
+          button.hidden = true;
+          attachPca(article, file).catch((error) => showMessage(explain(error)));
+        });
+      }
+    }
+  }
+  replaceView(...nodes);
+}
+
+// The files of this page's uploads, by a key kept in the history entry.
+const uploads = new Map();
+let uploadCount = 0;
+
+async function search(files) {
+  files = [...files].filter((file) => file instanceof File);
+  if (!files.length) return;
+  const params = pageParams("upload");
+  const query = searchQuery(params);
+  const form = new FormData();
+  const single = files.length === 1;
+  files.forEach((file) => form.append(single ? "image" : "images", file, file.name));
+  hideMessage();
+  showMessage(single ? `Searching with ${files[0].name}…` : `Searching with ${files.length} images…`, "info");
+  const ticket = ++showing;
+  try {
+    const response = await api(single ? `/search?${query}` : `/search/batch?${query}`, {
+      method: "POST",
+      body: form,
+    });
+    const body = await response.json();
+    const items = single ? [{ results: body.results, labels: body.labels }] : body.items;
+    const groups = items.map((item, index) => {
+      const file = files[index];
+      const upload = `upload-${++uploadCount}`;
+      uploads.set(upload, file);
+      return {
+        upload,
+        name: file.name,
+        preview: URL.createObjectURL(file),
+        results: item.results || null,
+        labels: item.labels || null,
+        error: item.error || null,
+      };
+    });
+    if (ticket !== showing) return;
+    hideMessage();
+    navigate(params, { groups });
+  } catch (error) {
+    if (ticket === showing) showMessage(explain(error));
+  }
+}
+
+// -- the header ---------------------------------------------------------------------------
+
+async function loadStatus(attempt = 0) {
+  let ready;
+  try {
+    ready = await getJson("/ready");
+  } catch (error) {
+    $("status-ready").textContent = error instanceof ApiError ? error.message : "unreachable";
+    $("status-ready").className = "bad";
+    return;
+  }
+  $("status-ready").textContent = ready.ready ? "ready" : "starting";
+  $("status-ready").className = ready.ready ? "good" : "bad";
+  if (ready.model === undefined) {
+    // A server with a key tells a caller without it only whether it is ready: a route that
+    // needs the key asks for it (with the server's own words), then the header is filled.
+    if (attempt > 5) return;
+    await getJson("/collections");
+    return loadStatus(attempt + 1);
+  }
+  $("status-model").textContent = ready.model;
+  $("status-device").textContent = ready.device;
+  $("status-collection").textContent = ready.collection;
+  $("status-points").textContent =
+    ready.points === null ? "no collection yet" : ready.points.toLocaleString();
+  await loadCollections(ready.collection);
+}
+
+async function loadCollections(serviceCollection) {
+  const select = $("collection");
+  const chosen = new URLSearchParams(location.search).get("collection") || "";
+  const listed = await getJson("/collections");
+  const options = [new Option(`${serviceCollection} (the service's)`, "")];
+  for (const collection of listed.collections) {
+    if (collection.name !== serviceCollection) options.push(new Option(collection.name, collection.name));
+  }
+  select.replaceChildren(...options);
+  select.value = chosen;
+  loadLabels().catch(() => {});
+}
+
+async function loadLabels() {
+  const scope = collectionQuery(new URLSearchParams(location.search));
+  const probes = await getJson(`/probes${scope ? `?${scope}` : ""}`);
+  const chosen = probes.probes.find((probe) => probe.name === probes.default);
+  const list = $("label-list");
+  list.replaceChildren(...(chosen ? chosen.classes : []).map((label) => new Option(label)));
+}
+
+// -- copying ------------------------------------------------------------------------------
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (_) {
+    const area = document.createElement("textarea");
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  showMessage(`Copied: ${text}`, "info");
+}
+
+// -- input --------------------------------------------------------------------------------
+
+function wireInput() {
+  const drop = $("drop");
+  const file = $("file");
+  file.addEventListener("change", () => {
+    search(file.files);
+    file.value = "";
+  });
+  drop.addEventListener("keydown", (event) => {
+    if (event.target === drop && (event.key === "Enter" || event.key === " ")) {
+      event.preventDefault();
+      file.click();
+    }
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (event) => {
+      event.preventDefault();
+      drop.classList.add("over");
+    });
+  }
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    search(event.dataTransfer.files);
+  });
+  document.addEventListener("paste", (event) => {
+    const files = event.clipboardData ? event.clipboardData.files : [];
+    if (files.length) {
+      event.preventDefault();
+      search(files);
+    }
+  });
+  $("controls").addEventListener("submit", (event) => event.preventDefault());
+  $("browse").addEventListener("click", () => navigate(pageParams("browse", { start: "random" })));
+  $("collection").addEventListener("change", () => {
+    const params = new URLSearchParams(location.search);
+    navigate(pageParams(params.get("view") === "similar" ? "browse" : params.get("view") || "browse"));
+    loadLabels().catch(() => {});
+  });
+  // A change of a filter reruns a view that needs no upload.
+  for (const id of ["top-k", "threshold", "label", "root", "with-labels"]) {
+    $(id).addEventListener("change", () => {
+      const params = new URLSearchParams(location.search);
+      const view = params.get("view") || "browse";
+      if (view === "upload") return;
+      const extra = view === "similar" ? { id: params.get("id") } : {};
+      navigate(pageParams(view, extra));
+    });
+  }
+}
+
+async function start() {
+  wireInput();
+  const params = new URLSearchParams(location.search);
+  setControls(params);
+  await loadStatus().catch((error) => showMessage(explain(error)));
+  show(new URLSearchParams(location.search), history.state);
+}
+
+start();
