@@ -43,6 +43,7 @@ from indexer.workers import (
     read_file,
     shared_buffer,
     slot_view,
+    worker_started,
 )
 
 if TYPE_CHECKING:  # torch: imported only where --gpu-decode is asked for
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POLL_S = 0.25  # how often a wait for a decode looks at the stop event
+WORKER_START_S = 120.0  # how long new workers may take to start (not a decode's deadline)
 WORKER_EXIT_S = 2.0  # how long closing waits for busy workers before killing them
 
 Result = PreparedFile | FailedFile
@@ -71,6 +73,16 @@ class _Generation:
             initializer=init_worker,
             initargs=(config, self.shared.name, self.shape, os.getpid()),
         )
+
+    def wait_started(self, workers: int, stop: threading.Event) -> None:
+        """Wait until every worker has started, so that a decode's deadline never includes
+        the start of a process (seconds on a busy machine)."""
+        started = [self.executor.submit(worker_started) for _ in range(workers)]
+        for future in started:
+            try:
+                _result(future, stop, WORKER_START_S)
+            except (_StoppedError, BrokenProcessPool, TimeoutError):
+                return  # stopping, or a pool that cannot start: the decodes will say so
 
     def submit(self, file: ScannedFile) -> tuple[int, Future[Result]]:
         slot = self.free.popleft()
@@ -109,6 +121,7 @@ class DecodePool:
         self.workers = workers
         self.window = max(1, window)
         self._generation: _Generation | None = None
+        self._stop = threading.Event()
 
     def results(
         self, files: Sequence[ScannedFile], stop: threading.Event
@@ -117,7 +130,8 @@ class DecodePool:
         if self.workers == 0:
             yield from self._results_in_thread(files, stop)
             return
-        self._generation = _Generation(self.config, self.workers, self.window)
+        self._stop = stop
+        self._generation = self._new_generation()
         upcoming: Iterator[ScannedFile] = iter(files)
         in_flight: deque[tuple[ScannedFile, int, Future[Result]]] = deque()
         isolating = 0  # after a worker death: files still to run one at a time
@@ -211,7 +225,12 @@ class DecodePool:
 
     def _restart(self) -> None:
         self._close_generation()
-        self._generation = _Generation(self.config, self.workers, self.window)
+        self._generation = self._new_generation()
+
+    def _new_generation(self) -> _Generation:
+        generation = _Generation(self.config, self.workers, self.window)
+        generation.wait_started(self.workers, self._stop)
+        return generation
 
     def _close_generation(self) -> None:
         if self._generation is not None:

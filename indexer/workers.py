@@ -110,6 +110,13 @@ def _exit_with_parent(parent: int, interval_s: float = 1.0) -> None:
     os._exit(0)
 
 
+def worker_started() -> int:
+    """A task that only says a worker is up (its pid). It takes a moment, so that as many
+    of them as there are workers start every worker."""
+    time.sleep(0.05)
+    return os.getpid()
+
+
 def prepare_into_slot(path: str, slot: int) -> PreparedFile | FailedFile:
     """Worker entry point: prepare ``path`` and put its pixels into ``slot``."""
     config, shared = _WorkerState.config, _WorkerState.shared
