@@ -45,10 +45,29 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
+# File extensions of each format: how a folder's images are found before they are read.
+EXTENSIONS_BY_FORMAT: dict[str, tuple[str, ...]] = {
+    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),
+    "PNG": (".png",),
+    "WEBP": (".webp",),
+    "GIF": (".gif",),
+    "BMP": (".bmp", ".dib"),
+    "TIFF": (".tif", ".tiff"),
+    "AVIF": (".avif",),
+    "HEIF": (".heic", ".heif"),
+}
+
+
 def allowed_formats() -> tuple[str, ...]:
     """The Pillow format names dinoseek decodes in this process (plugins included)."""
     Image.init()
     return tuple(name for name in BASE_FORMATS + PLUGIN_FORMATS if name in Image.OPEN)
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case extensions (with the dot) of the formats this process can decode."""
+    formats = allowed_formats()
+    return frozenset(ext for fmt in formats for ext in EXTENSIONS_BY_FORMAT.get(fmt, ()))
 
 
 def sniff_format(head: bytes) -> str | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from itertools import islice
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dinoseek.dedup import DUPLICATE, GROUP, KEEP, ROLE
 from dinoseek.embedding import ImageEmbedder
 from dinoseek.errors import (
     ConfigError,
@@ -39,6 +40,7 @@ from dinoseek.images import PreparedImage, prepare_image
 from dinoseek.labels import LabelMethod, PredictedLabel, knn_vote
 from dinoseek.probe import ProbeCache
 from dinoseek.store import (
+    FilterValue,
     SearchHit,
     SearchQuery,
     StoredPoint,
@@ -100,6 +102,7 @@ class NeighbourQuery:
     offset: int = 0
     score_threshold: float | None = None
     filters: Filters = field(default_factory=Filters)
+    collapse_duplicates: bool = False
 
     def for_vector(self, vector: np.ndarray, *, exclude: Sequence[str] = ()) -> SearchQuery:
         """The store query for ``vector``."""
@@ -110,6 +113,8 @@ class NeighbourQuery:
             score_threshold=self.score_threshold,
             filters=self.filters.conditions(),
             exclude_ids=tuple(exclude),
+            # One hit per group of near-duplicates: its kept point (``dinoseek dedup``).
+            exclude={ROLE: DUPLICATE} if self.collapse_duplicates else {},
         )
 
 
@@ -177,6 +182,23 @@ class BrowsePage:
     """A page of points in id order; ``next`` starts the following page (None at the end)."""
 
     points: list[ListedPoint]
+    next: str | None
+
+
+@dataclass(frozen=True)
+class DuplicateGroupView:
+    """A group of near-duplicates marked by ``dinoseek dedup``: the kept point and the
+    others (each with its ``duplicate_score`` in its payload)."""
+
+    keep: ListedPoint
+    duplicates: list[ListedPoint]
+
+
+@dataclass(frozen=True)
+class DuplicatesPage:
+    """A page of groups in the id order of their kept points, and where the next starts."""
+
+    groups: list[DuplicateGroupView]
     next: str | None
 
 
@@ -363,12 +385,36 @@ class Searcher:
         following = points[limit].id if len(points) > limit else None
         return BrowsePage([ListedPoint.from_stored(p) for p in points[:limit]], following)
 
+    def duplicates(self, collection: str, *, limit: int, start: str | None) -> DuplicatesPage:
+        """Up to ``limit`` groups of near-duplicates from the kept point ``start``."""
+        first = None if start is None else validate_point_id(start)
+        with self.using(collection):
+            keepers = self._page(collection, first, limit, {ROLE: KEEP})
+            groups = [
+                DuplicateGroupView(
+                    ListedPoint.from_stored(keeper),
+                    [
+                        ListedPoint.from_stored(member)
+                        for member in self.store.scroll(collection, filters={GROUP: keeper.id})
+                        if member.id != keeper.id
+                    ],
+                )
+                for keeper in keepers[:limit]
+            ]
+        following = keepers[limit].id if len(keepers) > limit else None
+        return DuplicatesPage(groups, following)
+
     def _page(
-        self, collection: str, start: str | None, limit: int, filters: Filters
+        self,
+        collection: str,
+        start: str | None,
+        limit: int,
+        filters: Filters | Mapping[str, FilterValue],
     ) -> list[StoredPoint]:
         """``limit`` + 1 points from ``start``: the last one is where the next page starts."""
+        conditions = filters.conditions() if isinstance(filters, Filters) else filters
         scrolled = self.store.scroll(
-            collection, filters=filters.conditions(), batch_size=limit + 1, start=start
+            collection, filters=conditions, batch_size=limit + 1, start=start
         )
         return list(islice(scrolled, limit + 1))
 

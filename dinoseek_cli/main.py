@@ -1,7 +1,8 @@
 """``dinoseek``: the command group above both apps.
 
-The indexer contributes ``index``, the service ``serve``; ``search``, ``info``, ``probe`` and
-``snapshot`` live here. Every command opens what it needs through ``dinoseek.runtime``.
+The indexer contributes ``index``, the service ``serve``; ``search``, ``info``, ``probe``,
+``snapshot`` and ``dedup`` live here. Every command opens what it needs through
+``dinoseek.runtime``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import click
 
 from dinoseek import __version__
 from dinoseek.commandline import EPILOG
+from dinoseek_cli.dedup import dedup
 from dinoseek_cli.info import info
 from dinoseek_cli.probe import probe
 from dinoseek_cli.search import search
@@ -30,7 +32,8 @@ def main() -> None:
     Quick start:
       dinoseek index ~/Pictures --labels-from-folders   # embed every image once
       dinoseek search query.jpg                         # nearest neighbours
-      dinoseek serve                                    # the HTTP API and its docs
+      dinoseek serve                                    # the search page and the API
+      dinoseek dedup                                    # mark near-duplicates
       dinoseek info                                     # what is stored where
 
     Everything lands in ./dinoseek-data (the embedded store) unless DINOSEEK_QDRANT_URL points
@@ -38,5 +41,5 @@ def main() -> None:
     """
 
 
-for command in (index, search, info, serve, probe, snapshot):
+for command in (index, search, info, serve, probe, snapshot, dedup):
     main.add_command(command)

@@ -50,6 +50,11 @@ from search_api.client import ServiceClient
     help="Only neighbours with a cosine similarity of at least this.",
 )
 @click.option(
+    "--collapse-duplicates",
+    is_flag=True,
+    help="One hit per group of near-duplicates (marked by `dinoseek dedup`): its kept image.",
+)
+@click.option(
     "--filter",
     "filters",
     multiple=True,
@@ -65,6 +70,7 @@ def search(
     top_k: int,
     offset: int,
     threshold: float | None,
+    collapse_duplicates: bool,
     filters: tuple[str, ...],
     as_json: bool,
     quiet: bool,
@@ -74,7 +80,11 @@ def search(
     configure_logging(quiet=True)
     settings = load_settings(**flags)
     query = NeighbourQuery(
-        top_k=top_k, offset=offset, score_threshold=threshold, filters=Filters.parse(filters)
+        top_k=top_k,
+        offset=offset,
+        score_threshold=threshold,
+        filters=Filters.parse(filters),
+        collapse_duplicates=collapse_duplicates,
     )
     labels = LabelRequest(with_labels=True)
     data = read_image_bytes(image)

@@ -16,13 +16,21 @@ class Progress:
     """Counts processed items against a total and shows rate and ETA."""
 
     def __init__(
-        self, total: int, *, description: str, mode: str = "auto", interval_s: float = 10.0
+        self,
+        total: int,
+        *,
+        description: str,
+        mode: str = "auto",
+        interval_s: float = 10.0,
+        unit: str = "img",
     ) -> None:
-        """``mode``: ``bar``, ``log``, ``off``, or ``auto`` (bar on a terminal, else log)."""
+        """``mode``: ``bar``, ``log``, ``off``, or ``auto`` (bar on a terminal, else log);
+        ``unit``: what is counted."""
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "log"
         self.total = total
         self.description = description
+        self.unit = unit
         self.mode = mode
         self.interval_s = interval_s
         self.done = 0
@@ -33,7 +41,7 @@ class Progress:
             self._bar = tqdm(
                 total=total,
                 desc=description,
-                unit="img",
+                unit=unit,
                 file=sys.stderr,
                 dynamic_ncols=True,
                 smoothing=0.1,
@@ -57,7 +65,7 @@ class Progress:
         line = f"{self.description}: {self.done:,}/{self.total:,}"
         if self.total:
             line += f" ({100 * self.done / self.total:.0f}%)"
-        line += f", {rate:.1f} img/s"
+        line += f", {rate:.1f} {self.unit}/s"
         if rate > 0 and self.total > self.done:
             line += f", ETA {format_duration((self.total - self.done) / rate)}"
         return line

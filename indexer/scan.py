@@ -14,19 +14,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dinoseek.images import allowed_formats
+from dinoseek.images import image_extensions
 
 # Extensions by Pillow format name; AVIF/HEIF only count when their plugin is installed.
-EXTENSIONS_BY_FORMAT: dict[str, tuple[str, ...]] = {
-    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),
-    "PNG": (".png",),
-    "WEBP": (".webp",),
-    "GIF": (".gif",),
-    "BMP": (".bmp", ".dib"),
-    "TIFF": (".tif", ".tiff"),
-    "AVIF": (".avif",),
-    "HEIF": (".heic", ".heif"),
-}
 
 # Names excluded unless the user scans them explicitly as a root. Matched against each file
 # and folder name (and the path relative to the root) with fnmatch.
@@ -45,12 +35,6 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     "thumbs",
     "Thumbs.db",
 )
-
-
-def image_extensions() -> frozenset[str]:
-    """Lower-case extensions (with the dot) of the formats this process can decode."""
-    formats = allowed_formats()
-    return frozenset(ext for fmt in formats for ext in EXTENSIONS_BY_FORMAT.get(fmt, ()))
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,8 @@ class ServiceClient:
         }
         if query.score_threshold is not None:
             params["score_threshold"] = query.score_threshold
+        if query.collapse_duplicates:
+            params["collapse_duplicates"] = True
         if labels.with_labels is not None:
             params["with_labels"] = labels.with_labels
         if labels.method is not None:

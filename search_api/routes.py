@@ -28,6 +28,7 @@ from search_api.schemas import (
     ClassifyResponse,
     CollectionsResponse,
     CollectionSummary,
+    DuplicatesResponse,
     EmbedResponse,
     ErrorBody,
     ErrorDetail,
@@ -82,6 +83,10 @@ Root = Annotated[str | None, Query(description="only neighbours indexed under th
 FilePath = Annotated[str | None, Query(description="only the neighbour with this file path")]
 Format = Annotated[str | None, Query(description="only neighbours of this format (JPEG, PNG...)")]
 Sha256 = Annotated[str | None, Query(description="only the neighbour with this content hash")]
+CollapseDuplicates = Annotated[
+    bool,
+    Query(description="one hit per group of near-duplicates (`dinoseek dedup`): its kept image"),
+]
 # What makes bytes an image cannot be said in a schema; that they are not empty can.
 ImageUpload = Annotated[
     UploadFile, File(description="the image", json_schema_extra={"minLength": 1})
@@ -131,6 +136,7 @@ class Neighbours:
     format: Format = None
     sha256: Sha256 = None
     collection: Collection = None
+    collapse_duplicates: CollapseDuplicates = False
 
     def query(self) -> NeighbourQuery:
         """The core's query for these parameters."""
@@ -142,6 +148,7 @@ class Neighbours:
             offset=self.offset,
             score_threshold=self.score_threshold,
             filters=filters,
+            collapse_duplicates=self.collapse_duplicates,
         )
 
 
@@ -307,6 +314,26 @@ async def browse(
     name = _collection(service, collection)
     page = await service.browse(name, limit, start, Filters(label=label, root=root))
     return BrowseResponse(collection=name, points=page.points, next=page.next)
+
+
+@routes.get("/duplicates", response_model=DuplicatesResponse, summary="Near-duplicates")
+async def duplicates(
+    service: Service,
+    limit: Annotated[int, Query(ge=1, le=100, description="groups per page")] = 20,
+    start: Annotated[
+        str | None,
+        Query(
+            description="where the page starts: a page's `next`",
+            json_schema_extra={"format": "uuid", "pattern": POINT_ID_PATTERN.pattern},
+        ),
+    ] = None,
+    collection: Collection = None,
+) -> DuplicatesResponse:
+    """The groups of near-duplicates marked by `dinoseek dedup`: each kept image and the
+    others, a page at a time (largest groups are not first: the order is the kept ids')."""
+    name = _collection(service, collection)
+    page = await service.duplicates(name, limit, start)
+    return DuplicatesResponse(collection=name, groups=page.groups, next=page.next)
 
 
 @routes.get("/points/{point_id}", response_model=PointResponse, summary="A stored point")

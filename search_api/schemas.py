@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from dinoseek.labels import PredictedLabel
-from dinoseek.search import ListedPoint, Neighbour
+from dinoseek.search import DuplicateGroupView, ListedPoint, Neighbour
 
 EXAMPLE_ID = "6b1c1f6e-3d0e-5b8e-9c55-2d1b0e8f4a11"
 EXAMPLE_PAYLOAD: dict[str, Any] = {
@@ -123,6 +123,15 @@ class BrowseResponse(BaseModel):
 
     collection: str
     points: list[ListedPoint]
+    next: str | None
+
+
+class DuplicatesResponse(BaseModel):
+    """A page of the groups of near-duplicates that `dinoseek dedup` marked; ``next`` is the
+    ``start`` of the next page."""
+
+    collection: str
+    groups: list[DuplicateGroupView]
     next: str | None
 
 

@@ -35,6 +35,7 @@ from dinoseek.patch_pca import patch_picture
 from dinoseek.runtime import Runtime
 from dinoseek.search import (
     BrowsePage,
+    DuplicatesPage,
     Filters,
     LabelRequest,
     Neighbour,
@@ -218,6 +219,12 @@ class SearchService:
         """A page of the collection's points (``start``: a point id, "random" or None)."""
         return await run_in_threadpool(
             lambda: self.searcher.browse(collection, limit=limit, start=start, filters=filters)
+        )
+
+    async def duplicates(self, collection: str, limit: int, start: str | None) -> DuplicatesPage:
+        """A page of the collection's groups of near-duplicates."""
+        return await run_in_threadpool(
+            lambda: self.searcher.duplicates(collection, limit=limit, start=start)
         )
 
     async def probes(self, collection: str) -> list[StoredProbe]:

@@ -252,6 +252,22 @@ def test_delete_and_set_payload(store: VectorStore) -> None:
     np.testing.assert_allclose(stored.vector, points[2].vector, atol=1e-6)
 
 
+def test_merge_and_delete_payload_fields(store: VectorStore) -> None:
+    store.ensure_collection("images", make_space())
+    points = records(4)
+    store.upsert("images", points)
+    ids = [p.id for p in points]
+    store.merge_payload("images", ids[:3], {"mark": "x", "n": 2})
+    store.delete_payload_fields("images", ids[1:], ["n", "label", "missing"])
+    stored = {p.id: p.payload for p in store.get("images", ids)}
+    assert stored[ids[0]] == {**points[0].payload, "mark": "x", "n": 2}
+    rest = {k: v for k, v in points[1].payload.items() if k != "label"}
+    assert stored[ids[1]] == {**rest, "mark": "x"}
+    assert stored[ids[3]] == {k: v for k, v in points[3].payload.items() if k != "label"}
+    store.merge_payload("images", [], {"ignored": True})
+    store.delete_payload_fields("images", ids, [])
+
+
 def test_data_survives_reopening(store_factory: StoreFactory) -> None:
     first = store_factory()
     first.ensure_collection("images", make_space())

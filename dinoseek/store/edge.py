@@ -204,6 +204,16 @@ class EdgeStore:
         """Overwrite one point's payload."""
         self._shard(name).update(qe.UpdateOperation.overwrite_payload([point_id], dict(payload)))
 
+    def merge_payload(self, name: str, ids: Sequence[str], fields: Mapping[str, Any]) -> None:
+        """One set-payload operation for all of ``ids``."""
+        if ids:
+            self._shard(name).update(qe.UpdateOperation.set_payload(list(ids), dict(fields)))
+
+    def delete_payload_fields(self, name: str, ids: Sequence[str], keys: Sequence[str]) -> None:
+        """One delete-payload operation for all of ``ids``."""
+        if ids and keys:
+            self._shard(name).update(qe.UpdateOperation.delete_payload(list(ids), list(keys)))
+
     def delete(self, name: str, ids: Sequence[str]) -> None:
         """Delete by id."""
         if ids:
@@ -380,11 +390,18 @@ def _vector_list(vector: np.ndarray) -> list[float]:
     return np.asarray(vector, dtype=np.float32).tolist()  # type: ignore[no-any-return]
 
 
-def _filter(filters: Mapping[str, FilterValue], exclude_ids: Sequence[str]) -> qe.Filter | None:
+def _filter(
+    filters: Mapping[str, FilterValue],
+    exclude_ids: Sequence[str],
+    exclude: Mapping[str, FilterValue] | None = None,
+) -> qe.Filter | None:
     must: list[Any] = [
         qe.FieldCondition(key, match=qe.MatchValue(value)) for key, value in filters.items()
     ]
     must_not: list[Any] = [qe.HasIdCondition(set(exclude_ids))] if exclude_ids else []
+    must_not += [
+        qe.FieldCondition(key, match=qe.MatchValue(value)) for key, value in (exclude or {}).items()
+    ]
     if not must and not must_not:
         return None
     return qe.Filter(must=must or None, must_not=must_not or None)
@@ -395,7 +412,7 @@ def _query_request(query: SearchQuery) -> qe.QueryRequest:
         limit=query.top_k,
         offset=query.offset,
         query=qe.Query.Nearest(_vector_list(query.vector)),
-        filter=_filter(query.filters, query.exclude_ids),
+        filter=_filter(query.filters, query.exclude_ids, query.exclude),
         score_threshold=query.score_threshold,
         with_payload=True,
         with_vector=False,

@@ -140,6 +140,14 @@ class VectorStore(Protocol):
         """Replace a point's whole payload, keeping its vector."""
         ...
 
+    def merge_payload(self, name: str, ids: Sequence[str], fields: Mapping[str, Any]) -> None:
+        """Set ``fields`` in the payload of every point of ``ids``, keeping the rest."""
+        ...
+
+    def delete_payload_fields(self, name: str, ids: Sequence[str], keys: Sequence[str]) -> None:
+        """Remove ``keys`` from the payload of every point of ``ids``."""
+        ...
+
     def delete(self, name: str, ids: Sequence[str]) -> None:
         """Delete points by id; unknown ids are ignored."""
         ...

@@ -73,7 +73,8 @@ class SearchHit:
 
 @dataclass(frozen=True)
 class SearchQuery:
-    """A nearest-neighbour query. ``filters`` are exact matches on payload fields."""
+    """A nearest-neighbour query. ``filters`` are exact matches on payload fields that
+    must hold; ``exclude`` are exact matches that must not."""
 
     vector: np.ndarray
     top_k: int = 10
@@ -81,6 +82,7 @@ class SearchQuery:
     score_threshold: float | None = None
     filters: Mapping[str, FilterValue] = field(default_factory=dict)
     exclude_ids: tuple[str, ...] = ()
+    exclude: Mapping[str, FilterValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

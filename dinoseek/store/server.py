@@ -207,6 +207,30 @@ class ServerStore:
             wait=True,
         )
 
+    def merge_payload(self, name: str, ids: Sequence[str], fields: Mapping[str, Any]) -> None:
+        """One set-payload call for all of ``ids``."""
+        self._check_acquired(name)
+        if ids:
+            self._call(
+                self.client.set_payload,
+                name,
+                payload=dict(fields),
+                points=models.PointIdsList(points=list(ids)),
+                wait=True,
+            )
+
+    def delete_payload_fields(self, name: str, ids: Sequence[str], keys: Sequence[str]) -> None:
+        """One delete-payload call for all of ``ids``."""
+        self._check_acquired(name)
+        if ids and keys:
+            self._call(
+                self.client.delete_payload,
+                name,
+                keys=list(keys),
+                points=models.PointIdsList(points=list(ids)),
+                wait=True,
+            )
+
     def delete(self, name: str, ids: Sequence[str]) -> None:
         """Delete by id."""
         self._check_acquired(name)
@@ -237,7 +261,7 @@ class ServerStore:
                 query=_vector_list(q.vector),
                 limit=q.top_k,
                 offset=q.offset,
-                filter=_filter(q.filters, q.exclude_ids),
+                filter=_filter(q.filters, q.exclude_ids, q.exclude),
                 score_threshold=q.score_threshold,
                 with_payload=True,
             )
@@ -337,7 +361,11 @@ def _vector_list(vector: np.ndarray) -> list[float]:
     return np.asarray(vector, dtype=np.float32).tolist()  # type: ignore[no-any-return]
 
 
-def _filter(filters: Mapping[str, FilterValue], exclude_ids: Sequence[str]) -> models.Filter | None:
+def _filter(
+    filters: Mapping[str, FilterValue],
+    exclude_ids: Sequence[str],
+    exclude: Mapping[str, FilterValue] | None = None,
+) -> models.Filter | None:
     must: list[models.Condition] = [
         models.FieldCondition(key=key, match=models.MatchValue(value=value))
         for key, value in filters.items()
@@ -345,6 +373,10 @@ def _filter(filters: Mapping[str, FilterValue], exclude_ids: Sequence[str]) -> m
     must_not: list[models.Condition] = (
         [models.HasIdCondition(has_id=list(exclude_ids))] if exclude_ids else []
     )
+    must_not += [
+        models.FieldCondition(key=key, match=models.MatchValue(value=value))
+        for key, value in (exclude or {}).items()
+    ]
     if not must and not must_not:
         return None
     return models.Filter(must=must or None, must_not=must_not or None)

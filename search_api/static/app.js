@@ -299,6 +299,7 @@ async function show(params, data) {
   const view = params.get("view") || "browse";
   try {
     if (view === "similar" && params.get("id")) await showSimilar(params, ticket);
+    else if (view === "duplicates") await showDuplicates(params, ticket);
     else if (view === "upload") showUpload(params, data);
     else await showBrowse(params, ticket);
   } catch (error) {
@@ -339,6 +340,36 @@ async function showBrowse(params, ticket) {
   if (page.next) {
     $("more").hidden = false;
     $("more").onclick = () => navigate(pageParams("browse", { start: page.next }));
+  }
+}
+
+// The groups of near-duplicates that `dinoseek dedup` marked: the kept image first.
+async function showDuplicates(params, ticket) {
+  const query = new URLSearchParams();
+  query.set("limit", "10");
+  if (params.get("start")) query.set("start", params.get("start"));
+  if (params.get("collection")) query.set("collection", params.get("collection"));
+  const page = await getJson(`/duplicates?${query}`);
+  if (ticket !== showing) return;
+  setTitle("Duplicates");
+  const heading = document.createElement("h2");
+  heading.textContent = page.groups.length
+    ? "Near-duplicates (the kept image first)"
+    : "No near-duplicates are marked: run `dinoseek dedup`.";
+  const nodes = [heading];
+  for (const group of page.groups) {
+    const members = [
+      group.keep,
+      ...group.duplicates.map((d) => ({ ...d, score: d.payload.duplicate_score })),
+    ];
+    const list = grid(members, params);
+    list.classList.add("duplicate-group");
+    nodes.push(list);
+  }
+  replaceView(...nodes);
+  if (page.next) {
+    $("more").hidden = false;
+    $("more").onclick = () => navigate(pageParams("duplicates", { start: page.next }));
   }
 }
 
@@ -516,6 +547,7 @@ function wireInput() {
   });
   $("controls").addEventListener("submit", (event) => event.preventDefault());
   $("browse").addEventListener("click", () => navigate(pageParams("browse", { start: "random" })));
+  $("duplicates").addEventListener("click", () => navigate(pageParams("duplicates")));
   $("collection").addEventListener("change", () => {
     const params = new URLSearchParams(location.search);
     navigate(pageParams(params.get("view") === "similar" ? "browse" : params.get("view") || "browse"));

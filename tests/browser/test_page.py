@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from playwright.sync_api import Browser, Dialog, Page, Route, sync_playwright
 
 from dinoseek_cli.main import main
@@ -30,6 +31,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.model]
 REPO = Path(__file__).parent.parent.parent
 SCREENSHOTS = REPO / "test-artifacts" / "browser"
 XSS_NAME = "<img src=x onerror=alert(1)>.jpg"
+DUPLICATE_NAME = "cats_5-lossless-copy.png"
 TOP_K = 6
 KEY = "s3cret key/with=odd;chars"
 
@@ -65,10 +67,12 @@ class Served:
 
 
 def index_folder(root: Path, data: Path, model: Path) -> tuple[list[Path], Path]:
-    """Two labelled classes, and one file whose name is HTML."""
+    """Two labelled classes, one file whose name is HTML, and a lossless copy of a photo
+    (the same pixels: a near-duplicate for any model), marked by `dinoseek dedup`."""
     photos = write_tree(root, per_class=6)
     xss = root / "cats" / XSS_NAME
     xss.write_bytes(encode(photo(4242, (160, 120), kind="squares")))
+    Image.open(photos[5]).save(root / "cats" / DUPLICATE_NAME)
     indexed = CliRunner().invoke(
         main,
         [
@@ -85,6 +89,10 @@ def index_folder(root: Path, data: Path, model: Path) -> tuple[list[Path], Path]
         ],
     )
     assert indexed.exit_code == 0, indexed.output
+    marked = CliRunner().invoke(
+        main, ["dedup", "--data-dir", str(data), "--threshold", "0.99999", "-q"]
+    )
+    assert marked.exit_code == 0, marked.output
     return photos, xss
 
 
@@ -310,7 +318,7 @@ def test_browse_pages_through_the_collection(page: Page, served: Served) -> None
     page.wait_for_selector(".card")
     assert "start=random" not in page.url
     first = {c.get_attribute("data-id") for c in page.query_selector_all(".card")}
-    assert len(first) == len(served.photos) + 1  # everything fits one page of 24
+    assert len(first) == len(served.photos) + 2  # everything fits one page of 24
     assert page.is_hidden("#more")
     page.click(".card .thumb")
     page.wait_for_url("**view=similar**")
@@ -341,7 +349,7 @@ def test_the_page_reveals_nothing_without_the_key(
         page.fill("#key-input", KEY)
         page.click("#key-form button")
         page.wait_for_function(
-            "() => document.querySelector('#status-points').textContent === '13'"
+            "() => document.querySelector('#status-points').textContent === '14'"
         )
         page.wait_for_selector(".card")
         assert thumbnails_loaded(page)
@@ -401,3 +409,51 @@ def test_a_busy_server_is_retried_once_after_retry_after(page: Page, served: Ser
     page.wait_for_selector(f".query-card .name:text-is('{served.photos[4].name}')")
     assert card_paths(page)[0] == str(served.photos[4])
     assert answered == [503, 200]
+
+
+def test_the_duplicates_view_shows_each_group_kept_image_first(page: Page, served: Served) -> None:
+    page.goto(served.url)
+    page.wait_for_selector(".card")
+    page.click("#duplicates")
+    page.wait_for_url("**view=duplicates**")
+    page.wait_for_selector(".duplicate-group .card")
+    groups = page.query_selector_all(".duplicate-group")
+    assert len(groups) == 1
+    paths = [e.inner_text() for e in groups[0].query_selector_all(".path")]
+    assert paths == [str(served.photos[5]), str(served.photos[5].parent / DUPLICATE_NAME)]
+    assert groups[0].query_selector_all(".score")[0].inner_text() == "1.0000"
+    screenshot(page, "11-duplicates")
+
+
+def test_several_images_are_one_batch_and_drop_and_paste_work(page: Page, served: Served) -> None:
+    page.goto(f"{served.url}/?top_k={TOP_K}")
+    page.wait_for_selector(".card")
+    page.set_input_files("#file", [str(served.photos[0]), str(served.photos[7])])
+    page.wait_for_selector(f".query-card .name:text-is('{served.photos[7].name}')")
+    assert len(page.query_selector_all(".query-card")) == 2
+    grids = page.query_selector_all(".grid")
+    assert len(grids) == 2
+    first_paths = [e.inner_text() for e in grids[0].query_selector_all(".path")]
+    second_paths = [e.inner_text() for e in grids[1].query_selector_all(".path")]
+    assert first_paths[0] == str(served.photos[0])
+    assert second_paths[0] == str(served.photos[7])
+    assert page.is_visible(".query-card .show-pca")  # a batch draws the PCA on request
+    screenshot(page, "12-batch")
+    for event, name in (("drop", 3), ("paste", 9)):
+        photo_path = served.photos[name]
+        page.evaluate(
+            """([event, name, bytes]) => {
+                const data = new DataTransfer();
+                data.items.add(new File([new Uint8Array(bytes)], name, {type: "image/jpeg"}));
+                if (event === "drop") {
+                    const options = {dataTransfer: data, bubbles: true, cancelable: true};
+                    document.getElementById("drop").dispatchEvent(new DragEvent("drop", options));
+                } else {
+                    document.dispatchEvent(
+                        new ClipboardEvent("paste", {clipboardData: data, bubbles: true}));
+                }
+            }""",
+            [event, photo_path.name, list(photo_path.read_bytes())],
+        )
+        page.wait_for_selector(f".query-card .name:text-is('{photo_path.name}')")
+        assert card_paths(page)[0] == str(photo_path), event

@@ -1,0 +1,334 @@
+"""Near-duplicates of a collection, the LVD-142M way: a kNN graph at a similarity threshold,
+its connected components, one point kept per component.
+
+Everything is decided from the stored vectors and payloads: no image is read, no file is
+touched. The outcome is written as payload marks (``MARK_FIELDS``):
+
+- every member of a group: ``duplicate_group`` (the kept point's id);
+- the kept point: ``duplicate_role: "keep"`` and ``duplicate_count`` (how many others);
+- the others: ``duplicate_role: "duplicate"``, ``duplicate_of`` (the kept point's id) and
+  ``duplicate_score`` (cosine similarity to the kept point);
+- every point compared: ``dedup_threshold``.
+
+The kept point of a group is the one with the most pixels, then the shortest path, then the
+smallest id. A rerun compares only the points without ``dedup_threshold`` equal to its
+threshold (new, re-indexed, or compared at another threshold) with every point, and trusts
+the groups of the others. Marks are written in two phases, the groups first, then the
+``dedup_threshold`` of the compared points, so a run killed at any moment is finished by
+the next one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dinoseek.collection_vectors import CollectionVectors
+from dinoseek.similarity import best_matches, pairs_above
+from dinoseek.store import VectorStore
+
+GROUP = "duplicate_group"
+ROLE = "duplicate_role"  # a keyword, "keep" or "duplicate": what filters match
+KEEP, DUPLICATE = "keep", "duplicate"
+COUNT = "duplicate_count"
+OF = "duplicate_of"
+SCORE = "duplicate_score"
+THRESHOLD = "dedup_threshold"
+MARK_FIELDS = (GROUP, ROLE, COUNT, OF, SCORE, THRESHOLD)
+# What the keep rule and the report need from each payload.
+PAYLOAD_FIELDS = ("path", "width", "height", "near_duplicate_of", *MARK_FIELDS)
+DEFAULT_THRESHOLD = 0.95
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """A group of near-duplicates: the kept point, the others, and the similarity of each
+    other to it."""
+
+    keep: int
+    others: tuple[int, ...]
+    scores: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class DedupPlan:
+    """What a run found and what it will write: the groups, the points it compared, and the
+    payload of each point whose marks change (point index -> new payload)."""
+
+    groups: list[DuplicateGroup]
+    compared: np.ndarray
+    changes: dict[int, dict[str, Any]]
+    pairs: int
+
+
+class UnionFind:
+    """Connected components of 0..n-1 (path halving, union by size)."""
+
+    def __init__(self, count: int) -> None:
+        self.parent = np.arange(count)
+        self.size = np.ones(count, dtype=np.int64)
+
+    def find(self, item: int) -> int:
+        """The representative of ``item``'s component."""
+        parent = self.parent
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = int(parent[item])
+        return item
+
+    def union(self, first: int, second: int) -> None:
+        """Join the components of ``first`` and ``second``."""
+        a, b = self.find(first), self.find(second)
+        if a == b:
+            return
+        if self.size[a] < self.size[b]:
+            a, b = b, a
+        self.parent[b] = a
+        self.size[a] += self.size[b]
+
+    def components(self, members: Iterable[int]) -> dict[int, list[int]]:
+        """``members`` grouped by component."""
+        found: dict[int, list[int]] = {}
+        for item in members:
+            found.setdefault(self.find(item), []).append(item)
+        return found
+
+
+def plan_dedup(
+    data: CollectionVectors,
+    threshold: float,
+    *,
+    device: str = "cpu",
+    on_rows: Callable[[int], None] | None = None,
+) -> DedupPlan:
+    """Group the near-duplicates of ``data`` at ``threshold`` and say which marks change."""
+    count = len(data.ids)
+    compared = np.array(
+        [i for i, payload in enumerate(data.payloads) if payload.get(THRESHOLD) != threshold],
+        dtype=np.int64,
+    )
+    links = UnionFind(count)
+    trusted = _trusted_groups(data, threshold)
+    for members in trusted.values():
+        for other in members[1:]:
+            links.union(members[0], other)
+    pairs = 0
+    if len(compared) == count:  # everything: each pair once
+        batches = pairs_above(
+            data.vectors, data.vectors, threshold, query_offset=0, device=device, on_rows=on_rows
+        )
+        for found in batches:
+            pairs += len(found.rows)
+            for row, column in zip(found.rows.tolist(), found.columns.tolist(), strict=True):
+                links.union(row, column)
+    elif len(compared):
+        queries = data.vectors[compared]
+        for found in pairs_above(queries, data.vectors, threshold, device=device, on_rows=on_rows):
+            for row, column in zip(found.rows.tolist(), found.columns.tolist(), strict=True):
+                source = int(compared[row])
+                if source != column:
+                    pairs += 1
+                    links.union(source, column)
+    groups = [
+        _group(data, members)
+        for members in links.components(range(count)).values()
+        if len(members) > 1
+    ]
+    groups.sort(key=lambda g: (-len(g.others), data.ids[g.keep]))
+    return DedupPlan(groups, compared, _changes(data, groups, threshold), pairs)
+
+
+def _trusted_groups(data: CollectionVectors, threshold: float) -> dict[str, list[int]]:
+    """The groups recorded by earlier runs at this threshold, among the points they compared
+    (a point not compared at this threshold is compared again, and its old marks ignored)."""
+    groups: dict[str, list[int]] = {}
+    for index, payload in enumerate(data.payloads):
+        group = payload.get(GROUP)
+        if payload.get(THRESHOLD) == threshold and isinstance(group, str):
+            groups.setdefault(group, []).append(index)
+    return groups
+
+
+def keep_order(payload: Mapping[str, Any], point_id: str) -> tuple[int, int, str]:
+    """The keep rule as a sort key: most pixels, then the shortest path, then the id."""
+    width, height = payload.get("width"), payload.get("height")
+    pixels = width * height if isinstance(width, int) and isinstance(height, int) else 0
+    path = payload.get("path")
+    return (-pixels, len(path) if isinstance(path, str) else 1 << 30, point_id)
+
+
+def _group(data: CollectionVectors, members: list[int]) -> DuplicateGroup:
+    keep = min(members, key=lambda i: keep_order(data.payloads[i], data.ids[i]))
+    others = sorted((i for i in members if i != keep), key=lambda i: data.ids[i])
+    scores = data.vectors[others] @ data.vectors[keep] if others else np.zeros(0)
+    return DuplicateGroup(keep, tuple(others), tuple(round(float(s), 6) for s in scores))
+
+
+def marks_of(data: CollectionVectors, groups: list[DuplicateGroup]) -> dict[int, dict[str, Any]]:
+    """The group marks each point should carry (points in no group carry none)."""
+    marks: dict[int, dict[str, Any]] = {}
+    for group in groups:
+        keeper_id = data.ids[group.keep]
+        marks[group.keep] = {GROUP: keeper_id, ROLE: KEEP, COUNT: len(group.others)}
+        for other, score in zip(group.others, group.scores, strict=True):
+            marks[other] = {GROUP: keeper_id, ROLE: DUPLICATE, OF: keeper_id, SCORE: score}
+    return marks
+
+
+def _changes(
+    data: CollectionVectors, groups: list[DuplicateGroup], threshold: float
+) -> dict[int, dict[str, Any]]:
+    """Phase 1: the group marks of every point whose marks differ (its ``dedup_threshold``
+    left as it was)."""
+    marks = marks_of(data, groups)
+    changes: dict[int, dict[str, Any]] = {}
+    for index, payload in enumerate(data.payloads):
+        wanted = marks.get(index, {})
+        current = {key: payload[key] for key in MARK_FIELDS if key in payload and key != THRESHOLD}
+        if current != wanted:
+            changes[index] = wanted
+    return changes
+
+
+WRITE_BATCH = 1024
+
+
+def apply_plan(
+    store: VectorStore,
+    collection: str,
+    data: CollectionVectors,
+    plan: DedupPlan,
+    threshold: float,
+    *,
+    on_points: Callable[[int], None] | None = None,
+) -> int:
+    """Write the plan: the changed group marks first, then ``dedup_threshold`` on the points
+    it compared. Returns the number of payloads written."""
+    for index, marks in plan.changes.items():
+        write_marks(store, collection, data, index, marks)
+        if on_points is not None:
+            on_points(1)
+    compared = [data.ids[i] for i in plan.compared.tolist()]
+    for start in range(0, len(compared), WRITE_BATCH):
+        batch = compared[start : start + WRITE_BATCH]
+        store.merge_payload(collection, batch, {THRESHOLD: threshold})
+        if on_points is not None:
+            on_points(len(batch))
+    return len(plan.changes) + len(compared)
+
+
+def write_marks(
+    store: VectorStore,
+    collection: str,
+    data: CollectionVectors,
+    index: int,
+    marks: Mapping[str, Any],
+) -> None:
+    """Replace point ``index``'s group marks by ``marks`` (its ``dedup_threshold`` and the
+    rest of its payload kept)."""
+    stale = [
+        key
+        for key in MARK_FIELDS
+        if key != THRESHOLD and key in data.payloads[index] and key not in marks
+    ]
+    store.delete_payload_fields(collection, [data.ids[index]], stale)
+    store.merge_payload(collection, [data.ids[index]], marks)
+
+
+def clear_marks(
+    store: VectorStore, collection: str, *, on_points: Callable[[int], None] | None = None
+) -> int:
+    """Remove every dedup mark (and every ``--against`` mark) from the collection."""
+    keys = [*MARK_FIELDS, AGAINST]
+    marked = [
+        point.id
+        for point in store.scroll(collection, batch_size=1024)
+        if any(key in point.payload for key in keys)
+    ]
+    for start in range(0, len(marked), WRITE_BATCH):
+        store.delete_payload_fields(collection, marked[start : start + WRITE_BATCH], keys)
+        if on_points is not None:
+            on_points(len(marked[start : start + WRITE_BATCH]))
+    return len(marked)
+
+
+def _rewrite(
+    store: VectorStore,
+    collection: str,
+    updates: Sequence[tuple[str, Mapping[str, Any]]],
+    merge: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]],
+    on_points: Callable[[int], None] | None,
+) -> int:
+    """Read each point's whole payload, merge, write it back (a payload is replaced whole)."""
+    written = 0
+    for start in range(0, len(updates), WRITE_BATCH):
+        batch = dict(updates[start : start + WRITE_BATCH])
+        for point in store.get(collection, list(batch)):
+            store.set_payload(collection, point.id, merge(point.payload, batch[point.id]))
+            written += 1
+        if on_points is not None:
+            on_points(len(batch))
+    return written
+
+
+# -- near-duplicates of another set ---------------------------------------------------------
+
+AGAINST = "near_duplicate_of"
+
+
+@dataclass(frozen=True)
+class Leak:
+    """A pool point that near-duplicates a point of the other set."""
+
+    pool_index: int
+    other_index: int
+    score: float
+
+
+def find_leaks(
+    pool: np.ndarray,
+    other: np.ndarray,
+    threshold: float,
+    *,
+    device: str = "cpu",
+    on_rows: Callable[[int], None] | None = None,
+) -> list[Leak]:
+    """The pool points whose most similar vector in ``other`` is at least ``threshold``."""
+    best, scores = best_matches(pool, other, device=device, on_rows=on_rows)
+    return [
+        Leak(i, int(best[i]), round(float(scores[i]), 6))
+        for i in np.flatnonzero(scores >= threshold).tolist()
+    ]
+
+
+def apply_leaks(
+    store: VectorStore,
+    collection: str,
+    data: CollectionVectors,
+    leaks: list[Leak],
+    against: str,
+    describe: Callable[[int], dict[str, Any]],
+    *,
+    on_points: Callable[[int], None] | None = None,
+) -> int:
+    """Mark the leaked points (``near_duplicate_of[against]``: the other point and the
+    similarity) and unmark the points an earlier run against the same set marked."""
+    wanted = {
+        leak.pool_index: {**describe(leak.other_index), "score": leak.score} for leak in leaks
+    }
+    updates: list[tuple[str, Mapping[str, Any]]] = []
+    for index, payload in enumerate(data.payloads):
+        current = (payload.get(AGAINST) or {}).get(against)
+        if current != wanted.get(index):
+            updates.append((data.ids[index], {against: wanted.get(index)}))
+
+    def merge(payload: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
+        marks = {**(payload.get(AGAINST) or {}), **change}
+        marks = {name: mark for name, mark in marks.items() if mark is not None}
+        rest = {k: v for k, v in payload.items() if k != AGAINST}
+        return {**rest, AGAINST: marks} if marks else rest
+
+    return _rewrite(store, collection, updates, merge, on_points)

@@ -1,0 +1,85 @@
+"""The vectors of the images in a folder, embedded on the fly (nothing is stored).
+
+For sets that are compared with a collection but not indexed: ``dinoseek dedup --against
+FOLDER``. Files are listed by extension, decoded by the one decode path and embedded in
+batches; a file that cannot be used is counted, not fatal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dinoseek.embedding import ImageEmbedder
+from dinoseek.errors import ConfigError, DinoseekError
+from dinoseek.images import image_extensions, prepare_image, read_image_bytes
+
+
+@dataclass(frozen=True)
+class FolderVectors:
+    """The images that could be used, their vectors (N, dim), and the ones that could not."""
+
+    paths: list[Path]
+    vectors: np.ndarray
+    failed: dict[Path, str]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder``, in name order (``ConfigError`` when there are none)."""
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: not a folder")
+    suffixes = image_extensions()
+    found = [
+        Path(directory) / name
+        for directory, _, names in os.walk(folder)
+        for name in names
+        if Path(name).suffix.lower() in suffixes
+    ]
+    if not found:
+        raise ConfigError(f"{folder}: no image files ({', '.join(sorted(suffixes))}) under it")
+    return sorted(found)
+
+
+def embed_folder(
+    folder: Path,
+    embedder: ImageEmbedder,
+    *,
+    max_pixels: int,
+    max_bytes: int,
+    batch_size: int,
+    on_images: Callable[[int], None] | None = None,
+) -> FolderVectors:
+    """Embed every image under ``folder`` (``ConfigError`` when none can be used)."""
+    paths: list[Path] = []
+    vectors: list[np.ndarray] = []
+    failed: dict[Path, str] = {}
+    files = image_files(folder)
+    for start in range(0, len(files), batch_size):
+        ready = []
+        for path in files[start : start + batch_size]:
+            try:
+                data = read_image_bytes(path, max_bytes=max_bytes)
+                prepared = prepare_image(
+                    data, embedder.preprocessing, max_pixels=max_pixels, name=str(path)
+                )
+            except DinoseekError as error:
+                failed[path] = error.code
+                continue
+            ready.append((path, prepared.pixels))
+        if ready:
+            stacked = embedder.stack([pixels for _, pixels in ready])
+            for (path, _), vector in zip(ready, embedder.embed_each(stacked), strict=True):
+                if isinstance(vector, DinoseekError):
+                    failed[path] = vector.code
+                else:
+                    paths.append(path)
+                    vectors.append(np.asarray(vector, dtype=np.float32))
+        if on_images is not None:
+            on_images(min(batch_size, len(files) - start))
+    if not paths:
+        raise ConfigError(f"{folder}: none of its {len(files)} image files could be used")
+    return FolderVectors(paths, np.stack(vectors), failed)

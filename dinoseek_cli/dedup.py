@@ -1,0 +1,262 @@
+"""``dinoseek dedup``: mark the near-duplicates of a collection in its payloads.
+
+The stored vectors are compared with each other (no image is read again, no file is
+touched); see ``dinoseek.dedup`` for the groups, the keep rule and the marks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dinoseek.collection_vectors import CollectionVectors, read_vectors
+from dinoseek.commandline import (
+    configure_logging,
+    handle_errors,
+    load_settings,
+    model_loader,
+    output_options,
+    store_options,
+    store_owner,
+)
+from dinoseek.dedup import (
+    DEFAULT_THRESHOLD,
+    PAYLOAD_FIELDS,
+    DedupPlan,
+    apply_leaks,
+    apply_plan,
+    clear_marks,
+    find_leaks,
+    plan_dedup,
+)
+from dinoseek.errors import CollectionNotFoundError
+from dinoseek.folder_vectors import embed_folder
+from dinoseek.runtime import ModelPolicy, Runtime
+from dinoseek.similarity import compute_device
+from indexer.progress import Progress
+
+MAX_TEXT_GROUPS = 20
+
+
+@click.command()
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    help="Cosine similarity at or above which two images are near-duplicates.",
+)
+@click.option("--clear", is_flag=True, help="Remove every mark a dedup run wrote, and stop.")
+@click.option(
+    "--against",
+    "against",
+    default=None,
+    metavar="COLLECTION|FOLDER",
+    help="Instead of grouping, mark the points that near-duplicate another set: a collection "
+    "of the same store, or a folder embedded on the fly with the collection's model (a test "
+    "set that must not leak into training).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the similarities are computed (auto: cuda when available).",
+)
+@store_options
+@output_options
+@handle_errors
+def dedup(
+    threshold: float,
+    clear: bool,
+    against: str | None,
+    device: str,
+    as_json: bool,
+    quiet: bool,
+    **flags: Any,
+) -> None:
+    """Find the near-duplicates of a collection and mark them in their payloads.
+
+    Builds the graph of pairs at or above --threshold, takes its connected components, keeps
+    one point per group (the most pixels, then the shortest path) and marks the others with
+    `duplicate_of`. Nothing is re-embedded and no file is touched. A rerun compares only the
+    points added since. `dinoseek search --collapse-duplicates` then returns one hit per group.
+    """
+    configure_logging(quiet=quiet or as_json)
+    settings = load_settings(**flags)
+    progress_mode = "off" if quiet or as_json else "auto"
+    started = time.perf_counter()
+    embeds_folder = against is not None and Path(against).is_dir()
+    with Runtime.open(
+        settings,
+        owner=store_owner("dinoseek dedup"),
+        collection="existing",
+        model=embeds_folder,
+        policy=ModelPolicy(purpose="query"),
+        loader=model_loader(),
+    ) as runtime:
+        store, name = runtime.store, settings.collection
+        if clear:
+            cleared = clear_marks(store, name)
+            _report(
+                {"collection": name, "cleared": cleared},
+                as_json,
+                f"cleared the marks of {cleared:,} points",
+            )
+            return
+        reading = _progress(store.count(name), "reading", progress_mode)
+        data = read_vectors(store, name, PAYLOAD_FIELDS, on_points=reading.advance)
+        reading.close()
+        compute = compute_device(device)
+        if against is not None:
+            document = _against(runtime, data, against, threshold, compute, progress_mode)
+        else:
+            comparing = Progress(
+                len(data.ids), description="comparing", mode=progress_mode, unit="pt"
+            )
+            plan = plan_dedup(data, threshold, device=compute, on_rows=comparing.advance)
+            comparing.close()
+            written = apply_plan(store, name, data, plan, threshold)
+            document = _document(name, data, plan, threshold, written)
+    document["seconds"] = round(time.perf_counter() - started, 2)
+    if as_json:
+        click.echo(json.dumps(document))
+    else:
+        click.echo(_text(document))
+
+
+def _progress(total: int, description: str, mode: str) -> Progress:
+    return Progress(total, description=description, mode=mode, unit="pt")
+
+
+def _report(document: dict[str, Any], as_json: bool, text: str) -> None:
+    click.echo(json.dumps(document) if as_json else text)
+
+
+def _document(
+    name: str, data: CollectionVectors, plan: DedupPlan, threshold: float, written: int
+) -> dict[str, Any]:
+    def path(index: int) -> str:
+        return str(data.payloads[index].get("path", data.ids[index]))
+
+    groups = [
+        {
+            "keep": path(group.keep),
+            "keep_id": data.ids[group.keep],
+            "duplicates": [path(i) for i in group.others],
+            "duplicate_ids": [data.ids[i] for i in group.others],
+            "scores": list(group.scores),
+        }
+        for group in plan.groups
+    ]
+    return {
+        "collection": name,
+        "threshold": threshold,
+        "points": len(data.ids),
+        "compared": len(plan.compared),
+        "pairs": plan.pairs,
+        "groups": groups,
+        "duplicates": sum(len(g["duplicates"]) for g in groups),
+        "written": written,
+    }
+
+
+def _against(
+    runtime: Runtime,
+    data: CollectionVectors,
+    against: str,
+    threshold: float,
+    device: str,
+    progress_mode: str,
+) -> dict[str, Any]:
+    """Mark the pool points that near-duplicate a collection or a folder."""
+    store, settings = runtime.store, runtime.settings
+    folder = Path(against)
+    if folder.is_dir():
+        embedder = runtime.require_embedder()
+        files = Progress(0, description="embedding", mode=progress_mode)
+        embedded = embed_folder(
+            folder,
+            embedder,
+            max_pixels=settings.max_image_pixels,
+            max_bytes=settings.max_file_bytes,
+            batch_size=runtime.batch_size,
+            on_images=files.advance,
+        )
+        files.close()
+        other_vectors = embedded.vectors
+        names = [{"path": str(p)} for p in embedded.paths]
+        label = str(folder.resolve())
+    else:
+        if against not in store.list_collections():
+            raise CollectionNotFoundError(
+                f"--against {against!r} is neither a folder nor a collection of the "
+                f"{store.describe()}"
+            )
+        store.collection_space(settings.collection).check_compatible(
+            store.collection_space(against), against
+        )
+        store.acquire(against)
+        other = read_vectors(store, against, ("path",))
+        other_vectors = other.vectors
+        names = [{"id": i, **p} for i, p in zip(other.ids, other.payloads, strict=True)]
+        label = against
+    comparing = _progress(len(data.ids), "comparing", progress_mode)
+    leaks = find_leaks(
+        data.vectors, other_vectors, threshold, device=device, on_rows=comparing.advance
+    )
+    comparing.close()
+    written = apply_leaks(store, settings.collection, data, leaks, label, lambda i: names[i])
+    return {
+        "collection": settings.collection,
+        "against": label,
+        "threshold": threshold,
+        "points": len(data.ids),
+        "leaks": [
+            {
+                "path": str(data.payloads[leak.pool_index].get("path", data.ids[leak.pool_index])),
+                "id": data.ids[leak.pool_index],
+                "matches": names[leak.other_index],
+                "score": leak.score,
+            }
+            for leak in leaks
+        ],
+        "written": written,
+    }
+
+
+def _text(document: dict[str, Any]) -> str:
+    """The report as text: a summary, then the largest groups (or the leaks)."""
+    seconds = document["seconds"]
+    if "against" in document:
+        leaks = document["leaks"]
+        lines = [
+            f"{len(leaks):,} of {document['points']:,} points in {document['collection']!r} "
+            f"near-duplicate {document['against']} (threshold {document['threshold']:g}, "
+            f"{seconds:.1f} s); marked in `near_duplicate_of`"
+        ]
+        for leak in leaks[:MAX_TEXT_GROUPS]:
+            match = leak["matches"].get("path") or leak["matches"].get("id")
+            lines.append(f"  {leak['score']:.4f}  {leak['path']}  ~  {match}")
+        if len(leaks) > MAX_TEXT_GROUPS:
+            lines.append(f"  ... {len(leaks) - MAX_TEXT_GROUPS:,} more (--json lists them all)")
+        return "\n".join(lines)
+    groups = document["groups"]
+    lines = [
+        f"compared {document['compared']:,} of {document['points']:,} points at threshold "
+        f"{document['threshold']:g} in {seconds:.1f} s: {len(groups):,} "
+        f"group{'' if len(groups) == 1 else 's'}, "
+        f"{document['duplicates']:,} duplicates marked ({document['written']:,} payloads "
+        "written)"
+    ]
+    for group in groups[:MAX_TEXT_GROUPS]:
+        lines.append(f"keep {group['keep']}")
+        for other, score in zip(group["duplicates"], group["scores"], strict=True):
+            lines.append(f"  {score:.4f}  {other}")
+    if len(groups) > MAX_TEXT_GROUPS:
+        lines.append(f"... {len(groups) - MAX_TEXT_GROUPS:,} more groups (--json lists them all)")
+    return "\n".join(lines)
