@@ -116,3 +116,32 @@ def best_matches(
         if on_rows is not None:
             on_rows(stop - start)
     return best, scores
+
+
+def top_matches(
+    queries: np.ndarray,
+    base: np.ndarray,
+    k: int,
+    *,
+    device: str = "cpu",
+    on_rows: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row, the indices in ``base`` of its ``k`` most similar vectors, best
+    first, and their similarities (k is capped at the size of ``base``)."""
+    import torch
+
+    k = max(1, min(k, base.shape[0]))
+    count = queries.shape[0]
+    index = np.zeros((count, k), dtype=np.int64)
+    scores = np.zeros((count, k), dtype=np.float32)
+    budget = BLOCK_ELEMENTS_GPU if device.startswith("cuda") else BLOCK_ELEMENTS
+    block = max(1, min(count, budget // max(1, base.shape[0])))
+    base_t = _tensor(base, device, False)
+    for start in range(0, count, block):
+        stop = min(start + block, count)
+        found = torch.topk(_tensor(queries[start:stop], device, False) @ base_t.T, k, dim=1)
+        index[start:stop] = found.indices.cpu().numpy()
+        scores[start:stop] = found.values.float().cpu().numpy()
+        if on_rows is not None:
+            on_rows(stop - start)
+    return index, scores

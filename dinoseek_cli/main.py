@@ -1,7 +1,7 @@
 """``dinoseek``: the command group above both apps.
 
 The indexer contributes ``index``, the service ``serve``; ``search``, ``info``, ``probe``,
-``snapshot`` and ``dedup`` live here. Every command opens what it needs through
+``snapshot``, ``dedup`` and ``curate`` live here. Every command opens what it needs through
 ``dinoseek.runtime``.
 """
 
@@ -11,6 +11,7 @@ import click
 
 from dinoseek import __version__
 from dinoseek.commandline import EPILOG
+from dinoseek_cli.curate import curate
 from dinoseek_cli.dedup import dedup
 from dinoseek_cli.info import info
 from dinoseek_cli.probe import probe
@@ -34,6 +35,7 @@ def main() -> None:
       dinoseek search query.jpg                         # nearest neighbours
       dinoseek serve                                    # the search page and the API
       dinoseek dedup                                    # mark near-duplicates
+      dinoseek curate --reference good/ --into kept     # keep what is like good/
       dinoseek info                                     # what is stored where
 
     Everything lands in ./dinoseek-data (the embedded store) unless DINOSEEK_QDRANT_URL points
@@ -41,5 +43,5 @@ def main() -> None:
     """
 
 
-for command in (index, search, info, serve, probe, snapshot, dedup):
+for command in (index, search, info, serve, probe, snapshot, dedup, curate):
     main.add_command(command)

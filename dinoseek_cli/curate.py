@@ -1,0 +1,309 @@
+"""``dinoseek curate``: select pool images close to a reference set (retrieval-based
+curation), or a balanced sample of the pool; see ``dinoseek.curate``.
+
+The selection goes to a new collection (points copied with their vectors and payloads) and/or
+a JSON-lines manifest. Nothing is re-embedded, except a reference folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from dinoseek.collection_vectors import CollectionVectors, read_vectors
+from dinoseek.commandline import (
+    configure_logging,
+    handle_errors,
+    load_settings,
+    model_loader,
+    output_options,
+    store_options,
+    store_owner,
+)
+from dinoseek.curate import (
+    Selected,
+    balanced,
+    by_clusters,
+    by_neighbours,
+    copy_selection,
+    derived_clusters,
+    eligible_rows,
+    level_sizes,
+)
+from dinoseek.dedup import DEFAULT_THRESHOLD, PAYLOAD_FIELDS
+from dinoseek.errors import CollectionNotFoundError, ConfigError
+from dinoseek.folder_vectors import embed_folder
+from dinoseek.runtime import ModelPolicy, Runtime
+from dinoseek.similarity import compute_device
+from dinoseek.store import VectorStore
+
+
+@click.command()
+@click.option(
+    "--reference",
+    default=None,
+    metavar="FOLDER|COLLECTION",
+    help="The curated reference set: a folder (embedded with the pool's model) or a "
+    "collection of the same store.",
+)
+@click.option(
+    "--per-image",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Sample-based retrieval: the N nearest pool images of each reference image.",
+)
+@click.option(
+    "--cluster-sample",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cluster-based retrieval (small reference sets): M images from the pool cluster of "
+    "each reference image, instead of its nearest ones.",
+)
+@click.option(
+    "--clusters",
+    type=click.IntRange(min=1),
+    default=None,
+    help="k of the pool's k-means for --cluster-sample [default: the square root of the pool].",
+)
+@click.option(
+    "--balanced",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="No reference: K images sampled evenly over a hierarchical k-means of the pool.",
+)
+@click.option(
+    "--levels",
+    type=click.IntRange(1, 6),
+    default=2,
+    show_default=True,
+    help="Levels of the hierarchical k-means for --balanced.",
+)
+@click.option(
+    "--near-duplicate",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    help="Pool images at least this similar to a reference image are not selected.",
+)
+@click.option("--into", default=None, help="Copy the selection into this new collection.")
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the selection as JSON lines: path, sha256, id, reference, score.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where similarities and k-means run (auto: cuda when available).",
+)
+@store_options
+@output_options
+@handle_errors
+def curate(
+    reference: str | None,
+    per_image: int,
+    cluster_sample: int | None,
+    clusters: int | None,
+    balanced: int | None,
+    levels: int,
+    near_duplicate: float,
+    into: str | None,
+    manifest: Path | None,
+    seed: int,
+    device: str,
+    as_json: bool,
+    quiet: bool,
+    **flags: Any,
+) -> None:
+    """Select the pool images that lie close to a reference set (the LVD-142M way), or a
+    balanced sample of the pool.
+
+    \b
+    dinoseek dedup                                   # duplicates are never selected
+    dinoseek curate --reference curated/ --into kept --manifest kept.jsonl
+    dinoseek curate --reference few/ --cluster-sample 20 --into kept
+    dinoseek curate --balanced 10000 --levels 3 --into balanced
+
+    The pool is --collection (-c). Pool images marked as duplicates by `dinoseek dedup`, and
+    near-duplicates of reference images, are left out first.
+    """
+    configure_logging(quiet=quiet or as_json)
+    if (reference is None) == (balanced is None):
+        raise click.UsageError("give --reference (retrieval) or --balanced K (sampling)")
+    if into is None and manifest is None and not as_json:
+        raise click.UsageError("say where the selection goes: --into NAME and/or --manifest FILE")
+    settings = load_settings(**flags)
+    started = time.perf_counter()
+    embeds_folder = reference is not None and Path(reference).is_dir()
+    with Runtime.open(
+        settings,
+        owner=store_owner("dinoseek curate"),
+        collection="existing",
+        model=embeds_folder,
+        policy=ModelPolicy(purpose="query"),
+        loader=model_loader(),
+    ) as runtime:
+        store, name = runtime.store, settings.collection
+        compute = compute_device(device)
+        pool = read_vectors(store, name, (*PAYLOAD_FIELDS, "sha256"))
+        document: dict[str, Any] = {"pool": name}
+        names: list[str] = []
+        if balanced is not None:
+            rows, steps = eligible_rows(pool, None, near_duplicate, device=compute)
+            sizes = level_sizes(len(rows), levels)
+            outcome = balanced_selection(pool, rows, balanced, sizes, seed, compute)
+            selected = outcome.pop("selected")
+            document.update(outcome)
+        else:
+            assert reference is not None
+            vectors, names = reference_set(runtime, reference)
+            rows, steps = eligible_rows(pool, vectors, near_duplicate, device=compute)
+            if cluster_sample is not None:
+                k = clusters or derived_clusters(len(rows))
+                selected = by_clusters(
+                    pool, rows, vectors, cluster_sample, k, seed=seed, device=compute
+                )
+                document.update(method="clusters", clusters=k, per_image=cluster_sample)
+            else:
+                selected = by_neighbours(pool, rows, vectors, per_image, device=compute)
+                document.update(method="neighbours", per_image=per_image)
+            document.update(reference=reference, reference_images=len(names))
+        steps["selected"] = len(selected)
+        entries = [manifest_entry(pool, s, names) for s in selected]
+        if into is not None:
+            copied = copy_selection(
+                store, pool, name, into, selected, lambda s: _selection_fields(s, names)
+            )
+            document["into"] = {"collection": into, "points": copied}
+    if manifest is not None:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
+        document["manifest"] = str(manifest)
+    document.update(steps=steps, selected=len(selected))
+    document["seconds"] = round(time.perf_counter() - started, 2)
+    if as_json:
+        click.echo(json.dumps({**document, "selection": entries}))
+    else:
+        click.echo(render(document))
+
+
+def reference_set(runtime: Runtime, reference: str) -> tuple[np.ndarray, list[str]]:
+    """The reference vectors and a name for each (a path, or a point's path or id)."""
+    store, settings = runtime.store, runtime.settings
+    folder = Path(reference)
+    if folder.is_dir():
+        embedded = embed_folder(
+            folder,
+            runtime.require_embedder(),
+            max_pixels=settings.max_image_pixels,
+            max_bytes=settings.max_file_bytes,
+            batch_size=runtime.batch_size,
+        )
+        return embedded.vectors, [str(p) for p in embedded.paths]
+    _check_collection(store, reference, settings.collection)
+    other = read_vectors(store, reference, ("path",))
+    if not other.ids:
+        raise ConfigError(f"reference collection {reference!r} is empty")
+    names = [str(p.get("path", i)) for i, p in zip(other.ids, other.payloads, strict=True)]
+    return other.vectors, names
+
+
+def _check_collection(store: VectorStore, name: str, pool: str) -> None:
+    if name not in store.list_collections():
+        raise CollectionNotFoundError(
+            f"--reference {name!r} is neither a folder nor a collection of the {store.describe()}"
+        )
+    store.collection_space(pool).check_compatible(store.collection_space(name), name)
+    store.acquire(name)
+
+
+def balanced_selection(
+    pool: CollectionVectors,
+    rows: np.ndarray,
+    count: int,
+    sizes: list[int],
+    seed: int,
+    device: str,
+) -> dict[str, Any]:
+    """The balanced sample and its cluster shares before and after."""
+    outcome = balanced(pool, rows, count, sizes, seed=seed, device=device)
+    return {
+        "method": "balanced",
+        "levels": sizes,
+        "selected": [Selected(int(row), None, None) for row in outcome.rows.tolist()],
+        "top_clusters": len(outcome.shares_before),
+        "largest_share_before": round(max(outcome.shares_before), 4),
+        "smallest_share_before": round(min(outcome.shares_before), 4),
+        "largest_share_after": round(max(outcome.shares_after), 4),
+        "smallest_share_after": round(min(outcome.shares_after), 4),
+    }
+
+
+def manifest_entry(pool: CollectionVectors, selected: Selected, names: list[str]) -> dict[str, Any]:
+    """One manifest line."""
+    payload = pool.payloads[selected.index]
+    return {
+        "path": payload.get("path"),
+        "sha256": payload.get("sha256"),
+        "id": pool.ids[selected.index],
+        "reference": None if selected.reference is None else names[selected.reference],
+        "score": selected.score,
+    }
+
+
+def _selection_fields(selected: Selected, names: list[str]) -> dict[str, Any]:
+    if selected.reference is None:
+        return {}
+    return {"selected_by": names[selected.reference], "selection_score": selected.score}
+
+
+def render(document: dict[str, Any]) -> str:
+    """The report as text."""
+    steps = document["steps"]
+    lines = [
+        f"pool {document['pool']!r}: {steps['pool']:,} points, "
+        f"{steps['marked_duplicates']:,} marked duplicates left out"
+        + (
+            f", {steps['near_duplicates_of_reference']:,} near-duplicates of the reference left out"
+            if "near_duplicates_of_reference" in steps
+            else ""
+        )
+        + f"; {steps['eligible']:,} eligible"
+    ]
+    if document["method"] == "balanced":
+        lines.append(
+            f"balanced over a hierarchical k-means of {document['levels']} clusters: "
+            f"{document['selected']:,} selected; top-level cluster shares "
+            f"{document['smallest_share_before']:.1%}-{document['largest_share_before']:.1%} "
+            f"before, {document['smallest_share_after']:.1%}-"
+            f"{document['largest_share_after']:.1%} after"
+        )
+    else:
+        how = (
+            f"the {document['per_image']} nearest"
+            if document["method"] == "neighbours"
+            else f"{document['per_image']} from the pool cluster (k={document['clusters']})"
+        )
+        lines.append(
+            f"{document['reference_images']:,} reference images, {how} of each: "
+            f"{document['selected']:,} selected in {document['seconds']:.1f} s"
+        )
+    if "into" in document:
+        lines.append(
+            f"copied into collection {document['into']['collection']!r} "
+            f"({document['into']['points']:,} points)"
+        )
+    if "manifest" in document:
+        lines.append(f"manifest: {document['manifest']}")
+    return "\n".join(lines)
