@@ -60,6 +60,10 @@ FILTER_FIELDS: dict[str, str] = {
 }
 
 
+# The others listed with each group of near-duplicates (a page must stay small).
+MAX_GROUP_LISTED = 100
+
+
 @dataclass(frozen=True)
 class Filters:
     """Exact-match filters on the indexed images; None means "any"."""
@@ -386,7 +390,9 @@ class Searcher:
         return BrowsePage([ListedPoint.from_stored(p) for p in points[:limit]], following)
 
     def duplicates(self, collection: str, *, limit: int, start: str | None) -> DuplicatesPage:
-        """Up to ``limit`` groups of near-duplicates from the kept point ``start``."""
+        """Up to ``limit`` groups of near-duplicates from the kept point ``start``, each with
+        at most ``MAX_GROUP_LISTED`` others (the kept point's ``duplicate_count`` says how
+        many there are)."""
         first = None if start is None else validate_point_id(start)
         with self.using(collection):
             keepers = self._page(collection, first, limit, {ROLE: KEEP})
@@ -395,9 +401,12 @@ class Searcher:
                     ListedPoint.from_stored(keeper),
                     [
                         ListedPoint.from_stored(member)
-                        for member in self.store.scroll(collection, filters={GROUP: keeper.id})
+                        for member in islice(
+                            self.store.scroll(collection, filters={GROUP: keeper.id}),
+                            MAX_GROUP_LISTED + 1,
+                        )
                         if member.id != keeper.id
-                    ],
+                    ][:MAX_GROUP_LISTED],
                 )
                 for keeper in keepers[:limit]
             ]

@@ -41,6 +41,7 @@ from dinoseek.folder_vectors import embed_folder
 from dinoseek.runtime import ModelPolicy, Runtime
 from dinoseek.similarity import compute_device
 from dinoseek.store import VectorStore
+from indexer.progress import Progress
 
 
 @click.command()
@@ -92,6 +93,12 @@ from dinoseek.store import VectorStore
     show_default=True,
     help="Pool images at least this similar to a reference image are not selected.",
 )
+@click.option(
+    "--pool",
+    default=None,
+    metavar="COLLECTION",
+    help="The collection to select from (the same as --collection).",
+)
 @click.option("--into", default=None, help="Copy the selection into this new collection.")
 @click.option(
     "--manifest",
@@ -118,6 +125,7 @@ def curate(
     balanced: int | None,
     levels: int,
     near_duplicate: float,
+    pool: str | None,
     into: str | None,
     manifest: Path | None,
     seed: int,
@@ -143,8 +151,11 @@ def curate(
         raise click.UsageError("give --reference (retrieval) or --balanced K (sampling)")
     if into is None and manifest is None and not as_json:
         raise click.UsageError("say where the selection goes: --into NAME and/or --manifest FILE")
+    if pool is not None:
+        flags["collection"] = pool
     settings = load_settings(**flags)
     started = time.perf_counter()
+    progress_mode = "off" if quiet or as_json else "auto"
     embeds_folder = reference is not None and Path(reference).is_dir()
     with Runtime.open(
         settings,
@@ -156,34 +167,38 @@ def curate(
     ) as runtime:
         store, name = runtime.store, settings.collection
         compute = compute_device(device)
-        pool = read_vectors(store, name, (*PAYLOAD_FIELDS, "sha256"))
+        reading = Progress(store.count(name), description="reading", mode=progress_mode, unit="pt")
+        vectors_of_pool = read_vectors(
+            store, name, (*PAYLOAD_FIELDS, "sha256"), on_points=reading.advance
+        )
+        reading.close()
         document: dict[str, Any] = {"pool": name}
         names: list[str] = []
         if balanced is not None:
-            rows, steps = eligible_rows(pool, None, near_duplicate, device=compute)
+            rows, steps = eligible_rows(vectors_of_pool, None, near_duplicate, device=compute)
             sizes = level_sizes(len(rows), levels)
-            outcome = balanced_selection(pool, rows, balanced, sizes, seed, compute)
+            outcome = balanced_selection(vectors_of_pool, rows, balanced, sizes, seed, compute)
             selected = outcome.pop("selected")
             document.update(outcome)
         else:
             assert reference is not None
             vectors, names = reference_set(runtime, reference)
-            rows, steps = eligible_rows(pool, vectors, near_duplicate, device=compute)
+            rows, steps = eligible_rows(vectors_of_pool, vectors, near_duplicate, device=compute)
             if cluster_sample is not None:
                 k = clusters or derived_clusters(len(rows))
                 selected = by_clusters(
-                    pool, rows, vectors, cluster_sample, k, seed=seed, device=compute
+                    vectors_of_pool, rows, vectors, cluster_sample, k, seed=seed, device=compute
                 )
                 document.update(method="clusters", clusters=k, per_image=cluster_sample)
             else:
-                selected = by_neighbours(pool, rows, vectors, per_image, device=compute)
+                selected = by_neighbours(vectors_of_pool, rows, vectors, per_image, device=compute)
                 document.update(method="neighbours", per_image=per_image)
             document.update(reference=reference, reference_images=len(names))
         steps["selected"] = len(selected)
-        entries = [manifest_entry(pool, s, names) for s in selected]
+        entries = [manifest_entry(vectors_of_pool, s, names) for s in selected]
         if into is not None:
             copied = copy_selection(
-                store, pool, name, into, selected, lambda s: _selection_fields(s, names)
+                store, vectors_of_pool, name, into, selected, lambda s: _selection_fields(s, names)
             )
             document["into"] = {"collection": into, "points": copied}
     if manifest is not None:

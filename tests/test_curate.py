@@ -104,9 +104,10 @@ def test_cluster_based_retrieval_takes_from_the_reference_images_clusters(
     data, _, reference = pool
     document = run_json(
         "curate", "--reference", reference, "--cluster-sample", "3", "--clusters", "3",
-        "--near-duplicate", "0.99999", "--data-dir", data,
+        "--near-duplicate", "0.99999", "--pool", "images", "--data-dir", data,
     )  # fmt: skip
     assert document["method"] == "clusters"
+    assert document["pool"] == "images"
     assert 1 <= document["selected"] <= 6
     assert all(e["reference"].startswith(str(reference)) for e in document["selection"])
 
