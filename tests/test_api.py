@@ -457,6 +457,26 @@ def test_a_keyless_upload_is_refused_before_it_is_read(
     assert not watched.read, "the upload was read before the 401"
 
 
+def test_a_declared_upload_over_the_limit_is_refused_before_it_is_read(
+    embedder: ImageEmbedder, indexed: tuple[Path, Path]
+) -> None:
+    """413 from the Content-Length alone: not a byte of the body is received."""
+    settings = Settings(model=embedder.model_id, data_dir=indexed[0], max_upload_bytes=10_000)
+    app = create_app(settings, embedder=embedder, store=EdgeStore(indexed[0]))
+    data = encode(photo(1, (800, 600)), "PNG")
+    watched = WatchedBody(data)
+    declared = {**MULTIPART, "content-length": str(len(data) + 200)}
+
+    async def too_big() -> httpx.Response:
+        async with serving(app) as http:
+            return await http.post("/search", content=watched, headers=declared)
+
+    response = asyncio.run(too_big())
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "upload_too_large"
+    assert not watched.read, "the upload was read before the 413"
+
+
 def test_a_query_on_another_collection_does_not_keep_it(
     embedder: ImageEmbedder, indexed: tuple[Path, Path], tmp_path: Path
 ) -> None:
