@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from dinoseek.store import EdgeStore
 from dinoseek_cli.main import main
 from tests.fakes import FAKE_LOADER
 from tests.helpers import write_bad_files, write_tree
@@ -167,3 +168,35 @@ def test_python_dash_m_indexer_is_the_index_command() -> None:
     assert result.returncode == 0
     assert result.stdout.startswith("Usage: python -m indexer [OPTIONS] FOLDERS...")
     assert "--labels-from-folders" in result.stdout
+
+
+def test_labels_from_a_csv_file(tmp_path: Path) -> None:
+    """``--labels-csv``: rows of path,label with absolute paths or paths relative to the
+    folder; files without a row get no label; a rerun with another CSV relabels without
+    re-embedding."""
+    photos = tmp_path / "photos"
+    paths = write_tree(photos, per_class=2)
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text(
+        f"{paths[0]},tabby\n{paths[1].relative_to(photos)},siamese\n{paths[2]},beagle\n"
+    )
+    data = tmp_path / "data"
+    first = invoke("index", photos, "--model", MODEL, "--data-dir", data, "--labels-csv",
+                   csv_file, "--workers", "0", "--quiet")  # fmt: skip
+    assert first.exit_code == 0, first.output
+    with EdgeStore(data) as store:
+        store.acquire("images")
+        labels = {p.payload["path"]: p.payload.get("label") for p in store.scroll("images")}
+    assert labels[str(paths[0])] == "tabby"
+    assert labels[str(paths[1])] == "siamese"
+    assert labels[str(paths[2])] == "beagle"
+    assert labels[str(paths[3])] in (None, "")
+    csv_file.write_text(f"{paths[3]},poodle\n")
+    second = invoke("index", photos, "--data-dir", data, "--labels-csv", csv_file, "--json")
+    assert second.exit_code == 0, second.output
+    report = json.loads(second.stdout)
+    assert report["embedded"] == 0  # relabelled, not re-embedded
+    with EdgeStore(data) as store:
+        store.acquire("images")
+        labels = {p.payload["path"]: p.payload.get("label") for p in store.scroll("images")}
+    assert labels[str(paths[3])] == "poodle"

