@@ -154,6 +154,8 @@ def balanced(
     device: str = "cpu",
 ) -> Balance:
     """``count`` eligible points sampled evenly over a hierarchical k-means of the pool."""
+    if not len(rows):
+        raise ConfigError("no pool image is eligible: the pool is empty or all duplicates")
     hierarchy = hierarchical_kmeans(pool.vectors[rows], sizes, seed=seed, device=device)
     picked = balanced_sample(hierarchy, count, seed=seed)
     top = hierarchy.top_labels()

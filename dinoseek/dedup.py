@@ -13,9 +13,9 @@ touched. The outcome is written as payload marks (``MARK_FIELDS``):
 The kept point of a group is the one with the most pixels, then the shortest path, then the
 smallest id. A rerun compares only the points without ``dedup_threshold`` equal to its
 threshold (new, re-indexed, or compared at another threshold) with every point, and trusts
-the groups of the others. Marks are written in two phases, the groups first, then the
-``dedup_threshold`` of the compared points, so a run killed at any moment is finished by
-the next one.
+the groups of the others. A point's ``dedup_threshold`` is removed before its marks change
+and written back after, so a run killed at any moment leaves every half-written point to be
+compared again by the next one.
 """
 
 from __future__ import annotations
@@ -205,19 +205,32 @@ def apply_plan(
     *,
     on_points: Callable[[int], None] | None = None,
 ) -> int:
-    """Write the plan: the changed group marks first, then ``dedup_threshold`` on the points
-    it compared. Returns the number of payloads written."""
+    """Write the plan in three phases: forget that the points whose marks change were
+    compared, write their group marks, then record ``dedup_threshold`` on them and on every
+    point compared. A run stopped anywhere leaves each half-written point without
+    ``dedup_threshold``, so the next run compares it again. Returns the points written."""
+    forget_compared(store, collection, data, plan)
     for index, marks in plan.changes.items():
         write_marks(store, collection, data, index, marks)
         if on_points is not None:
             on_points(1)
-    compared = [data.ids[i] for i in plan.compared.tolist()]
-    for start in range(0, len(compared), WRITE_BATCH):
-        batch = compared[start : start + WRITE_BATCH]
+    done = sorted(set(plan.compared.tolist()) | set(plan.changes))
+    finished = [data.ids[i] for i in done]
+    for start in range(0, len(finished), WRITE_BATCH):
+        batch = finished[start : start + WRITE_BATCH]
         store.merge_payload(collection, batch, {THRESHOLD: threshold})
         if on_points is not None:
             on_points(len(batch))
-    return len(plan.changes) + len(compared)
+    return len(finished)
+
+
+def forget_compared(
+    store: VectorStore, collection: str, data: CollectionVectors, plan: DedupPlan
+) -> None:
+    """Phase 0: remove ``dedup_threshold`` from the points whose marks are about to change."""
+    changing = [data.ids[i] for i in plan.changes if THRESHOLD in data.payloads[i]]
+    for start in range(0, len(changing), WRITE_BATCH):
+        store.delete_payload_fields(collection, changing[start : start + WRITE_BATCH], [THRESHOLD])
 
 
 def write_marks(

@@ -140,7 +140,7 @@ def _share(
 ) -> list[int]:
     """``count`` vectors spread evenly over ``clusters`` of ``level``."""
     capacity = {c: _size(members, level, c) for c in clusters}
-    quota = _even_split(capacity, count)
+    quota = _even_split(capacity, count, rng)
     chosen: list[int] = []
     for cluster, take in quota.items():
         if take == 0:
@@ -160,11 +160,12 @@ def _size(members: list[dict[int, list[int]]], level: int, cluster: int) -> int:
     return sum(_size(members, level - 1, child) for child in children)
 
 
-def _even_split(capacity: dict[int, int], count: int) -> dict[int, int]:
-    """``count`` split as evenly as the capacities allow (water filling)."""
+def _even_split(capacity: dict[int, int], count: int, rng: np.random.Generator) -> dict[int, int]:
+    """``count`` split as evenly as the capacities allow (water filling); what cannot be
+    split evenly goes to clusters in a random order."""
     quota = dict.fromkeys(capacity, 0)
     remaining = min(count, sum(capacity.values()))
-    open_clusters = [c for c in capacity if capacity[c] > 0]
+    open_clusters = [c for c in rng.permutation(list(capacity)).tolist() if capacity[c] > 0]
     while remaining > 0 and open_clusters:
         share = max(1, remaining // len(open_clusters))
         for cluster in list(open_clusters):

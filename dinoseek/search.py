@@ -62,6 +62,8 @@ FILTER_FIELDS: dict[str, str] = {
 
 # The others listed with each group of near-duplicates (a page must stay small).
 MAX_GROUP_LISTED = 100
+# Hits fetched to collapse duplicates under filters (the store's own top-k limit).
+MAX_COLLAPSE_FETCH = 1000
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,22 @@ class NeighbourQuery:
     filters: Filters = field(default_factory=Filters)
     collapse_duplicates: bool = False
 
+    @property
+    def collapses_hits(self) -> bool:
+        """Collapsing under filters happens on the hits: a group's kept point may not match
+        the filters, and then the group's best matching member stands for it."""
+        return self.collapse_duplicates and bool(self.filters.conditions())
+
     def for_vector(self, vector: np.ndarray, *, exclude: Sequence[str] = ()) -> SearchQuery:
         """The store query for ``vector``."""
+        if self.collapses_hits:  # more hits, collapsed and paged by ``shape``
+            return SearchQuery(
+                vector=vector,
+                top_k=min(MAX_COLLAPSE_FETCH, (self.offset + self.top_k) * 3),
+                score_threshold=self.score_threshold,
+                filters=self.filters.conditions(),
+                exclude_ids=tuple(exclude),
+            )
         return SearchQuery(
             vector=vector,
             top_k=self.top_k,
@@ -120,6 +136,20 @@ class NeighbourQuery:
             # One hit per group of near-duplicates: its kept point (``dinoseek dedup``).
             exclude={ROLE: DUPLICATE} if self.collapse_duplicates else {},
         )
+
+    def shape(self, hits: Sequence[SearchHit]) -> list[Neighbour]:
+        """The neighbours of the store's hits (one per group when ``collapses_hits``)."""
+        neighbours = [Neighbour.from_hit(hit) for hit in hits]
+        if not self.collapses_hits:
+            return neighbours
+        seen: set[str] = set()
+        collapsed = []
+        for neighbour in neighbours:
+            group = str(neighbour.payload.get(GROUP) or neighbour.id)
+            if group not in seen:
+                seen.add(group)
+                collapsed.append(neighbour)
+        return collapsed[self.offset : self.offset + self.top_k]
 
 
 @dataclass(frozen=True)
@@ -296,7 +326,7 @@ class Searcher:
             hits = self.store.search(collection, [query.for_vector(v) for v in vectors])
         results = []
         for vector, found in zip(vectors, hits, strict=True):
-            neighbours = [Neighbour.from_hit(hit) for hit in found]
+            neighbours = query.shape(found)
             predicted = self.predict_labels(collection, vector, neighbours, labels)
             results.append(SearchResult(neighbours, predicted))
         return results
@@ -363,7 +393,7 @@ class Searcher:
             assert point.vector is not None, "fetched with its vector"
             nearest = query.for_vector(point.vector, exclude=[point.id])
             (hits,) = self.store.search(collection, [nearest])
-        return [Neighbour.from_hit(hit) for hit in hits]
+        return query.shape(hits)
 
     def point(self, collection: str, point_id: str, *, with_vector: bool = False) -> StoredPoint:
         """A stored point (``InvalidPointIdError``, ``PointNotFoundError``)."""

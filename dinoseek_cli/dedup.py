@@ -33,7 +33,7 @@ from dinoseek.dedup import (
     find_leaks,
     plan_dedup,
 )
-from dinoseek.errors import CollectionNotFoundError
+from dinoseek.errors import CollectionNotFoundError, ConfigError
 from dinoseek.folder_vectors import embed_folder
 from dinoseek.runtime import ModelPolicy, Runtime
 from dinoseek.similarity import compute_device
@@ -192,6 +192,11 @@ def _against(
         names = [{"path": str(p)} for p in embedded.paths]
         label = str(folder.resolve())
     else:
+        if against == settings.collection:
+            raise ConfigError(
+                f"--against {against!r} is the collection itself: every point would match "
+                "itself; give another collection or a folder"
+            )
         if against not in store.list_collections():
             raise CollectionNotFoundError(
                 f"--against {against!r} is neither a folder nor a collection of the "

@@ -75,14 +75,19 @@ class _Generation:
         )
 
     def wait_started(self, workers: int, stop: threading.Event) -> None:
-        """Wait until every worker has started, so that a decode's deadline never includes
-        the start of a process (seconds on a busy machine)."""
-        started = [self.executor.submit(worker_started) for _ in range(workers)]
-        for future in started:
-            try:
-                _result(future, stop, WORKER_START_S)
-            except (_StoppedError, BrokenProcessPool, TimeoutError):
-                return  # stopping, or a pool that cannot start: the decodes will say so
+        """Wait until every worker has answered, so that a decode's deadline never includes
+        the start of a process (seconds on a busy machine). A worker that is up can answer
+        several times while another is still starting: the rounds go on until ``workers``
+        distinct processes have answered."""
+        deadline = time.monotonic() + WORKER_START_S
+        answered: set[int] = set()
+        while len(answered) < workers and time.monotonic() < deadline:
+            started = [self.executor.submit(worker_started) for _ in range(workers)]
+            for future in started:
+                try:
+                    answered.add(_result(future, stop, max(0.0, deadline - time.monotonic())))
+                except (_StoppedError, BrokenProcessPool, TimeoutError):
+                    return  # stopping, or a pool that cannot start: the decodes will say so
 
     def submit(self, file: ScannedFile) -> tuple[int, Future[Result]]:
         slot = self.free.popleft()
@@ -229,7 +234,11 @@ class DecodePool:
 
     def _new_generation(self) -> _Generation:
         generation = _Generation(self.config, self.workers, self.window)
-        generation.wait_started(self.workers, self._stop)
+        try:
+            generation.wait_started(self.workers, self._stop)
+        except BaseException:
+            generation.close()
+            raise
         return generation
 
     def _close_generation(self) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hmac
 import json
-from http.cookies import CookieError, SimpleCookie
 from urllib.parse import unquote
 
 from pydantic import SecretStr
@@ -71,17 +70,17 @@ def _is_open(path: str) -> bool:
 
 
 def _cookie_key(scope: Scope) -> bytes | None:
-    """The key in the page's cookie, if the request has one."""
+    """The key in the page's cookie, if the request has one. Parsed by hand: one loosely
+    formatted cookie of another app on the same host must not hide it (``SimpleCookie``
+    gives up on the whole header)."""
+    prefix = KEY_COOKIE.encode() + b"="
     for name, value in scope["headers"]:
         if name != b"cookie":
             continue
-        cookies = SimpleCookie()
-        try:
-            cookies.load(value.decode("latin-1"))
-        except CookieError:
-            return None
-        if KEY_COOKIE in cookies:
-            return unquote(cookies[KEY_COOKIE].value).encode()
+        for part in value.split(b";"):
+            part = part.strip()
+            if part.startswith(prefix):
+                return unquote(part[len(prefix) :].decode("latin-1")).encode()
     return None
 
 

@@ -233,3 +233,11 @@ def test_the_selection_is_copied_into_a_new_collection_on_both_stores(
             point = kept[pool.ids[s.index]]
             assert point.payload["selected_by"] == s.reference
             np.testing.assert_allclose(point.vector, pool.vectors[s.index], atol=1e-6)
+
+
+def test_balanced_sampling_of_an_empty_pool_is_a_clear_error(tmp_path: Path) -> None:
+    from dinoseek.errors import ConfigError
+
+    empty = CollectionVectors([], np.zeros((0, 4), dtype=np.float32), [])
+    with pytest.raises(ConfigError, match="no pool image is eligible"):
+        balanced(empty, np.zeros(0, dtype=np.int64), 5, [2])

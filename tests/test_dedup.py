@@ -27,6 +27,7 @@ from dinoseek.dedup import (
     MARK_FIELDS,
     PAYLOAD_FIELDS,
     apply_plan,
+    forget_compared,
     marks_of,
     plan_dedup,
     write_marks,
@@ -114,6 +115,15 @@ def test_searches_collapse_duplicates(planted: tuple[Path, list[Path], dict[Path
     assert [r["path"] for r in plain["results"]][:2] == [str(source), str(copy)]
     assert str(copy) not in [r["path"] for r in collapsed["results"]]
     assert collapsed["results"][0]["path"] == str(source)
+    # Under a filter the kept point may not match: the group's best matching member stands.
+    only_copy = run_json("search", source, "--data-dir", data, "--collapse-duplicates",
+                         "--filter", f"path={copy}")  # fmt: skip
+    assert [r["path"] for r in only_copy["results"]] == [str(copy)]
+    by_label = run_json("search", source, "--data-dir", data, "-k", "20", "--collapse-duplicates",
+                        "--filter", f"root={source.parent.parent}")  # fmt: skip
+    found_paths = [r["path"] for r in by_label["results"]]
+    assert str(source) in found_paths
+    assert str(copy) not in found_paths  # one hit per group: the source came first
 
     embedder = fake_model("fake/dinov2")
     settings = Settings(model="fake/dinov2", data_dir=data)
@@ -226,6 +236,9 @@ def test_bad_input_gets_a_clear_error(
     no_images = invoke("dedup", "--data-dir", data, "--against", empty)
     assert no_images.exit_code != 0
     assert "no image files" in no_images.output
+    itself = invoke("dedup", "--data-dir", data, "--against", "images")
+    assert itself.exit_code != 0
+    assert "the collection itself" in itself.output
     assert (
         "neither a folder nor a collection"
         in invoke("dedup", "--data-dir", data, "--against", "missing").output
@@ -346,3 +359,35 @@ def test_a_run_stopped_while_writing_is_finished_by_the_next(store: VectorStore)
         marks = {k: v for k, v in payload.items() if k in MARK_FIELDS and k != "dedup_threshold"}
         assert marks == expected.get(index, {})
         assert payload["dedup_threshold"] == 0.95
+
+
+def test_a_regrouping_stopped_midway_keeps_every_pair(store: VectorStore) -> None:
+    """A and B are near-duplicates; N arrives, larger, linked to A only, and becomes the kept
+    point of all three. A run stopped after rewriting A alone must not lose B: its next run
+    compares the half-written points again."""
+    store.ensure_collection("images", make_space(3))
+    store.acquire("images")
+    a, b, n = (
+        np.array(v, dtype=np.float32) for v in ((1, 0, 0), (0.96, 0.28, 0), (0.96, -0.28, 0))
+    )
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(3)]
+    small = {"width": 10, "height": 10}
+    store.upsert("images", [PointRecord(ids[0], a, {"path": "/a.jpg", **small}),
+                            PointRecord(ids[1], b, {"path": "/b.jpg", **small})])  # fmt: skip
+    first = read_vectors(store, "images", PAYLOAD_FIELDS)
+    apply_plan(store, "images", first, plan_dedup(first, 0.95), 0.95)
+    store.upsert("images", [PointRecord(ids[2], n, {"path": "/n.jpg", "width": 99, "height": 99})])
+    second = read_vectors(store, "images", PAYLOAD_FIELDS)
+    plan = plan_dedup(second, 0.95)
+    assert [second.ids[g.keep] for g in plan.groups] == [ids[2]]
+    forget_compared(store, "images", second, plan)  # the run is stopped after A's marks
+    a_row = second.ids.index(ids[0])
+    write_marks(store, "images", second, a_row, plan.changes[a_row])
+    third = read_vectors(store, "images", PAYLOAD_FIELDS)
+    rerun = plan_dedup(third, 0.95)
+    apply_plan(store, "images", third, rerun, 0.95)
+    final = read_vectors(store, "images", PAYLOAD_FIELDS)
+    by_id = dict(zip(final.ids, final.payloads, strict=True))
+    assert by_id[ids[2]]["duplicate_role"] == "keep"
+    assert by_id[ids[0]]["duplicate_of"] == by_id[ids[1]]["duplicate_of"] == ids[2]
+    assert all(p["dedup_threshold"] == 0.95 for p in final.payloads)

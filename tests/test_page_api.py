@@ -253,6 +253,9 @@ def test_the_key_cookie_opens_images_only(
             keyed.post("/search", files={"image": ("q.jpg", data)}, headers=cookie).status_code
             == 401
         )
+        # Another app's loosely formatted cookie on the same host does not hide the key.
+        crowded = {"Cookie": 'a=b c; theme={"x": 1}; dinoseek_key=k%20e%2Fy%3D%3B'}
+        assert keyed.get(f"/points/{point_id}/image", headers=crowded).status_code == 200
         wrong = {"Cookie": "dinoseek_key=nope"}
         assert keyed.get(f"/points/{point_id}/image", headers=wrong).status_code == 401
         broken = {"Cookie": 'dinoseek_key="unterminated'}
