@@ -1,8 +1,8 @@
 """``dinoseek``: the command group above both apps.
 
 The indexer contributes ``index``, the service ``serve``; ``search``, ``info``, ``probe``,
-``snapshot``, ``dedup`` and ``curate`` live here. Every command opens what it needs through
-``dinoseek.runtime``.
+``snapshot``, ``dedup``, ``curate`` and ``eval`` live here. Every command opens what it
+needs through ``dinoseek.runtime``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dinoseek import __version__
 from dinoseek.commandline import EPILOG
 from dinoseek_cli.curate import curate
 from dinoseek_cli.dedup import dedup
+from dinoseek_cli.eval import evaluate
 from dinoseek_cli.info import info
 from dinoseek_cli.probe import probe
 from dinoseek_cli.search import search
@@ -36,6 +37,7 @@ def main() -> None:
       dinoseek serve                                    # the search page and the API
       dinoseek dedup                                    # mark near-duplicates
       dinoseek curate --reference good/ --into kept     # keep what is like good/
+      dinoseek eval                                     # how well labels separate
       dinoseek info                                     # what is stored where
 
     Everything lands in ./dinoseek-data (the embedded store) unless DINOSEEK_QDRANT_URL points
@@ -43,5 +45,5 @@ def main() -> None:
     """
 
 
-for command in (index, search, info, serve, probe, snapshot, dedup, curate):
+for command in (index, search, info, serve, probe, snapshot, dedup, curate, evaluate):
     main.add_command(command)

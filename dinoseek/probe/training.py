@@ -150,6 +150,20 @@ def train_probe(
     return ProbeTrainingResult(probe=probe, report=report)
 
 
+def fit_linear_head(
+    x_train: np.ndarray, y_train: np.ndarray, n_classes: int, *, seed: int = 0
+) -> FittedHead:
+    """The head ``train_probe`` fits (same standardisation, loss and weight-decay search),
+    on given rows: for evaluations that choose their own splits (``dinoseek eval``). The
+    weight decay is searched on a stratified validation split when every class has two
+    rows or more, else the default is used."""
+    y = np.asarray(y_train, dtype=np.int64)
+    fit_part, val_part = _stratified_split(y, VALIDATION_FRACTION, np.random.default_rng(seed))
+    order = np.concatenate([fit_part, val_part])
+    x = np.array(x_train, dtype=np.float32)[order]  # a copy: standardised in place
+    return _fit_head(x, y[order], len(fit_part), n_classes)
+
+
 def _fit_head(x_train: np.ndarray, y_train: np.ndarray, n_fit: int, n_classes: int) -> FittedHead:
     """Standardise, pick the weight decay on the validation split, refit, fold back.
 

@@ -1,0 +1,348 @@
+"""``dinoseek eval``: kNN accuracy, retrieval and few-shot linear probes on the user's own
+labelled images, for one collection or for several models side by side.
+
+On a collection it reads the stored vectors (no model is loaded). On a FOLDER it indexes the
+images once per model (and dtype) into a temporary collection of its own, so spaces never
+mix, and also measures throughput and peak memory. The measures are ``dinoseek.evaluation``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dinoseek.collection_vectors import read_vectors
+from dinoseek.commandline import (
+    configure_logging,
+    handle_errors,
+    load_settings,
+    model_loader,
+    output_options,
+    store_options,
+    store_owner,
+)
+from dinoseek.dedup import GROUP
+from dinoseek.errors import ConfigError
+from dinoseek.evaluation import (
+    confused_pairs,
+    few_shot_accuracy,
+    knn_accuracy,
+    knn_predictions,
+    labelled_set,
+    retrieval_metrics,
+)
+from dinoseek.runtime import ModelPolicy, Runtime
+from dinoseek.settings import Settings
+from indexer.catalog import LabelSource, read_labels_csv
+from indexer.pipeline import IndexOptions, index_folders
+
+KNN_KS = (10, 20)
+
+
+@click.command(name="eval")
+@click.argument(
+    "folder", required=False, type=click.Path(path_type=Path, file_okay=False, exists=True)
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="With FOLDER: a model to compare (hub id or local directory); repeatable.",
+)
+@click.option(
+    "--dtype",
+    "dtypes",
+    multiple=True,
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    help="With FOLDER: a dtype to compare each model in; repeatable [default: auto].",
+)
+@click.option("--labels-from-folders", is_flag=True, help="With FOLDER: label = parent folder.")
+@click.option(
+    "--labels-csv",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="With FOLDER: CSV of path,label rows.",
+)
+@click.option(
+    "--min-per-class",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Classes with fewer labelled images are reported and left out.",
+)
+@click.option(
+    "--shots",
+    default="1,5,10,50",
+    show_default=True,
+    help="Labelled examples per class for the linear probes (all is always added).",
+)
+@click.option(
+    "--draws", type=click.IntRange(min=1), default=5, show_default=True, help="Random draws."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write a PNG: accuracy against examples per class, and against images/s "
+    "(needs matplotlib: pip install 'dinoseek[eval]').",
+)
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write the JSON, the plot and a Markdown summary into this folder.",
+)
+@store_options
+@output_options
+@handle_errors
+def evaluate(
+    folder: Path | None,
+    models: tuple[str, ...],
+    dtypes: tuple[str, ...],
+    labels_from_folders: bool,
+    labels_csv: Path | None,
+    min_per_class: int,
+    shots: str,
+    draws: int,
+    seed: int,
+    plot: Path | None,
+    report: Path | None,
+    as_json: bool,
+    quiet: bool,
+    **flags: Any,
+) -> None:
+    """Measure how well the embeddings separate your labelled images: kNN accuracy (k=10,
+    20, DINO-style), recall@1/5/10 and mAP@R, and linear probes from 1, 5, 10, 50 and all
+    examples per class.
+
+    \b
+    dinoseek eval                                   # the collection's stored vectors
+    dinoseek eval PHOTOS --labels-from-folders \\
+        --model facebook/dinov2-small --model facebook/dinov2-base   # side by side
+    """
+    configure_logging(quiet=quiet or as_json)
+    shot_list = _shots(shots)
+    settings = load_settings(**flags)
+    if folder is None:
+        if models or dtypes or labels_from_folders or labels_csv:
+            raise click.UsageError("--model, --dtype and --labels-* go with a FOLDER")
+        entries = [_evaluate_collection(settings, min_per_class, shot_list, draws, seed)]
+    else:
+        if not labels_from_folders and labels_csv is None:
+            raise click.UsageError("label the folder: --labels-from-folders or --labels-csv")
+        labels = LabelSource(
+            from_folders=labels_from_folders,
+            mapping=read_labels_csv(labels_csv) if labels_csv else {},
+        )
+        entries = [
+            _evaluate_folder(settings, folder, model, dtype, labels, min_per_class, shot_list,
+                             draws, seed, quiet or as_json)
+            for model in (models or (settings.model,))
+            for dtype in (dtypes or ("auto",))
+        ]  # fmt: skip
+    document = {"shots": [str(n) if n else "all" for n in shot_list], "models": entries}
+    if plot is not None or report is not None:
+        target = plot or (report / "eval.png")  # type: ignore[operator]
+        write_plot(document, target)
+        document["plot"] = str(target)
+    if report is not None:
+        _write_report(document, report)
+    click.echo(json.dumps(document) if as_json else render(document))
+
+
+def _shots(text: str) -> list[int | None]:
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        message = f"{text!r}: give numbers like 1,5,10,50"
+        raise click.BadParameter(message, param_hint="--shots") from None
+    if any(v < 1 for v in values):
+        raise click.BadParameter("examples per class start at 1", param_hint="--shots")
+    return [*values, None]
+
+
+def _evaluate_collection(
+    settings: Settings, min_per_class: int, shots: list[int | None], draws: int, seed: int
+) -> dict[str, Any]:
+    with Runtime.open(
+        settings, owner=store_owner("dinoseek eval"), collection="existing", model=False
+    ) as runtime:
+        store, name = runtime.store, settings.collection
+        space = store.collection_space(name)
+        data = read_vectors(store, name, ("label", "path", GROUP))
+    entry = _measure(data, min_per_class, shots, draws, seed)
+    return {"model": space.model_id, "dtype": None, "collection": name, **entry}
+
+
+def _evaluate_folder(
+    settings: Settings,
+    folder: Path,
+    model: str,
+    dtype: str,
+    labels: LabelSource,
+    min_per_class: int,
+    shots: list[int | None],
+    draws: int,
+    seed: int,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Index ``folder`` with ``model`` into a temporary collection, then measure."""
+    with tempfile.TemporaryDirectory(prefix="dinoseek-eval-") as scratch:
+        scoped = settings.model_copy(
+            update={"model": model, "dtype": dtype, "data_dir": Path(scratch), "qdrant_url": None,
+                    "collection": "eval"}
+        )  # fmt: skip
+        with Runtime.open(
+            scoped,
+            owner=store_owner("dinoseek eval"),
+            collection="optional",
+            policy=ModelPolicy(purpose="index"),
+            loader=model_loader(),
+        ) as runtime:
+            embedder = runtime.require_embedder()
+            options = IndexOptions(
+                roots=(Path(os.path.abspath(folder)),),
+                collection="eval",
+                failures_report=Path(scratch) / "failures.jsonl",
+                batch_size=runtime.batch_size,
+                workers=runtime.decode_workers,
+                max_image_pixels=scoped.max_image_pixels,
+                max_file_bytes=scoped.max_file_bytes,
+                labels=labels,
+                optimize=False,
+                progress="off" if quiet else "auto",
+            )
+            summary = index_folders(embedder, runtime.store, options)
+            data = read_vectors(runtime.store, "eval", ("label", "path", GROUP))
+            device = embedder.device
+    entry = _measure(data, min_per_class, shots, draws, seed)
+    return {
+        "model": model,
+        "dtype": dtype,
+        "device": device,
+        "images": summary.embedded,
+        "failed": summary.failed,
+        "images_per_s": summary.images_per_s,
+        "peak_memory_mb": _peak_memory_mb(),
+        **entry,
+    }
+
+
+def _peak_memory_mb() -> float:
+    """This process's peak resident memory so far (it only grows: models run in order)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def _measure(
+    data: Any, min_per_class: int, shots: list[int | None], draws: int, seed: int
+) -> dict[str, Any]:
+    labelled, left_out = labelled_set(
+        data.vectors,
+        [p.get("label") or None for p in data.payloads],
+        [p.get(GROUP) for p in data.payloads],
+        [str(p.get("path", i)) for i, p in zip(data.ids, data.payloads, strict=True)],
+        min_per_class=min_per_class,
+    )
+    started = time.perf_counter()
+    predicted = knn_predictions(labelled, KNN_KS[-1])
+    probes = few_shot_accuracy(labelled, shots, draws=draws, seed=seed)
+    grouped = bool((labelled.groups >= 0).any())
+    return {
+        "points": len(labelled.labels),
+        "classes": len(labelled.classes),
+        "left_out_classes": left_out,
+        "splits": "near-duplicate groups (dinoseek dedup)"
+        if grouped
+        else "exact-hash groups (ids are content hashes; run dinoseek dedup for near-duplicates)",
+        **{f"knn_accuracy@{k}": round(knn_accuracy(labelled, k), 4) for k in KNN_KS},
+        **{key: round(value, 4) for key, value in retrieval_metrics(labelled).items()},
+        "linear_probe": {
+            name: {"mean": round(mean, 4), "std": round(std, 4)}
+            for name, (mean, std) in probes.items()
+        },
+        "confused": [asdict(pair) for pair in confused_pairs(labelled, predicted)],
+        "eval_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def render(document: dict[str, Any]) -> str:
+    """A table: one row per model."""
+    shots = document["shots"]
+    head = (
+        f"{'model':<36} {'dtype':<8} {'img/s':>7} {'kNN@10':>7} {'kNN@20':>7} {'R@1':>6} "
+        f"{'R@5':>6} {'mAP@R':>6} " + " ".join(f"{'lin' + s:>7}" for s in shots)
+    )
+    lines = [head]
+    for entry in document["models"]:
+        rate = entry.get("images_per_s")
+        probes = entry["linear_probe"]
+        lines.append(
+            f"{entry['model'][-36:]:<36} {entry['dtype'] or '-':<8} "
+            f"{'-' if rate is None else f'{rate:.1f}':>7} "
+            f"{entry['knn_accuracy@10']:>7.3f} {entry['knn_accuracy@20']:>7.3f} "
+            f"{entry['recall@1']:>6.3f} {entry['recall@5']:>6.3f} {entry['map@r']:>6.3f} "
+            + " ".join(f"{probes[s]['mean']:>7.3f}" for s in shots)
+        )
+    for entry in document["models"]:
+        lines.append(
+            f"\n{entry['model']}: {entry['points']:,} labelled images in {entry['classes']} "
+            f"classes; splits by {entry['splits']}"
+        )
+        if entry["left_out_classes"]:
+            lines.append(f"  left out (too few images): {entry['left_out_classes']}")
+        for pair in entry["confused"][:3]:
+            lines.append(
+                f"  {pair['true']} taken for {pair['predicted']} {pair['count']}x, e.g. "
+                f"{pair['examples'][0]}"
+            )
+    return "\n".join(lines)
+
+
+def write_plot(document: dict[str, Any], target: Path) -> None:
+    """Accuracy against examples per class (a line per model), and kNN accuracy against
+    images/s."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'dinoseek[eval]'") from None
+    shots = document["shots"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for entry in document["models"]:
+        means = [entry["linear_probe"][s]["mean"] for s in shots]
+        stds = [entry["linear_probe"][s]["std"] for s in shots]
+        label = f"{entry['model']} ({entry['dtype'] or 'stored'})"
+        left.errorbar(range(len(shots)), means, yerr=stds, marker="o", capsize=3, label=label)
+        if entry.get("images_per_s"):
+            right.scatter(entry["images_per_s"], entry["knn_accuracy@20"], label=label)
+    left.set_xticks(range(len(shots)), shots)
+    left.set_xlabel("labelled examples per class")
+    left.set_ylabel("linear-probe accuracy")
+    left.legend(fontsize="small")
+    right.set_xlabel("images/s (indexing, this machine)")
+    right.set_ylabel("kNN accuracy (k=20)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(target, dpi=100)
+    plt.close(figure)
+
+
+def _write_report(document: dict[str, Any], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "eval.json").write_text(json.dumps(document, indent=1))
+    (folder / "summary.md").write_text(
+        "# dinoseek eval\n\n```\n" + render(document) + "\n```\n\n![accuracy](eval.png)\n"
+    )
