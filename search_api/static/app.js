@@ -274,6 +274,7 @@ function attachPca(article, file) {
       form.append("image", file, file.name);
       const response = await api(`/embed/pca?mask=${mask}`, { method: "POST", body: form });
       pictures[mask] = URL.createObjectURL(await response.blob());
+      viewUrls.push(pictures[mask]);
     }
     image.src = pictures[mask];
     image.alt = mask
@@ -307,7 +308,12 @@ async function show(params, data) {
   }
 }
 
+// Object URLs of the PCA pictures on screen: released when the view is replaced.
+let viewUrls = [];
+
 function replaceView(...nodes) {
+  viewUrls.forEach((url) => URL.revokeObjectURL(url));
+  viewUrls = [];
   $("view").replaceChildren(...nodes);
 }
 
@@ -403,9 +409,16 @@ function showUpload(params, data) {
   replaceView(...nodes);
 }
 
-// The files of this page's uploads, by a key kept in the history entry.
+// The files of this page's uploads, by a key kept in the history entry (the newest
+// MAX_UPLOADS_KEPT: an older entry shows its results without the PCA picture).
 const uploads = new Map();
+const MAX_UPLOADS_KEPT = 50;
 let uploadCount = 0;
+
+function keepUpload(key, file) {
+  uploads.set(key, file);
+  while (uploads.size > MAX_UPLOADS_KEPT) uploads.delete(uploads.keys().next().value);
+}
 
 async function search(files) {
   files = [...files].filter((file) => file instanceof File);
@@ -428,7 +441,7 @@ async function search(files) {
     const groups = items.map((item, index) => {
       const file = files[index];
       const upload = `upload-${++uploadCount}`;
-      uploads.set(upload, file);
+      keepUpload(upload, file);
       return {
         upload,
         name: file.name,
