@@ -8,6 +8,13 @@ code. Overlays are applied with a minimal version of compose's merge rules (belo
 `docker compose` v2 plugin, shellcheck or hadolint is installed, they check the files too.
 What only a Docker host can check (the images build, the stack answers) is
 scripts/compose-smoke.sh.
+
+What these tests cannot prove without an engine: that the images build, that the base image
+and the wheels install, that the GPU reservation reaches a GPU, that the healthchecks pass,
+that the services reach each other, and that compose itself merges the overlays as the
+minimal merge below does (it follows compose's documented rules, not compose's code). A line
+of the Dockerfile or the smoke script these checks cannot parse fails the test that reads
+it, rather than being skipped.
 """
 
 from __future__ import annotations
@@ -648,8 +655,8 @@ def _command_lines() -> Iterator[tuple[str, list[str]]]:
                 arguments = arguments[arguments.index("CMD") + 3 :].strip()
             try:
                 yield f"Dockerfile: {keyword}", _as_argv(arguments)
-            except ValueError:
-                continue
+            except ValueError as error:  # a line these checks cannot read fails, not skips
+                raise AssertionError(f"Dockerfile: {keyword} {arguments!r}: {error}") from None
     in_heredoc = False
     for number, line in enumerate(SMOKE.read_text().replace("\\\n", " ").splitlines(), 1):
         if in_heredoc:
@@ -658,8 +665,8 @@ def _command_lines() -> Iterator[tuple[str, list[str]]]:
         in_heredoc = "<<'EOF'" in line
         try:
             argv = shlex.split(line, comments=True)
-        except ValueError:
-            continue
+        except ValueError as error:  # a line these checks cannot read fails, not skips
+            raise AssertionError(f"{SMOKE.name}:{number}: {line!r}: {error}") from None
         if argv:
             yield f"{SMOKE.name}:{number}", argv
 
