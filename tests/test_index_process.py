@@ -91,12 +91,18 @@ def wait_for_line(process: subprocess.Popen[str], text: str, timeout_s: float = 
     raise AssertionError(f"no {text!r} within {timeout_s} s")
 
 
-def wait_for_progress(process: subprocess.Popen[str], at_least: int) -> None:
-    """Until a progress line (``indexing: N/M ...``, every 0.2 s) shows N >= at_least."""
+def wait_for_progress(
+    process: subprocess.Popen[str], at_least: int, *, fraction: float | None = None
+) -> None:
+    """Until a progress line (``indexing: N/M ...``, every 0.2 s) shows N >= at_least (or,
+    with ``fraction``, N >= that share of this run's M: a resumed run has less to do)."""
     while True:
         line = wait_for_line(process, "indexing: ")
-        done = int(line.split("indexing: ")[1].split("/")[0].replace(",", ""))
-        if done >= at_least:
+        done, total = (
+            int(part.replace(",", ""))
+            for part in line.split("indexing: ")[1].split(" ")[0].split("/")
+        )
+        if done >= (at_least if fraction is None else max(1, round(fraction * total))):
             return
 
 
@@ -120,11 +126,12 @@ def test_sigkill_at_any_moment_then_rerun_converges(tmp_path: Path, pool: Path) 
     expected = snapshot(tmp_path / "clean")
 
     killed = tmp_path / "killed"
-    # Killed early (while workers start), then twice in the middle of embedding and writing.
-    for progress in (0, 10, 40):
+    # Killed early (while workers start), then twice in the middle of embedding and writing:
+    # after a tenth and a third of what each resumed run has left, so that work remains.
+    for fraction in (0.0, 0.1, 0.3):
         process = start_index(photos, killed)
-        if progress:
-            wait_for_progress(process, progress)
+        if fraction:
+            wait_for_progress(process, 0, fraction=fraction)
         else:
             wait_for_line(process, "loaded")
         process.send_signal(signal.SIGKILL)
