@@ -10,31 +10,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.curate import balanced, by_neighbours, eligible_rows, level_sizes
 from dinoseek.kmeans import kmeans
 from dinoseek.store import EdgeStore
-from dinoseek_cli.main import main
-from tests.fakes import FAKE_LOADER
+from tests.commands import invoke, run_json
 from tests.helpers import write_tree
 from tests.test_dedup import copy_of
-
-
-def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], obj=FAKE_LOADER)
-
-
-def run_json(*args: str | Path) -> dict[str, Any]:
-    result = invoke(*args, "--json")
-    assert result.exit_code == 0, result.output
-    document: dict[str, Any] = json.loads(result.stdout)
-    return document
 
 
 @pytest.fixture

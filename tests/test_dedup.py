@@ -9,14 +9,11 @@ planning runs on both stores (the server store on qdrant-client's in-process mod
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 from PIL import Image
 from qdrant_client import QdrantClient
@@ -34,24 +31,13 @@ from dinoseek.dedup import (
 )
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, PointRecord, ServerStore, VectorStore
-from dinoseek_cli.main import main
 from search_api.app import create_app
-from tests.fakes import FAKE_LOADER, fake_model
+from tests.commands import invoke, run_json
+from tests.fakes import fake_model
 from tests.helpers import unit_vectors, write_tree
 from tests.test_store_contract import make_space
 
 DIM = 16
-
-
-def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], obj=FAKE_LOADER)
-
-
-def run_json(*args: str | Path) -> dict[str, Any]:
-    result = invoke(*args, "--json")
-    assert result.exit_code == 0, result.output
-    document: dict[str, Any] = json.loads(result.stdout)
-    return document
 
 
 def copy_of(source: Path, target: Path, *, quality: int = 60, scale: float = 1.0) -> Path:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from PIL import Image
 
 from dinoseek.errors import ConfigError
@@ -25,7 +24,7 @@ from dinoseek.evaluation import (
     retrieval_metrics,
 )
 from dinoseek_cli.main import main
-from tests.fakes import FAKE_LOADER
+from tests.commands import invoke, run_json
 from tests.helpers import unit_vectors, write_tree
 
 
@@ -162,17 +161,6 @@ def test_labelled_set_refuses_what_cannot_be_evaluated() -> None:
 
 
 # -- the command -------------------------------------------------------------------------------
-
-
-def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], obj=FAKE_LOADER)
-
-
-def run_json(*args: str | Path) -> dict[str, Any]:
-    result = invoke(*args, "--json")
-    assert result.exit_code == 0, result.output
-    document: dict[str, Any] = json.loads(result.stdout)
-    return document
 
 
 @pytest.fixture

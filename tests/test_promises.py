@@ -8,16 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
 from dinoseek.store import EdgeStore
-from dinoseek_cli.main import main
-from tests.fakes import FAKE_LOADER
+from tests.commands import invoke
 from tests.helpers import encode, photo, write_tree
-
-
-def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], obj=FAKE_LOADER)
 
 
 def test_index_without_model_uses_the_collections_own(tmp_path: Path) -> None:

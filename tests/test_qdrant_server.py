@@ -15,10 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from dinoseek_cli.main import main
-from tests.fakes import FAKE_LOADER
+from tests.commands import invoke
 from tests.helpers import write_tree
 
 SERVER = os.environ.get("DINOSEEK_TEST_QDRANT_URL")
@@ -28,10 +26,6 @@ pytestmark = [
         not SERVER, reason="no Qdrant server: set DINOSEEK_TEST_QDRANT_URL to run these"
     ),
 ]
-
-
-def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], obj=FAKE_LOADER)
 
 
 @pytest.fixture
