@@ -16,7 +16,7 @@ Splits are honest: points of one near-duplicate group (``groups``) are never on 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,13 +81,14 @@ def _group_number(group: str | None, row: int, numbers: dict[str, int]) -> int:
     return numbers.setdefault(group, len(numbers))
 
 
-def _neighbours(data: LabelledSet, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest other rows of each row, outside its own group: (indices, scores),
-    best first. Blocked: one block of similarities in memory."""
+def _neighbour_blocks(
+    data: LabelledSet, k: int
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """For a block of rows at a time: (start, stop, indices, scores) of the ``k`` nearest
+    other rows outside each row's group, best first; a row with fewer such rows gets
+    ``-inf`` scores for the rest. One block of similarities in memory."""
     count = len(data.labels)
     k = max(1, min(k, count - 1))
-    index = np.zeros((count, k), dtype=np.int64)
-    scores = np.zeros((count, k), dtype=np.float32)
     block = max(1, min(count, BLOCK_ELEMENTS // max(1, count)))
     for start in range(0, count, block):
         stop = min(start + block, count)
@@ -96,20 +97,22 @@ def _neighbours(data: LabelledSet, k: int) -> tuple[np.ndarray, np.ndarray]:
         sims[same] = -np.inf  # itself and its near-duplicates are not neighbours
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         ordered = np.take_along_axis(sims, top, axis=1).argsort(axis=1)[:, ::-1]
-        index[start:stop] = np.take_along_axis(top, ordered, axis=1)
-        scores[start:stop] = np.take_along_axis(sims, index[start:stop], axis=1)
-    return index, scores
+        index = np.take_along_axis(top, ordered, axis=1)
+        yield start, stop, index, np.take_along_axis(sims, index, axis=1)
 
 
 def knn_predictions(data: LabelledSet, k: int, temperature: float = KNN_TEMPERATURE) -> np.ndarray:
-    """Leave-one-out kNN class of each row: the k nearest others vote with
-    exp(similarity / temperature)."""
-    index, scores = _neighbours(data, k)
-    weights = np.exp((scores - scores.max(axis=1, keepdims=True)) / temperature)
-    weights[~np.isfinite(scores)] = 0.0
-    votes = np.zeros((len(data.labels), len(data.classes)))
-    np.add.at(votes, (np.arange(len(data.labels))[:, None], data.labels[index]), weights)
-    predicted: np.ndarray = votes.argmax(axis=1)
+    """Leave-one-out kNN class of each row: the k nearest others (outside its group) vote
+    with exp(similarity / temperature)."""
+    predicted = np.zeros(len(data.labels), dtype=np.int64)
+    for start, stop, index, scores in _neighbour_blocks(data, k):
+        finite = np.isfinite(scores)
+        best = np.where(finite, scores, -np.inf).max(axis=1, keepdims=True)
+        weights = np.where(finite, np.exp((scores - np.where(np.isfinite(best), best, 0.0))
+                                          / temperature), 0.0)  # fmt: skip
+        votes = np.zeros((stop - start, len(data.classes)))
+        np.add.at(votes, (np.arange(stop - start)[:, None], data.labels[index]), weights)
+        predicted[start:stop] = votes.argmax(axis=1)
     return predicted
 
 
@@ -118,22 +121,35 @@ def knn_accuracy(data: LabelledSet, k: int, temperature: float = KNN_TEMPERATURE
     return float(np.mean(knn_predictions(data, k, temperature) == data.labels))
 
 
-def retrieval_metrics(data: LabelledSet, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """recall@k for each k, and mAP@R, with each row as a query against the others."""
+def relevant_counts(data: LabelledSet) -> np.ndarray:
+    """R of each row: the rows of its class outside its own group (what can be retrieved)."""
     class_sizes = np.bincount(data.labels, minlength=len(data.classes))
-    relevant = class_sizes[data.labels] - 1  # R: the other rows of the query's class
+    pairs = np.stack([data.labels, data.groups], axis=1)
+    _, where, sizes = np.unique(pairs, axis=0, return_inverse=True, return_counts=True)
+    counts: np.ndarray = class_sizes[data.labels] - sizes[where.reshape(-1)]
+    return counts
+
+
+def retrieval_metrics(data: LabelledSet, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """recall@k for each k, and mAP@R, with each row as a query against the others outside
+    its group; computed a block of rows at a time."""
+    relevant = relevant_counts(data)
     depth = int(max(max(ks), relevant.max()))
-    index, _ = _neighbours(data, depth)
-    hits = data.labels[index] == data.labels[:, None]
-    metrics = {f"recall@{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
-    precisions = []
-    for row in range(len(data.labels)):
-        r = int(relevant[row])
-        if r == 0:
-            continue
-        found = hits[row, :r]
-        cumulative = np.cumsum(found)
-        precisions.append(float((cumulative / np.arange(1, r + 1) * found).sum() / r))
+    recalled = dict.fromkeys(ks, 0)
+    precisions: list[float] = []
+    for start, stop, index, scores in _neighbour_blocks(data, depth):
+        hits = (data.labels[index] == data.labels[start:stop, None]) & np.isfinite(scores)
+        for k in ks:
+            recalled[k] += int(hits[:, :k].any(axis=1).sum())
+        for offset, row in enumerate(range(start, stop)):
+            r = int(relevant[row])
+            if r == 0:
+                continue
+            found = hits[offset, :r]
+            cumulative = np.cumsum(found)
+            precisions.append(float((cumulative / np.arange(1, r + 1) * found).sum() / r))
+    count = len(data.labels)
+    metrics = {f"recall@{k}": recalled[k] / count for k in ks}
     metrics["map@r"] = float(np.mean(precisions)) if precisions else 0.0
     return metrics
 
@@ -141,19 +157,25 @@ def retrieval_metrics(data: LabelledSet, ks: Sequence[int] = (1, 5, 10)) -> dict
 def group_split(
     data: LabelledSet, test_fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, test rows): about ``test_fraction`` of each class's groups held out, a
-    whole near-duplicate group on one side."""
-    train: list[int] = []
-    test: list[int] = []
+    """(train rows, test rows): about ``test_fraction`` of the groups of each class held
+    out (a group counts for its most frequent label), each group wholly on one side, even a
+    group whose members carry different labels. A class keeps at least one group to train
+    on. ``ConfigError`` when nothing can be held out."""
+    groups, where = np.unique(data.groups, return_inverse=True)
+    where = where.reshape(-1)
+    majority = np.array([np.bincount(data.labels[where == g]).argmax() for g in range(len(groups))])
+    held = np.zeros(len(groups), dtype=bool)
     for k in range(len(data.classes)):
-        rows = np.flatnonzero(data.labels == k)
-        groups = rng.permutation(np.unique(data.groups[rows]))
-        held = set(groups[: max(1, round(test_fraction * len(groups)))].tolist())
-        if len(held) == len(groups):  # keep at least one group to train on
-            held.discard(int(groups[-1]))
-        for row in rows.tolist():
-            (test if int(data.groups[row]) in held else train).append(row)
-    return np.array(sorted(train), dtype=np.int64), np.array(sorted(test), dtype=np.int64)
+        members = rng.permutation(np.flatnonzero(majority == k))
+        take = min(max(1, round(test_fraction * len(members))), len(members) - 1)
+        held[members[:take]] = True
+    test = np.flatnonzero(held[where])
+    if not len(test):
+        raise ConfigError(
+            "no images can be held out for the linear probes: every class is a single group "
+            "of near-duplicates; add images, or evaluate without dinoseek dedup's groups"
+        )
+    return np.flatnonzero(~held[where]), test
 
 
 def few_shot_accuracy(
@@ -165,17 +187,24 @@ def few_shot_accuracy(
 ) -> dict[str, tuple[float, float]]:
     """Linear-probe accuracy on a held-out split with ``n`` training examples per class
     (None: all), over ``draws`` random splits and draws: {"n": (mean, std)}."""
-    from dinoseek.probe.training import fit_linear_head
+    from dinoseek.probe.training import feature_statistics, fit_linear_head
 
     rng = np.random.default_rng(seed)
     results: dict[str, list[float]] = {_shot_name(n): [] for n in shots}
     for draw in range(draws):
         train, test = group_split(data, TEST_FRACTION, rng)
+        # The features are standardised with the whole training side (no labels needed):
+        # from one or two examples per class the statistics would be noise.
+        statistics = feature_statistics(data.vectors[train])
         for n in shots:
             chosen = _per_class(data.labels[train], n, rng)
             rows = train[chosen]
             head = fit_linear_head(
-                data.vectors[rows], data.labels[rows], len(data.classes), seed=seed + draw
+                data.vectors[rows],
+                data.labels[rows],
+                len(data.classes),
+                seed=seed + draw,
+                statistics=statistics,
             )
             logits = data.vectors[test] @ head.weight.T + head.bias
             results[_shot_name(n)].append(

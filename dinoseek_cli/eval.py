@@ -151,10 +151,11 @@ def evaluate(
             for dtype in (dtypes or ("auto",))
         ]  # fmt: skip
     document = {"shots": [str(n) if n else "all" for n in shot_list], "models": entries}
-    if plot is not None or report is not None:
-        target = plot or (report / "eval.png")  # type: ignore[operator]
-        write_plot(document, target)
-        document["plot"] = str(target)
+    if plot is not None:
+        write_plot(document, plot)
+        document["plot"] = str(plot)
+    if report is not None:
+        write_plot(document, report / "eval.png")  # the summary links it
     if report is not None:
         _write_report(document, report)
     click.echo(json.dumps(document) if as_json else render(document))

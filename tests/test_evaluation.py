@@ -59,10 +59,10 @@ def test_a_perfect_embedding_scores_one() -> None:
     metrics = retrieval_metrics(data)
     assert metrics == {"recall@1": 1.0, "recall@5": 1.0, "recall@10": 1.0, "map@r": 1.0}
     probes = few_shot_accuracy(data, [1, 5, None], draws=2, seed=0)
-    # One example per class: the probe's per-feature standardisation is estimated from three
-    # vectors, which lifts the noise of the 13 unused axes; five are enough.
+    # One example per class: the probe's standardisation gives the 13 axes that carry only
+    # noise as much weight as the 3 that carry the classes; five examples are enough.
     assert probes["1"][0] > 1 / 3
-    assert probes["5"][0] >= 0.9
+    assert probes["5"] == (1.0, 0.0)
     assert probes["all"] == (1.0, 0.0)
     assert confused_pairs(data, knn_predictions(data, 10)) == []
 
@@ -229,3 +229,40 @@ def test_eval_errors_are_clear(photos: Path, tmp_path: Path) -> None:
     assert "nope" in broken.output
     bad_shots = invoke("eval", photos, "--labels-from-folders", "--shots", "one")
     assert bad_shots.exit_code == 2
+
+
+def test_one_example_per_class_of_two_classes_is_enough_for_separated_classes() -> None:
+    """Standardised by its own two rows, a one-shot head weighs noise most (near chance)."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((2, 384))
+    rows = np.concatenate([c + 0.5 * rng.standard_normal((40, 384)) for c in centres])
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    data = make_set(rows, [0] * 40 + [1] * 40)
+    assert few_shot_accuracy(data, [1], draws=3, seed=0)["1"][0] >= 0.95
+
+
+def test_near_duplicates_count_neither_as_hits_nor_as_relevant() -> None:
+    data = perfect(classes=2, per_class=10)
+    groups = list(range(20))
+    groups[1:5] = [0, 0, 0, 0]  # rows 0..4 of class 0 are one group of near-duplicates
+    grouped = make_set(data.vectors, data.labels.tolist(), groups)
+    assert retrieval_metrics(grouped)["map@r"] == 1.0  # R leaves out what cannot be retrieved
+    lonely = make_set(unit_vectors(6, 8, seed=4), [0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 2, 3])
+    # Rows 0..2 have no same-label row outside their group: their padding is no hit.
+    assert retrieval_metrics(lonely, ks=(5,))["recall@5"] == 0.5
+
+
+def test_a_group_with_two_labels_is_never_split() -> None:
+    labels = [0, 1] * 10
+    groups = [i // 2 for i in range(20)]  # each group: one row of each class
+    data = make_set(unit_vectors(20, 8, seed=6), labels, groups)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        train, test = group_split(data, 0.3, rng)
+        assert not set(data.groups[train].tolist()) & set(data.groups[test].tolist())
+
+
+def test_nothing_to_hold_out_is_a_clear_error() -> None:
+    data = make_set(unit_vectors(6, 8, seed=7), [0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1])
+    with pytest.raises(ConfigError, match="no images can be held out"):
+        few_shot_accuracy(data, [1], draws=1, seed=0)

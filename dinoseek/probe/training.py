@@ -151,30 +151,49 @@ def train_probe(
 
 
 def fit_linear_head(
-    x_train: np.ndarray, y_train: np.ndarray, n_classes: int, *, seed: int = 0
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    n_classes: int,
+    *,
+    seed: int = 0,
+    statistics: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FittedHead:
     """The head ``train_probe`` fits (same standardisation, loss and weight-decay search),
     on given rows: for evaluations that choose their own splits (``dinoseek eval``). The
-    weight decay is searched on a stratified validation split when every class has two
-    rows or more, else the default is used."""
+    weight decay is searched on a stratified validation split when a class has two rows or
+    more, else the default is used. ``statistics`` (mean, std) standardise the features
+    instead of the rows' own (for a few rows per class, take them from more vectors)."""
     y = np.asarray(y_train, dtype=np.int64)
     fit_part, val_part = _stratified_split(y, VALIDATION_FRACTION, np.random.default_rng(seed))
     order = np.concatenate([fit_part, val_part])
     x = np.array(x_train, dtype=np.float32)[order]  # a copy: standardised in place
-    return _fit_head(x, y[order], len(fit_part), n_classes)
+    return _fit_head(x, y[order], len(fit_part), n_classes, statistics)
 
 
-def _fit_head(x_train: np.ndarray, y_train: np.ndarray, n_fit: int, n_classes: int) -> FittedHead:
+def feature_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation (floored) of ``x``, as the head standardises."""
+    mean = x.mean(axis=0, dtype=np.float64)
+    centred = np.asarray(x, dtype=np.float32) - mean.astype(np.float32)
+    # Float32 sums are precise enough: any positive scale is exact once folded back.
+    variance = np.einsum("ij,ij->j", centred, centred) / max(1, len(x))
+    return mean, np.maximum(np.sqrt(variance.astype(np.float64)), _STD_FLOOR)
+
+
+def _fit_head(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    n_fit: int,
+    n_classes: int,
+    statistics: tuple[np.ndarray, np.ndarray] | None = None,
+) -> FittedHead:
     """Standardise, pick the weight decay on the validation split, refit, fold back.
 
     The first ``n_fit`` rows are the fitting split, the rest the validation split (so both
-    are views, not copies). ``x_train`` (float32) is standardised in place.
+    are views, not copies). ``x_train`` (float32) is standardised in place, with
+    ``statistics`` (mean, std) when given, else its own.
     """
-    mean = x_train.mean(axis=0, dtype=np.float64)
+    mean, std = statistics if statistics is not None else feature_statistics(x_train)
     x_train -= mean.astype(np.float32)
-    # Float32 sums are precise enough: any positive scale is exact once folded back.
-    variance = np.einsum("ij,ij->j", x_train, x_train) / max(1, len(x_train))
-    std = np.maximum(np.sqrt(variance.astype(np.float64)), _STD_FLOOR)
     x_train /= std.astype(np.float32)
     x = torch.from_numpy(x_train)
     y = torch.from_numpy(y_train)
