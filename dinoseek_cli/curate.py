@@ -15,15 +15,13 @@ from typing import Any
 import click
 import numpy as np
 
-from dinoseek.collection_vectors import CollectionVectors, read_vectors
+from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.commandline import (
     configure_logging,
     handle_errors,
     load_settings,
-    model_loader,
     output_options,
     store_options,
-    store_owner,
 )
 from dinoseek.curate import (
     Selected,
@@ -36,12 +34,10 @@ from dinoseek.curate import (
     level_sizes,
 )
 from dinoseek.dedup import DEFAULT_THRESHOLD, PAYLOAD_FIELDS
-from dinoseek.errors import CollectionNotFoundError, ConfigError
-from dinoseek.folder_vectors import embed_folder
-from dinoseek.runtime import ModelPolicy, Runtime
+from dinoseek.errors import ConfigError
+from dinoseek.runtime import Runtime
 from dinoseek.similarity import compute_device
-from dinoseek.store import VectorStore
-from indexer.progress import Progress
+from dinoseek_cli.vector_sets import open_runtime, other_set, read_collection
 
 
 @click.command()
@@ -157,21 +153,10 @@ def curate(
     started = time.perf_counter()
     progress_mode = "off" if quiet or as_json else "auto"
     embeds_folder = reference is not None and Path(reference).is_dir()
-    with Runtime.open(
-        settings,
-        owner=store_owner("dinoseek curate"),
-        collection="existing",
-        model=embeds_folder,
-        policy=ModelPolicy(purpose="query"),
-        loader=model_loader(),
-    ) as runtime:
+    with open_runtime(settings, "curate", with_model=embeds_folder) as runtime:
         store, name = runtime.store, settings.collection
         compute = compute_device(device)
-        reading = Progress(store.count(name), description="reading", mode=progress_mode, unit="pt")
-        vectors_of_pool = read_vectors(
-            store, name, (*PAYLOAD_FIELDS, "sha256"), on_points=reading.advance
-        )
-        reading.close()
+        vectors_of_pool = read_collection(runtime, (*PAYLOAD_FIELDS, "sha256"), progress_mode)
         document: dict[str, Any] = {"pool": name}
         names: list[str] = []
         if balanced is not None:
@@ -182,7 +167,7 @@ def curate(
             document.update(outcome)
         else:
             assert reference is not None
-            vectors, names = reference_set(runtime, reference)
+            vectors, names = reference_set(runtime, reference, progress_mode)
             rows, steps = eligible_rows(vectors_of_pool, vectors, near_duplicate, device=compute)
             if cluster_sample is not None:
                 k = clusters or derived_clusters(len(rows))
@@ -213,34 +198,14 @@ def curate(
         click.echo(render(document))
 
 
-def reference_set(runtime: Runtime, reference: str) -> tuple[np.ndarray, list[str]]:
+def reference_set(
+    runtime: Runtime, reference: str, progress_mode: str
+) -> tuple[np.ndarray, list[str]]:
     """The reference vectors and a name for each (a path, or a point's path or id)."""
-    store, settings = runtime.store, runtime.settings
-    folder = Path(reference)
-    if folder.is_dir():
-        embedded = embed_folder(
-            folder,
-            runtime.require_embedder(),
-            max_pixels=settings.max_image_pixels,
-            max_bytes=settings.max_file_bytes,
-            batch_size=runtime.batch_size,
-        )
-        return embedded.vectors, [str(p) for p in embedded.paths]
-    _check_collection(store, reference, settings.collection)
-    other = read_vectors(store, reference, ("path",))
-    if not other.ids:
+    found = other_set(runtime, reference, "--reference", progress_mode)
+    if not found.items:
         raise ConfigError(f"reference collection {reference!r} is empty")
-    names = [str(p.get("path", i)) for i, p in zip(other.ids, other.payloads, strict=True)]
-    return other.vectors, names
-
-
-def _check_collection(store: VectorStore, name: str, pool: str) -> None:
-    if name not in store.list_collections():
-        raise CollectionNotFoundError(
-            f"--reference {name!r} is neither a folder nor a collection of the {store.describe()}"
-        )
-    store.collection_space(pool).check_compatible(store.collection_space(name), name)
-    store.acquire(name)
+    return found.vectors, [item.get("path", item.get("id", "")) for item in found.items]
 
 
 def balanced_selection(

@@ -13,15 +13,13 @@ from typing import Any
 
 import click
 
-from dinoseek.collection_vectors import CollectionVectors, read_vectors
+from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.commandline import (
     configure_logging,
     handle_errors,
     load_settings,
-    model_loader,
     output_options,
     store_options,
-    store_owner,
 )
 from dinoseek.dedup import (
     DEFAULT_THRESHOLD,
@@ -33,11 +31,10 @@ from dinoseek.dedup import (
     find_leaks,
     plan_dedup,
 )
-from dinoseek.errors import CollectionNotFoundError, ConfigError
-from dinoseek.folder_vectors import embed_folder
-from dinoseek.runtime import ModelPolicy, Runtime
+from dinoseek.errors import ConfigError
+from dinoseek.runtime import Runtime
 from dinoseek.similarity import compute_device
-from indexer.progress import Progress
+from dinoseek_cli.vector_sets import counting, open_runtime, other_set, read_collection
 
 MAX_TEXT_GROUPS = 20
 
@@ -91,14 +88,7 @@ def dedup(
     progress_mode = "off" if quiet or as_json else "auto"
     started = time.perf_counter()
     embeds_folder = against is not None and Path(against).is_dir()
-    with Runtime.open(
-        settings,
-        owner=store_owner("dinoseek dedup"),
-        collection="existing",
-        model=embeds_folder,
-        policy=ModelPolicy(purpose="query"),
-        loader=model_loader(),
-    ) as runtime:
+    with open_runtime(settings, "dedup", with_model=embeds_folder) as runtime:
         store, name = runtime.store, settings.collection
         if clear:
             cleared = clear_marks(store, name)
@@ -108,16 +98,12 @@ def dedup(
                 f"cleared the marks of {cleared:,} points",
             )
             return
-        reading = _progress(store.count(name), "reading", progress_mode)
-        data = read_vectors(store, name, PAYLOAD_FIELDS, on_points=reading.advance)
-        reading.close()
+        data = read_collection(runtime, PAYLOAD_FIELDS, progress_mode)
         compute = compute_device(device)
         if against is not None:
             document = _against(runtime, data, against, threshold, compute, progress_mode)
         else:
-            comparing = Progress(
-                len(data.ids), description="comparing", mode=progress_mode, unit="pt"
-            )
+            comparing = counting(len(data.ids), "comparing", progress_mode)
             plan = plan_dedup(data, threshold, device=compute, on_rows=comparing.advance)
             comparing.close()
             written = apply_plan(store, name, data, plan, threshold)
@@ -127,10 +113,6 @@ def dedup(
         click.echo(json.dumps(document))
     else:
         click.echo(_text(document))
-
-
-def _progress(total: int, description: str, mode: str) -> Progress:
-    return Progress(total, description=description, mode=mode, unit="pt")
 
 
 def _report(document: dict[str, Any], as_json: bool, text: str) -> None:
@@ -175,42 +157,14 @@ def _against(
 ) -> dict[str, Any]:
     """Mark the pool points that near-duplicate a collection or a folder."""
     store, settings = runtime.store, runtime.settings
-    folder = Path(against)
-    if folder.is_dir():
-        embedder = runtime.require_embedder()
-        files = Progress(0, description="embedding", mode=progress_mode)
-        embedded = embed_folder(
-            folder,
-            embedder,
-            max_pixels=settings.max_image_pixels,
-            max_bytes=settings.max_file_bytes,
-            batch_size=runtime.batch_size,
-            on_images=files.advance,
+    if against == settings.collection:
+        raise ConfigError(
+            f"--against {against!r} is the collection itself: every point would match "
+            "itself; give another collection or a folder"
         )
-        files.close()
-        other_vectors = embedded.vectors
-        names = [{"path": str(p)} for p in embedded.paths]
-        label = str(folder.resolve())
-    else:
-        if against == settings.collection:
-            raise ConfigError(
-                f"--against {against!r} is the collection itself: every point would match "
-                "itself; give another collection or a folder"
-            )
-        if against not in store.list_collections():
-            raise CollectionNotFoundError(
-                f"--against {against!r} is neither a folder nor a collection of the "
-                f"{store.describe()}"
-            )
-        store.collection_space(settings.collection).check_compatible(
-            store.collection_space(against), against
-        )
-        store.acquire(against)
-        other = read_vectors(store, against, ("path",))
-        other_vectors = other.vectors
-        names = [{"id": i, **p} for i, p in zip(other.ids, other.payloads, strict=True)]
-        label = against
-    comparing = _progress(len(data.ids), "comparing", progress_mode)
+    other = other_set(runtime, against, "--against", progress_mode)
+    other_vectors, names, label = other.vectors, other.items, other.name
+    comparing = counting(len(data.ids), "comparing", progress_mode)
     leaks = find_leaks(
         data.vectors, other_vectors, threshold, device=device, on_rows=comparing.advance
     )
