@@ -24,29 +24,17 @@ from dinoseek.errors import CollectionMismatchError, StoreLockedError
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, ServerStore, point_id_for_sha256
-from indexer.catalog import LabelSource
 from indexer.pipeline import IndexOptions, index_folders
 from search_api.app import create_app
 from tests.helpers import bad_image_samples, encode, photo, write_tree
+from tests.indexing import indexed_tree
 
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory, embedder: ImageEmbedder) -> tuple[Path, Path]:
     """(data dir, photos dir): a labelled tree indexed into an embedded store."""
     root = tmp_path_factory.mktemp("api")
-    photos = root / "photos"
-    write_tree(photos, per_class=5, classes=("cats", "dogs", "birds"))
-    options = IndexOptions(
-        roots=(photos,),
-        collection="images",
-        failures_report=root / "failures.jsonl",
-        workers=0,
-        progress="off",
-        labels=LabelSource(from_folders=True),
-    )
-    with EdgeStore(root / "data") as store:
-        index_folders(embedder, store, options)
-    return root / "data", photos
+    return indexed_tree(root, embedder, per_class=5, classes=("cats", "dogs", "birds"))
 
 
 def make_client(embedder: ImageEmbedder, data_dir: Path, **overrides: object) -> TestClient:

@@ -19,10 +19,9 @@ from PIL import Image
 from dinoseek.embedding import ImageEmbedder
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
-from indexer.catalog import LabelSource
-from indexer.pipeline import IndexOptions, index_folders
 from search_api.app import create_app
-from tests.helpers import encode, photo, write_tree
+from tests.helpers import encode, photo
+from tests.indexing import indexed_tree
 
 PER_CLASS = 5
 CLASSES = ("cats", "dogs", "birds")
@@ -32,19 +31,7 @@ CLASSES = ("cats", "dogs", "birds")
 def indexed(tmp_path_factory: pytest.TempPathFactory, embedder: ImageEmbedder) -> tuple[Path, Path]:
     """(data dir, photos dir): a labelled tree indexed into an embedded store."""
     root = tmp_path_factory.mktemp("page-api")
-    photos = root / "photos"
-    write_tree(photos, per_class=PER_CLASS, classes=CLASSES)
-    options = IndexOptions(
-        roots=(photos,),
-        collection="images",
-        failures_report=root / "failures.jsonl",
-        workers=0,
-        progress="off",
-        labels=LabelSource(from_folders=True),
-    )
-    with EdgeStore(root / "data") as store:
-        index_folders(embedder, store, options)
-    return root / "data", photos
+    return indexed_tree(root, embedder, per_class=PER_CLASS, classes=CLASSES)
 
 
 def make_client(embedder: ImageEmbedder, data_dir: Path, **overrides: object) -> TestClient:

@@ -23,10 +23,8 @@ from dinoseek.probe.collection import train_collection_probe
 from dinoseek.runtime import ModelPolicy, Runtime
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
-from indexer.catalog import LabelSource
-from indexer.pipeline import IndexOptions, index_folders
 from search_api.routes import MAX_BATCH_IMAGES
-from tests.helpers import write_tree
+from tests.indexing import indexed_tree
 from tests.live_server import LiveServer, live_server
 
 API_KEY = "schemathesis-key"
@@ -43,18 +41,9 @@ def served(
 ) -> Iterator[tuple[LiveServer, Path]]:
     """(the server, one of the photos it has indexed)."""
     root = tmp_path_factory.mktemp("schemathesis")
-    photos = root / "photos"
-    write_tree(photos, per_class=6, classes=("cats", "dogs", "birds"))
-    options = IndexOptions(
-        roots=(photos,),
-        collection="images",
-        failures_report=root / "failures.jsonl",
-        workers=0,
-        progress="off",
-        labels=LabelSource(from_folders=True),
-    )
+    _, photos = indexed_tree(root, embedder, per_class=6, classes=("cats", "dogs", "birds"))
     with EdgeStore(root / "data") as store:
-        index_folders(embedder, store, options)
+        store.acquire("images")
         train_collection_probe(store, "images", min_per_class=2, holdout=0.25)
     settings = Settings(model=embedder.model_id, data_dir=root / "data", api_key=API_KEY)  # type: ignore[arg-type]
     runtime = Runtime.open(

@@ -1,0 +1,31 @@
+"""A labelled tree of photos indexed into an embedded store, as the service tests need it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dinoseek.embedding import ImageEmbedder
+from dinoseek.store import EdgeStore
+from indexer.catalog import LabelSource
+from indexer.pipeline import IndexOptions, index_folders
+from tests.helpers import write_tree
+
+
+def indexed_tree(
+    root: Path, embedder: ImageEmbedder, *, per_class: int, classes: tuple[str, ...]
+) -> tuple[Path, Path]:
+    """(data dir, photos dir): ``per_class`` photos of each class under ``root / photos``,
+    labelled by folder and indexed into ``root / data`` (in this process, no workers)."""
+    photos = root / "photos"
+    write_tree(photos, per_class=per_class, classes=classes)
+    options = IndexOptions(
+        roots=(photos,),
+        collection="images",
+        failures_report=root / "failures.jsonl",
+        workers=0,
+        progress="off",
+        labels=LabelSource(from_folders=True),
+    )
+    with EdgeStore(root / "data") as store:
+        index_folders(embedder, store, options)
+    return root / "data", photos
