@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SUPPORTED_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+# What ``dinoseek adapt`` records in the config.json of a model it wrote: {"id", "base"}.
+ADAPTATION_KEY = "dinoseek_adaptation"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # torch.compile modes. "reduce-overhead" captures CUDA graphs: one per batch size, so batches
@@ -109,6 +112,7 @@ class Embedder:
         dtype: torch.dtype,
         num_register_tokens: int = 0,
         patch_size: int = 14,
+        adaptation: str | None = None,
     ) -> None:
         self.model = model
         self.preprocessing = preprocessing
@@ -118,6 +122,7 @@ class Embedder:
         self.dtype = dtype
         self.num_register_tokens = num_register_tokens
         self.patch_size = patch_size
+        self.adaptation = adaptation
         self._mean = torch.tensor(preprocessing.mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(preprocessing.std, device=device).view(1, 3, 1, 1)
         self._run: Any = model  # the module, or its torch.compile'd version
@@ -134,36 +139,13 @@ class Embedder:
         cls, model_id: str, *, device: str = "auto", dtype: str = "auto"
     ) -> Embedder:
         """Load a DINOv2 checkpoint (hub id or local directory) and its processor config."""
-        from transformers import AutoConfig, AutoModel, ImageProcessingMixin
-
         if os.path.isdir(model_id):
             # Recorded with the collection: an absolute path works from any directory.
             model_id = os.path.abspath(model_id)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        try:
-            config = AutoConfig.from_pretrained(model_id)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(_load_failure_message(model_id, exc)) from None
-        if config.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ModelLoadError(
-                f"{model_id} is a {config.model_type!r} model; dinoseek needs a DINOv2 "
-                f"checkpoint ({', '.join(SUPPORTED_MODEL_TYPES)}), e.g. facebook/dinov2-base"
-            )
-        try:
-            processor_config, _ = ImageProcessingMixin.get_image_processor_dict(model_id)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(_load_failure_message(model_id, exc)) from None
-        try:
-            preprocessing = preprocessing_from_processor_config(processor_config)
-        except (ValueError, KeyError) as exc:
-            raise ModelLoadError(f"{model_id}: unusable preprocessor_config.json: {exc}") from None
-        try:
-            model = AutoModel.from_pretrained(
-                model_id, dtype=torch_dtype, attn_implementation="sdpa"
-            )
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(_load_failure_message(model_id, exc)) from None
+        checkpoint = load_dinov2(model_id, torch_dtype)
+        model, config, preprocessing = checkpoint.model, checkpoint.config, checkpoint.preprocessing
         model.eval().requires_grad_(False).to(torch_device)
         return cls(
             model,
@@ -174,6 +156,7 @@ class Embedder:
             dtype=torch_dtype,
             num_register_tokens=int(getattr(config, "num_register_tokens", 0) or 0),
             patch_size=int(getattr(config, "patch_size", 14) or 14),
+            adaptation=adaptation_of(config),
         )
 
     # -- what the rest of dinoseek sees (ImageEmbedder) ------------------------------------
@@ -207,6 +190,7 @@ class Embedder:
             dim=self.dim,
             preprocessing=self.preprocessing.describe(),
             fingerprint=tuple(float(v) for v in fingerprint),
+            adaptation=self.adaptation,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -370,6 +354,52 @@ class Embedder:
             )
         norms = np.linalg.norm(cls, axis=1, keepdims=True)
         return np.asarray(cls / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Dinov2Checkpoint:
+    """A loaded DINOv2: the model (train mode as transformers leaves it), its config, its
+    preprocessing and the processor config it came from."""
+
+    model: torch.nn.Module
+    config: Any
+    preprocessing: Preprocessing
+    processor_config: dict[str, Any]
+
+
+def load_dinov2(model_id: str, dtype: torch.dtype = torch.float32) -> Dinov2Checkpoint:
+    """Load a DINOv2 checkpoint (hub id or local directory) and its processor config, or
+    raise ``ModelLoadError`` saying why (not found, not DINOv2, unusable processor config)."""
+    from transformers import AutoConfig, AutoModel, ImageProcessingMixin
+
+    try:
+        config = AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(_load_failure_message(model_id, exc)) from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"{model_id} is a {config.model_type!r} model; dinoseek needs a DINOv2 "
+            f"checkpoint ({', '.join(SUPPORTED_MODEL_TYPES)}), e.g. facebook/dinov2-base"
+        )
+    try:
+        processor_config, _ = ImageProcessingMixin.get_image_processor_dict(model_id)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(_load_failure_message(model_id, exc)) from None
+    try:
+        preprocessing = preprocessing_from_processor_config(processor_config)
+    except (ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{model_id}: unusable preprocessor_config.json: {exc}") from None
+    try:
+        model = AutoModel.from_pretrained(model_id, dtype=dtype, attn_implementation="sdpa")
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(_load_failure_message(model_id, exc)) from None
+    return Dinov2Checkpoint(model, config, preprocessing, dict(processor_config))
+
+
+def adaptation_of(config: Any) -> str | None:
+    """The id ``dinoseek adapt`` wrote into a model's config (None for other models)."""
+    recorded = getattr(config, ADAPTATION_KEY, None)
+    return str(recorded["id"]) if isinstance(recorded, dict) and "id" in recorded else None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

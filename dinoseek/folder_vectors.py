@@ -8,7 +8,7 @@ batches; a file that cannot be used is counted, not fatal.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +54,27 @@ def embed_folder(
     on_images: Callable[[int], None] | None = None,
 ) -> FolderVectors:
     """Embed every image under ``folder`` (``ConfigError`` when none can be used)."""
+    files = image_files(folder)
+    found = embed_files(files, embedder, max_pixels=max_pixels, max_bytes=max_bytes,
+                        batch_size=batch_size, on_images=on_images)  # fmt: skip
+    if not found.paths:
+        raise ConfigError(f"{folder}: none of its {len(files)} image files could be used")
+    return found
+
+
+def embed_files(
+    files: Sequence[Path],
+    embedder: ImageEmbedder,
+    *,
+    max_pixels: int,
+    max_bytes: int,
+    batch_size: int,
+    on_images: Callable[[int], None] | None = None,
+) -> FolderVectors:
+    """Embed ``files`` in batches; the ones that cannot be used are listed, not fatal."""
     paths: list[Path] = []
     vectors: list[np.ndarray] = []
     failed: dict[Path, str] = {}
-    files = image_files(folder)
     for start in range(0, len(files), batch_size):
         ready = []
         for path in files[start : start + batch_size]:
@@ -80,6 +97,6 @@ def embed_folder(
                     vectors.append(np.asarray(vector, dtype=np.float32))
         if on_images is not None:
             on_images(min(batch_size, len(files) - start))
-    if not paths:
-        raise ConfigError(f"{folder}: none of its {len(files)} image files could be used")
-    return FolderVectors(paths, np.stack(vectors), failed)
+    dim = embedder.dim
+    stacked_vectors = np.stack(vectors) if vectors else np.zeros((0, dim), dtype=np.float32)
+    return FolderVectors(paths, stacked_vectors, failed)

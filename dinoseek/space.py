@@ -30,15 +30,21 @@ class EmbeddingSpace:
     dim: int
     preprocessing: dict[str, Any] = field(compare=False)
     fingerprint: tuple[float, ...] = field(compare=False, repr=False)
+    # Set for a model written by ``dinoseek adapt`` (a hash of its weights): an adapted model
+    # never shares a collection with its base, however little it moved.
+    adaptation: str | None = field(default=None, compare=False)
 
     def to_metadata(self) -> dict[str, Any]:
         """A JSON-able dict, stored with the collection."""
-        return {
+        metadata: dict[str, Any] = {
             "model_id": self.model_id,
             "dim": self.dim,
             "preprocessing": self.preprocessing,
             "fingerprint": [round(v, 5) for v in self.fingerprint],
         }
+        if self.adaptation is not None:
+            metadata["adaptation"] = self.adaptation
+        return metadata
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> EmbeddingSpace:
@@ -48,6 +54,7 @@ class EmbeddingSpace:
             dim=int(metadata["dim"]),
             preprocessing=dict(metadata.get("preprocessing") or {}),
             fingerprint=tuple(float(v) for v in metadata.get("fingerprint") or ()),
+            adaptation=metadata.get("adaptation"),
         )
 
     def check_compatible(self, stored: EmbeddingSpace, collection: str) -> None:
@@ -67,6 +74,11 @@ class EmbeddingSpace:
                 f"({stored.preprocessing}) than {self.model_id} uses ({self.preprocessing}): "
                 f"{remedy}"
             )
+        if self.adaptation != stored.adaptation:
+            raise CollectionMismatchError(
+                f"collection {collection!r} was built with {stored.model_id}, and "
+                f"{self.model_id} is a different model ({_lineage(self, stored)}): {remedy}"
+            )
         if self.fingerprint and stored.fingerprint:
             similarity = fingerprint_cosine(self.fingerprint, stored.fingerprint)
             if similarity < FINGERPRINT_MIN_COSINE:
@@ -75,6 +87,14 @@ class EmbeddingSpace:
                     f"{self.model_id} is a different model (its embeddings differ; "
                     f"fingerprint cosine {similarity:.3f}): {remedy}"
                 )
+
+
+def _lineage(new: EmbeddingSpace, stored: EmbeddingSpace) -> str:
+    if new.adaptation is None:
+        return "the collection holds an adapted model's vectors"
+    if stored.adaptation is None:
+        return "an adaptation by dinoseek adapt"
+    return "another adaptation by dinoseek adapt"
 
 
 def fingerprint_cosine(a: tuple[float, ...], b: tuple[float, ...]) -> float:

@@ -63,15 +63,20 @@ CLASS_NAMES = ("circles", "stripes", "squares", "triangles", "dots", "waves", "r
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and progress bars off, for the block."""
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity(logging.ERROR)
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def save_random_dinov2(directory: Path, *, size: str = "tiny", seed: int = 0) -> Path:
@@ -86,7 +91,7 @@ def save_random_dinov2(directory: Path, *, size: str = "tiny", seed: int = 0) ->
     model = Dinov2Model(config)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
-    with _quiet_transformers():
+    with quiet_transformers():
         from transformers import BitImageProcessor  # warns here when torchvision is absent
 
         BitImageProcessor(**DINOV2_PROCESSOR).save_pretrained(directory)

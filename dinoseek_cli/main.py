@@ -11,6 +11,7 @@ import click
 
 from dinoseek import __version__
 from dinoseek.commandline import EPILOG
+from dinoseek_cli.adapt import adapt
 from dinoseek_cli.curate import curate
 from dinoseek_cli.dedup import dedup
 from dinoseek_cli.eval import evaluate
@@ -38,6 +39,7 @@ def main() -> None:
       dinoseek dedup                                    # mark near-duplicates
       dinoseek curate --reference good/ --into kept     # keep what is like good/
       dinoseek eval                                     # how well labels separate
+      dinoseek adapt ~/Pictures --out adapted           # self-distil DINOv2 on them
       dinoseek info                                     # what is stored where
 
     Everything lands in ./dinoseek-data (the embedded store) unless DINOSEEK_QDRANT_URL points
@@ -45,5 +47,5 @@ def main() -> None:
     """
 
 
-for command in (index, search, info, serve, probe, snapshot, dedup, curate, evaluate):
+for command in (index, search, info, serve, probe, snapshot, dedup, curate, evaluate, adapt):
     main.add_command(command)

@@ -37,6 +37,7 @@ class Progress:
         self._started = time.perf_counter()
         self._last_log = self._started
         self._bar: Any = None
+        self._postfix = ""
         if mode == "bar" and total:
             self._bar = tqdm(
                 total=total,
@@ -58,6 +59,12 @@ class Progress:
                 self._last_log = now
                 log.info("%s", self.status_line(now))
 
+    def set_postfix(self, text: str) -> None:
+        """Measures shown after the count (e.g. a loss), updated with each advance."""
+        self._postfix = text
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+
     def status_line(self, now: float | None = None) -> str:
         """E.g. ``indexing: 1,200/10,000 (12%), 54.1 img/s, ETA 2m43s``."""
         elapsed = (now or time.perf_counter()) - self._started
@@ -68,6 +75,8 @@ class Progress:
         line += f", {rate:.1f} {self.unit}/s"
         if rate > 0 and self.total > self.done:
             line += f", ETA {format_duration((self.total - self.done) / rate)}"
+        if self._postfix:
+            line += f"; {self._postfix}"
         return line
 
     def close(self) -> None:

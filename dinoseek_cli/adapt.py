@@ -1,0 +1,445 @@
+"""``dinoseek adapt``: continue DINOv2's self-distillation on a folder of unlabelled images,
+and show with numbers whether it helped.
+
+The recipe is ``dinoseek.adapt``; this module reads the options, lists and checks the images,
+keeps the labelled check-set out of training, shows progress, writes the model directory and
+reports the base model against the adapted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from dinoseek.adapt.augment import CropSpec
+from dinoseek.adapt.compare import (
+    Scores,
+    held_out_split,
+    knn_agreement,
+    labelled_scores,
+)
+from dinoseek.adapt.data import DecodeLimits, check_images, require_batch
+from dinoseek.adapt.model import HeadSpec, Trainable
+from dinoseek.adapt.output import (
+    CARD,
+    LOG,
+    model_card,
+    save_model,
+    write_log,
+    write_summary,
+)
+from dinoseek.adapt.training import (
+    AdaptConfig,
+    RunOptions,
+    StepMetrics,
+    Trained,
+    TrainingStoppedError,
+    train,
+)
+from dinoseek.commandline import (
+    EXIT_INTERRUPTED,
+    configure_logging,
+    graceful_stop,
+    handle_errors,
+    load_settings,
+)
+from dinoseek.embedder import load_dinov2
+from dinoseek.embedding import available_cores
+from dinoseek.errors import ConfigError
+from dinoseek.folder_vectors import embed_files, image_files
+from dinoseek.runtime import load_embedder
+from dinoseek.settings import Settings
+from indexer.catalog import read_labels_csv
+from indexer.progress import Progress
+
+CHECKPOINTS = "checkpoint"
+AGREEMENT_SAMPLE = 2000
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=True, file_okay=False),
+    help="Directory for the adapted model (a save_pretrained checkpoint).",
+)
+@click.option("--model", default=None, help="Base DINOv2: hub id or local directory "
+              "[env: DINOSEEK_MODEL; default: facebook/dinov2-base].")  # fmt: skip
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimiser steps.")
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Passes over the folder, instead of --steps [default: 10].",
+)
+@click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
+@click.option(
+    "--train",
+    "train_mode",
+    type=click.Choice(["blocks", "lora", "all"]),
+    default="blocks",
+    show_default=True,
+    help="What the student trains: the last --train-blocks blocks, LoRA adapters (needs "
+    "peft: pip install 'dinoseek[adapt]'), or the whole backbone.",
+)
+@click.option("--train-blocks", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4,
+              show_default=True, help="Peak learning rate (warm-up, then cosine).")  # fmt: skip
+@click.option("--layer-decay", type=click.FloatRange(0, 1, min_open=True), default=0.9,
+              show_default=True, help="Learning-rate factor per block below the top.")  # fmt: skip
+@click.option("--momentum", type=click.FloatRange(0, 1), default=0.992, show_default=True,
+              help="Teacher EMA momentum at the start (a cosine takes it to 1).")  # fmt: skip
+@click.option("--teacher-temp", type=click.FloatRange(min=0, min_open=True), default=0.07,
+              show_default=True, help="Teacher temperature after a warm-up from 0.04.")  # fmt: skip
+@click.option("--prototypes", type=click.IntRange(min=2), default=8192, show_default=True,
+              help="Prototypes of the DINO head (DINOv2 used 65536 for 142M images).")  # fmt: skip
+@click.option("--head-hidden", type=click.IntRange(min=1), default=2048, show_default=True)
+@click.option("--head-bottleneck", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--global-size", type=click.IntRange(min=14), default=None,
+              help="Global crop size [default: the model's input size].")  # fmt: skip
+@click.option("--local-size", type=click.IntRange(min=14), default=98, show_default=True)
+@click.option("--local-crops", type=click.IntRange(min=0), default=8, show_default=True)
+@click.option("--koleo", type=click.FloatRange(min=0), default=0.1, show_default=True,
+              help="KoLeo loss weight (0 turns it off).")  # fmt: skip
+@click.option("--ibot", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="iBOT masked-patch loss weight (DINOv2 used 1.0; 0 turns it off).")  # fmt: skip
+@click.option(
+    "--centring",
+    type=click.Choice(["sinkhorn", "centre"]),
+    default="sinkhorn",
+    show_default=True,
+    help="Teacher targets: Sinkhorn-Knopp (DINOv2) or DINO v1's EMA centre.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--eval-labels",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="Labelled images for the before/after check: a folder (label = sub-folder) or a "
+    "path,label CSV (paths absolute or relative to FOLDER). They are kept out of training.",
+)
+@click.option(
+    "--eval-holdout",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.5,
+    show_default=True,
+    help="Share of each class kept out of training when the labelled images are in FOLDER.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where to train (bf16 autocast on cuda).",
+)
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decode processes [default: cores - 1, at most 8].")  # fmt: skip
+@click.option("--gradient-checkpointing", is_flag=True, help="Less memory, more compute.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run whose checkpoint is in --out.")
+@click.option("--overwrite", is_flag=True, help="Write into --out even if it is not empty.")
+@click.option("--min-teacher-entropy", type=float, default=0.5, show_default=True,
+              help="Collapse guard: nats the teacher's mean output must keep.")  # fmt: skip
+@click.option("--min-feature-spread", type=float, default=0.02, show_default=True,
+              help="Collapse guard: spread the student's features must keep.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only warnings, errors and the result.")
+@handle_errors
+def adapt(folder: Path, out: Path, as_json: bool, quiet: bool, **options: Any) -> None:
+    """Adapt DINOv2 to your images: continue its self-distillation (student and EMA teacher,
+    multi-crop, DINO + KoLeo losses, optionally iBOT) on FOLDER, no labels needed, and save
+    the teacher to --out for every dinoseek command (--model OUT).
+
+    \b
+    dinoseek adapt PHOTOS --model facebook/dinov2-small --out adapted --epochs 10
+    dinoseek adapt PHOTOS --out adapted --eval-labels labelled/   # before/after table
+    dinoseek index PHOTOS --model adapted --collection adapted     # its own collection
+
+    Kill it (or Ctrl-C) and run it again with --resume: it continues at the same step.
+    """
+    configure_logging(quiet=quiet or as_json)
+    settings = load_settings(model=options["model"])
+    folder = folder.resolve()
+    _check_out(out, resume=options["resume"], overwrite=options["overwrite"])
+    base = load_dinov2(settings.model)
+    files = image_files(folder)
+    labels = _eval_labels(options["eval_labels"], folder)
+    held_out = held_out_split(labels, files, options["eval_holdout"], options["seed"])
+    training_files = [path for path in files if path not in held_out]
+    limits = DecodeLimits(settings.max_image_pixels, settings.max_file_bytes)
+    progress = "off" if quiet or as_json else "auto"
+    checking = Progress(len(training_files), description="checking", mode=progress)
+    images = check_images(training_files, limits, on_file=checking.advance)
+    checking.close()
+    require_batch(images, folder, options["batch_size"])
+    config = _config(settings.model, base.preprocessing.output_size[0], len(images.paths),
+                     options)  # fmt: skip
+    run = _run_options(options)
+    trained = _train(config, images.paths, out, limits, run, options["resume"], progress)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(trained.teacher, base.processor_config, settings.model, out)
+    write_log(trained.history, out)
+    check = _before_after(settings, out, labels, held_out, images.paths, limits, progress)
+    if held_out:
+        check["taken_from_folder"] = len(held_out.intersection(files))
+    summary = _summary(folder, out, config, images.paths, images.failed, trained, check)
+    write_summary(summary, out)
+    (out / CARD).write_text(model_card(config, summary, _check_text(check)))
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(_summary_text(summary))
+
+
+def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (out / CHECKPOINTS).is_dir():
+            raise ConfigError(f"--resume: {out} holds no checkpoint of an unfinished run")
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ConfigError(
+            f"{out} exists and is not empty; choose another --out, add --overwrite to write "
+            "into it, or --resume to continue the run it holds"
+        )
+
+
+def _eval_labels(source: Path | None, folder: Path) -> dict[Path, str]:
+    """path -> label of the labelled check-set (absolute paths)."""
+    if source is None:
+        return {}
+    if source.is_dir():
+        root = source.resolve()
+        return {p: p.parent.name for p in image_files(root) if p.parent != root}
+    labels: dict[Path, str] = {}
+    missing: list[str] = []
+    for key, label in read_labels_csv(source).items():
+        path = Path(key) if Path(key).is_absolute() else folder / key
+        if path.is_file():
+            labels[path.resolve()] = label
+        else:
+            missing.append(key)
+    if missing:
+        raise ConfigError(
+            f"{source}: {len(missing)} listed path(s) are not files (relative paths are read "
+            f"from {folder}), e.g. {missing[0]!r}"
+        )
+    return labels
+
+
+def _config(model: str, input_size: int, images: int, options: dict[str, Any]) -> AdaptConfig:
+    if options["steps"] is not None and options["epochs"] is not None:
+        raise click.UsageError("give --steps or --epochs, not both")
+    batch_size = options["batch_size"]
+    steps = options["steps"] or (options["epochs"] or 10) * math.ceil(images / batch_size)
+    return AdaptConfig(
+        model=model,
+        steps=steps,
+        batch_size=batch_size,
+        crops=CropSpec(
+            global_size=options["global_size"] or input_size,
+            local_size=options["local_size"],
+            local_crops=options["local_crops"],
+        ),
+        head=HeadSpec(
+            prototypes=options["prototypes"],
+            hidden=options["head_hidden"],
+            bottleneck=options["head_bottleneck"],
+        ),
+        trainable=Trainable(
+            mode=options["train_mode"],
+            blocks=options["train_blocks"],
+            lora_rank=options["lora_rank"],
+        ),
+        lr=options["lr"],
+        layer_decay=options["layer_decay"],
+        momentum=options["momentum"],
+        teacher_temp=options["teacher_temp"],
+        warmup_teacher_temp=min(0.04, options["teacher_temp"]),
+        koleo_weight=options["koleo"],
+        ibot_weight=options["ibot"],
+        centring=options["centring"],
+        seed=options["seed"],
+    )
+
+
+def _run_options(options: dict[str, Any]) -> RunOptions:
+    workers = options["workers"]
+    if workers is None:
+        workers = max(1, min(8, available_cores() - 1))
+    return RunOptions(
+        device=options["device"],
+        workers=workers,
+        checkpoint_every=options["checkpoint_every"],
+        gradient_checkpointing=options["gradient_checkpointing"],
+        min_teacher_entropy=options["min_teacher_entropy"],
+        min_feature_spread=options["min_feature_spread"],
+    )
+
+
+def _train(
+    config: AdaptConfig,
+    paths: tuple[Path, ...],
+    out: Path,
+    limits: DecodeLimits,
+    run: RunOptions,
+    resume: bool,
+    progress_mode: str,
+) -> Trained:
+    bar = Progress(config.steps, description="adapting", mode=progress_mode, unit="step")
+
+    def on_step(metrics: StepMetrics) -> None:
+        if metrics.step == 1 or bar.done == 0:
+            bar.advance(metrics.step - bar.done - 1)
+        bar.set_postfix(
+            f"loss {metrics.loss:.3f}, H {metrics.teacher_entropy:.2f}, lr {metrics.lr:.1e}, "
+            f"{metrics.images_per_second:.1f} img/s"
+        )
+        bar.advance()
+
+    with graceful_stop() as stop:
+        try:
+            return train(config, paths, out / CHECKPOINTS, limits=limits, run=run,
+                         resume=resume, on_step=on_step, stop=stop)  # fmt: skip
+        except TrainingStoppedError as stopped:
+            bar.close()
+            click.echo(f"stopped at step {stopped.step}; continue with --resume", err=True)
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        finally:
+            bar.close()
+
+
+def _before_after(
+    settings: Settings,
+    out: Path,
+    labels: dict[Path, str],
+    held_out: set[Path],
+    training: tuple[Path, ...],
+    limits: DecodeLimits,
+    progress_mode: str,
+) -> dict[str, Any]:
+    if held_out:
+        files = sorted(held_out)
+    else:
+        rng = np.random.default_rng(0)
+        count = min(AGREEMENT_SAMPLE, len(training))
+        files = [training[int(i)] for i in sorted(rng.choice(len(training), count, replace=False))]
+    vectors = {}
+    for name, model in (("base", settings.model), ("adapted", str(out.resolve()))):
+        embedder = load_embedder(model, settings)
+        try:
+            bar = Progress(len(files), description=f"embedding ({name})", mode=progress_mode)
+            found = embed_files(files, embedder, max_pixels=limits.max_pixels,
+                                max_bytes=limits.max_bytes, batch_size=16,
+                                on_images=bar.advance)  # fmt: skip
+            bar.close()
+        finally:
+            embedder.close()
+        vectors[name] = found
+    base, adapted = vectors["base"], vectors["adapted"]
+    if base.paths != adapted.paths:
+        raise ConfigError("the check images decoded differently for the two models")
+    if not held_out:
+        return {
+            "kind": "unlabelled",
+            "images": len(base.paths),
+            "knn_agreement": knn_agreement(base.vectors, adapted.vectors),
+            "note": "no labelled check was possible: pass --eval-labels for one",
+        }
+    names = [str(p) for p in base.paths]
+    classes = [labels[p] for p in base.paths]
+    scores: dict[str, Scores] = {
+        name: labelled_scores(found.vectors, classes, names, min_per_class=2)
+        for name, found in vectors.items()
+    }
+    return {
+        "kind": "labelled",
+        "images": len(base.paths),
+        "classes": len(set(classes)),
+        "base": {"knn_accuracy": scores["base"].knn_accuracy,
+                 "recall@1": scores["base"].recall_at_1},
+        "adapted": {"knn_accuracy": scores["adapted"].knn_accuracy,
+                    "recall@1": scores["adapted"].recall_at_1},
+        "held_out": names,
+    }  # fmt: skip
+
+
+def _summary(
+    folder: Path,
+    out: Path,
+    config: AdaptConfig,
+    paths: tuple[Path, ...],
+    failed: dict[Path, str],
+    trained: Trained,
+    check: dict[str, Any],
+) -> dict[str, Any]:
+    history = trained.history
+    tail = history[-max(1, len(history) // 10) :]
+    unusable = {str(p): reason for p, reason in failed.items()} | trained.failed
+    return {
+        "folder": str(folder),
+        "out": str(out),
+        "model": config.model,
+        "images": len(paths),
+        "unusable_images": len(unusable),
+        "unusable": unusable,
+        "steps": config.steps,
+        "resumed_from": trained.resumed_from,
+        "seconds": round(trained.seconds, 2),
+        "images_per_second": round(trained.images / trained.seconds, 2) if trained.seconds else 0,
+        "data_wait_share": round(trained.data_wait_share, 4),
+        "peak_memory_bytes": trained.peak_memory_bytes,
+        "first_loss": history[0].loss,
+        "last_loss": float(np.mean([m.loss for m in tail])),
+        "teacher_entropy": history[-1].teacher_entropy,
+        "feature_spread": history[-1].feature_spread,
+        "config": config.to_dict(),
+        "check": check,
+    }
+
+
+def _check_text(check: dict[str, Any]) -> str:
+    if check["kind"] == "unlabelled":
+        return (
+            f"No labelled check was possible (no --eval-labels). k-NN agreement between the "
+            f"base and the adapted model on {check['images']} training images: "
+            f"{check['knn_agreement']:.3f} (share of each image's 10 nearest neighbours kept)."
+        )
+    base, adapted = check["base"], check["adapted"]
+    return "\n".join([
+        f"On {check['images']} labelled images ({check['classes']} classes) kept out of "
+        "training:",
+        "",
+        "| model | kNN accuracy | recall@1 |",
+        "|---|---|---|",
+        f"| base | {base['knn_accuracy']:.3f} | {base['recall@1']:.3f} |",
+        f"| adapted | {adapted['knn_accuracy']:.3f} | {adapted['recall@1']:.3f} |",
+    ])  # fmt: skip
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    lines = [
+        f"adapted {summary['model']} on {summary['images']} images: {summary['steps']} steps "
+        f"in {summary['seconds']:.1f} s ({summary['images_per_second']:.1f} img/s, waiting "
+        f"for data {100 * summary['data_wait_share']:.0f}% of the time)",
+        f"loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; teacher entropy "
+        f"{summary['teacher_entropy']:.2f}; feature spread {summary['feature_spread']:.3f}",
+    ]
+    if summary["unusable_images"]:
+        lines.append(f"{summary['unusable_images']} image(s) could not be used: see the summary")
+    lines += [
+        f"saved to {summary['out']} (--model {summary['out']}); steps logged in "
+        f"{summary['out']}/{LOG}",
+        "",
+        _check_text(summary["check"]),
+    ]
+    return "\n".join(lines)
