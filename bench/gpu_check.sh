@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU measurement in one run, on a host with a GPU, python, torch and transformers but
-# no network: parity (cuda bf16), then the index and query benchmarks against their baselines.
+# no network: parity (cuda bf16), then the index, query and adapt (self-distillation training)
+# benchmarks against their baselines.
 #
 #   bench/fetch_wheels.sh                         # here, with network: wheels into .whl/
 #   bench/gpu_check.sh OUT_DIR                    # on the GPU host, from the repository root
@@ -19,12 +20,15 @@
 #   --requests N         requests per concurrency level [200]
 #   --concurrency LIST   [1,8,64]
 #   --dtype DTYPE        parity dtype on the device [bfloat16]
+#   --adapt-models LIST  models bench/adapt.py trains [random:small,random:base]
+#   --adapt-batch N      its batch size [64]
 #   --cache DIR          generated models and images [/tmp/dinoseek-bench-cache]
 #   --step-timeout S     seconds each step may take [300]
-#   --quick              random:tiny, 16 images, batch 8, 12 requests at 1,8
+#   --quick              random:tiny, 16 images, batch 8, 12 requests at 1,8; adapt: tiny, 2
+#                        steps of 4
 #
-# OUT_DIR (default bench/out/gpu-DATE) receives parity.json, index.json, query.json, a log per
-# step and summary.txt. Every step runs even if an earlier one failed; the exit code is 1 if any
+# OUT_DIR (default bench/out/gpu-DATE) receives parity.json, index.json, query.json, adapt.json,
+# a log per step and summary.txt. Every step runs even if an earlier one failed; the exit code is 1 if any
 # failed. The project runs from this source tree (PYTHONPATH), it is not installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +44,9 @@ BATCH_SIZES=64,256
 REQUESTS=200
 CONCURRENCY=1,8,64
 DTYPE=bfloat16
+ADAPT_MODELS=random:small,random:base
+ADAPT_BATCH=64
+ADAPT_STEPS=10
 CACHE=/tmp/dinoseek-bench-cache
 STEP_TIMEOUT=300
 SKIP_INSTALL=0
@@ -47,7 +54,7 @@ INSTALL_ONLY=0
 QUICK=0
 OUT=
 
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -63,11 +70,14 @@ while [ $# -gt 0 ]; do
         --requests) REQUESTS=$2; shift 2 ;;
         --concurrency) CONCURRENCY=$2; shift 2 ;;
         --dtype) DTYPE=$2; shift 2 ;;
+        --adapt-models) ADAPT_MODELS=$2; shift 2 ;;
+        --adapt-batch) ADAPT_BATCH=$2; shift 2 ;;
         --cache) CACHE=$2; shift 2 ;;
         --step-timeout) STEP_TIMEOUT=$2; shift 2 ;;
         --quick)
             QUICK=1
             MODELS=random:tiny IMAGES=16 BATCH_SIZES=8 REQUESTS=12 CONCURRENCY=1,8
+            ADAPT_MODELS=random:tiny ADAPT_BATCH=4 ADAPT_STEPS=2
             shift
             ;;
         -h | --help) usage; exit 0 ;;
@@ -190,6 +200,8 @@ step index "$PYTHON" bench/index.py --device "$DEVICE" --models "$MODELS" \
     --batch-sizes "$BATCH_SIZES" --images "$IMAGES" "${COMMON[@]}"
 step query "$PYTHON" bench/query.py --device "$DEVICE" --model "$MODELS" --images "$IMAGES" \
     --requests "$REQUESTS" --concurrency "$CONCURRENCY" "${COMMON[@]}"
+step adapt "$PYTHON" bench/adapt.py --device "$DEVICE" --models "$ADAPT_MODELS" \
+    --batch-size "$ADAPT_BATCH" --steps "$ADAPT_STEPS" "${COMMON[@]}"
 
 # -- 3. summary -------------------------------------------------------------------------------
 {
@@ -198,7 +210,7 @@ step query "$PYTHON" bench/query.py --device "$DEVICE" --model "$MODELS" --image
     echo "   command: bench/gpu_check.sh --device $DEVICE --models $MODELS --images $IMAGES" \
         "--batch-sizes $BATCH_SIZES --requests $REQUESTS --concurrency $CONCURRENCY" \
         "$([ "$QUICK" = 1 ] && echo '(--quick)')"
-    for name in parity index query; do
+    for name in parity index query adapt; do
         [ -f "$OUT/$name.log" ] || continue
         echo
         echo "-- $name"

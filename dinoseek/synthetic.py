@@ -6,13 +6,15 @@ random-weight DINOv2 of a real architecture (or a tiny one) with the real
 ``preprocessor_config.json`` through ``save_pretrained``, and dinoseek loads it with the same
 ``from_pretrained`` call as a real checkpoint.
 
-Run as ``python -m dinoseek.synthetic model DIR [--size tiny]`` or
-``python -m dinoseek.synthetic images DIR [--count N]``.
+Run as ``python -m dinoseek.synthetic model DIR [--size tiny]``,
+``python -m dinoseek.synthetic images DIR [--count N]`` or
+``python -m dinoseek.synthetic colours DIR [--per-class N]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import colorsys
 import contextlib
 import logging
 import random
@@ -183,6 +185,38 @@ def write_image_folder(
     return paths
 
 
+# Hue families far apart, so that the recipe's hue jitter (a tenth of a turn) keeps them apart.
+COLOUR_CLASSES = {"red": 0.0, "green": 0.3, "cyan": 0.5, "purple": 0.78}
+
+
+def write_colour_folder(
+    directory: Path, *, per_class: int, seed: int = 0, size: int = 128
+) -> list[Path]:
+    """Write PNGs of distinct visual classes (one sub-folder per hue family) under nuisances
+    that DINOv2's augmentations vary from view to view: brightness and saturation over a
+    wide range, and grey blobs of any brightness at random places. A random-weight model's
+    features follow the nuisances; self-distillation learns to ignore them (the adapt tests).
+    """
+    rng = random.Random(seed)
+    paths: list[Path] = []
+    for name, centre in COLOUR_CLASSES.items():
+        folder = directory / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            hue = (centre + rng.uniform(-0.04, 0.04)) % 1.0
+            rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.4, 1.0), rng.uniform(0.15, 1.0))
+            image = Image.new("RGB", (size, size), tuple(round(255 * c) for c in rgb))
+            draw = ImageDraw.Draw(image)
+            for _ in range(rng.randrange(8, 16)):
+                grey = rng.randrange(256)
+                x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(8, 36)
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=(grey, grey, grey))
+            path = folder / f"{name}_{i:04d}.png"
+            image.filter(ImageFilter.GaussianBlur(1)).save(path)
+            paths.append(path)
+    return paths
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: write a random model or a folder of synthetic images."""
     parser = argparse.ArgumentParser(prog="python -m dinoseek.synthetic", description=__doc__)
@@ -196,8 +230,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     images.add_argument("--count", type=int, default=200)
     images.add_argument("--classes", type=int, default=4, help="number of classes (1-8)")
     images.add_argument("--seed", type=int, default=0)
+    colours = commands.add_parser(
+        "colours", help="write a folder of hue classes under brightness and clutter (PNGs)"
+    )
+    colours.add_argument("directory", type=Path)
+    colours.add_argument("--per-class", type=int, default=40)
+    colours.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.command == "model":
+    if args.command == "colours":
+        paths = write_colour_folder(args.directory, per_class=args.per_class, seed=args.seed)
+        print(f"wrote {len(paths)} images in {len(COLOUR_CLASSES)} classes to {args.directory}")
+    elif args.command == "model":
         save_random_dinov2(args.directory, size=args.size, seed=args.seed)
         print(f"wrote a random-weight DINOv2-{args.size} to {args.directory}")
     else:

@@ -25,10 +25,11 @@ from dinoseek.adapt.compare import (
     labelled_scores,
 )
 from dinoseek.adapt.data import DecodeLimits, check_images, require_batch
-from dinoseek.adapt.model import HeadSpec, Trainable
+from dinoseek.adapt.model import DEFAULT_TRAINED_BLOCKS, HeadSpec, Trainable
 from dinoseek.adapt.output import (
     CARD,
     LOG,
+    SUMMARY,
     model_card,
     save_model,
     write_log,
@@ -49,7 +50,7 @@ from dinoseek.commandline import (
     handle_errors,
     load_settings,
 )
-from dinoseek.embedder import load_dinov2
+from dinoseek.embedder import Dinov2Checkpoint, load_dinov2
 from dinoseek.embedding import available_cores
 from dinoseek.errors import ConfigError
 from dinoseek.folder_vectors import embed_files, image_files
@@ -90,7 +91,9 @@ AGREEMENT_SAMPLE = 2000
     help="What the student trains: the last --train-blocks blocks, LoRA adapters (needs "
     "peft: pip install 'dinoseek[adapt]'), or the whole backbone.",
 )
-@click.option("--train-blocks", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--train-blocks", type=click.IntRange(min=1), default=None,
+              help="Blocks trained by --train blocks [default: the last 4, or all of a smaller "
+              "model].")  # fmt: skip
 @click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4,
               show_default=True, help="Peak learning rate (warm-up, then cosine).")  # fmt: skip
@@ -181,8 +184,7 @@ def adapt(folder: Path, out: Path, as_json: bool, quiet: bool, **options: Any) -
     images = check_images(training_files, limits, on_file=checking.advance)
     checking.close()
     require_batch(images, folder, options["batch_size"])
-    config = _config(settings.model, base.preprocessing.output_size[0], len(images.paths),
-                     options)  # fmt: skip
+    config = _config(settings.model, base, len(images.paths), options)
     run = _run_options(options)
     trained = _train(config, images.paths, out, limits, run, options["resume"], progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +238,9 @@ def _eval_labels(source: Path | None, folder: Path) -> dict[Path, str]:
     return labels
 
 
-def _config(model: str, input_size: int, images: int, options: dict[str, Any]) -> AdaptConfig:
+def _config(
+    model: str, base: Dinov2Checkpoint, images: int, options: dict[str, Any]
+) -> AdaptConfig:
     if options["steps"] is not None and options["epochs"] is not None:
         raise click.UsageError("give --steps or --epochs, not both")
     batch_size = options["batch_size"]
@@ -246,7 +250,7 @@ def _config(model: str, input_size: int, images: int, options: dict[str, Any]) -
         steps=steps,
         batch_size=batch_size,
         crops=CropSpec(
-            global_size=options["global_size"] or input_size,
+            global_size=options["global_size"] or base.preprocessing.output_size[0],
             local_size=options["local_size"],
             local_crops=options["local_crops"],
         ),
@@ -257,7 +261,8 @@ def _config(model: str, input_size: int, images: int, options: dict[str, Any]) -
         ),
         trainable=Trainable(
             mode=options["train_mode"],
-            blocks=options["train_blocks"],
+            blocks=options["train_blocks"]
+            or min(DEFAULT_TRAINED_BLOCKS, int(base.config.num_hidden_layers)),
             lora_rank=options["lora_rank"],
         ),
         lr=options["lr"],
@@ -417,7 +422,8 @@ def _check_text(check: dict[str, Any]) -> str:
     base, adapted = check["base"], check["adapted"]
     return "\n".join([
         f"On {check['images']} labelled images ({check['classes']} classes) kept out of "
-        "training:",
+        f"training ({check['taken_from_folder']} of them taken out of the folder; listed in "
+        f"{SUMMARY}):",
         "",
         "| model | kNN accuracy | recall@1 |",
         "|---|---|---|",

@@ -157,6 +157,21 @@ def test_unreadable_files_are_reported_not_trained_on(images: list[Path], tmp_pa
     assert "empty" in checked.failed[empty]
 
 
+def test_a_file_that_fails_to_decode_during_training_is_replaced_and_reported(
+    images: list[Path], tmp_path: Path
+) -> None:
+    whole = tmp_path / "whole.png"
+    Image.new("RGB", (200, 200), (0, 90, 200)).save(whole)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(whole.read_bytes()[:120])  # a valid header, pixels cut off
+    assert check_images([truncated], LIMITS).paths == (truncated,)  # the header passes
+    batches = StepBatches([truncated, *images[:3]], batch_size=4, spec=SMALL_CROPS, seed=0,
+                          limits=LIMITS)  # fmt: skip
+    batch = batches[0]
+    assert batch.global_crops.shape[1] == 4
+    assert [path for path, _ in batch.failed] == [str(truncated)]
+
+
 # -- training -------------------------------------------------------------------------------
 
 
@@ -179,11 +194,13 @@ def test_the_teacher_is_the_ema_of_the_student(
     assert moved > 10  # the student did change, and the teacher followed
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
 def test_frozen_blocks_do_not_change(
-    tiny_model_dir: Path, images: list[Path], tmp_path: Path
+    checkpointing: bool, tiny_model_dir: Path, images: list[Path], tmp_path: Path
 ) -> None:
     config = small_config(tiny_model_dir, steps=3, trainable=Trainable("blocks", blocks=1))
-    trained = run(config, images, tmp_path)
+    options = RunOptions(device="cpu", workers=0, gradient_checkpointing=checkpointing)
+    trained = train(config, images, tmp_path, limits=LIMITS, run=options)
     base = load_dinov2(str(tiny_model_dir)).model.state_dict()
     for network in (trained.student, trained.teacher):
         backbone = network.backbone.state_dict()
@@ -229,3 +246,25 @@ def test_resume_refuses_other_settings(
         run(small_config(tiny_model_dir, steps=1, lr=5e-4), images, tmp_path, resume=True)
     with pytest.raises(ConfigError, match="images changed"):
         run(small_config(tiny_model_dir, steps=1), images[:-1], tmp_path, resume=True)
+
+
+def test_lora_trains_only_the_adapters_and_saves_a_plain_dinov2(
+    tiny_model_dir: Path, images: list[Path], tmp_path: Path
+) -> None:
+    from dinoseek.adapt.model import merged_backbone
+
+    config = small_config(
+        tiny_model_dir, steps=3, lr=1e-2, trainable=Trainable("lora", lora_rank=4)
+    )
+    trained = run(config, images, tmp_path)
+    trainable = [n for n, p in trained.student.named_parameters() if p.requires_grad]
+    backbone_trainable = [n for n in trainable if n.startswith("backbone.")]
+    assert backbone_trainable
+    assert all("lora_" in n for n in backbone_trainable)
+    merged = merged_backbone(trained.teacher).state_dict()
+    base = load_dinov2(str(tiny_model_dir)).model.state_dict()
+    assert merged.keys() == base.keys()
+    changed = {n for n in base if not torch.equal(merged[n], base[n])}
+    assert changed
+    assert all(n.endswith(("q_proj.weight", "v_proj.weight", "query.weight", "value.weight"))
+               for n in changed)  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from torch import nn
 from dinoseek.errors import ConfigError
 
 TrainMode = Literal["blocks", "lora", "all"]
+DEFAULT_TRAINED_BLOCKS = 4
 PATCH_EMBED_LR_SCALE = 0.2  # DINOv2's patch_embed_lr_mult
 _LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
 
@@ -35,11 +37,12 @@ class HeadSpec:
 
 @dataclass(frozen=True)
 class Trainable:
-    """What the student trains: the last ``blocks`` blocks (and the final norm), LoRA
-    adapters of ``lora_rank`` on the attention projections, or all of the backbone."""
+    """What the student trains: the last ``blocks`` blocks (and the final norm; None: 4, or
+    every block of a smaller model), LoRA adapters of ``lora_rank`` on the attention
+    projections, or all of the backbone."""
 
     mode: TrainMode = "blocks"
-    blocks: int = 4
+    blocks: int | None = None
     lora_rank: int = 8
 
 
@@ -109,25 +112,31 @@ def build_networks(
         backbone = _with_lora(backbone, trainable.lora_rank)
     else:
         _unfreeze(backbone, trainable, int(config.num_hidden_layers))
-    if gradient_checkpointing:
-        backbone.gradient_checkpointing_enable()  # type: ignore[operator]
     registers = int(getattr(config, "num_register_tokens", 0) or 0)
     student = Network(backbone, head, registers)
     teacher = copy.deepcopy(student)
     teacher.requires_grad_(False)
     if gradient_checkpointing:
-        teacher.backbone.gradient_checkpointing_disable()  # type: ignore[operator]
+        _checkpoint_activations(student.backbone)
     return student, teacher
+
+
+def _checkpoint_activations(backbone: nn.Module) -> None:
+    """transformers' activation checkpointing (renamed from gradient checkpointing in v5)."""
+    model: Any = backbone
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    (enable or model.gradient_checkpointing_enable)()
 
 
 def _unfreeze(backbone: nn.Module, trainable: Trainable, layers: int) -> None:
     if trainable.mode == "all":
         backbone.requires_grad_(True)
         return
-    if not 1 <= trainable.blocks <= layers:
+    blocks = min(DEFAULT_TRAINED_BLOCKS, layers) if trainable.blocks is None else trainable.blocks
+    if not 1 <= blocks <= layers:
         raise ConfigError(f"--train-blocks must be between 1 and {layers} (the model's blocks)")
     model: Any = backbone
-    for block in model.encoder.layer[layers - trainable.blocks :]:
+    for block in model.encoder.layer[layers - blocks :]:
         block.requires_grad_(True)
     model.layernorm.requires_grad_(True)
 
@@ -140,7 +149,9 @@ def _with_lora(backbone: nn.Module, rank: int) -> nn.Module:
     names = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
     targets = [n for n in ("q_proj", "v_proj", "query", "value") if n in names]
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0)
-    return get_peft_model(backbone, config)  # type: ignore[no-any-return]
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(backbone, config)
 
 
 def merged_backbone(network: Network) -> nn.Module:

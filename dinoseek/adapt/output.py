@@ -61,7 +61,7 @@ def model_card(config: AdaptConfig, summary: Mapping[str, Any], comparison: str)
     """A short Markdown model card: base model, images, steps, losses, before and after."""
     trainable = config.trainable
     trained = {
-        "blocks": f"the last {trainable.blocks} blocks and the final norm",
+        "blocks": f"the last {trainable.blocks} block(s) and the final norm",
         "lora": f"LoRA adapters of rank {trainable.lora_rank} (merged into the weights)",
         "all": "the whole backbone",
     }[trainable.mode]
