@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,8 @@ AGREEMENT_SAMPLE = 2000
     default=None,
     help="Passes over the folder, instead of --steps [default: 10].",
 )
-@click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Images per step.")  # fmt: skip
 @click.option(
     "--train",
     "train_mode",
@@ -94,7 +96,8 @@ AGREEMENT_SAMPLE = 2000
 @click.option("--train-blocks", type=click.IntRange(min=1), default=None,
               help="Blocks trained by --train blocks [default: the last 4, or all of a smaller "
               "model].")  # fmt: skip
-@click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Rank of the LoRA adapters (--train lora).")  # fmt: skip
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4,
               show_default=True, help="Peak learning rate (warm-up, then cosine).")  # fmt: skip
 @click.option("--layer-decay", type=click.FloatRange(0, 1, min_open=True), default=0.9,
@@ -105,12 +108,16 @@ AGREEMENT_SAMPLE = 2000
               show_default=True, help="Teacher temperature after a warm-up from 0.04.")  # fmt: skip
 @click.option("--prototypes", type=click.IntRange(min=2), default=8192, show_default=True,
               help="Prototypes of the DINO head (DINOv2 used 65536 for 142M images).")  # fmt: skip
-@click.option("--head-hidden", type=click.IntRange(min=1), default=2048, show_default=True)
-@click.option("--head-bottleneck", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--head-hidden", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="Width of the head's MLP.")  # fmt: skip
+@click.option("--head-bottleneck", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Width of the head's bottleneck.")  # fmt: skip
 @click.option("--global-size", type=click.IntRange(min=14), default=None,
               help="Global crop size [default: the model's input size].")  # fmt: skip
-@click.option("--local-size", type=click.IntRange(min=14), default=98, show_default=True)
-@click.option("--local-crops", type=click.IntRange(min=0), default=8, show_default=True)
+@click.option("--local-size", type=click.IntRange(min=14), default=98, show_default=True,
+              help="Local crop size.")  # fmt: skip
+@click.option("--local-crops", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Local crops per image.")  # fmt: skip
 @click.option("--koleo", type=click.FloatRange(min=0), default=0.1, show_default=True,
               help="KoLeo loss weight (0 turns it off).")  # fmt: skip
 @click.option("--ibot", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -122,7 +129,8 @@ AGREEMENT_SAMPLE = 2000
     show_default=True,
     help="Teacher targets: Sinkhorn-Knopp (DINOv2) or DINO v1's EMA centre.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of every draw: order, views, masks, head, held-out split.")  # fmt: skip
 @click.option(
     "--eval-labels",
     type=click.Path(path_type=Path, exists=True),
@@ -140,14 +148,15 @@ AGREEMENT_SAMPLE = 2000
 @click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where to train (bf16 autocast on cuda).",
+    default=None,
+    help="Where to train (bf16 autocast on cuda) and compare [env: DINOSEEK_DEVICE; "
+    "default: auto].",
 )
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decode processes [default: cores - 1, at most 8].")  # fmt: skip
 @click.option("--gradient-checkpointing", is_flag=True, help="Less memory, more compute.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Steps between checkpoints (OUT/checkpoint/, removed at the end).")  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue the run whose checkpoint is in --out.")
 @click.option("--overwrite", is_flag=True, help="Write into --out even if it is not empty.")
 @click.option("--min-teacher-entropy", type=float, default=0.5, show_default=True,
@@ -170,13 +179,15 @@ def adapt(folder: Path, out: Path, as_json: bool, quiet: bool, **options: Any) -
     Kill it (or Ctrl-C) and run it again with --resume: it continues at the same step.
     """
     configure_logging(quiet=quiet or as_json)
-    settings = load_settings(model=options["model"])
+    settings = load_settings(model=options["model"], device=options["device"])
     folder = folder.resolve()
     _check_out(out, resume=options["resume"], overwrite=options["overwrite"])
     base = load_dinov2(settings.model)
     files = image_files(folder)
     labels = _eval_labels(options["eval_labels"], folder)
     held_out = held_out_split(labels, files, options["eval_holdout"], options["seed"])
+    if options["eval_labels"] is not None:
+        _require_check_set(options["eval_labels"], {p: labels[p] for p in held_out})
     training_files = [path for path in files if path not in held_out]
     limits = DecodeLimits(settings.max_image_pixels, settings.max_file_bytes)
     progress = "off" if quiet or as_json else "auto"
@@ -185,8 +196,8 @@ def adapt(folder: Path, out: Path, as_json: bool, quiet: bool, **options: Any) -
     checking.close()
     require_batch(images, folder, options["batch_size"])
     config = _config(settings.model, base, len(images.paths), options)
-    run = _run_options(options)
-    trained = _train(config, images.paths, out, limits, run, options["resume"], progress)
+    run = _run_options(options, settings.device)
+    trained = _train(config, base, images.paths, out, limits, run, options["resume"], progress)
     out.mkdir(parents=True, exist_ok=True)
     save_model(trained.teacher, base.processor_config, settings.model, out)
     write_log(trained.history, out)
@@ -238,6 +249,20 @@ def _eval_labels(source: Path | None, folder: Path) -> dict[Path, str]:
     return labels
 
 
+def _require_check_set(source: Path, held_out: dict[Path, str]) -> None:
+    """``ConfigError`` (before any training) unless the held-out labelled images make a
+    check: two classes or more with two images or more each."""
+    counts = Counter(held_out.values())
+    usable = [label for label, count in counts.items() if count >= 2]
+    if len(usable) < 2:
+        found = ", ".join(f"{label}: {count}" for label, count in sorted(counts.items()))
+        raise ConfigError(
+            f"--eval-labels {source}: the labelled images kept out of training must hold two "
+            f"classes or more with two images or more each (found {found or 'none'}); put "
+            "them in one sub-folder per class, or raise --eval-holdout"
+        )
+
+
 def _config(
     model: str, base: Dinov2Checkpoint, images: int, options: dict[str, Any]
 ) -> AdaptConfig:
@@ -277,12 +302,12 @@ def _config(
     )
 
 
-def _run_options(options: dict[str, Any]) -> RunOptions:
+def _run_options(options: dict[str, Any], device: str) -> RunOptions:
     workers = options["workers"]
     if workers is None:
         workers = max(1, min(8, available_cores() - 1))
     return RunOptions(
-        device=options["device"],
+        device=device,
         workers=workers,
         checkpoint_every=options["checkpoint_every"],
         gradient_checkpointing=options["gradient_checkpointing"],
@@ -293,6 +318,7 @@ def _run_options(options: dict[str, Any]) -> RunOptions:
 
 def _train(
     config: AdaptConfig,
+    base: Dinov2Checkpoint,
     paths: tuple[Path, ...],
     out: Path,
     limits: DecodeLimits,
@@ -314,7 +340,7 @@ def _train(
     with graceful_stop() as stop:
         try:
             return train(config, paths, out / CHECKPOINTS, limits=limits, run=run,
-                         resume=resume, on_step=on_step, stop=stop)  # fmt: skip
+                         resume=resume, on_step=on_step, stop=stop, base=base)  # fmt: skip
         except TrainingStoppedError as stopped:
             bar.close()
             click.echo(f"stopped at step {stopped.step}; continue with --resume", err=True)

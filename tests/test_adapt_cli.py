@@ -139,6 +139,7 @@ def test_a_collapse_stops_with_a_clear_message(
         ("too few images", "fewer than one batch"),
         ("resume without checkpoint", "holds no checkpoint"),
         ("both lengths", "--steps or --epochs"),
+        ("labels without classes", "two classes or more"),
     ],
 )
 def test_bad_input_gets_a_clear_error(
@@ -167,6 +168,12 @@ def test_bad_input_gets_a_clear_error(
         extra.append("--resume")
     elif case == "both lengths":
         extra += ["--epochs", "1"]
+    elif case == "labels without classes":
+        flat = tmp_path / "flat"
+        flat.mkdir()
+        for source in sorted(photos.rglob("*.jpg"))[:4]:
+            shutil.copy(source, flat / source.name)
+        extra += ["--eval-labels", str(flat)]
     result = adapt(folder, "--model", model, "--out", out, *extra)
     assert result.exit_code == (1 if case == "not dinov2" else 2), result.output
     assert message in result.output

@@ -4,6 +4,7 @@ store held by another process. The processes run the real command with the stand
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 from dinoseek.store import EdgeStore
 from dinoseek.synthetic import write_image_folder
 from dinoseek_cli.main import main
+from indexer.report import load_failures
 from tests.fakes import FAKE_LOADER
 from tests.helpers import write_bad_files, write_tree
 
@@ -222,6 +224,52 @@ def test_a_hung_decode_worker_neither_hangs_the_run_nor_loses_files(
     with EdgeStore(tmp_path / "data") as store:
         assert store.collection_info("images").points == 120
     assert not running(workers[0])
+
+
+# A C decoder that segfaults on one file cannot be produced on demand here; this stands in
+# for it: in every process of the run (the decode workers import it at start-up), decoding a
+# file named poison*.jpg kills the process at once, as a segfault would.
+CRASHING_DECODER = textwrap.dedent(
+    """
+    import os, signal
+    import indexer.workers as workers
+
+    real_prepare_file = workers.prepare_file
+
+    def prepare_file(path, config):
+        if os.path.basename(path).startswith("poison"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_prepare_file(path, config)
+
+    workers.prepare_file = prepare_file
+    """
+)
+
+
+def test_a_file_that_kills_its_decoder_twice_is_reported_as_decoder_crashed(
+    tmp_path: Path, pool: Path
+) -> None:
+    photos = tmp_path / "photos"
+    paths = photos_from(pool, photos, 40)
+    poison = paths[5].with_name("poison.jpg")
+    shutil.copyfile(paths[5], poison)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CRASHING_DECODER)
+    pythonpath = os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")])
+    process = start_index(photos, tmp_path / "data", "--workers", "2", "--json",
+                          env={"PYTHONPATH": pythonpath})  # fmt: skip
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["failed"] == 1
+    assert summary["failed_by_reason"] == {"decoder_crashed": 1}
+    assert "a decode worker died or hung; retrying" in err
+    report = load_failures(Path(summary["failures_report"]))
+    assert list(report) == [str(poison)]
+    assert "died twice" in report[str(poison)].message
+    with EdgeStore(tmp_path / "data") as store:
+        assert store.collection_info("images").points == 40
 
 
 HOLDER = textwrap.dedent(

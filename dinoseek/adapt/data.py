@@ -9,7 +9,7 @@ and augmentation run in DataLoader worker processes, a whole batch per task.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -142,7 +142,7 @@ def _keep_batch(batch: Any) -> Any:
 
 def batches(
     dataset: StepBatches, first_step: int, last_step: int, *, workers: int, pin_memory: bool
-) -> Iterator[Batch]:
+) -> Generator[Batch, None, None]:
     """The batches of steps first_step .. last_step - 1, made by ``workers`` processes."""
     loader = DataLoader(
         dataset,

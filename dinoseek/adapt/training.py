@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +47,7 @@ from dinoseek.adapt.model import (
     update_teacher,
 )
 from dinoseek.adapt.schedules import linear_warmup, warmup_cosine
-from dinoseek.embedder import load_dinov2, resolve_device
+from dinoseek.embedder import Dinov2Checkpoint, load_dinov2, resolve_device
 from dinoseek.errors import ConfigError, DinoseekError
 from dinoseek.images import Preprocessing
 
@@ -173,11 +173,13 @@ def train(
     resume: bool = False,
     on_step: Callable[[StepMetrics], None] | None = None,
     stop: threading.Event | None = None,
+    base: Dinov2Checkpoint | None = None,
 ) -> Trained:
-    """Run (or resume) self-distillation on ``paths`` for ``config.steps`` steps."""
+    """Run (or resume) self-distillation on ``paths`` for ``config.steps`` steps, from
+    ``base`` when the caller has loaded ``config.model`` already (it is trained in place)."""
     device = resolve_device(run.device)
     torch.manual_seed(config.seed)
-    checkpoint = load_dinov2(config.model)
+    checkpoint = base or load_dinov2(config.model)
     student, teacher = build_networks(
         checkpoint.model,
         config.head,
@@ -188,15 +190,17 @@ def train(
     student.to(device).train()
     teacher.to(device).eval()
     groups = parameter_groups(student, config.layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
-    centre = CentredSoftmax(config.head.prototypes, device)
+    parts = _Parts(
+        student=student,
+        teacher=teacher,
+        optimizer=torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999)),
+        centre=CentredSoftmax(config.head.prototypes, device),
+    )
     state = _State(history=[], failed={}, start=0)
     fingerprint = images_fingerprint(paths)
     if resume:
-        state = _load(checkpoints / CHECKPOINT, config, fingerprint, student, teacher,
-                      optimizer, centre)  # fmt: skip
-    step_runner = _Step(config, student, teacher, optimizer, centre, checkpoint.preprocessing,
-                        device)  # fmt: skip
+        state = _load(checkpoints / CHECKPOINT, config, fingerprint, parts)
+    step_runner = _Step(config, parts, checkpoint.preprocessing, device)
     guard = _CollapseGuard(run, config)
     dataset = StepBatches(
         paths, batch_size=config.batch_size, spec=config.crops, seed=config.seed, limits=limits
@@ -223,13 +227,11 @@ def train(
             guard.check(metrics)
             stopping = stop is not None and stop.is_set()
             if step % run.checkpoint_every == 0 or step == config.steps or stopping:
-                _save(checkpoints, step, config, fingerprint, student, teacher, optimizer,
-                      centre, state)  # fmt: skip
+                _save(checkpoints, step, config, fingerprint, parts, state)
             if stopping and step < config.steps:
                 raise TrainingStoppedError(step)
     finally:
-        with contextlib.suppress(Exception):
-            stream.close()  # type: ignore[attr-defined]
+        stream.close()
     seconds = time.perf_counter() - started
     ran = config.steps - state.start
     return Trained(
@@ -245,6 +247,16 @@ def train(
     )
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What a checkpoint holds besides the step's bookkeeping."""
+
+    student: Network
+    teacher: Network
+    optimizer: torch.optim.Optimizer
+    centre: CentredSoftmax
+
+
 @dataclass
 class _State:
     history: list[StepMetrics]
@@ -258,24 +270,21 @@ class _Step:
     def __init__(
         self,
         config: AdaptConfig,
-        student: Network,
-        teacher: Network,
-        optimizer: torch.optim.Optimizer,
-        centre: CentredSoftmax,
+        parts: _Parts,
         preprocessing: Preprocessing,
         device: torch.device,
     ) -> None:
         self.config = config
-        self.student = student
-        self.teacher = teacher
-        self.optimizer = optimizer
-        self.centre = centre
+        self.student = parts.student
+        self.teacher = parts.teacher
+        self.optimizer = parts.optimizer
+        self.centre = parts.centre
         self.device = device
         self.scale = preprocessing.rescale_factor
         self.mean = torch.tensor(preprocessing.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(preprocessing.std, device=device).view(1, 3, 1, 1)
         self.autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
-        self.patch_size = int(student.config.patch_size)
+        self.patch_size = int(parts.student.config.patch_size)
 
     def __call__(self, step: int, batch: Batch, wait: float) -> StepMetrics:
         started = time.perf_counter() - wait
@@ -450,10 +459,7 @@ def _save(
     step: int,
     config: AdaptConfig,
     fingerprint: str,
-    student: Network,
-    teacher: Network,
-    optimizer: torch.optim.Optimizer,
-    centre: CentredSoftmax,
+    parts: _Parts,
     state: _State,
 ) -> None:
     """Write the whole training state atomically (a kill leaves the previous one)."""
@@ -462,10 +468,10 @@ def _save(
         "step": step,
         "config": config.to_dict(),
         "images": fingerprint,
-        "student": student.state_dict(),
-        "teacher": teacher.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "centre": centre.centre,
+        "student": parts.student.state_dict(),
+        "teacher": parts.teacher.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "centre": parts.centre.centre,
         "history": [asdict(m) for m in state.history],
         "failed": dict(state.failed),
     }
@@ -481,10 +487,7 @@ def _load(
     path: Path,
     config: AdaptConfig,
     fingerprint: str,
-    student: Network,
-    teacher: Network,
-    optimizer: torch.optim.Optimizer,
-    centre: CentredSoftmax,
+    parts: _Parts,
 ) -> _State:
     if not path.is_file():
         raise ConfigError(f"--resume: no checkpoint at {path}; start without --resume")
@@ -504,10 +507,10 @@ def _load(
             f"--resume: the folder's images changed since the checkpoint at {path}; "
             "resume on the same files, or start again"
         )
-    student.load_state_dict(payload["student"])
-    teacher.load_state_dict(payload["teacher"])
-    optimizer.load_state_dict(payload["optimizer"])
-    centre.centre.copy_(payload["centre"])
+    parts.student.load_state_dict(payload["student"])
+    parts.teacher.load_state_dict(payload["teacher"])
+    parts.optimizer.load_state_dict(payload["optimizer"])
+    parts.centre.centre.copy_(payload["centre"])
     history = [StepMetrics(**m) for m in payload["history"]]
     return _State(history=history, failed=dict(payload["failed"]), start=int(payload["step"]))
 
@@ -530,9 +533,3 @@ def _plain_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain_value(v) for v in value]
     return value
-
-
-def iterate_steps(history: Sequence[StepMetrics]) -> Iterator[dict[str, Any]]:
-    """The history as JSON-ready rows."""
-    for metrics in history:
-        yield asdict(metrics)
