@@ -496,3 +496,24 @@ def test_ready_reports_a_collection_of_another_model(
         ready = client.get("/ready")
         assert ready.status_code == 503
         assert ready.json()["error"]["code"] == "collection_mismatch"
+
+
+def test_search_in_a_collection_of_another_model_answers_409(
+    embedder: ImageEmbedder,
+    other_embedder: ImageEmbedder,
+    indexed: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(indexed[0], data)
+    with EdgeStore(data) as store:
+        store.ensure_collection("other", other_embedder.space)
+    query = photo_paths(indexed)[0].read_bytes()
+    with make_client(embedder, data) as client:
+        assert client.post("/search", files=upload(query)).status_code == 200
+        refused = client.post("/search", files=upload(query), params={"collection": "other"})
+        assert refused.status_code == 409
+        error = refused.json()["error"]
+        assert error["code"] == "collection_mismatch"
+        assert "fake/other" in error["message"]
+        assert client.get("/points", params={"collection": "other"}).status_code == 409

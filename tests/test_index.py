@@ -107,6 +107,25 @@ def test_second_run_over_an_unchanged_folder_embeds_nothing(
     )
 
 
+def test_unchanged_files_are_not_read_again(embedder: ImageEmbedder, tmp_path: Path) -> None:
+    """A file whose size and modification time are unchanged is trusted, not read: its bytes
+    are swapped for another image of the same size behind the indexer's back (mtime put
+    back), and the rerun neither notices nor re-keys it."""
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=2)
+    first = run(embedder, tmp_path / "data", photos)
+    before = stored_points(tmp_path / "data")
+    target, other = sorted(photos.rglob("*.jpg"))[:2]
+    stat = target.stat()
+    swapped = other.read_bytes()[: stat.st_size].ljust(stat.st_size, b"\0")
+    target.write_bytes(swapped)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = run(embedder, tmp_path / "data", photos)
+    assert second.unchanged == first.embedded
+    assert second.embedded == second.failed == 0
+    assert stored_points(tmp_path / "data") == before
+
+
 def test_changed_touched_and_retried_files(embedder: ImageEmbedder, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     paths = write_tree(photos, per_class=2, classes=("a",))

@@ -149,12 +149,15 @@ def test_sigkill_at_any_moment_then_rerun_converges(tmp_path: Path, pool: Path) 
     assert len(all_paths) == len(set(all_paths)), "a file is listed by two points"
 
 
-def test_sigint_stops_cleanly_and_the_rerun_resumes(tmp_path: Path, pool: Path) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_stops_cleanly_and_the_rerun_resumes(
+    stop_signal: signal.Signals, tmp_path: Path, pool: Path
+) -> None:
     photos = tmp_path / "photos"
     photos_from(pool, photos, 400)
     process = start_index(photos, tmp_path / "data")
     wait_for_progress(process, 20)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop_signal)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "stopped early" in out
