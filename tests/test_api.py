@@ -26,6 +26,7 @@ from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, ServerStore, point_id_for_sha256
 from indexer.pipeline import IndexOptions, index_folders
 from search_api.app import create_app
+from search_api.limits import declared_length
 from tests.helpers import bad_image_samples, encode, photo, write_tree
 from tests.indexing import indexed_tree
 
@@ -149,7 +150,11 @@ def test_upload_size_limit(embedder: ImageEmbedder, indexed: tuple[Path, Path]) 
             headers={"content-type": "multipart/form-data; boundary=abc"},
         )
         assert streamed.status_code == 413
-        assert streamed.json()["error"]["code"] == "upload_too_large"
+        assert streamed.json()["error"] == {
+            "code": "upload_too_large",
+            "message": "the upload is more than the limit of 10,000 bytes "
+            "(DINOSEEK_MAX_UPLOAD_BYTES)",
+        }
         assert small.get("/health").status_code == 200
 
 
@@ -261,7 +266,16 @@ def test_api_key(embedder: ImageEmbedder, indexed: tuple[Path, Path]) -> None:
         assert keyed.post("/search", files=upload(data)).status_code == 401
         wrong = keyed.post("/search", files=upload(data), headers={"X-API-Key": "nope"})
         assert wrong.status_code == 401
-        assert wrong.json()["error"]["code"] == "unauthorized"
+        assert wrong.json()["error"] == {
+            "code": "unauthorized",
+            "message": "missing or wrong X-API-Key header",
+        }
+        assert wrong.headers["www-authenticate"] == "X-API-Key"
+        assert wrong.headers["content-type"] == "application/json"
+        assert wrong.headers["content-length"] == str(len(wrong.content))
+        assert wrong.headers["connection"] == "close"
+        prefix = keyed.post("/search", files=upload(data), headers={"X-API-Key": "s3cre"})
+        assert prefix.status_code == 401  # a prefix of the key is not the key
         key = {"X-API-Key": "s3cret"}
         right = keyed.post("/search", files=upload(data), headers=key)
         assert right.status_code == 200
@@ -461,7 +475,14 @@ def test_a_declared_upload_over_the_limit_is_refused_before_it_is_read(
 
     response = asyncio.run(too_big())
     assert response.status_code == 413
-    assert response.json()["error"]["code"] == "upload_too_large"
+    assert response.json()["error"] == {
+        "code": "upload_too_large",
+        "message": f"{len(data) + 200:,} bytes is more than the limit of 10,000 bytes "
+        "(DINOSEEK_MAX_UPLOAD_BYTES)",
+    }
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-length"] == str(len(response.content))
+    assert response.headers["connection"] == "close"
     assert not watched.read, "the upload was read before the 413"
 
 
@@ -517,3 +538,20 @@ def test_search_in_a_collection_of_another_model_answers_409(
         assert error["code"] == "collection_mismatch"
         assert "fake/other" in error["message"]
         assert client.get("/points", params={"collection": "other"}).status_code == 409
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([], None),
+        ([(b"content-length", b"123")], 123),
+        ([(b"content-type", b"image/png"), (b"content-length", b"7")], 7),
+        ([(b"content-length", b"-5")], 0),
+        ([(b"content-length", b"many")], None),
+        ([(b"x-content-length", b"9")], None),
+    ],
+)
+def test_declared_length_reads_only_a_numeric_content_length(
+    headers: list[tuple[bytes, bytes]], expected: int | None
+) -> None:
+    assert declared_length({"type": "http", "headers": headers}) == expected

@@ -79,3 +79,21 @@ def test_the_snapshot_manifest_format() -> None:
     }
     assert document["format_version"] == 1
     assert SnapshotManifest.from_json(manifest.to_json(), Path("golden")) == manifest
+
+
+def test_the_snapshot_json_document_keys() -> None:
+    """What ``dinoseek snapshot create|restore --json`` prints: scripts read these keys."""
+    from dinoseek.store.records import SnapshotInfo
+
+    info = SnapshotInfo(
+        path=Path("/backups/images.tar"), collection="copy", source_collection="images",
+        kind="edge", points=3, size_bytes=4096, created_at="2026-12-01T00:00:00+00:00",
+        model_id="facebook/dinov2-base", dim=768, probes=("default",), format_version=1,
+        warnings=("w",),
+    )  # fmt: skip
+    assert info.to_dict() == {
+        "path": "/backups/images.tar", "collection": "copy", "source_collection": "images",
+        "kind": "edge", "points": 3, "size_bytes": 4096,
+        "created_at": "2026-12-01T00:00:00+00:00", "model_id": "facebook/dinov2-base",
+        "dim": 768, "probes": ["default"], "format_version": 1, "warnings": ["w"],
+    }  # fmt: skip
