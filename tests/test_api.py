@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import SecretStr
+from starlette.types import Receive, Scope, Send
 
 from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
 from dinoseek.errors import CollectionMismatchError, StoreLockedError
@@ -26,7 +29,8 @@ from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, ServerStore, point_id_for_sha256
 from indexer.pipeline import IndexOptions, index_folders
 from search_api.app import create_app
-from search_api.limits import declared_length
+from search_api.auth import has_key
+from search_api.limits import BodySizeLimit, declared_length
 from tests.helpers import bad_image_samples, encode, photo, write_tree
 from tests.indexing import indexed_tree
 
@@ -555,3 +559,52 @@ def test_declared_length_reads_only_a_numeric_content_length(
     headers: list[tuple[bytes, bytes]], expected: int | None
 ) -> None:
     assert declared_length({"type": "http", "headers": headers}) == expected
+
+
+def test_no_key_is_not_a_key_whatever_the_key(
+    embedder: ImageEmbedder, indexed: tuple[Path, Path]
+) -> None:
+    """A request without the header is refused even for odd keys (nothing stands in for a
+    missing key), and ``has_key`` agrees."""
+    for key in ("XXXX", "x"):
+        with make_client(embedder, indexed[0], api_key=key) as keyed:
+            assert keyed.get("/collections").status_code == 401
+            assert keyed.get("/collections", headers={"X-API-Key": ""}).status_code == 401
+            assert keyed.get("/collections", headers={"X-API-Key": key}).status_code == 200
+        assert not has_key(None, SecretStr(key))
+        assert not has_key("", SecretStr(key))
+        assert has_key(key, SecretStr(key))
+    assert has_key(None, None)
+
+
+def test_a_streamed_body_over_the_limit_is_refused_even_by_a_plain_asgi_app() -> None:
+    """Below FastAPI (an app that lets the error through), the middleware answers itself."""
+    received: list[bytes] = []
+
+    async def reads_everything(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            received.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+
+    app = BodySizeLimit(reads_everything, max_bytes=10)
+    chunks = [b"x" * 6, b"x" * 6, b"x" * 6]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/search", "headers": []}
+    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"]) == {  # type: ignore[arg-type]
+        "error": {
+            "code": "upload_too_large",
+            "message": "the upload is more than the limit of 10 bytes (DINOSEEK_MAX_UPLOAD_BYTES)",
+        }
+    }
+    assert len(received) == 1  # cut off at the second chunk, never the third

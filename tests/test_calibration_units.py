@@ -13,6 +13,8 @@ from dinoseek.probe.calibration import (
     TEMPERATURE_BOUNDS,
     coverage,
     expected_calibration_error,
+    fit_temperature,
+    nll,
     softmax,
     temperature_note,
 )
@@ -76,3 +78,52 @@ def test_temperature_notes_at_the_bounds_only() -> None:
     assert temperature_note(low * 1.01) == ""
     assert temperature_note(1.0) == ""
     assert temperature_note(high * 0.99) == ""
+
+
+def reference_ece(probabilities: np.ndarray, targets: np.ndarray, bins: int) -> float:
+    """The ECE written the plain way: each row goes to the first right-closed bin whose upper
+    edge it does not pass."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    members: list[list[int]] = [[] for _ in range(bins)]
+    for row, top in enumerate(probabilities.max(axis=1)):
+        members[next(b for b in range(bins) if top <= edges[b + 1] or b == bins - 1)].append(row)
+    total = 0.0
+    for rows in members:
+        if rows:
+            accuracy = np.mean(probabilities[rows].argmax(axis=1) == targets[rows])
+            confidence = np.mean(probabilities[rows].max(axis=1))
+            total += len(rows) / len(targets) * abs(accuracy - confidence)
+    return total
+
+
+@pytest.mark.parametrize("bins", [2, 5, 10, 15])
+def test_ece_matches_the_plain_definition_on_every_edge(bins: int) -> None:
+    rng = np.random.default_rng(bins)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    tops = np.concatenate([rng.uniform(0.1, 1.0, 200), edges[edges >= 0.1]])
+    probabilities = two_class(list(tops))
+    targets = (rng.random(len(tops)) < 0.3).astype(np.int64)  # right 70% of the time
+    assert expected_calibration_error(probabilities, targets, bins) == pytest.approx(
+        reference_ece(probabilities, targets, bins), abs=1e-12
+    )
+
+
+def test_coverage_scores_each_covered_row_by_its_own_top_class() -> None:
+    probabilities = np.array([[0.9, 0.1], [0.15, 0.85], [0.6, 0.4]])
+    assert coverage(probabilities, np.array([0, 1, 1]), 0.8) == (pytest.approx(2 / 3), 1.0)
+
+
+def test_nll_is_exact_and_stable_for_rows_of_any_scale() -> None:
+    logits = np.array([[0.0, 1.0], [1000.0, 1001.0]])
+    expected = math.log(1 + math.e) - 1.0  # -log softmax of the right class, both rows
+    assert nll(logits, np.array([1, 1]), 1.0) == pytest.approx(expected)
+    assert nll(logits, np.array([0, 1]), 2.0) == pytest.approx(
+        (math.log(1 + math.exp(0.5)) + math.log(1 + math.exp(0.5)) - 0.5) / 2
+    )
+
+
+def test_a_temperature_that_cannot_help_stays_at_one() -> None:
+    logits = np.zeros((6, 3))  # every temperature gives the same uniform predictions
+    assert fit_temperature(logits, np.array([0, 1, 2, 0, 1, 2])) == (
+        1.0, pytest.approx(math.log(3)), pytest.approx(math.log(3))
+    )  # fmt: skip

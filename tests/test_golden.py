@@ -97,3 +97,18 @@ def test_the_snapshot_json_document_keys() -> None:
         "created_at": "2026-12-01T00:00:00+00:00", "model_id": "facebook/dinov2-base",
         "dim": 768, "probes": ["default"], "format_version": 1, "warnings": ["w"],
     }  # fmt: skip
+
+
+def test_an_invalid_point_id_is_named_in_its_error() -> None:
+    import pytest
+
+    from dinoseek.errors import InvalidPointIdError
+    from dinoseek.store.records import validate_point_id
+
+    with pytest.raises(InvalidPointIdError) as refused:
+        validate_point_id("../etc")
+    assert refused.value.message == (
+        "'../etc' is not a point id (point ids are UUIDs, as returned by search)"
+    )
+    upper = "DF681814-205F-5F02-ABB8-80374CBB6181"
+    assert validate_point_id(upper) == "df681814-205f-5f02-abb8-80374cbb6181"

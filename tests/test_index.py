@@ -13,7 +13,7 @@ from dinoseek.errors import EmbeddingError
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.images import DINOV2_PREPROCESSING, load_image
 from dinoseek.store import EdgeStore, SearchQuery, point_id_for_sha256
-from indexer.catalog import LabelSource
+from indexer.catalog import Catalog, FileEntry, LabelSource
 from indexer.pipeline import IndexOptions, IndexSummary, index_folders
 from indexer.report import load_failures
 from tests.helpers import encode, photo, write_bad_files, write_tree
@@ -316,3 +316,26 @@ def test_stop_event_ends_the_run_cleanly(embedder: ImageEmbedder, tmp_path: Path
     resumed = run(embedder, tmp_path / "data", photos)
     assert resumed.points == 20
     assert resumed.unchanged == summary.points
+
+
+def test_the_catalog_reads_back_every_field_of_every_file(
+    embedder: ImageEmbedder, tmp_path: Path
+) -> None:
+    """What change detection and relabelling rest on: each file's path, root, relative path,
+    size, mtime and label, as the payloads hold them."""
+    photos = tmp_path / "photos"
+    paths = write_tree(photos, per_class=2)
+    run(embedder, tmp_path / "data", photos, labels=LabelSource(from_folders=True))
+    with EdgeStore(tmp_path / "data") as store:
+        store.acquire("images")
+        catalog = Catalog.load(store, "images")
+    assert sorted(catalog.paths()) == sorted(str(p) for p in paths)
+    for path in paths:
+        (owner,) = catalog.owners(str(path))
+        entry = catalog.points[owner].files[str(path)]
+        stat = path.stat()
+        assert entry == FileEntry(
+            path=str(path), root=str(photos), relative_path=str(path.relative_to(photos)),
+            size=stat.st_size, mtime_ns=stat.st_mtime_ns, label=path.parent.name,
+        )  # fmt: skip
+    assert catalog.owners(str(photos / "never-indexed.jpg")) == set()

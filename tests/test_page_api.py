@@ -243,6 +243,8 @@ def test_the_key_cookie_opens_images_only(
         # Another app's loosely formatted cookie on the same host does not hide the key.
         crowded = {"Cookie": 'a=b c; theme={"x": 1}; dinoseek_key=k%20e%2Fy%3D%3B'}
         assert keyed.get(f"/points/{point_id}/image", headers=crowded).status_code == 200
+        packed = {"Cookie": "a=b;dinoseek_key=k%20e%2Fy%3D%3B;c=d"}  # no spaces after ";"
+        assert keyed.get(f"/points/{point_id}/image", headers=packed).status_code == 200
         wrong = {"Cookie": "dinoseek_key=nope"}
         assert keyed.get(f"/points/{point_id}/image", headers=wrong).status_code == 401
         broken = {"Cookie": 'dinoseek_key="unterminated'}
