@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -608,3 +609,55 @@ def test_a_streamed_body_over_the_limit_is_refused_even_by_a_plain_asgi_app() ->
         }
     }
     assert len(received) == 1  # cut off at the second chunk, never the third
+
+
+def run_limited(app: Any, chunks: list[bytes], headers: list[tuple[bytes, bytes]]) -> list[Any]:
+    """Send ``chunks`` as a request body through ``BodySizeLimit(max_bytes=10)``."""
+    sent: list[Any] = []
+    pending = list(chunks)
+
+    async def receive() -> dict[str, object]:
+        body = pending.pop(0) if pending else b""
+        return {"type": "http.request", "body": body, "more_body": bool(pending)}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/search", "headers": headers}
+    asyncio.run(BodySizeLimit(app, max_bytes=10)(scope, receive, send))  # type: ignore[arg-type]
+    return sent
+
+
+async def echo_size(scope: Any, receive: Any, send: Any) -> None:
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(size).encode()})
+
+
+def test_the_limit_itself_is_allowed_declared_or_streamed() -> None:
+    exactly = run_limited(echo_size, [b"x" * 4, b"x" * 6], [(b"content-length", b"10")])
+    assert [m.get("status") for m in exactly] == [200, None]
+    assert exactly[1]["body"] == b"10"
+    streamed = run_limited(echo_size, [b"x" * 4, b"x" * 6], [])
+    assert streamed[1]["body"] == b"10"
+    over = run_limited(echo_size, [b"x" * 11], [(b"content-length", b"11")])
+    assert over[0]["status"] == 413
+
+
+def test_no_413_after_the_app_has_started_its_answer() -> None:
+    """An app that answers before reading everything: the limit cuts the body off but sends
+    no second response."""
+
+    async def answers_first(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        while (await receive()).get("more_body"):
+            pass
+
+    sent = run_limited(answers_first, [b"x" * 6, b"x" * 6, b"x"], [])
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    assert sent[0]["status"] == 202

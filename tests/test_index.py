@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -9,11 +10,18 @@ from pathlib import Path
 import pytest
 
 from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
-from dinoseek.errors import EmbeddingError
+from dinoseek.errors import ConfigError, EmbeddingError
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.images import DINOV2_PREPROCESSING, load_image
 from dinoseek.store import EdgeStore, SearchQuery, point_id_for_sha256
-from indexer.catalog import Catalog, FileEntry, LabelSource
+from indexer.catalog import (
+    Catalog,
+    FileEntry,
+    LabelSource,
+    PointEntry,
+    build_payload,
+    read_labels_csv,
+)
 from indexer.pipeline import IndexOptions, IndexSummary, index_folders
 from indexer.report import load_failures
 from tests.helpers import encode, photo, write_bad_files, write_tree
@@ -338,4 +346,122 @@ def test_the_catalog_reads_back_every_field_of_every_file(
             path=str(path), root=str(photos), relative_path=str(path.relative_to(photos)),
             size=stat.st_size, mtime_ns=stat.st_mtime_ns, label=path.parent.name,
         )  # fmt: skip
+        assert (
+            catalog.points[owner].content["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        )
+        assert set(catalog.points[owner].content) == {
+            "sha256", "size", "width", "height", "format", "model_id", "indexed_at",
+        }  # fmt: skip
     assert catalog.owners(str(photos / "never-indexed.jpg")) == set()
+
+
+# -- --labels-csv files and the payload the catalog writes -----------------------------------
+
+
+def write_csv(tmp_path: Path, text: str, *, encoding: str = "utf-8") -> Path:
+    path = tmp_path / "labels.csv"
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def test_rows_with_an_optional_header_blank_lines_and_a_byte_order_mark(tmp_path: Path) -> None:
+    text = "\ufeffPath , LABEL\r\n\r\na.jpg,cat\r\n , \r\n/abs/../abs/b.jpg, dog \r\n"
+    assert read_labels_csv(write_csv(tmp_path, text)) == {"a.jpg": "cat", "/abs/b.jpg": "dog"}
+
+
+def test_a_header_is_only_a_first_line_of_exactly_path_and_label(tmp_path: Path) -> None:
+    assert read_labels_csv(write_csv(tmp_path, "a.jpg,cat\npath,label\n")) == {
+        "a.jpg": "cat", "path": "label",
+    }  # fmt: skip
+    assert read_labels_csv(write_csv(tmp_path, "path,label,source\nb.jpg,dog,x\n")) == {
+        "b.jpg": "dog"
+    }
+    assert read_labels_csv(write_csv(tmp_path, "path,labels\nb.jpg,dog\n")) == {
+        "path": "labels", "b.jpg": "dog",
+    }  # fmt: skip
+
+
+def test_a_quoted_field_may_hold_a_comma_or_a_line_break(tmp_path: Path) -> None:
+    text = 'path,label\n"odd, name.jpg","two\nlines"\n'
+    assert read_labels_csv(write_csv(tmp_path, text)) == {"odd, name.jpg": "two\nlines"}
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "got"),
+    [
+        ("a.jpg,cat\nb.jpg\n", 2, "'b.jpg'"),
+        ("a.jpg,cat\n,dog\n", 2, "',dog'"),
+        ("path,label\na.jpg,cat\nc.jpg, \n", 3, "'c.jpg, '"),
+    ],
+)
+def test_a_bad_row_is_named_by_its_line(tmp_path: Path, text: str, line: int, got: str) -> None:
+    path = write_csv(tmp_path, text)
+    with pytest.raises(ConfigError) as refused:
+        read_labels_csv(path)
+    assert refused.value.message == f"{path}, line {line}: expected 'path,label', got {got}"
+
+
+def test_an_unreadable_or_non_utf8_file_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.csv"
+    with pytest.raises(ConfigError) as refused:
+        read_labels_csv(missing)
+    assert refused.value.message == (
+        f"cannot read labels file {missing}: No such file or directory"
+    )
+    latin = write_csv(tmp_path, "caf\u00e9.jpg,cat\n", encoding="latin-1")
+    with pytest.raises(ConfigError) as refused:
+        read_labels_csv(latin)
+    assert refused.value.message.startswith(f"labels file {latin} is not a UTF-8 CSV file: ")
+
+
+def test_the_payload_names_its_primary_file_and_lists_every_file() -> None:
+    files = {
+        "/b/x.jpg": FileEntry("/b/x.jpg", "/b", "x.jpg", 10, 1, None),
+        "/a/y.jpg": FileEntry("/a/y.jpg", "/a", "y.jpg", 10, 2, "cat"),
+    }
+    point = PointEntry(id="p", files=files, content={"sha256": "f00", "size": 10, "other": 1})
+    assert build_payload(point) == {
+        "path": "/a/y.jpg",
+        "paths": ["/a/y.jpg", "/b/x.jpg"],
+        "root": "/a",
+        "roots": ["/a", "/b"],
+        "relative_path": "y.jpg",
+        "label": "cat",
+        "files": [
+            {"path": "/a/y.jpg", "root": "/a", "relative_path": "y.jpg", "size": 10,
+             "mtime_ns": 2, "label": "cat"},
+            {"path": "/b/x.jpg", "root": "/b", "relative_path": "x.jpg", "size": 10,
+             "mtime_ns": 1, "label": None},
+        ],
+        "sha256": "f00",
+        "size": 10,
+    }  # fmt: skip
+
+
+def test_the_catalog_tracks_points_and_the_paths_that_own_them() -> None:
+    def entry(path: str, size: int = 10, mtime: int = 1) -> FileEntry:
+        return FileEntry(path, "/r", path.lstrip("/r"), size, mtime, None)
+
+    catalog = Catalog()
+    assert catalog.add_file("p1", entry("/r/a.jpg"), {"sha256": "1"}) is True
+    assert catalog.add_file("p1", entry("/r/b.jpg"), {"sha256": "ignored"}) is False
+    assert catalog.add_file("p2", entry("/r/c.jpg"), {"sha256": "2"}) is True
+    catalog.add_file("p3", entry("/r/a.jpg", mtime=2), {"sha256": "3"})  # an interrupted run
+    assert catalog.points["p1"].id == "p1"
+    assert catalog.points["p1"].content == {"sha256": "1"}
+    assert catalog.owners("/r/a.jpg") == {"p1", "p3"}
+    assert catalog.unchanged("/r/a.jpg", 10, 1) is None  # two owners: not trusted
+    assert catalog.unchanged("/r/c.jpg", 10, 1) == entry("/r/c.jpg")
+    assert catalog.unchanged("/r/c.jpg", 10, 2) is None  # same size, other mtime
+    assert catalog.unchanged("/r/c.jpg", 11, 1) is None  # same mtime, other size
+    assert catalog.remove_path("/r/a.jpg", keep="p3") == (["p1"], [])
+    assert catalog.owners("/r/a.jpg") == {"p3"}
+    assert sorted(catalog.points["p1"].files) == ["/r/b.jpg"]
+    assert catalog.remove_path("/r/a.jpg") == ([], ["p3"])
+    assert "p3" not in catalog.points
+    assert "/r/a.jpg" not in catalog.paths()
+    assert catalog.remove_path("/r/never.jpg") == ([], [])
+    catalog.add_file("p0", entry("/r/b.jpg"), {"sha256": "0"})  # sorts before p1, and kept
+    assert catalog.remove_path("/r/b.jpg", keep="p0") == ([], ["p1"])
+    assert catalog.owners("/r/b.jpg") == {"p0"}
+    assert sorted(catalog.paths()) == ["/r/b.jpg", "/r/c.jpg"]

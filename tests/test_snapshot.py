@@ -177,8 +177,12 @@ def test_restore_under_another_name(source: EdgeStore, archive: Path) -> None:
 
 def test_existing_collection_is_refused_without_replace(source: EdgeStore, archive: Path) -> None:
     source.delete("images", [make_records(1)[0].id])
-    with pytest.raises(CollectionExistsError, match="--replace"):
+    with pytest.raises(CollectionExistsError) as refused:
         source.snapshots.restore("images", archive)
+    assert refused.value.message == (
+        f"collection 'images' already exists in the {source.describe()}; pass --replace to "
+        "overwrite it with the snapshot, or restore under another --collection"
+    )
     assert source.count("images") == POINTS - 1
     assert leftovers(source.data_dir) == []
 
@@ -243,6 +247,36 @@ def test_a_crash_during_the_swap_leaves_the_old_or_the_new(
         assert reopened.count("images") == (POINTS - 10 if survivor == "old" else POINTS)
         if survivor == "old":
             assert contents(reopened, "images") == old
+
+
+def test_a_last_rename_that_fails_puts_the_old_collection_back(
+    source: EdgeStore, archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final rename (ready -> NAME) refused by the file system (a simulated OSError: none
+    can be provoked here as root): the old collection is moved back, the restored copy
+    removed, and the error says nothing was changed."""
+    source.delete("images", [r.id for r in make_records(10)])
+    old = contents(source, "images")
+    source.close()
+    real_rename = edge_module.os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if Path(src).name.endswith(edge_module.READY_SUFFIX) and Path(dst).name == "images":
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(edge_module.os, "rename", rename)
+    with pytest.raises(StoreError) as failed:
+        EdgeStore(source.data_dir).snapshots.restore("images", archive, replace=True)
+    monkeypatch.setattr(edge_module.os, "rename", real_rename)
+    target = source.data_dir / "images"
+    assert failed.value.message == (
+        f"cannot move the restored collection into {target} ([Errno 28] No space left on "
+        "device); nothing was changed"
+    )
+    assert leftovers(source.data_dir) == []
+    with EdgeStore(source.data_dir) as reopened:
+        assert contents(reopened, "images") == old
 
 
 @pytest.mark.parametrize(

@@ -176,7 +176,8 @@ def layer_id(name: str, layers: int) -> int:
 def parameter_groups(student: Network, layer_decay: float) -> list[dict[str, Any]]:
     """AdamW groups of the trainable parameters: a learning-rate scale that decays by
     ``layer_decay`` per block below the top (0.2 more for the patch embedding), and no weight
-    decay on biases, norms and tokens (1-d parameters), as in DINOv2."""
+    decay on biases, norms and tokens (1-d parameters), as in DINOv2, nor on the prototypes
+    (they are normalised before use, so decay would only shrink them towards zero)."""
     layers = int(student.config.num_hidden_layers)
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, parameter in student.named_parameters():
