@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import shutil
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -670,3 +672,56 @@ def test_a_snapshot_leaves_the_collection_as_it_found_it(source: EdgeStore, tmp_
         assert not store.is_held("images")  # it did not: it does not
         with EdgeStore(source.data_dir) as other:
             other.acquire("images")
+
+
+def copy_collection(store_dir: Path, name: str, to: str) -> None:
+    """A copy of a collection's directory under another name (what a restore leaves)."""
+    shutil.copytree(store_dir / name, store_dir / to)
+
+
+@pytest.mark.parametrize(
+    ("leftover", "target_exists", "expected", "warning"),
+    [
+        (".images.restore-ready", True, "old", "dropping"),  # never swapped in: dropped
+        (".images.restore-ready", False, "ready", "completing an interrupted restore of images"),
+        (".images.restore-old", True, "old", None),  # the swap finished: the old copy goes
+        (".images.restore-old", False, "aside", None),  # mid-swap: the old one comes back
+        (".restore-tmp-1234", True, "old", None),  # a staging area: removed
+    ],
+)
+def test_opening_the_store_resolves_each_kind_of_leftover(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    leftover: str,
+    target_exists: bool,
+    expected: str,
+    warning: str | None,
+) -> None:
+    """What a restore killed at any moment can leave, resolved in-process when the store is
+    opened (the SIGKILL tests reach the same states through real kills)."""
+    data = tmp_path / "data"
+    with EdgeStore(data) as store:
+        fill(store, count=12)
+        old = contents(store, "images")
+    with EdgeStore(tmp_path / "other") as other:
+        fill(other, count=20)
+        other.upsert("images", make_records(20, seed=3))
+        new = contents(other, "images")
+    if leftover.startswith(".restore-tmp-"):
+        (data / leftover / "collection").mkdir(parents=True)
+    elif expected == "ready" or (expected == "old" and "ready" in leftover):
+        shutil.copytree(tmp_path / "other" / "images", data / leftover)
+    else:
+        copy_collection(data, "images", leftover)
+    if not target_exists:
+        shutil.rmtree(data / "images")
+    caplog.set_level(logging.WARNING, logger="dinoseek.store.edge_snapshots")
+    with EdgeStore(data) as reopened:
+        assert leftovers(data) == []
+        assert not (data / leftover).exists()
+        assert contents(reopened, "images") == (new if expected == "ready" else old)
+    messages = [r.getMessage() for r in caplog.records]
+    if warning is None:
+        assert messages == []
+    else:
+        assert any(warning in m for m in messages), messages
