@@ -85,6 +85,13 @@ def share_cpu_with_workers(workers: int) -> int:
     return threads
 
 
+def use_cpu_threads(threads: int) -> int:
+    """Run torch's CPU operations on ``threads`` threads (a Ray actor is given one CPU by
+    Ray's accounting, and torch would follow its OMP_NUM_THREADS=1). Returns the count."""
+    torch.set_num_threads(max(1, threads))
+    return torch.get_num_threads()
+
+
 def bucket_for(size: int, buckets: Sequence[int]) -> int:
     """The smallest bucket that holds ``size`` images (the largest bucket if none does)."""
     for bucket in buckets:

@@ -30,6 +30,7 @@ from dinoseek.errors import StoreLockedError
 from dinoseek.runtime import ModelPolicy, Runtime
 from indexer.catalog import LabelSource, read_labels_csv
 from indexer.pipeline import IndexOptions, IndexSummary, index_folders
+from indexer.ray_engine import RayEngine, RayOptions, import_ray
 from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
 
 
@@ -97,6 +98,28 @@ from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
     "slightly different from Pillow's, within cosine 0.999 of it.",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this machine's processes. ray: decode tasks and embedding actors (one per "
+    "GPU) on a Ray cluster; every node must see FOLDERS at the same path (the ray extra).",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDRESS",
+    default=None,
+    help="Ray cluster for --engine ray: HOST:6379, ray://HOST:10001, auto (any cluster on "
+    "this machine) or local (a Ray instance started for this run) [default: RAY_ADDRESS, "
+    "else the cluster `ray start` began on this machine, else local].",
+)
+@click.option(
+    "--ray-actors",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Embedding actors with --engine ray [default: one per GPU of the cluster, else 1].",
+)
+@click.option(
     "--log-every",
     type=click.FloatRange(min=0.1),
     default=10.0,
@@ -123,6 +146,9 @@ def index(
     failures_report: Path | None,
     no_optimize: bool,
     gpu_decode: bool,
+    engine: str,
+    ray_address: str | None,
+    ray_actors: int | None,
     log_every: float,
     as_json: bool,
     quiet: bool,
@@ -136,6 +162,10 @@ def index(
     running the command again resumes where it stopped.
     """
     configure_logging(quiet=quiet)
+    if engine != "ray" and (ray_address or ray_actors):
+        raise click.UsageError("--ray-address and --ray-actors need --engine ray")
+    if engine == "ray":
+        import_ray()  # before the model loads: a missing extra is said at once
     settings = load_settings(batch_size=batch_size, **flags)
     labels = LabelSource(
         from_folders=labels_from_folders,
@@ -152,6 +182,9 @@ def index(
     except StoreLockedError as error:
         raise StoreLockedError(_index_locked_message(error), holder=error.holder) from None
     with runtime:
+        ray = None
+        if engine == "ray":
+            ray = RayEngine(RayOptions(ray_address, ray_actors), model_loader(), settings)
         options = IndexOptions(
             roots=tuple(Path(os.path.abspath(f)) for f in folders),
             collection=settings.collection,
@@ -174,6 +207,7 @@ def index(
             progress="off" if quiet else "auto",
             progress_interval_s=log_every,
             gpu_decode=gpu_decode,
+            ray=ray,
         )
         with graceful_stop() as stop:
             summary = index_folders(runtime.require_embedder(), runtime.store, options, stop=stop)

@@ -35,9 +35,10 @@ from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload
 from indexer.decode import DecodePool, GpuDecodeStage
 from indexer.progress import Progress
+from indexer.ray_engine import RETRIED_NEXT_RUN, EmbedJob, RayEngine, RayStage
 from indexer.report import FailureRecord, load_failures, write_failures
 from indexer.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
-from indexer.workers import FailedFile, PreparedFile, WorkerConfig
+from indexer.workers import FailedFile, PreparedFile, WorkerConfig, prepare_file
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class IndexOptions:
     progress: str = "auto"  # bar, log, off or auto
     progress_interval_s: float = 10.0
     gpu_decode: bool = False  # decode JPEGs with nvJPEG (CUDA only; see dinoseek.gpu_decode)
+    ray: RayEngine | None = None  # decode and embed on a Ray cluster (indexer.ray_engine)
 
 
 @dataclass
@@ -205,10 +207,13 @@ class StoreWriter:
 
 @dataclass
 class _Pending:
-    """A new point waiting for its batch to be embedded."""
+    """A new point waiting for its batch to be embedded (or only written: the Ray engine
+    brings its ``vector``; it brings neither for content it expected to be stored already)."""
 
     point_id: str
-    pixels: Pixels
+    path: str
+    pixels: Pixels | None = None
+    vector: np.ndarray | None = None
 
 
 class IndexRun:
@@ -358,7 +363,7 @@ class IndexRun:
 
     def _process(self, files: list[ScannedFile]) -> None:
         options = self.options
-        pool = self._decode_stage()
+        pool = self._decode_stage(files)
         progress = Progress(
             len(files),
             description="indexing",
@@ -369,7 +374,9 @@ class IndexRun:
             for file, result in pool.results(files, self.stop):
                 if isinstance(result, FailedFile):
                     self._forget_path(str(file.path))
-                    self._record_failure(result.path, result.code, result.message, file)
+                    retried = result.code in RETRIED_NEXT_RUN  # so not recorded with a stat
+                    stat = None if retried else file
+                    self._record_failure(result.path, result.code, result.message, stat)
                 else:
                     self._accept(file, result)
                 if len(self._batch) >= options.batch_size:
@@ -383,14 +390,11 @@ class IndexRun:
             pool.close()
             progress.close()
 
-    def _decode_stage(self) -> DecodePool | GpuDecodeStage:
+    def _decode_stage(self, files: list[ScannedFile]) -> DecodePool | GpuDecodeStage | RayStage:
         options = self.options
-        config = WorkerConfig(
-            self.embedder.preprocessing,
-            options.max_image_pixels,
-            max_file_bytes=options.max_file_bytes,
-            decode_timeout_s=options.decode_timeout_s,
-        )
+        config = self._worker_config()
+        if options.ray is not None:
+            return self._ray_stage(options.ray, config, files)
         if options.gpu_decode:
             from dinoseek.gpu_decode import GpuJpegDecoder  # torch, only when asked for
 
@@ -401,6 +405,38 @@ class IndexRun:
             self.summary.warnings.append("--gpu-decode unavailable here; decoded on the CPU")
         window = max(2 * options.batch_size, 4 * options.workers)
         return DecodePool(config, options.workers, window)
+
+    def _worker_config(self) -> WorkerConfig:
+        options = self.options
+        return WorkerConfig(
+            self.embedder.preprocessing,
+            options.max_image_pixels,
+            max_file_bytes=options.max_file_bytes,
+            decode_timeout_s=options.decode_timeout_s,
+        )
+
+    def _ray_stage(
+        self, engine: RayEngine, config: WorkerConfig, files: list[ScannedFile]
+    ) -> RayStage:
+        job = EmbedJob(
+            loader=engine.loader,
+            settings=engine.settings,
+            model_id=self.embedder.model_id,
+            write_to_server=engine.settings.qdrant_url is not None,
+            collection=self.options.collection,
+            cpu_threads=engine.options.cpu_threads,
+        )
+        labels = {
+            str(f.path): self.options.labels.label_for(str(f.path), f.relative_path) for f in files
+        }
+        return RayStage(
+            engine.options,
+            job,
+            config,
+            known_ids=frozenset(self.catalog.points),
+            labels=labels,
+            batch_size=self.options.batch_size,
+        )
 
     def _accept(self, file: ScannedFile, prepared: PreparedFile) -> None:
         path = str(file.path)
@@ -422,12 +458,16 @@ class IndexRun:
             "height": prepared.height,
             "format": prepared.format,
             "model_id": self.embedder.model_id,
-            "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "indexed_at": prepared.indexed_at
+            or datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         self.failures.pop(path, None)
         if self.catalog.add_file(point_id, entry, content):
-            assert prepared.pixels is not None, "the decode stage delivers pixels"
-            self._batch.append(_Pending(point_id, prepared.pixels))
+            if prepared.written:  # a Ray actor wrote this very payload to the server
+                self.summary.embedded += 1
+                self._embedded_ids.add(point_id)
+                return
+            self._batch.append(_Pending(point_id, path, prepared.pixels, prepared.vector))
             return
         if already_listed:
             self.summary.unchanged += 1  # touched, same content: only the mtime is refreshed
@@ -462,15 +502,33 @@ class IndexRun:
 
     def _embed(self, batch: list[_Pending]) -> list[tuple[_Pending, np.ndarray]]:
         """Embed a batch; images that cannot be embedded are reported, not fatal (the
-        embedder splits a batch that runs out of memory)."""
-        vectors = self.embedder.embed_each(self.embedder.stack([p.pixels for p in batch]))
-        embedded = []
-        for pending, vector in zip(batch, vectors, strict=True):
+        embedder splits a batch that runs out of memory). Vectors already made are kept."""
+        done = [(p, p.vector) for p in batch if p.vector is not None]
+        todo = [p for p in batch if p.vector is None and self._has_pixels(p)]
+        if not todo:
+            return done
+        vectors = self.embedder.embed_each(self.embedder.stack([p.pixels for p in todo]))
+        for pending, vector in zip(todo, vectors, strict=True):
             if isinstance(vector, EmbeddingError):
                 self._fail_point(pending.point_id, vector.code, vector.message)
             else:
-                embedded.append((pending, vector))
-        return embedded
+                done.append((pending, vector))
+        return done
+
+    def _has_pixels(self, pending: _Pending) -> bool:
+        """Read a file again here when its content was not expected to be new (the Ray
+        engine skips embedding content the collection held when the run started)."""
+        if pending.pixels is not None:
+            return True
+        prepared = prepare_file(pending.path, self._worker_config())
+        if isinstance(prepared, FailedFile) or prepared.pixels is None:
+            failed = prepared if isinstance(prepared, FailedFile) else None
+            message = failed.message if failed else "could not be read again"
+            message = message.removeprefix(f"{pending.path}: ")
+            self._fail_point(pending.point_id, failed.code if failed else "decode_error", message)
+            return False
+        pending.pixels = prepared.pixels
+        return True
 
     def _report_rejected(self, rejected: list[tuple[str, str]]) -> None:
         """Points the store refused: their files are reported, and not counted as embedded."""

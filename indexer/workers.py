@@ -44,7 +44,9 @@ class WorkerConfig:
 class PreparedFile:
     """A decoded file: its identity, facts for the payload, and the model-ready pixels
     (uint8, H x W x 3): a numpy array, a tensor already on the model's device (GPU
-    decoding), or a shared-memory ``slot`` (between a worker and the parent)."""
+    decoding), or a shared-memory ``slot`` (between a worker and the parent). The Ray engine
+    delivers the ``vector`` instead, or none when an actor has ``written`` the point itself
+    (then ``indexed_at`` is the time it wrote in the payload)."""
 
     path: str
     size: int
@@ -55,6 +57,9 @@ class PreparedFile:
     format: str
     pixels: Pixels | None = None
     slot: int | None = None
+    vector: np.ndarray | None = None
+    written: bool = False
+    indexed_at: str | None = None
 
 
 @dataclass(frozen=True)

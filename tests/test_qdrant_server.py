@@ -36,7 +36,7 @@ def collection() -> Iterator[str]:
     from qdrant_client import QdrantClient
 
     client = QdrantClient(url=SERVER)
-    for leftover in (name, f"{name}-copy"):
+    for leftover in (name, f"{name}-copy", f"{name}-ray"):
         if client.collection_exists(leftover):
             client.delete_collection(leftover)
     client.close()
@@ -65,3 +65,42 @@ def test_index_search_snapshot_and_restore_on_a_server(collection: str, tmp_path
     assert json.loads(again.stdout)["results"][0]["path"] == str(paths[2])
     replaced = invoke("snapshot", "restore", archive, "--replace", *server)
     assert replaced.exit_code == 0, replaced.output
+
+
+@pytest.mark.ray
+def test_ray_actors_write_to_the_server_what_the_local_engine_writes(
+    collection: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a server, the embedding actors upsert their points themselves and the driver
+    only merges duplicates: the same points as the local engine (qdrant-client's in-process
+    mode cannot stand in here: it belongs to one process, and the actors are others)."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    from qdrant_client import QdrantClient
+
+    from tests.ray_support import ray_env
+
+    for key, value in ray_env().items():
+        monkeypatch.setenv(key, value)
+    photos = tmp_path / "photos"
+    paths = write_tree(photos, per_class=4)
+    (photos / "cats" / "copy.jpg").write_bytes(paths[5].read_bytes())
+    common = ("--model", "fake/dinov2", "--labels-from-folders", "--qdrant-url", str(SERVER))
+    local = invoke("index", photos, *common, "-c", collection)
+    assert local.exit_code == 0, local.output
+    distributed = invoke(
+        "index", photos, *common, "-c", f"{collection}-ray", "--engine", "ray",
+        "--ray-address", "local", "--json",
+    )  # fmt: skip
+    assert distributed.exit_code == 0, distributed.output
+    assert json.loads(distributed.stdout)["duplicates"] == 1
+    client = QdrantClient(url=SERVER)
+
+    def points(name: str) -> dict[str, dict[str, object]]:
+        found, _ = client.scroll(name, limit=1000, with_payload=True)
+        return {
+            str(p.id): {k: v for k, v in (p.payload or {}).items() if k != "indexed_at"}
+            for p in found
+        }
+
+    assert points(f"{collection}-ray") == points(collection)
+    client.close()
