@@ -40,8 +40,10 @@ RUN case "$TORCH_VARIANT" in \
 
 # Layer 2: every other dependency, read from pyproject.toml alone, so that editing the source
 # does not reinstall them. The torch requirement there is already satisfied by layer 1.
+# EXTRAS: the optional dependencies too, comma-separated (docker-compose.ray.yml adds ray).
+ARG EXTRAS=gpu
 COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu']))" \
+RUN python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extras = [r for e in sys.argv[1].split(',') for r in p['optional-dependencies'][e]]; print('\n'.join(p['dependencies'] + extras))" "$EXTRAS" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 

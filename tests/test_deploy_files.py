@@ -44,7 +44,8 @@ BASE = "docker-compose.yml"
 CPU = "docker-compose.cpu.yml"
 CLUSTER = "docker-compose.cluster.yml"
 LB = "docker-compose.lb.yml"
-COMPOSE_FILES = (BASE, CPU, CLUSTER, LB)
+RAY = "docker-compose.ray.yml"
+COMPOSE_FILES = (BASE, CPU, CLUSTER, LB, RAY)
 # The combinations README.md documents, each as compose would stack them.
 STACKS = {
     "gpu": (BASE,),
@@ -53,9 +54,11 @@ STACKS = {
     "cpu+cluster": (BASE, CPU, CLUSTER),
     "lb": (BASE, LB),
     "cpu+cluster+lb": (BASE, CPU, CLUSTER, LB),
+    "ray": (BASE, RAY),
+    "cluster+ray": (BASE, CLUSTER, RAY),
 }
 # What a user sets in .env at the least.
-USER_ENV = {"IMAGES_DIR": "/srv/photos"}
+USER_ENV = {"IMAGES_DIR": "/srv/photos", "RAY_AUTH_TOKEN": "secret"}
 APPS = ("search-api", "indexer")
 SMOKE = ROOT / "scripts" / "compose-smoke.sh"
 NGINX_CONF = ROOT / "deploy" / "nginx-search-lb.conf"
@@ -368,9 +371,12 @@ def test_apps_share_one_image_and_one_configuration(stack_name: str) -> None:
     assert api["image"] == indexer["image"]
     assert api["build"] == indexer["build"]
     assert (ROOT / api["build"]["context"] / api["build"].get("dockerfile", "Dockerfile")).is_file()
-    # The indexer writes what the API reads: same model, collection and Qdrant.
+    # The indexer writes what the API reads: same model, collection and Qdrant. Under Ray
+    # the indexer is the driver and loads the model on its CPU (the actors use the GPUs).
+    own = {"DINOSEEK_DEVICE"} if RAY in STACKS[stack_name] else set()
     for key, value in environment(indexer).items():
-        assert environment(api).get(key, value) == value, f"{stack_name}: {key} differs"
+        if key not in own:
+            assert environment(api).get(key, value) == value, f"{stack_name}: {key} differs"
 
 
 @pytest.mark.parametrize("stack_name", STACKS)
@@ -516,6 +522,43 @@ def test_cluster_overlay_points_the_apps_at_node_1_with_sharding(stack_name: str
             values["DINOSEEK_QDRANT_WRITE_CONSISTENCY"]
             <= values["DINOSEEK_QDRANT_REPLICATION_FACTOR"]
         )
+
+
+# -- compose: the Ray overlay ---------------------------------------------------------------
+
+
+def test_ray_overlay_runs_a_head_gpu_workers_and_the_indexer_as_driver() -> None:
+    config = services(stack(BASE, RAY))
+    head, worker, indexer = config["ray-head"], config["ray-worker"], config["indexer"]
+    images = {config[name]["image"] for name in ("ray-head", "ray-worker", "indexer", "search-api")}
+    assert images == {"dinoseek:cuda-ray"}, "one image: Ray's version must match everywhere"
+    assert "ray" in head["build"]["args"]["EXTRAS"].split(",")
+    assert head["command"][:3] == ["ray", "start", "--head"]
+    assert "--num-gpus=0" in head["command"]
+    assert "--address=ray-head:6379" in worker["command"]
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["count"] == "all"
+    assert "deploy" not in indexer, "the driver reserves no GPU"
+    assert indexer["command"][-2:] == ["--engine", "ray"]
+    assert environment(indexer)["RAY_ADDRESS"] == "ray-head:6379"
+    # The GCS port is never published; the dashboard only on this host.
+    assert head["ports"] == ["127.0.0.1:8265:8265"]
+    for name in ("ray-head", "ray-worker", "indexer"):
+        env = environment(config[name])
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert env["RAY_AUTH_TOKEN"] == USER_ENV["RAY_AUTH_TOKEN"], name
+
+
+def test_ray_workers_see_the_images_where_the_driver_does() -> None:
+    config = services(stack(BASE, RAY))
+    worker_mounts = [m for m in mounts(config["ray-worker"]) if m.get("target") == "/images"]
+    driver_mounts = [m for m in mounts(config["indexer"]) if m.get("target") == "/images"]
+    assert worker_mounts == driver_mounts
+    assert worker_mounts[0]["read_only"] is True
+
+
+def test_ray_overlay_needs_the_auth_token() -> None:
+    with pytest.raises(MissingVariableError, match="RAY_AUTH_TOKEN"):
+        stack(BASE, RAY, env={"IMAGES_DIR": "/srv/photos"})
 
 
 # -- compose: the load-balancer overlay -----------------------------------------------------
@@ -800,12 +843,21 @@ def test_dockerfile_dependency_list_reads_pyproject(tmp_path: Path) -> None:
     [run] = [a for k, a in builder if k == "RUN" and "tomllib" in a]
     code = shlex.split(run)[2]
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    output = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
-    ).stdout.split()
+    assert "ARG EXTRAS=gpu" in (ROOT / "Dockerfile").read_text()
+
+    def requirements(extras: str) -> list[str]:
+        return subprocess.run(
+            [sys.executable, "-c", code, extras],
+            cwd=tmp_path, capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+
+    output = requirements("gpu")
     assert any(line.startswith("transformers") for line in output)
     assert any(line.startswith("torchvision") for line in output)
     assert any(line.startswith("qdrant-client") for line in output)
+    assert not any(line.startswith("ray") for line in output)
+    with_ray = requirements("gpu,ray")
+    assert set(with_ray) == set(output) | {"ray[data]>=2.52"}
 
 
 def test_dockerfile_chooses_cuda_or_cpu_torch() -> None:
