@@ -21,6 +21,7 @@ COLLECTION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DeviceName = Literal["auto", "cpu", "cuda"]
 CompileMode = Literal["off", "default", "max-autotune", "reduce-overhead"]
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+QuantizationName = Literal["none", "int8"]
 
 
 def validate_collection_name(name: str, *, kind: str = "collection") -> str:
@@ -116,6 +117,20 @@ class Settings(BaseSettings):
     )
     qdrant_write_consistency: int | None = Field(
         None, gt=0, description="replicas that must acknowledge a write (cluster)"
+    )
+    hnsw_m: int = Field(
+        16, ge=4, le=128, description="HNSW links per vector of a new collection (recall, memory)"
+    )
+    hnsw_ef_construct: int = Field(
+        100, ge=4, le=4096, description="HNSW build candidates of a new collection (recall, time)"
+    )
+    hnsw_ef: int = Field(
+        256, ge=1, le=4096, description="HNSW candidates per search (recall, latency)"
+    )
+    quantization: QuantizationName = Field(
+        "none",
+        description="int8: a new collection searches int8 copies of its vectors in memory, "
+        "then rescores with the originals",
     )
 
     @field_validator("collection")

@@ -98,6 +98,27 @@ from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
     "slightly different from Pillow's, within cosine 0.999 of it.",
 )
 @click.option(
+    "--quantization",
+    type=click.Choice(["none", "int8"]),
+    default=None,
+    help="int8: search int8 copies of the vectors in memory, rescored with the originals "
+    "(a quarter of the memory; recall reported by bench/scale.py). For a new collection "
+    "[default: DINOSEEK_QUANTIZATION, else none].",
+)
+@click.option(
+    "--hnsw-m",
+    type=click.IntRange(4, 128),
+    default=None,
+    help="HNSW links per vector, for a new collection [default: DINOSEEK_HNSW_M, else 16].",
+)
+@click.option(
+    "--hnsw-ef-construct",
+    type=click.IntRange(4, 4096),
+    default=None,
+    help="HNSW build candidates, for a new collection [default: DINOSEEK_HNSW_EF_CONSTRUCT, "
+    "else 100].",
+)
+@click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -146,6 +167,9 @@ def index(
     failures_report: Path | None,
     no_optimize: bool,
     gpu_decode: bool,
+    quantization: str | None,
+    hnsw_m: int | None,
+    hnsw_ef_construct: int | None,
     engine: str,
     ray_address: str | None,
     ray_actors: int | None,
@@ -166,7 +190,13 @@ def index(
         raise click.UsageError("--ray-address and --ray-actors need --engine ray")
     if engine == "ray":
         import_ray()  # before the model loads: a missing extra is said at once
-    settings = load_settings(batch_size=batch_size, **flags)
+    settings = load_settings(
+        batch_size=batch_size,
+        quantization=quantization,
+        hnsw_m=hnsw_m,
+        hnsw_ef_construct=hnsw_ef_construct,
+        **flags,
+    )
     labels = LabelSource(
         from_folders=labels_from_folders,
         mapping=read_labels_csv(labels_csv) if labels_csv else {},
@@ -181,7 +211,14 @@ def index(
         )
     except StoreLockedError as error:
         raise StoreLockedError(_index_locked_message(error), holder=error.holder) from None
+    given = {
+        "--quantization": quantization,
+        "--hnsw-m": hnsw_m,
+        "--hnsw-ef-construct": hnsw_ef_construct,
+    }
+    index_flags = [flag for flag, value in given.items() if value is not None]
     with runtime:
+        existed = settings.collection in runtime.store.list_collections()
         ray = None
         if engine == "ray":
             ray = RayEngine(RayOptions(ray_address, ray_actors), model_loader(), settings)
@@ -215,6 +252,11 @@ def index(
         click.echo(json.dumps(summary.to_dict()))
     elif not quiet or summary.failed:
         click.echo(render_summary(summary))
+    if existed and index_flags:
+        summary.warnings.append(
+            f"{' and '.join(index_flags)} apply to a new collection; {settings.collection!r} "
+            "keeps the index it was created with (index into a new collection to change it)"
+        )
     for warning in summary.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     if summary.interrupted:

@@ -24,9 +24,10 @@ def test_scale_quick_measures_the_store_and_the_rerun(bench_cache: Path, tmp_pat
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     document = json.loads((tmp_path / "scale.json").read_text())
-    ours, baseline = document["vectors"]
-    assert ours["points"] == baseline["points"] == 3000
-    for row in (ours, baseline):
+    ours, int8, baseline = document["vectors"]
+    assert ours["points"] == int8["points"] == baseline["points"] == 3000
+    assert int8["path"] == "dinoseek store (int8)"
+    for row in (ours, int8, baseline):
         assert row["recall_all"] > 0.9  # exact at this size: the comparison itself works
         assert row["recall_label"] > 0.9
         assert row["p50_label_ms"] > 0

@@ -104,3 +104,22 @@ def test_ray_actors_write_to_the_server_what_the_local_engine_writes(
 
     assert points(f"{collection}-ray") == points(collection)
     client.close()
+
+
+def test_a_collection_created_with_int8_and_hnsw_settings_on_a_server(
+    collection: str, tmp_path: Path
+) -> None:
+    from qdrant_client import QdrantClient
+
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=2)
+    indexed = invoke(
+        "index", photos, "--model", "fake/dinov2", "--qdrant-url", str(SERVER), "-c",
+        collection, "--quantization", "int8", "--hnsw-m", "24",
+    )  # fmt: skip
+    assert indexed.exit_code == 0, indexed.output
+    client = QdrantClient(url=SERVER)
+    config = client.get_collection(collection).config
+    client.close()
+    assert config.hnsw_config.m == 24
+    assert config.quantization_config is not None

@@ -25,6 +25,7 @@ from dinoseek.store.records import (
     SnapshotInfo,
     StoredPoint,
     StoredProbe,
+    VectorIndex,
     point_id_for_sha256,
     validate_point_id,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "SnapshotStore",
     "StoredPoint",
     "StoredProbe",
+    "VectorIndex",
     "VectorStore",
     "collection_statuses",
     "open_store",
@@ -70,8 +72,16 @@ def open_store(settings: Settings, *, owner: Mapping[str, Any] | None = None) ->
             shard_number=settings.qdrant_shards,
             replication_factor=settings.qdrant_replication_factor,
             write_consistency_factor=settings.qdrant_write_consistency,
+            index=vector_index(settings),
         )
-    return EdgeStore(settings.data_dir, owner=owner)
+    return EdgeStore(settings.data_dir, owner=owner, index=vector_index(settings))
+
+
+def vector_index(settings: Settings) -> VectorIndex:
+    """How the settings say a new collection indexes its vectors."""
+    return VectorIndex(
+        settings.hnsw_m, settings.hnsw_ef_construct, settings.quantization, settings.hnsw_ef
+    )
 
 
 def collection_statuses(store: VectorStore) -> list[CollectionStatus]:

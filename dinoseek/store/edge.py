@@ -17,6 +17,7 @@ collection this process has not acquired opens it only for that read.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -39,12 +40,14 @@ from dinoseek.store.edge_shards import SHARD_DIR, open_or_create_shard
 from dinoseek.store.edge_snapshots import EdgeSnapshots
 from dinoseek.store.files import write_json_atomic
 from dinoseek.store.records import (
+    QUANTIZATION_OVERSAMPLING,
     CollectionInfo,
     FilterValue,
     PointRecord,
     SearchHit,
     SearchQuery,
     StoredPoint,
+    VectorIndex,
 )
 
 log = logging.getLogger(__name__)
@@ -62,10 +65,18 @@ class _Held:
 class EdgeStore:
     """``VectorStore`` on Qdrant Edge."""
 
-    def __init__(self, data_dir: Path, *, owner: Mapping[str, Any] | None = None) -> None:
-        """``owner`` is written into each lock file (e.g. the server's URL) for other processes."""
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        owner: Mapping[str, Any] | None = None,
+        index: VectorIndex | None = None,
+    ) -> None:
+        """``owner`` is written into each lock file (e.g. the server's URL) for other processes;
+        ``index`` is how collections created here index their vectors."""
         self.data_dir = Path(data_dir)
         self.owner = dict(owner or {})
+        self.index = index or VectorIndex()
         self._held: dict[str, _Held] = {}
         self._guard = threading.RLock()
         self._probes = EdgeProbes(self.data_dir, self.not_found_message)
@@ -147,7 +158,7 @@ class EdgeStore:
                     space.check_compatible(self.collection_space(name), name)
                 else:
                     write_json_atomic(metadata_path, space.to_metadata())
-                shard = open_or_create_shard(directory / SHARD_DIR, space)
+                shard = open_or_create_shard(directory / SHARD_DIR, space, self.index)
             except BaseException:
                 release(lock_file)
                 raise
@@ -235,7 +246,7 @@ class EdgeStore:
         shard = self._shard(name)
         if not queries:
             return []
-        batch = qe.QueryBatchRequest([_query_request(q) for q in queries])
+        batch = qe.QueryBatchRequest([_query_request(q, self.index.hnsw_ef) for q in queries])
         return [[_hit(h) for h in hits] for hits in shard.query_batch(batch)]
 
     def scroll(
@@ -407,7 +418,7 @@ def _filter(
     return qe.Filter(must=must or None, must_not=must_not or None)
 
 
-def _query_request(query: SearchQuery) -> qe.QueryRequest:
+def _query_request(query: SearchQuery, hnsw_ef: int) -> qe.QueryRequest:
     return qe.QueryRequest(
         limit=query.top_k,
         offset=query.offset,
@@ -416,6 +427,19 @@ def _query_request(query: SearchQuery) -> qe.QueryRequest:
         score_threshold=query.score_threshold,
         with_payload=True,
         with_vector=False,
+        params=_search_params(hnsw_ef),
+    )
+
+
+@functools.cache
+def _search_params(hnsw_ef: int) -> qe.SearchParams:
+    """``hnsw_ef`` candidates per query; a quantized collection's candidates are rescored with
+    the original vectors (ignored by a collection without quantization)."""
+    return qe.SearchParams(
+        hnsw_ef=hnsw_ef,
+        quantization=qe.QuantizationSearchParams(
+            rescore=True, oversampling=QUANTIZATION_OVERSAMPLING
+        ),
     )
 
 

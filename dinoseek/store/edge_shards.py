@@ -9,14 +9,17 @@ import qdrant_edge as qe
 
 from dinoseek.errors import StoreError, StoreLockedError
 from dinoseek.space import EmbeddingSpace
-from dinoseek.store.records import INDEXED_FIELDS
+from dinoseek.store.records import INDEXED_FIELDS, VectorIndex
 
 SHARD_DIR = "shard"
 
 
-def open_or_create_shard(path: Path, space: EmbeddingSpace) -> qe.EdgeShard:
-    """Open the shard at ``path``, or create it (with its payload indexes) for ``space``."""
-    config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=space.dim, distance=qe.Distance.Cosine))
+def open_or_create_shard(
+    path: Path, space: EmbeddingSpace, index: VectorIndex | None = None
+) -> qe.EdgeShard:
+    """Open the shard at ``path``, or create it (with its payload indexes) for ``space``,
+    indexed as ``index`` says (an existing shard keeps its own configuration)."""
+    config = qe.EdgeConfig(vectors=vector_params(space, index or VectorIndex()))
     try:
         if (path / "edge_config.json").exists():
             return qe.EdgeShard.load(str(path))
@@ -36,6 +39,26 @@ def open_or_create_shard(path: Path, space: EmbeddingSpace) -> qe.EdgeShard:
                 f"the shard at {path} is open in another process (Qdrant Edge: {exc})"
             ) from None
         raise StoreError(f"cannot open the shard at {path}: {exc}") from None
+
+
+def vector_params(space: EmbeddingSpace, index: VectorIndex) -> qe.EdgeVectorParams:
+    """Cosine vectors of ``space``'s size, with ``index``'s HNSW and quantization."""
+    hnsw = None
+    if not index.is_default:
+        hnsw = qe.HnswIndexConfig(
+            m=index.hnsw_m, ef_construct=index.hnsw_ef_construct, full_scan_threshold=10_000
+        )
+    quantization = None
+    if index.quantization == "int8":
+        quantization = qe.ScalarQuantizationConfig(
+            type=qe.ScalarType.Int8, quantile=0.99, always_ram=True
+        )
+    return qe.EdgeVectorParams(
+        size=space.dim,
+        distance=qe.Distance.Cosine,
+        hnsw_config=hnsw,
+        quantization_config=quantization,
+    )
 
 
 def count_points(path: Path) -> int:

@@ -85,6 +85,43 @@ class SearchQuery:
     exclude: Mapping[str, FilterValue] = field(default_factory=dict)
 
 
+QUANTIZATIONS = ("none", "int8")
+QUANTIZATION_OVERSAMPLING = 2.0  # candidates fetched per result before rescoring
+
+
+@dataclass(frozen=True)
+class VectorIndex:
+    """How collections index their vectors, and how searches walk the index.
+
+    At creation (a collection keeps its own afterwards): ``hnsw_m`` (links per node) and
+    ``hnsw_ef_construct`` (the candidate list while building) trade build time and memory for
+    recall, Qdrant's defaults being 16 and 100; ``quantization="int8"`` keeps a
+    scalar-quantized copy of every vector in memory for the search, whose candidates are then
+    rescored with the original vectors. At search time, on every collection: ``hnsw_ef``, the
+    candidate list of a query (more: better recall, slower).
+    """
+
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 100
+    quantization: str = "none"
+    hnsw_ef: int = 256
+
+    def __post_init__(self) -> None:
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantization must be one of {QUANTIZATIONS}, not {self.quantization!r}"
+            )
+        if not 4 <= self.hnsw_m <= 128 or not 4 <= self.hnsw_ef_construct <= 4096:
+            raise ValueError("hnsw_m must be within 4-128 and hnsw_ef_construct within 4-4096")
+        if not 1 <= self.hnsw_ef <= 4096:
+            raise ValueError("hnsw_ef must be within 1-4096")
+
+    @property
+    def is_default(self) -> bool:
+        """Created with Qdrant's own HNSW defaults (no explicit configuration)."""
+        return (self.hnsw_m, self.hnsw_ef_construct) == (16, 100)
+
+
 @dataclass(frozen=True)
 class CollectionInfo:
     """What ``info`` shows about a collection."""

@@ -36,12 +36,14 @@ from dinoseek.space import EmbeddingSpace
 from dinoseek.store.qdrant_rest import QdrantRest
 from dinoseek.store.records import (
     INDEXED_FIELDS,
+    QUANTIZATION_OVERSAMPLING,
     CollectionInfo,
     FilterValue,
     PointRecord,
     SearchHit,
     SearchQuery,
     StoredPoint,
+    VectorIndex,
 )
 from dinoseek.store.server_calls import RETRY_DELAYS_S, QdrantCalls
 from dinoseek.store.server_probes import ServerProbes
@@ -65,9 +67,13 @@ class ServerStore:
         write_consistency_factor: int | None = None,
         retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
         rest: QdrantRest | None = None,
+        index: VectorIndex | None = None,
     ) -> None:
-        """``rest`` overrides the snapshot endpoints derived from ``client`` (tests)."""
+        """``rest`` overrides the snapshot endpoints derived from ``client`` (tests);
+        ``index`` is how collections created here index their vectors."""
         self.client = client
+        self.index = index or VectorIndex()
+        self._search_params = _search_params(self.index)
         self._description = description
         self.shard_number = shard_number
         self.replication_factor = replication_factor
@@ -150,6 +156,8 @@ class ServerStore:
                     vectors_config=models.VectorParams(
                         size=space.dim, distance=models.Distance.COSINE
                     ),
+                    hnsw_config=_hnsw_config(self.index),
+                    quantization_config=_quantization_config(self.index),
                     shard_number=self.shard_number,
                     replication_factor=self.replication_factor,
                     write_consistency_factor=self.write_consistency_factor,
@@ -264,6 +272,7 @@ class ServerStore:
                 filter=_filter(q.filters, q.exclude_ids, q.exclude),
                 score_threshold=q.score_threshold,
                 with_payload=True,
+                params=self._search_params,
             )
             for q in queries
         ]
@@ -391,3 +400,30 @@ def _stored_point(point_id: Any, payload: Any, vector: Any) -> StoredPoint:
     if isinstance(vector, list):
         array = np.asarray(vector, dtype=np.float32)
     return StoredPoint(id=str(point_id), payload=dict(payload or {}), vector=array)
+
+
+def _hnsw_config(index: VectorIndex) -> models.HnswConfigDiff | None:
+    if index.is_default:
+        return None
+    return models.HnswConfigDiff(m=index.hnsw_m, ef_construct=index.hnsw_ef_construct)
+
+
+def _quantization_config(index: VectorIndex) -> models.ScalarQuantization | None:
+    if index.quantization != "int8":
+        return None
+    return models.ScalarQuantization(
+        scalar=models.ScalarQuantizationConfig(
+            type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+        )
+    )
+
+
+def _search_params(index: VectorIndex) -> models.SearchParams:
+    """``hnsw_ef`` candidates per query; a quantized collection's candidates are rescored with
+    the original vectors (ignored by a collection without quantization)."""
+    return models.SearchParams(
+        hnsw_ef=index.hnsw_ef,
+        quantization=models.QuantizationSearchParams(
+            rescore=True, oversampling=QUANTIZATION_OVERSAMPLING
+        ),
+    )
