@@ -89,6 +89,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mib() -> float:
+    """This process's resident memory now."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def disk_mib(path: Path) -> float:
     """Bytes used under ``path`` (allocated blocks), in MiB."""
     total = 0
@@ -108,7 +114,7 @@ def percentiles(times_ms: list[float]) -> tuple[float, float]:
 # -- part 1: vectors ----------------------------------------------------------------------------
 
 
-def open_store(directory: Path, quantization: str = "none") -> VectorStore:
+def dinoseek_store(directory: Path, quantization: str = "none") -> VectorStore:
     """dinoseek's embedded store, opened by the runtime as every command does."""
     settings = Settings(data_dir=directory, collection=COLLECTION, quantization=quantization)
     return Runtime.open(settings, collection="none", model=False).store
@@ -120,7 +126,9 @@ def run_dinoseek(
     """dinoseek's store: batched upserts, the index build, single queries."""
     ids = [str(uuid.UUID(int=i + 1)) for i in range(len(data))]
     space = EmbeddingSpace("bench/clustered", data.shape[1], {}, tuple(float(v) for v in data[0]))
-    with open_store(directory, quantization) as store:
+    meter = common.CpuMeter()
+    before = rss_mib()
+    with dinoseek_store(directory, quantization) as store:
         store.ensure_collection(COLLECTION, space)
         started = time.perf_counter()
         for start in range(0, len(data), BATCH):
@@ -143,6 +151,7 @@ def run_dinoseek(
             return [uuid.UUID(hit.id).int - 1 for hit in hits]
 
         measured = measure_queries(search, data, labels, queries)
+        measured["store_rss_mib"] = rss_mib() - before
     return {
         "path": "dinoseek store" + (f" ({quantization})" if quantization != "none" else ""),
         "points": len(data),
@@ -152,6 +161,7 @@ def run_dinoseek(
         "indexed_s": upsert_s + optimize_s,
         **measured,
         "disk_mib": disk_mib(directory),
+        "other_cores": meter.other_cores(),
     }
 
 
@@ -161,6 +171,8 @@ def run_baseline(
     """The plain script on Qdrant Edge: default configuration, no payload index."""
     import qdrant_edge as qe
 
+    meter = common.CpuMeter()
+    before = rss_mib()
     shard = qe.EdgeShard.create(
         str(directory),
         qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=data.shape[1], distance=qe.Distance.Cosine)),
@@ -190,6 +202,7 @@ def run_baseline(
         return [int(point.id) - 1 for point in shard.query(request)]
 
     measured = measure_queries(search, data, labels, queries)
+    measured["store_rss_mib"] = rss_mib() - before
     shard.close()
     return {
         "path": "baseline: plain Qdrant Edge",
@@ -200,6 +213,7 @@ def run_baseline(
         "indexed_s": upsert_s + optimize_s,
         **measured,
         "disk_mib": disk_mib(directory),
+        "other_cores": meter.other_cores(),
     }
 
 
@@ -288,7 +302,7 @@ def catalog_bytes_per_entry(data_dir: Path) -> tuple[float, int]:
     """(bytes per catalog entry, entries): ``Catalog.load`` under tracemalloc."""
     from indexer.catalog import Catalog
 
-    with open_store(data_dir) as store:
+    with dinoseek_store(data_dir) as store:
         store.acquire(COLLECTION)
         tracemalloc.start()
         catalog = Catalog.load(store, COLLECTION)
@@ -330,8 +344,9 @@ VECTOR_COLUMNS: list[common.Column] = [
     ("p99_label_ms", "p99 label ms", common.fmt_float(2)),
     ("recall_all", "recall@10", common.fmt_float(3)),
     ("recall_label", "recall@10 label", common.fmt_float(3)),
-    ("peak_rss_mib", "peak RSS MiB", common.fmt_float(0)),
+    ("store_rss_mib", "store RSS MiB", common.fmt_float(0)),
     ("disk_mib", "disk MiB", common.fmt_float(0)),
+    ("other_cores", "other CPU", common.fmt_float(2)),
 ]
 
 
@@ -408,7 +423,11 @@ def vectors_part(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             f"script's speed on filtered queries, {base['p50_all_ms'] / ours['p50_all_ms']:.2f}x "
             "on unfiltered ones"
         )
-    print("peak RSS: of this process so far (both parts' data included)\n")
+    print(
+        "store RSS: this process's resident memory after the queries less before the store "
+        "opened (the generated vectors not counted). other CPU: cores' "
+        "worth used by other processes during the row: distrust a row where it is not near 0\n"
+    )
     return rows
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from collections import defaultdict
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,7 @@ from dinoseek.errors import ConfigError
 from dinoseek.store import VectorStore
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileEntry:
     """One file of a point, as recorded in its payload."""
 
@@ -33,22 +33,75 @@ class FileEntry:
     label: str | None = None
 
 
-@dataclass
-class PointEntry:
-    """A point of the collection: its files and the facts about its content."""
-
-    id: str
-    files: dict[str, FileEntry]
-    content: dict[str, Any] = field(default_factory=dict)
-
-
 # Payload keys describing the content itself (not its files).
 CONTENT_KEYS = ("sha256", "size", "width", "height", "format", "model_id", "indexed_at")
+_ABSENT = object()  # a content key the payload does not have
+
+
+class PointEntry:
+    """A point of the collection: its files and the facts about its content.
+
+    A run holds one per point of the collection, so it is kept small: slots, the files as a
+    tuple (almost always of one), the content as a tuple in ``CONTENT_KEYS`` order. ``files``
+    and ``content`` are dicts made on demand.
+    """
+
+    __slots__ = ("_content", "_files", "id")
+
+    def __init__(
+        self,
+        id: str,
+        files: Mapping[str, FileEntry] | None = None,
+        content: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.id = id
+        self._files: tuple[FileEntry, ...] = tuple((files or {}).values())
+        given = content or {}
+        self._content = tuple(_shared(given.get(key, _ABSENT)) for key in CONTENT_KEYS)
+
+    @property
+    def files(self) -> dict[str, FileEntry]:
+        """Path -> entry (a new dict: change the point with ``put_file``, ``drop_file``)."""
+        return {entry.path: entry for entry in self._files}
+
+    @property
+    def content(self) -> dict[str, Any]:
+        """The content keys the point has."""
+        return {k: v for k, v in zip(CONTENT_KEYS, self._content, strict=True) if v is not _ABSENT}
+
+    def file_entries(self) -> tuple[FileEntry, ...]:
+        """The files, in the order they were added."""
+        return self._files
+
+    def file(self, path: str) -> FileEntry:
+        """The entry of ``path`` (``KeyError`` if the point does not list it)."""
+        for entry in self._files:
+            if entry.path == path:
+                return entry
+        raise KeyError(path)
+
+    def has_file(self, path: str) -> bool:
+        """Whether the point lists ``path``."""
+        return any(entry.path == path for entry in self._files)
+
+    def put_file(self, entry: FileEntry) -> None:
+        """Add ``entry``, or replace the entry of its path."""
+        kept = tuple(f for f in self._files if f.path != entry.path)
+        self._files = (*kept, entry)
+
+    def drop_file(self, path: str) -> None:
+        """Forget ``path`` (nothing if the point does not list it)."""
+        self._files = tuple(f for f in self._files if f.path != path)
+
+
+def _shared(value: Any) -> Any:
+    """Strings repeated across points (roots, labels, the model, a run's time) stored once."""
+    return sys.intern(value) if type(value) is str and len(value) <= 256 else value
 
 
 def build_payload(point: PointEntry) -> dict[str, Any]:
     """The payload stored for a point: its primary file first, every file listed."""
-    files = sorted(point.files.values(), key=lambda f: f.path)
+    files = sorted(point.file_entries(), key=lambda f: f.path)
     primary = files[0]
     label = next((f.label for f in files if f.label), None)
     return {
@@ -59,34 +112,40 @@ def build_payload(point: PointEntry) -> dict[str, Any]:
         "relative_path": primary.relative_path,
         "label": label,
         "files": [dataclasses.asdict(f) for f in files],
-        **{key: point.content[key] for key in CONTENT_KEYS if key in point.content},
+        **point.content,
     }
 
 
 def _file_from_payload(raw: Mapping[str, Any]) -> FileEntry | None:
     try:
+        label = raw.get("label")
         return FileEntry(
             path=str(raw["path"]),
-            root=str(raw["root"]),
+            root=_shared(str(raw["root"])),
             relative_path=str(raw["relative_path"]),
             size=int(raw["size"]),
             mtime_ns=int(raw["mtime_ns"]),
-            label=raw.get("label"),
+            label=_shared(label),
         )
     except (KeyError, TypeError, ValueError):
         return None
 
 
 class Catalog:
-    """The collection's points and a path index over them. Only the main thread uses it."""
+    """The collection's points and a path index over them. Only the main thread uses it.
+
+    The path index maps a path to its one point's id; the rare path that several points list
+    (after an interrupted run) has its set of ids in ``_shared_paths`` instead.
+    """
 
     def __init__(self, points: Iterable[PointEntry] = ()) -> None:
         self.points: dict[str, PointEntry] = {}
-        self._owners: dict[str, set[str]] = defaultdict(set)
+        self._owner: dict[str, str] = {}
+        self._shared_paths: dict[str, set[str]] = {}
         for point in points:
             self.points[point.id] = point
-            for path in point.files:
-                self._owners[path].add(point.id)
+            for entry in point.file_entries():
+                self._add_owner(entry.path, point.id)
 
     @classmethod
     def load(cls, store: VectorStore, collection: str) -> Catalog:
@@ -107,18 +166,21 @@ class Catalog:
 
     def paths(self) -> list[str]:
         """Every recorded file path."""
-        return list(self._owners)
+        return [*self._owner, *self._shared_paths]
 
     def owners(self, path: str) -> set[str]:
         """Ids of the points listing ``path`` (more than one only after an interrupted run)."""
-        return set(self._owners.get(path, ()))
+        owner = self._owner.get(path)
+        if owner is not None:
+            return {owner}
+        return set(self._shared_paths.get(path, ()))
 
     def unchanged(self, path: str, size: int, mtime_ns: int) -> FileEntry | None:
         """The recorded entry if ``path`` is recorded once with this size and mtime."""
-        owners = self._owners.get(path)
-        if not owners or len(owners) != 1:
+        owner = self._owner.get(path)
+        if owner is None:
             return None
-        entry = self.points[next(iter(owners))].files[path]
+        entry = self.points[owner].file(path)
         if entry.size == size and entry.mtime_ns == mtime_ns:
             return entry
         return None
@@ -128,16 +190,16 @@ class Catalog:
         point = self.points.get(point_id)
         created = point is None
         if point is None:
-            point = PointEntry(id=point_id, files={}, content=dict(content))
+            point = PointEntry(id=point_id, content=content)
             self.points[point_id] = point
-        point.files[entry.path] = entry
-        self._owners[entry.path].add(point_id)
+        point.put_file(entry)
+        self._add_owner(entry.path, point_id)
         return created
 
     def set_label(self, point_id: str, path: str, label: str | None) -> None:
         """Change the label of one file of a point."""
         point = self.points[point_id]
-        point.files[path] = dataclasses.replace(point.files[path], label=label)
+        point.put_file(dataclasses.replace(point.file(path), label=_shared(label)))
 
     def remove_path(self, path: str, *, keep: str | None = None) -> tuple[list[str], list[str]]:
         """Drop ``path`` from every point except ``keep``.
@@ -146,20 +208,43 @@ class Catalog:
         left without files, to delete).
         """
         updated, emptied = [], []
-        for point_id in sorted(self._owners.get(path, ())):
+        for point_id in sorted(self.owners(path)):
             if point_id == keep:
                 continue
             point = self.points[point_id]
-            point.files.pop(path, None)
-            self._owners[path].discard(point_id)
-            if point.files:
+            point.drop_file(path)
+            self._remove_owner(path, point_id)
+            if point.file_entries():
                 updated.append(point_id)
             else:
                 del self.points[point_id]
                 emptied.append(point_id)
-        if not self._owners.get(path):
-            self._owners.pop(path, None)
         return updated, emptied
+
+    def _add_owner(self, path: str, point_id: str) -> None:
+        shared = self._shared_paths.get(path)
+        if shared is not None:
+            shared.add(point_id)
+            return
+        owner = self._owner.get(path)
+        if owner is None or owner == point_id:
+            self._owner[path] = point_id
+            return
+        del self._owner[path]
+        self._shared_paths[path] = {owner, point_id}
+
+    def _remove_owner(self, path: str, point_id: str) -> None:
+        if self._owner.get(path) == point_id:
+            del self._owner[path]
+            return
+        shared = self._shared_paths.get(path)
+        if shared is None:
+            return
+        shared.discard(point_id)
+        if len(shared) == 1:  # back to one owner
+            self._owner[path] = shared.pop()
+        if not shared:
+            del self._shared_paths[path]
 
 
 @dataclass(frozen=True)

@@ -442,7 +442,8 @@ class IndexRun:
         path = str(file.path)
         point_id = point_id_for_sha256(prepared.sha256)
         self._forget_path(path, keep=point_id)
-        already_listed = path in self.catalog.points.get(point_id, _NO_POINT).files
+        listed = self.catalog.points.get(point_id)
+        already_listed = listed is not None and listed.has_file(path)
         entry = FileEntry(
             path=path,
             root=str(file.root),
@@ -542,7 +543,8 @@ class IndexRun:
         point = self.catalog.points.get(point_id)
         if point is None:
             return
-        for path, entry in list(point.files.items()):
+        for entry in point.file_entries():
+            path = entry.path
             self.catalog.remove_path(path)
             self._record_failure(path, code, f"{path}: {message}", entry)
 
@@ -592,13 +594,6 @@ def _not_utf8_message(path: str) -> str:
         f"{printable(path)}: the file name is not valid UTF-8, which the store cannot hold; "
         "rename it (for example with `convmv -f latin1 -t utf-8 --notest`), then index again"
     )
-
-
-class _NoPoint:
-    files: dict[str, FileEntry] = {}  # noqa: RUF012 - a read-only sentinel
-
-
-_NO_POINT = _NoPoint()
 
 
 def index_folders(
