@@ -152,17 +152,8 @@ def run_dinoseek(
 
         measured = measure_queries(search, data, labels, queries)
         measured["store_rss_mib"] = rss_mib() - before
-    return {
-        "path": "dinoseek store" + (f" ({quantization})" if quantization != "none" else ""),
-        "points": len(data),
-        "upsert_per_s": len(data) / upsert_s,
-        "upsert_s": upsert_s,
-        "optimize_s": optimize_s,
-        "indexed_s": upsert_s + optimize_s,
-        **measured,
-        "disk_mib": disk_mib(directory),
-        "other_cores": meter.other_cores(),
-    }
+    path = "dinoseek store" + (f" ({quantization})" if quantization != "none" else "")
+    return table_row(path, len(data), (upsert_s, optimize_s), measured, directory, meter)
 
 
 def run_baseline(
@@ -204,10 +195,24 @@ def run_baseline(
     measured = measure_queries(search, data, labels, queries)
     measured["store_rss_mib"] = rss_mib() - before
     shard.close()
+    path = "baseline: plain Qdrant Edge"
+    return table_row(path, len(data), (upsert_s, optimize_s), measured, directory, meter)
+
+
+def table_row(
+    path: str,
+    points: int,
+    times: tuple[float, float],
+    measured: dict[str, Any],
+    directory: Path,
+    meter: common.CpuMeter,
+) -> dict[str, Any]:
+    """One row of the vectors table; ``times``: (upserts, the index build) in seconds."""
+    upsert_s, optimize_s = times
     return {
-        "path": "baseline: plain Qdrant Edge",
-        "points": len(data),
-        "upsert_per_s": len(data) / upsert_s,
+        "path": path,
+        "points": points,
+        "upsert_per_s": points / upsert_s,
         "upsert_s": upsert_s,
         "optimize_s": optimize_s,
         "indexed_s": upsert_s + optimize_s,
