@@ -127,8 +127,8 @@ the last run: near 0 on a quiet machine; distrust a row where it is not."""
 def subset(files: list[Path], count: int, folder: Path) -> Path:
     """The first ``count`` images, hard-linked (or copied) into ``folder``."""
     folder.mkdir(parents=True)
-    for source in files[:count]:
-        target = folder / source.name
+    for number, source in enumerate(files[:count]):
+        target = folder / f"{number:07d}{source.suffix}"  # parts reuse names
         try:
             os.link(source, target)
         except OSError:
