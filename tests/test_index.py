@@ -465,3 +465,30 @@ def test_the_catalog_tracks_points_and_the_paths_that_own_them() -> None:
     assert catalog.remove_path("/r/b.jpg", keep="p0") == ([], ["p1"])
     assert catalog.owners("/r/b.jpg") == {"p0"}
     assert sorted(catalog.paths()) == ["/r/b.jpg", "/r/c.jpg"]
+
+
+def test_a_path_listed_by_three_points_is_untangled_one_owner_at_a_time() -> None:
+    """After interrupted runs a path can be listed by several points; each owner is tracked
+    until one is left, which is then trusted again."""
+
+    def entry(path: str, mtime: int = 1) -> FileEntry:
+        return FileEntry(path, "/r", path.removeprefix("/r/"), 10, mtime, None)
+
+    catalog = Catalog()
+    for point_id in ("p1", "p2", "p3"):
+        catalog.add_file(point_id, entry("/r/a.jpg"), {"sha256": point_id})
+        catalog.add_file(point_id, entry(f"/r/{point_id}.jpg"), {})
+    catalog.add_file("p2", entry("/r/a.jpg", mtime=2), {})  # listed again: still three owners
+    assert catalog.owners("/r/a.jpg") == {"p1", "p2", "p3"}
+    assert catalog.points["p2"].file("/r/a.jpg") == entry("/r/a.jpg", mtime=2)
+    assert catalog.unchanged("/r/a.jpg", 10, 1) is None
+    assert catalog.remove_path("/r/a.jpg", keep="p2") == (["p1", "p3"], [])
+    assert catalog.owners("/r/a.jpg") == {"p2"}
+    assert catalog.unchanged("/r/a.jpg", 10, 2) == entry("/r/a.jpg", mtime=2)
+    assert sorted(catalog.paths()) == ["/r/a.jpg", "/r/p1.jpg", "/r/p2.jpg", "/r/p3.jpg"]
+    catalog.add_file("p1", entry("/r/a.jpg"), {})
+    catalog.add_file("p3", entry("/r/a.jpg"), {})
+    assert catalog.remove_path("/r/a.jpg", keep="p1") == (["p2", "p3"], [])
+    assert catalog.owners("/r/a.jpg") == {"p1"}
+    with pytest.raises(KeyError, match=r"/r/a\.jpg"):
+        catalog.points["p3"].file("/r/a.jpg")
