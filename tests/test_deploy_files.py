@@ -857,7 +857,7 @@ def test_dockerfile_dependency_list_reads_pyproject(tmp_path: Path) -> None:
     assert any(line.startswith("qdrant-client") for line in output)
     assert not any(line.startswith("ray") for line in output)
     with_ray = requirements("gpu,ray")
-    assert set(with_ray) == set(output) | {"ray[data]>=2.52"}
+    assert set(with_ray) == set(output) | {"ray[data]>=2.59"}
 
 
 def test_dockerfile_chooses_cuda_or_cpu_torch() -> None:
