@@ -19,6 +19,7 @@ from typing import Any
 
 from dinoseek.errors import ConfigError
 from dinoseek.store import VectorStore
+from indexer.workers import PreparedFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,19 @@ class PointEntry:
     def drop_file(self, path: str) -> None:
         """Forget ``path`` (nothing if the point does not list it)."""
         self._files = tuple(f for f in self._files if f.path != path)
+
+
+def content_of(prepared: PreparedFile, model_id: str, indexed_at: str) -> dict[str, Any]:
+    """What a point's payload records about its content (``CONTENT_KEYS``)."""
+    return {
+        "sha256": prepared.sha256,
+        "size": prepared.size,
+        "width": prepared.width,
+        "height": prepared.height,
+        "format": prepared.format,
+        "model_id": model_id,
+        "indexed_at": indexed_at,
+    }
 
 
 def _shared(value: Any) -> Any:

@@ -32,7 +32,7 @@ import numpy as np
 from dinoseek.embedding import ImageEmbedder, Pixels
 from dinoseek.errors import EmbeddingError, PointRefusedError
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
-from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload
+from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload, content_of
 from indexer.decode import DecodePool, GpuDecodeStage
 from indexer.progress import Progress
 from indexer.ray_engine import RETRIED_NEXT_RUN, EmbedJob, RayEngine, RayStage
@@ -452,16 +452,8 @@ class IndexRun:
             mtime_ns=prepared.mtime_ns,
             label=self.options.labels.label_for(path, file.relative_path),
         )
-        content = {
-            "sha256": prepared.sha256,
-            "size": prepared.size,
-            "width": prepared.width,
-            "height": prepared.height,
-            "format": prepared.format,
-            "model_id": self.embedder.model_id,
-            "indexed_at": prepared.indexed_at
-            or datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        indexed_at = prepared.indexed_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        content = content_of(prepared, self.embedder.model_id, indexed_at)
         self.failures.pop(path, None)
         if self.catalog.add_file(point_id, entry, content):
             if prepared.written:  # a Ray actor wrote this very payload to the server

@@ -39,7 +39,7 @@ from dinoseek.errors import ConfigError, EmbeddingError, ImageErrorCode, PointRe
 from dinoseek.runtime import ModelLoader, Runtime
 from dinoseek.settings import Settings
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
-from indexer.catalog import FileEntry, PointEntry, build_payload
+from indexer.catalog import FileEntry, PointEntry, build_payload, content_of
 from indexer.scan import ScannedFile
 from indexer.workers import DECODE_TIMEOUT, FailedFile, PreparedFile, WorkerConfig, prepare_file
 
@@ -361,8 +361,11 @@ class EmbedActor:
         here do not travel back to the driver."""
         assert self.store is not None
         rows = [row for row in range(len(out["path"])) if out["has_vector"][row]]
+        decoded = results_of(out)
         records = [
-            PointRecord(_point_id(out, row), out["vector"][row], self._payload(out, row))
+            PointRecord(
+                _point_id(out, row), out["vector"][row], self._payload(out, row, decoded[row])
+            )
             for row in rows
         ]
         if not records:
@@ -383,13 +386,11 @@ class EmbedActor:
         out["has_vector"][done] = False
         out["vector"][done] = 0.0
 
-    def _payload(self, out: dict[str, np.ndarray], row: int) -> dict[str, Any]:
+    def _payload(self, out: dict[str, np.ndarray], row: int, decoded: Result) -> dict[str, Any]:
+        assert isinstance(decoded, PreparedFile), "only rows with a vector are written"
         entry = file_entry(out, row)
-        point = PointEntry(
-            id=_point_id(out, row),
-            files={entry.path: entry},
-            content=content_of(out, row, self.embedder.model_id),
-        )
+        content = content_of(decoded, self.embedder.model_id, str(out["indexed_at"][row]))
+        point = PointEntry(id=_point_id(out, row), files={entry.path: entry}, content=content)
         return build_payload(point)
 
     def __del__(self) -> None:
@@ -417,19 +418,6 @@ def file_entry(batch: dict[str, np.ndarray], row: int) -> FileEntry:
         mtime_ns=int(batch["mtime_ns"][row]),
         label=str(batch["label"][row]) or None,
     )
-
-
-def content_of(batch: dict[str, np.ndarray], row: int, model_id: str) -> dict[str, Any]:
-    """The payload's facts about a decoded row's content (as the local engine records them)."""
-    return {
-        "sha256": str(batch["sha256"][row]),
-        "size": int(batch["size"][row]),
-        "width": int(batch["width"][row]),
-        "height": int(batch["height"][row]),
-        "format": str(batch["format"][row]),
-        "model_id": model_id,
-        "indexed_at": str(batch["indexed_at"][row]),
-    }
 
 
 def _now() -> str:
