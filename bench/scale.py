@@ -63,27 +63,29 @@ NOISE = 0.1
 
 
 def clustered_vectors(
-    count: int, dim: int, clusters: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(unit vectors, cluster of each), shaped as image embeddings are: each cluster a centre
-    and a spread along a few directions of its own (its images vary in a few ways: pose,
-    light, background), plus a little noise in every direction. Isotropic noise alone would
-    make every point of a cluster about as far from every other, where no index can tell the
-    10 nearest and recall means nothing."""
+    count: int, dim: int, clusters: int, seed: int, queries: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unit vectors, cluster of each, ``queries`` more unit vectors drawn from the same
+    clusters), shaped as image embeddings are: each cluster a centre and a spread along a few
+    directions of its own (its images vary in a few ways: pose, light, background), plus a
+    little noise in every direction. Isotropic noise alone would make every point of a cluster
+    about as far from every other, where no index can tell the 10 nearest and recall means
+    nothing; queries from clusters of their own would be as far from every point."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim)).astype(np.float32)
     spreads = rng.standard_normal((clusters, SPREAD_DIMS, dim)).astype(np.float32)
-    labels = rng.integers(0, clusters, size=count)
-    data = np.empty((count, dim), dtype=np.float32)
-    for start in range(0, count, 65536):  # in chunks: a million rows of noise is 3 GB
-        stop = min(start + 65536, count)
+    total = count + queries
+    labels = rng.integers(0, clusters, size=total)
+    data = np.empty((total, dim), dtype=np.float32)
+    for start in range(0, total, 65536):  # in chunks: a million rows of noise is 3 GB
+        stop = min(start + 65536, total)
         chunk = labels[start:stop]
         weights = rng.standard_normal((stop - start, SPREAD_DIMS)).astype(np.float32)
         along = np.einsum("nk,nkd->nd", weights, spreads[chunk]) * SPREAD
         noise = rng.standard_normal((stop - start, dim)).astype(np.float32) * NOISE
         data[start:stop] = centres[chunk] + along + noise
     data /= np.linalg.norm(data, axis=1, keepdims=True)
-    return data, labels
+    return data[:count], labels[:count], data[count:]
 
 
 def exact_top10(data: np.ndarray, queries: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -420,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
 def vectors_part(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """Part 1: the table of dinoseek's store and the baseline."""
     print(f"vectors: {args.points:,} x {args.dim}, {args.clusters} clusters", flush=True)
-    data, labels = clustered_vectors(args.points, args.dim, args.clusters, seed=0)
-    queries, _ = clustered_vectors(args.queries, args.dim, args.clusters, seed=1)
+    data, labels, queries = clustered_vectors(
+        args.points, args.dim, args.clusters, seed=0, queries=args.queries
+    )
     rows = []
     for quantization in args.quantizations:
         row = run_dinoseek(data, labels, queries, work / f"dinoseek-{quantization}", quantization)
