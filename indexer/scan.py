@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,12 +48,13 @@ class ScanOptions:
     skip_dirs: tuple[Path, ...] = ()  # e.g. the store's own data directory
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScannedFile:
-    """A candidate image. ``path`` and ``root`` are absolute; ``relative_path`` uses '/'."""
+    """A candidate image. ``path`` and ``root`` are absolute; ``relative_path`` uses '/'.
+    Plain strings: a scan makes one per file, a million on a large folder."""
 
-    path: Path
-    root: Path
+    path: str
+    root: str
     relative_path: str
     size: int
     mtime_ns: int
@@ -76,77 +78,85 @@ class ScanCounts:
 
 
 def scan(
-    roots: Sequence[Path], options: ScanOptions, counts: ScanCounts | None = None
+    roots: Sequence[Path | str], options: ScanOptions, counts: ScanCounts | None = None
 ) -> Iterator[ScannedFile | ScanProblem]:
     """Walk each root depth-first in name order and yield candidate files and problems."""
     counts = counts if counts is not None else ScanCounts()
-    skip = {_real(p) for p in options.skip_dirs}
+    walk = _Walk(options, counts, {_real(p) for p in options.skip_dirs})
     for root in roots:
-        root = Path(os.path.abspath(root))
-        visited: set[tuple[int, int]] = set()
-        yield from _walk(root, root, options, counts, skip, visited)
+        root_text = os.path.abspath(root)
+        yield from walk.folder(root_text, root_text, set())
 
 
-def _walk(
-    directory: Path,
-    root: Path,
-    options: ScanOptions,
-    counts: ScanCounts,
-    skip: set[str],
-    visited: set[tuple[int, int]],
-) -> Iterator[ScannedFile | ScanProblem]:
-    try:
-        identity = directory.stat()
-        if (identity.st_dev, identity.st_ino) in visited:
-            return  # a symlink cycle
-        visited.add((identity.st_dev, identity.st_ino))
-        with os.scandir(directory) as iterator:
-            entries = sorted(iterator, key=lambda entry: entry.name)
-    except OSError as exc:
-        yield ScanProblem(directory, f"cannot list folder: {exc.strerror or exc}")
-        return
-    for entry in entries:
-        path = Path(entry.path)
-        relative = path.relative_to(root).as_posix()
-        if _excluded(entry.name, relative, options.excludes):
-            counts.excluded += 1
-            continue
+class _Walk:
+    """One scan's settings, shared by every folder it lists."""
+
+    def __init__(self, options: ScanOptions, counts: ScanCounts, skip: set[str]) -> None:
+        self.options = options
+        self.counts = counts
+        self.skip = skip
+        self.excluded = exclusion_matcher(options.excludes)
+
+    def folder(
+        self, directory: str, root: str, visited: set[tuple[int, int]]
+    ) -> Iterator[ScannedFile | ScanProblem]:
+        """The candidates under ``directory`` (``root`` is the scanned root it belongs to)."""
         try:
-            is_link = entry.is_symlink()
-            if is_link and not options.follow_links:
-                counts.links_skipped += 1
+            identity = os.stat(directory)
+            if (identity.st_dev, identity.st_ino) in visited:
+                return  # a symlink cycle
+            visited.add((identity.st_dev, identity.st_ino))
+            with os.scandir(directory) as iterator:
+                entries = sorted(iterator, key=lambda entry: entry.name)
+        except OSError as exc:
+            yield ScanProblem(Path(directory), f"cannot list folder: {exc.strerror or exc}")
+            return
+        follow = self.options.follow_links
+        extensions = self.options.extensions
+        counts = self.counts
+        for entry in entries:
+            relative = _relative(entry.path, root)
+            if self.excluded(entry.name) or self.excluded(relative):
+                counts.excluded += 1
                 continue
-            if entry.is_dir(follow_symlinks=options.follow_links):
-                if _real(path) in skip:
-                    counts.excluded += 1
+            try:
+                if entry.is_symlink() and not follow:
+                    counts.links_skipped += 1
                     continue
-                yield from _walk(path, root, options, counts, skip, visited)
+                if entry.is_dir(follow_symlinks=follow):
+                    if self.skip and _real(entry.path) in self.skip:
+                        counts.excluded += 1
+                        continue
+                    yield from self.folder(entry.path, root, visited)
+                    continue
+                if not entry.is_file(follow_symlinks=follow):
+                    counts.other_files += 1
+                    continue
+                if os.path.splitext(entry.name)[1].lower() not in extensions:
+                    counts.other_files += 1
+                    continue
+                stat = entry.stat(follow_symlinks=follow)
+            except OSError as exc:  # vanished or unreadable between listing and stat
+                message = f"cannot read file information: {exc.strerror or exc}"
+                yield ScanProblem(Path(entry.path), message)
                 continue
-            if not entry.is_file(follow_symlinks=options.follow_links):
-                counts.other_files += 1
-                continue
-            if os.path.splitext(entry.name)[1].lower() not in options.extensions:
-                counts.other_files += 1
-                continue
-            stat = entry.stat(follow_symlinks=options.follow_links)
-        except OSError as exc:  # vanished or unreadable between listing and stat
-            yield ScanProblem(path, f"cannot read file information: {exc.strerror or exc}")
-            continue
-        yield ScannedFile(
-            path=path,
-            root=root,
-            relative_path=relative,
-            size=stat.st_size,
-            mtime_ns=stat.st_mtime_ns,
-        )
+            yield ScannedFile(entry.path, root, relative, stat.st_size, stat.st_mtime_ns)
 
 
-def _excluded(name: str, relative: str, patterns: Sequence[str]) -> bool:
-    return any(
-        fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(relative, pattern)
-        for pattern in patterns
-    )
+def exclusion_matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a name (or relative path) matches one of the fnmatch ``patterns``, case
+    sensitive: one compiled expression for all of them, tried once per name."""
+    if not patterns:
+        return lambda text: False
+    expression = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+    return lambda text: expression.match(text) is not None
 
 
-def _real(path: Path) -> str:
+def _relative(path: str, root: str) -> str:
+    """``path`` below ``root``, with '/' between its parts."""
+    relative = path[len(root) :].lstrip(os.sep)
+    return relative if os.sep == "/" else relative.replace(os.sep, "/")
+
+
+def _real(path: str | Path) -> str:
     return os.path.realpath(path)

@@ -51,8 +51,8 @@ def test_records_size_mtime_and_root(tmp_path: Path) -> None:
     os.utime(path, ns=(1_000_000_000, 2_000_000_000))
     (item,) = list(scan([tmp_path], ScanOptions()))
     assert isinstance(item, ScannedFile)
-    assert item.path == path
-    assert item.root == tmp_path
+    assert item.path == str(path)
+    assert item.root == str(tmp_path)
     assert item.relative_path == "sub/a.jpg"
     assert (item.size, item.mtime_ns) == (5, 2_000_000_000)
 

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def scanned(path: Path) -> ScannedFile:
-    return ScannedFile(path=path, root=path.parent, relative_path=path.name, size=0, mtime_ns=0)
+    return ScannedFile(str(path), str(path.parent), path.name, size=0, mtime_ns=0)
 
 
 def config(**options: float) -> WorkerConfig:
