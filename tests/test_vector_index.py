@@ -152,3 +152,22 @@ def test_bad_index_settings_are_refused(fields: dict[str, Any], problem: str) ->
         Settings(**fields)
     with pytest.raises(ValueError, match=problem):
         VectorIndex(**fields)
+
+
+def payload_index_config(data_dir: Path) -> dict[str, Any]:
+    (config,) = (data_dir / "images" / "shard" / "segments").glob("*/payload_index/config.json")
+    fields: dict[str, Any] = json.loads(config.read_text())["indexed_fields"]
+    return fields
+
+
+def test_only_the_label_index_is_held_in_memory(tmp_path: Path) -> None:
+    """The indexes of paths, hashes, roots and formats are read from disk; the label's, which
+    searches filter on most, stays in memory with its HNSW links."""
+    with EdgeStore(tmp_path) as store:
+        store.ensure_collection("images", space())
+    fields = payload_index_config(tmp_path)
+    assert fields["label"] == "keyword"
+    assert fields["paths"] == {"type": "keyword", "memory": "cold", "enable_hnsw": False}
+    assert fields["sha256"] == {"type": "keyword", "memory": "cold", "enable_hnsw": False}
+    assert fields["roots"] == {"type": "keyword", "memory": "cold", "enable_hnsw": True}
+    assert fields["format"] == {"type": "keyword", "memory": "cold", "enable_hnsw": True}

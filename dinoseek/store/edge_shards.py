@@ -9,7 +9,7 @@ import qdrant_edge as qe
 
 from dinoseek.errors import StoreError, StoreLockedError
 from dinoseek.space import EmbeddingSpace
-from dinoseek.store.records import INDEXED_FIELDS, VectorIndex
+from dinoseek.store.records import PAYLOAD_INDEXES, PayloadIndex, VectorIndex
 
 SHARD_DIR = "shard"
 
@@ -27,9 +27,11 @@ def open_or_create_shard(
         # in it was ever acknowledged, so it is safe to start over.
         shutil.rmtree(path, ignore_errors=True)
         shard = qe.EdgeShard.create(str(path), config)
-        for field_name in INDEXED_FIELDS:
+        for index_of_field in PAYLOAD_INDEXES:
             shard.update(
-                qe.UpdateOperation.create_field_index(field_name, qe.PayloadSchemaType.Keyword)
+                qe.UpdateOperation.create_field_index(
+                    index_of_field.field, keyword_index(index_of_field)
+                )
             )
         shard.flush()
         return shard
@@ -39,6 +41,15 @@ def open_or_create_shard(
                 f"the shard at {path} is open in another process (Qdrant Edge: {exc})"
             ) from None
         raise StoreError(f"cannot open the shard at {path}: {exc}") from None
+
+
+def keyword_index(index: PayloadIndex) -> qe.PayloadSchemaType | qe.KeywordIndexParams:
+    """Qdrant Edge's parameters of ``index`` (the plain keyword type for an in-memory index
+    with links, as collections made before had)."""
+    if index.in_memory and index.value_links:
+        return qe.PayloadSchemaType.Keyword
+    memory = qe.Memory.Pinned if index.in_memory else qe.Memory.Cold
+    return qe.KeywordIndexParams(memory=memory, enable_hnsw=index.value_links)
 
 
 def vector_params(space: EmbeddingSpace, index: VectorIndex) -> qe.EdgeVectorParams:

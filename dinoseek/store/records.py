@@ -18,8 +18,30 @@ from dinoseek.space import EmbeddingSpace
 # Changing it would re-key every collection ever built.
 POINT_NAMESPACE = uuid.UUID("6f2d7a52-2b1c-5d8e-9a4f-0d1e5c3b7a90")
 
-# Payload fields that get an index (keyword) and can be used in exact-match filters.
-INDEXED_FIELDS: tuple[str, ...] = ("label", "roots", "paths", "sha256", "format")
+
+@dataclass(frozen=True)
+class PayloadIndex:
+    """A keyword index on a payload field, usable in exact-match filters.
+
+    ``in_memory``: held in RAM (the field searches filter on most); otherwise read from disk
+    through the page cache, which keeps a large collection's memory small. ``value_links``:
+    HNSW links among the points of each value, for fast searches filtered by it; pointless
+    where each value belongs to one content.
+    """
+
+    field: str
+    in_memory: bool = False
+    value_links: bool = True
+
+
+PAYLOAD_INDEXES: tuple[PayloadIndex, ...] = (
+    PayloadIndex("label", in_memory=True),
+    PayloadIndex("roots"),
+    PayloadIndex("paths", value_links=False),
+    PayloadIndex("sha256", value_links=False),
+    PayloadIndex("format"),
+)
+INDEXED_FIELDS: tuple[str, ...] = tuple(index.field for index in PAYLOAD_INDEXES)
 
 FilterValue = str | int | bool
 

@@ -35,7 +35,7 @@ from dinoseek.settings import validate_collection_name
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store.qdrant_rest import QdrantRest
 from dinoseek.store.records import (
-    INDEXED_FIELDS,
+    PAYLOAD_INDEXES,
     QUANTIZATION_OVERSAMPLING,
     CollectionInfo,
     FilterValue,
@@ -311,6 +311,11 @@ class ServerStore:
         self._check_acquired(name)
         return int(self._call(self.client.count, name, exact=True).count)
 
+    def state_token(self, name: str) -> str | None:
+        """None: other clients of the server write without this process knowing."""
+        self._check_acquired(name)
+        return None
+
     def optimize(self, name: str) -> None:
         """Nothing to do: a Qdrant server builds its index in the background."""
         self._check_acquired(name)
@@ -343,12 +348,16 @@ class ServerStore:
         with warnings.catch_warnings():
             # qdrant-client's in-process mode warns that it ignores payload indexes.
             warnings.simplefilter("ignore", UserWarning)
-            for field_name in INDEXED_FIELDS:
+            for index in PAYLOAD_INDEXES:
                 self._call(
                     self.client.create_payload_index,
                     name,
-                    field_name=field_name,
-                    field_schema=models.PayloadSchemaType.KEYWORD,
+                    field_name=index.field,
+                    field_schema=models.KeywordIndexParams(
+                        type=models.KeywordIndexType.KEYWORD,
+                        on_disk=not index.in_memory,
+                        enable_hnsw=index.value_links,
+                    ),
                     wait=True,
                 )
 
