@@ -5,6 +5,7 @@ Layout::
     DATA_DIR/
       COLLECTION/
         collection.json   embedding space (model, dim, preprocessing, fingerprint)
+        state             the content's token (``state_token``): a new one before each write
         shard/            the Qdrant Edge shard (segments + write-ahead log)
         probes/           linear probes and their reports (``edge_probes``)
         .lock             who holds the collection (JSON), under an exclusive flock
@@ -23,6 +24,7 @@ import logging
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +40,7 @@ from dinoseek.store.edge_locks import lock_collection, release
 from dinoseek.store.edge_probes import METADATA_FILE, EdgeProbes
 from dinoseek.store.edge_shards import SHARD_DIR, open_or_create_shard
 from dinoseek.store.edge_snapshots import EdgeSnapshots
-from dinoseek.store.files import write_json_atomic
+from dinoseek.store.files import write_bytes_atomic, write_json_atomic
 from dinoseek.store.records import (
     QUANTIZATION_OVERSAMPLING,
     CollectionInfo,
@@ -52,6 +54,8 @@ from dinoseek.store.records import (
 
 log = logging.getLogger(__name__)
 
+STATE_FILE = "state"
+
 
 class _Held:
     """A collection acquired by this process: its open shard and the lock that guards it."""
@@ -60,6 +64,7 @@ class _Held:
         self.shard = shard
         self.lock_file = lock_file
         self.space = space
+        self.writing = False  # writes made since the token was last given out
 
 
 class EdgeStore:
@@ -209,26 +214,26 @@ class EdgeStore:
         operation = qe.UpdateOperation.upsert_points(
             [qe.Point(p.id, _vector_list(p.vector), p.payload) for p in points]
         )
-        self._shard(name).update(operation)
+        self._writable(name).update(operation)
 
     def set_payload(self, name: str, point_id: str, payload: Mapping[str, Any]) -> None:
         """Overwrite one point's payload."""
-        self._shard(name).update(qe.UpdateOperation.overwrite_payload([point_id], dict(payload)))
+        self._writable(name).update(qe.UpdateOperation.overwrite_payload([point_id], dict(payload)))
 
     def merge_payload(self, name: str, ids: Sequence[str], fields: Mapping[str, Any]) -> None:
         """One set-payload operation for all of ``ids``."""
         if ids:
-            self._shard(name).update(qe.UpdateOperation.set_payload(list(ids), dict(fields)))
+            self._writable(name).update(qe.UpdateOperation.set_payload(list(ids), dict(fields)))
 
     def delete_payload_fields(self, name: str, ids: Sequence[str], keys: Sequence[str]) -> None:
         """One delete-payload operation for all of ``ids``."""
         if ids and keys:
-            self._shard(name).update(qe.UpdateOperation.delete_payload(list(ids), list(keys)))
+            self._writable(name).update(qe.UpdateOperation.delete_payload(list(ids), list(keys)))
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         """Delete by id."""
         if ids:
-            self._shard(name).update(qe.UpdateOperation.delete_points(list(ids)))
+            self._writable(name).update(qe.UpdateOperation.delete_points(list(ids)))
 
     def get(
         self, name: str, ids: Sequence[str], *, with_vectors: bool = False
@@ -279,6 +284,17 @@ class EdgeStore:
     def count(self, name: str) -> int:
         """Exact count."""
         return int(self._shard(name).count(qe.CountRequest(exact=True)))
+
+    def state_token(self, name: str) -> str | None:
+        """The token of the collection's content now (flushed): every write made through an
+        ``EdgeStore`` first gives the collection a new token, durably, so the same token
+        later means the same content."""
+        with self._guard:
+            self._shard(name).flush()
+            path = self.collection_dir(name) / STATE_FILE
+            token = _read_token(path) or _new_token(path)
+            self._held[name].writing = False
+            return token
 
     def optimize(self, name: str) -> None:
         """Edge builds its HNSW index only when asked; this blocks until it is built."""
@@ -361,6 +377,17 @@ class EdgeStore:
             )
         return held.shard
 
+    def _writable(self, name: str) -> qe.EdgeShard:
+        """The shard, once the collection has a token no one has been given yet."""
+        shard = self._shard(name)
+        held = self._held[name]
+        if not held.writing:
+            with self._guard:
+                if not held.writing:
+                    _new_token(self.collection_dir(name) / STATE_FILE)
+                    held.writing = True
+        return shard
+
     def _open(self, name: str) -> _Held:
         space = self.collection_space(name)
         lock_file = self._lock(name)
@@ -385,6 +412,21 @@ def _info(name: str, held: _Held) -> CollectionInfo:
         indexed_vectors=int(info.indexed_vectors_count),
         space=held.space,
     )
+
+
+def _read_token(path: Path) -> str | None:
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token if len(token) == 32 and token.isalnum() else None
+
+
+def _new_token(path: Path) -> str:
+    """A fresh token, on disk (fsynced) before the caller goes on."""
+    token = uuid.uuid4().hex
+    write_bytes_atomic(path, token.encode("ascii"))
+    return token
 
 
 def _close(name: str, held: _Held) -> None:

@@ -179,6 +179,12 @@ class VectorStore(Protocol):
         """Number of points in an acquired collection."""
         ...
 
+    def state_token(self, name: str) -> str | None:
+        """A token of an acquired collection's content now: the same token later means that
+        nothing was written in between. None where the store cannot tell (a server that
+        other clients write to)."""
+        ...
+
     def optimize(self, name: str) -> None:
         """Build the search index after bulk writes (blocking where the backend needs it)."""
         ...
