@@ -60,6 +60,20 @@ class PointEntry:
         given = content or {}
         self._content = tuple(_shared(given.get(key, _ABSENT)) for key in CONTENT_KEYS)
 
+    @classmethod
+    def from_parts(
+        cls, id: str, files: tuple[FileEntry, ...], content: tuple[Any, ...]
+    ) -> PointEntry:
+        """A point from its files and every one of its content values, in ``CONTENT_KEYS``
+        order (what ``indexer.catalog_cache`` saved)."""
+        if len(content) != len(CONTENT_KEYS):
+            raise ValueError(f"{len(content)} content values, not {len(CONTENT_KEYS)}")
+        point = cls.__new__(cls)
+        point.id = id
+        point._files = files
+        point._content = content
+        return point
+
     @property
     def files(self) -> dict[str, FileEntry]:
         """Path -> entry (a new dict: change the point with ``put_file``, ``drop_file``)."""
@@ -165,7 +179,7 @@ class Catalog:
     def load(cls, store: VectorStore, collection: str) -> Catalog:
         """Read every point's payload (no vectors)."""
         entries = []
-        for stored in store.scroll(collection, batch_size=1024):
+        for stored in store.scroll(collection, batch_size=4096):
             files = {}
             for raw in stored.payload.get("files") or ():
                 entry = _file_from_payload(raw) if isinstance(raw, Mapping) else None

@@ -29,6 +29,7 @@ from dinoseek.commandline import (
 from dinoseek.errors import StoreLockedError
 from dinoseek.runtime import ModelPolicy, Runtime
 from indexer.catalog import LabelSource, read_labels_csv
+from indexer.catalog_cache import catalog_cache_path
 from indexer.pipeline import IndexOptions, IndexSummary, index_folders
 from indexer.ray_engine import RayEngine, RayOptions, import_ray
 from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
@@ -245,6 +246,7 @@ def index(
             progress_interval_s=log_every,
             gpu_decode=gpu_decode,
             ray=ray,
+            catalog_cache=catalog_cache_path(settings.data_dir, settings.collection),
         )
         with graceful_stop() as stop:
             summary = index_folders(runtime.require_embedder(), runtime.store, options, stop=stop)

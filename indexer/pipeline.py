@@ -33,6 +33,7 @@ from dinoseek.embedding import ImageEmbedder, Pixels
 from dinoseek.errors import EmbeddingError, PointRefusedError
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload, content_of
+from indexer.catalog_cache import load_catalog, save_catalog
 from indexer.decode import DecodePool, GpuDecodeStage
 from indexer.progress import Progress
 from indexer.ray_engine import RETRIED_NEXT_RUN, EmbedJob, RayEngine, RayStage
@@ -64,6 +65,7 @@ class IndexOptions:
     progress_interval_s: float = 10.0
     gpu_decode: bool = False  # decode JPEGs with nvJPEG (CUDA only; see dinoseek.gpu_decode)
     ray: RayEngine | None = None  # decode and embed on a Ray cluster (indexer.ray_engine)
+    catalog_cache: Path | None = None  # a saved copy of the catalog (indexer.catalog_cache)
 
 
 @dataclass
@@ -85,6 +87,7 @@ class IndexSummary:
     excluded: int = 0
     links_skipped: int = 0
     points: int = 0
+    catalog_source: str = "store"  # or "saved copy": where the catalog was read from
     elapsed_s: float = 0.0
     embed_elapsed_s: float = 0.0
     optimize_s: float = 0.0
@@ -247,7 +250,8 @@ class IndexRun:
         started = time.perf_counter()
         options = self.options
         self.store.ensure_collection(options.collection, self.embedder.space)
-        self.catalog = Catalog.load(self.store, options.collection)
+        token = self.store.state_token(options.collection)
+        self.catalog = self._load_catalog(token)
         previous_failures = load_failures(options.failures_report)
         files, problems = self._scan()
         self._writer = StoreWriter(self.store, options.collection)
@@ -262,12 +266,15 @@ class IndexRun:
             self.store.delete(options.collection, self._writer.stale)
         self._report_rejected(self._writer.rejected)
         self.summary.interrupted = self.stop.is_set()
+        mirrored = not (self.summary.interrupted or self._writer.rejected or self._writer.stale)
         write_failures(options.failures_report, self.failures.values())
         self.summary.failures_report = str(options.failures_report) if self.failures else None
         if options.optimize and not self.summary.interrupted:
             optimize_started = time.perf_counter()
             self.store.optimize(options.collection)
             self.summary.optimize_s = round(time.perf_counter() - optimize_started, 3)
+        if mirrored:
+            self._save_catalog(token)
         self.summary.points = self.store.count(options.collection)
         self.summary.elapsed_s = round(time.perf_counter() - started, 3)
         if self.summary.embed_elapsed_s > 0:
@@ -275,6 +282,35 @@ class IndexRun:
             self.summary.images_per_s = round(rate, 2)
         self.summary.failed = sum(self.summary.failed_by_reason.values())
         return self.summary
+
+    # -- catalog ----------------------------------------------------------------------------
+
+    def _load_catalog(self, token: str | None) -> Catalog:
+        """The saved copy if it is of the collection's present state, else the store's
+        payloads."""
+        path = self.options.catalog_cache
+        saved = load_catalog(path, token) if path is not None else None
+        if saved is not None:
+            self.summary.catalog_source = "saved copy"
+            return saved
+        return Catalog.load(self.store, self.options.collection)
+
+    def _save_catalog(self, token_before: str | None) -> None:
+        """Save the catalog as the collection's state now: it mirrors every write of a run
+        that was neither interrupted nor refused a point."""
+        path = self.options.catalog_cache
+        token = self.store.state_token(self.options.collection)
+        if path is None or token is None:
+            return
+        if token == token_before and self.summary.catalog_source == "saved copy":
+            return  # nothing written, and the copy is already of this state
+        try:
+            save_catalog(path, token, self.catalog)
+        except OSError as exc:
+            self.summary.warnings.append(
+                f"could not save the catalog to {path} ({exc.strerror or exc}); the next "
+                "run reads it from the collection instead"
+            )
 
     # -- plan -------------------------------------------------------------------------------
 
