@@ -85,6 +85,7 @@ class Runtime:
     embedder: ImageEmbedder | None = None
     policy: ModelPolicy = field(default_factory=ModelPolicy)
     owns_embedder: bool = True
+    collection_exists: bool = False
 
     @classmethod
     def open(
@@ -111,7 +112,7 @@ class Runtime:
         try:
             serving = policy.purpose == "serve"
             exists = _acquire(settings, store, collection, serving=serving)
-            runtime = cls(settings, store, policy=policy)
+            runtime = cls(settings, store, policy=policy, collection_exists=exists)
             runtime.owns_embedder = embedder is None
             if model:
                 runtime._prepare(embedder or runtime._load(loader or ModelLoader(), exists), exists)
@@ -130,6 +131,26 @@ class Runtime:
     def collection(self) -> str:
         """The collection the settings name."""
         return self.settings.collection
+
+    @property
+    def model_id(self) -> str:
+        """The model this runtime has loaded, or would load (see ``load_model``)."""
+        if self.embedder is not None:
+            return self.embedder.model_id
+        return self._model_id(self.collection_exists)
+
+    def load_model(self, loader: ModelLoader | None = None) -> ImageEmbedder:
+        """Load and prepare the model of a runtime opened with ``model=False`` (steps 3-5 of
+        ``open``), once: a command that may not need the model loads it when it does."""
+        if self.embedder is None:
+            loaded = self._load(loader or ModelLoader(), self.collection_exists)
+            try:
+                self._prepare(loaded, self.collection_exists)
+            except BaseException:
+                self.embedder = None
+                loaded.close()
+                raise
+        return self.require_embedder()
 
     def require_embedder(self) -> ImageEmbedder:
         """The embedder (``ConfigError`` when this runtime was opened without one)."""

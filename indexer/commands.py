@@ -3,6 +3,7 @@ it a mirror of them."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -30,7 +31,7 @@ from dinoseek.errors import StoreLockedError
 from dinoseek.runtime import ModelPolicy, Runtime
 from indexer.catalog import LabelSource, read_labels_csv
 from indexer.catalog_cache import catalog_cache_path
-from indexer.pipeline import IndexOptions, IndexSummary, index_folders
+from indexer.pipeline import IndexOptions, IndexSummary, ModelOnDemand, index_folders
 from indexer.ray_engine import RayEngine, RayOptions, import_ray
 from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
 
@@ -207,8 +208,8 @@ def index(
             settings,
             owner=store_owner("dinoseek index"),
             collection="optional",
+            model=False,  # loaded once a file needs it: see ModelOnDemand
             policy=ModelPolicy(purpose="index", decode_workers=workers),
-            loader=model_loader(),
         )
     except StoreLockedError as error:
         raise StoreLockedError(_index_locked_message(error), holder=error.holder) from None
@@ -228,8 +229,8 @@ def index(
             collection=settings.collection,
             failures_report=failures_report
             or settings.data_dir / "reports" / f"{settings.collection}.failures.jsonl",
-            batch_size=runtime.batch_size,
-            workers=runtime.decode_workers,
+            batch_size=settings.batch_size,
+            workers=workers,
             max_image_pixels=settings.max_image_pixels,
             max_file_bytes=settings.max_file_bytes,
             decode_timeout_s=settings.decode_timeout_s,
@@ -248,8 +249,17 @@ def index(
             ray=ray,
             catalog_cache=catalog_cache_path(settings.data_dir, settings.collection),
         )
+        if existed and _names_another_model(runtime):
+            runtime.load_model(model_loader())  # refused now, not once a file needs it
+        model = ModelOnDemand(
+            model_id=runtime.model_id,
+            collection_space=(
+                runtime.store.collection_space(settings.collection) if existed else None
+            ),
+            load=functools.partial(runtime.load_model, model_loader()),
+        )
         with graceful_stop() as stop:
-            summary = index_folders(runtime.require_embedder(), runtime.store, options, stop=stop)
+            summary = index_folders(model, runtime.store, options, stop=stop)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     elif not quiet or summary.failed:
@@ -263,6 +273,15 @@ def index(
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     if summary.interrupted:
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _names_another_model(runtime: Runtime) -> bool:
+    """Whether the model asked for is not the one the collection was built with, by id (the
+    full check, the model's fingerprint, runs when it loads)."""
+    given = runtime.model_id
+    if os.path.isdir(given):
+        given = os.path.abspath(given)
+    return given != runtime.store.collection_space(runtime.collection).model_id
 
 
 def _index_locked_message(error: StoreLockedError) -> str:

@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from dinoseek.embedding import ImageEmbedder, Pixels
+from dinoseek.embedding import ImageEmbedder, Pixels, available_cores
 from dinoseek.errors import EmbeddingError, PointRefusedError
+from dinoseek.runtime import default_decode_workers
+from dinoseek.space import EmbeddingSpace
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload, content_of
 from indexer.catalog_cache import load_catalog, save_catalog
@@ -51,8 +53,8 @@ class IndexOptions:
     roots: tuple[Path, ...]
     collection: str
     failures_report: Path
-    batch_size: int = 16
-    workers: int = 1
+    batch_size: int | None = 16  # None: the model's default
+    workers: int | None = 1  # None: the default for the model's device
     max_image_pixels: int = 40_000_000
     max_file_bytes: int = 256 * 1024 * 1024
     decode_timeout_s: float = 60.0
@@ -219,19 +221,31 @@ class _Pending:
     vector: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class ModelOnDemand:
+    """The model of a run, loaded only once a file needs embedding: a run with nothing new
+    never imports torch. Known before loading: its id and, when the collection exists, the
+    collection's embedding space (``load`` checks the model against it)."""
+
+    model_id: str
+    collection_space: EmbeddingSpace | None
+    load: Callable[[], ImageEmbedder]
+
+
 class IndexRun:
     """One run of ``dinoseek index``: build with everything it needs, then call ``run()``."""
 
     def __init__(
         self,
-        embedder: ImageEmbedder,
+        embedder: ImageEmbedder | ModelOnDemand,
         store: VectorStore,
         options: IndexOptions,
         *,
         stop: threading.Event | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
-        self.embedder = embedder
+        self._model = embedder
+        self._embedder = None if isinstance(embedder, ModelOnDemand) else embedder
         self.store = store
         self.options = options
         self.stop = stop or threading.Event()
@@ -249,16 +263,16 @@ class IndexRun:
         """Scan, plan, process, flush, optimise; always returns a summary unless the store fails."""
         started = time.perf_counter()
         options = self.options
-        self.store.ensure_collection(options.collection, self.embedder.space)
+        self.store.ensure_collection(options.collection, self._space())
         token = self.store.state_token(options.collection)
         self.catalog = self._load_catalog(token)
         previous_failures = load_failures(options.failures_report)
-        files, problems = self._scan()
         self._writer = StoreWriter(self.store, options.collection)
         try:
-            to_process = self._plan(files, problems, previous_failures)
+            to_process = self._scan_and_plan(previous_failures)
             embed_started = time.perf_counter()
-            self._process(to_process)
+            if to_process:
+                self._process(to_process)
             self.summary.embed_elapsed_s = round(time.perf_counter() - embed_started, 3)
         finally:
             self._writer.close()
@@ -282,6 +296,36 @@ class IndexRun:
             self.summary.images_per_s = round(rate, 2)
         self.summary.failed = sum(self.summary.failed_by_reason.values())
         return self.summary
+
+    # -- the model --------------------------------------------------------------------------
+
+    @property
+    def embedder(self) -> ImageEmbedder:
+        """The model, loaded now if it was not yet."""
+        if self._embedder is None:
+            assert isinstance(self._model, ModelOnDemand)
+            self._embedder = self._model.load()
+            self.summary.model = self._embedder.model_id
+        return self._embedder
+
+    def _space(self) -> EmbeddingSpace:
+        """The embedding space of the collection: the model's, or the collection's own while
+        the model waits (it is checked against it when it loads)."""
+        if isinstance(self._model, ModelOnDemand) and self._model.collection_space is not None:
+            return self._model.collection_space
+        return self.embedder.space
+
+    @property
+    def batch_size(self) -> int:
+        """Images per forward pass: the option, else the model's default."""
+        return self.options.batch_size or self.embedder.default_batch_size()
+
+    @property
+    def workers(self) -> int:
+        """Decode processes: the option, else the default for the model's device."""
+        if self.options.workers is not None:
+            return self.options.workers
+        return default_decode_workers(self.embedder.device_type, available_cores())
 
     # -- catalog ----------------------------------------------------------------------------
 
@@ -314,66 +358,71 @@ class IndexRun:
 
     # -- plan -------------------------------------------------------------------------------
 
-    def _scan(self) -> tuple[list[ScannedFile], list[ScanProblem]]:
+    def _scan_and_plan(self, previous_failures: dict[str, FailureRecord]) -> list[ScannedFile]:
+        """Plan each file as the scan finds it (an unchanged file is kept only as its path,
+        the catalog's own string), then relabel and prune; the files to process."""
         counts = ScanCounts()
-        files: list[ScannedFile] = []
+        seen: set[str] = set()
+        roots_with_files: set[str] = set()
         problems: list[ScanProblem] = []
-        for item in scan(self.options.roots, self.options.scan, counts):
-            if isinstance(item, ScannedFile):
-                files.append(item)
-            else:
-                problems.append(item)
-        self.summary.scanned = len(files)
-        self.summary.excluded = counts.excluded
-        self.summary.links_skipped = counts.links_skipped
-        return files, problems
-
-    def _plan(
-        self,
-        files: list[ScannedFile],
-        problems: list[ScanProblem],
-        previous_failures: dict[str, FailureRecord],
-    ) -> list[ScannedFile]:
         to_process: list[ScannedFile] = []
         relabelled: set[str] = set()
-        for file in files:
-            path = str(file.path)
-            entry = self.catalog.unchanged(path, file.size, file.mtime_ns)
-            if entry is not None:
-                self.summary.unchanged += 1
-                label = self.options.labels.label_for(path, file.relative_path)
-                if label != entry.label:
-                    (point_id,) = self.catalog.owners(path)
-                    self.catalog.set_label(point_id, path, label)
-                    relabelled.add(point_id)
+        for item in scan(self.options.roots, self.options.scan, counts):
+            if isinstance(item, ScanProblem):
+                problems.append(item)
                 continue
-            known = previous_failures.get(path)
-            if (
-                known is not None
-                and not self.options.retry_failed
-                and (known.size, known.mtime_ns) == (file.size, file.mtime_ns)
-            ):
-                self.failures[path] = known
-                self.summary.known_failures_skipped += 1
-                continue
-            if not is_utf8(path):
-                self._record_failure(path, "file_name_not_utf8", _not_utf8_message(path), file)
-                continue
-            to_process.append(file)
+            self.summary.scanned += 1
+            roots_with_files.add(item.root)
+            seen.add(self._plan_file(item, previous_failures, relabelled, to_process))
+        self.summary.excluded = counts.excluded
+        self.summary.links_skipped = counts.links_skipped
         for problem in problems:
             self._record_failure(str(problem.path), "unreadable_folder", problem.message, None)
         for point_id in sorted(relabelled):
             self._put(SetPayload(point_id, build_payload(self.catalog.points[point_id])))
         self.summary.relabelled = len(relabelled)
         if self.options.prune:
-            self._prune(files, problems)
+            self._prune(seen, roots_with_files, problems)
         return to_process
 
-    def _prune(self, files: list[ScannedFile], problems: list[ScanProblem]) -> None:
+    def _plan_file(
+        self,
+        file: ScannedFile,
+        previous_failures: dict[str, FailureRecord],
+        relabelled: set[str],
+        to_process: list[ScannedFile],
+    ) -> str:
+        """Skip ``file`` if unchanged (relabelling it if its label changed) or failed before,
+        else add it to ``to_process``; its path."""
+        path = file.path
+        entry = self.catalog.unchanged(path, file.size, file.mtime_ns)
+        if entry is not None:
+            self.summary.unchanged += 1
+            label = self.options.labels.label_for(path, file.relative_path)
+            if label != entry.label:
+                (point_id,) = self.catalog.owners(path)
+                self.catalog.set_label(point_id, path, label)
+                relabelled.add(point_id)
+            return entry.path
+        known = previous_failures.get(path)
+        if (
+            known is not None
+            and not self.options.retry_failed
+            and (known.size, known.mtime_ns) == (file.size, file.mtime_ns)
+        ):
+            self.failures[path] = known
+            self.summary.known_failures_skipped += 1
+        elif not is_utf8(path):
+            self._record_failure(path, "file_name_not_utf8", _not_utf8_message(path), file)
+        else:
+            to_process.append(file)
+        return path
+
+    def _prune(
+        self, seen: set[str], roots_with_files: set[str], problems: list[ScanProblem]
+    ) -> None:
         """Forget files that vanished from a scanned root (never under an unreadable folder,
         never all of a root that now looks empty: that is more likely an unmounted disk)."""
-        seen = {str(f.path) for f in files}
-        roots_with_files = {str(f.root) for f in files}
         blocked = [str(p.path) + os.sep for p in problems]
         for root in self.options.roots:
             root_text = os.path.abspath(root)
@@ -400,6 +449,7 @@ class IndexRun:
     def _process(self, files: list[ScannedFile]) -> None:
         options = self.options
         pool = self._decode_stage(files)
+        batch_size = self.batch_size
         progress = Progress(
             len(files),
             description="indexing",
@@ -415,7 +465,7 @@ class IndexRun:
                     self._record_failure(result.path, result.code, result.message, stat)
                 else:
                     self._accept(file, result)
-                if len(self._batch) >= options.batch_size:
+                if len(self._batch) >= batch_size:
                     self._flush_batch()
                 progress.advance()
                 if self.on_progress is not None:
@@ -436,11 +486,11 @@ class IndexRun:
 
             decoder = GpuJpegDecoder.create(self.embedder.preprocessing, self.embedder.device)
             if decoder is not None:
-                threads = max(4, options.workers)
-                return GpuDecodeStage(decoder, config, threads=threads, batch=options.batch_size)
+                threads = max(4, self.workers)
+                return GpuDecodeStage(decoder, config, threads=threads, batch=self.batch_size)
             self.summary.warnings.append("--gpu-decode unavailable here; decoded on the CPU")
-        window = max(2 * options.batch_size, 4 * options.workers)
-        return DecodePool(config, options.workers, window)
+        window = max(2 * self.batch_size, 4 * self.workers)
+        return DecodePool(config, self.workers, window)
 
     def _worker_config(self) -> WorkerConfig:
         options = self.options
@@ -471,7 +521,7 @@ class IndexRun:
             config,
             known_ids=frozenset(self.catalog.points),
             labels=labels,
-            batch_size=self.options.batch_size,
+            batch_size=self.batch_size,
         )
 
     def _accept(self, file: ScannedFile, prepared: PreparedFile) -> None:
@@ -625,7 +675,7 @@ def _not_utf8_message(path: str) -> str:
 
 
 def index_folders(
-    embedder: ImageEmbedder,
+    embedder: ImageEmbedder | ModelOnDemand,
     store: VectorStore,
     options: IndexOptions,
     *,

@@ -9,14 +9,18 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
+from dinoseek.embedding import ImageEmbedder
+from dinoseek.runtime import ModelLoader
+from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
 from dinoseek_cli.main import main
 from tests.fakes import FAKE_LOADER
-from tests.helpers import write_bad_files, write_tree
+from tests.helpers import encode, photo, write_bad_files, write_tree
 
 MODEL = "fake/dinov2"
 
@@ -200,3 +204,31 @@ def test_labels_from_a_csv_file(tmp_path: Path) -> None:
         store.acquire("images")
         labels = {p.payload["path"]: p.payload.get("label") for p in store.scroll("images")}
     assert labels[str(paths[3])] == "poodle"
+
+
+def test_a_rerun_with_nothing_new_loads_no_model(indexed: tuple[Path, Path, list[Path]]) -> None:
+    """The model loads once a file needs embedding, and a run over an unchanged folder reads
+    the saved catalog instead of every payload."""
+    photos, data, paths = indexed
+    loaded: list[str] = []
+
+    def counting(model_id: str, settings: Settings) -> ImageEmbedder:
+        loaded.append(model_id)
+        return FAKE_LOADER.load(model_id, settings)
+
+    def index() -> dict[str, Any]:
+        args = ["index", str(photos), "--data-dir", str(data), "--workers", "0", "--json"]
+        result = CliRunner().invoke(main, args, obj=ModelLoader(load=counting))
+        assert result.exit_code == 0, result.output
+        document: dict[str, Any] = json.loads(result.stdout)
+        return document
+
+    unchanged = index()
+    assert loaded == []
+    assert unchanged["catalog_source"] == "saved copy"
+    assert unchanged["model"] == MODEL  # the collection's, named without loading it
+    assert (unchanged["embedded"], unchanged["unchanged"]) == (0, len(paths))
+    (photos / "cats" / "new.jpg").write_bytes(encode(photo(seed=99)))
+    changed = index()
+    assert loaded == [MODEL]
+    assert changed["embedded"] == 1
