@@ -3,13 +3,14 @@
 Two parts, each against its baseline in the same run:
 
 - **vectors** (no model): ``--points`` synthetic clustered 768-d unit vectors (``--clusters``
-  centres, each point a centre plus noise, labelled by its cluster) into dinoseek's embedded
-  store, as the indexer writes them (batches of 1,024 with a small payload), then the HNSW
-  build (``optimize``). Measured: upsert rate, time to a fully indexed collection, query p50
-  and p99 unfiltered and filtered by label (single queries, top 10), recall@10 of both against
-  exact search (numpy), the process's peak RSS and the disk used. The baseline is the plain
-  script a user would write on Qdrant Edge itself: one shard, its default configuration, no
-  payload index, the same batches.
+  clusters, labelled by cluster; the queries are other points of the same clusters) into
+  dinoseek's embedded store as the indexer writes them (batches of 1,024, each point with the
+  payload the indexer writes, so every payload index is built), then the HNSW build
+  (``optimize``). Measured: upsert rate, time to a fully indexed collection, query p50 and p99
+  unfiltered and filtered by label (single queries, top 10), recall@10 of both against exact
+  search (numpy), the process's peak RSS and the disk used. The baseline is the plain script
+  a user would write on Qdrant Edge itself: one shard, its default configuration, no payload
+  index, the same batches with a label and a path per point.
 - **catalog**: ``--files`` real small JPEG files, their points written into a collection the
   way ``dinoseek index`` records them (the real payload of each file: path, size, mtime), then
   ``dinoseek index`` run over the unchanged folder in a process of its own: its wall time and
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import resource
 import shutil
@@ -35,6 +37,7 @@ import tempfile
 import time
 import tracemalloc
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,21 @@ def clustered_vectors(
     return data[:count], labels[:count], data[count:]
 
 
+def indexer_payload(row: int, label: str) -> dict[str, Any]:
+    """The payload ``dinoseek index`` writes for an image of one file (a stand-in file), so
+    that every payload index the store keeps is built and measured."""
+    from indexer.catalog import FileEntry, PointEntry, build_payload
+
+    path = f"/photos/{label}/{row:07d}.jpg"
+    entry = FileEntry(path, "/photos", path.removeprefix("/photos/"), 100_000, row, label)
+    content = {
+        "sha256": hashlib.sha256(row.to_bytes(8, "little")).hexdigest(), "size": 100_000,
+        "width": 640, "height": 480, "format": "JPEG", "model_id": "bench/clustered",
+        "indexed_at": "2026-12-02T00:00:00+00:00",
+    }  # fmt: skip
+    return build_payload(PointEntry(str(row), {path: entry}, content))
+
+
 def exact_top10(data: np.ndarray, queries: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Row indices of the 10 nearest (cosine) of each query, optionally among ``mask``."""
     scores = queries @ data.T
@@ -133,7 +151,7 @@ def dinoseek_store(directory: Path, quantization: str = "none") -> VectorStore:
 
 
 def run_dinoseek(
-    data: np.ndarray, labels: np.ndarray, queries: np.ndarray, directory: Path, quantization: str
+    data: np.ndarray, labels: np.ndarray, queries: QuerySet, directory: Path, quantization: str
 ) -> dict[str, Any]:
     """dinoseek's store: batched upserts, the index build, single queries."""
     ids = [str(uuid.UUID(int=i + 1)) for i in range(len(data))]
@@ -148,7 +166,7 @@ def run_dinoseek(
             store.upsert(
                 COLLECTION,
                 [
-                    PointRecord(ids[i], data[i], {"label": f"c{labels[i]}", "path": f"/x/{i}.jpg"})
+                    PointRecord(ids[i], data[i], indexer_payload(i, f"c{labels[i]}"))
                     for i in range(start, stop)
                 ],
             )
@@ -162,14 +180,14 @@ def run_dinoseek(
             [hits] = store.search(COLLECTION, [SearchQuery(query, top_k=10, filters=filters)])
             return [uuid.UUID(hit.id).int - 1 for hit in hits]
 
-        measured = measure_queries(search, data, labels, queries)
+        measured = measure_queries(search, queries)
         measured["store_rss_mib"] = rss_mib() - before
     path = "dinoseek store" + (f" ({quantization})" if quantization != "none" else "")
     return table_row(path, len(data), (upsert_s, optimize_s), measured, directory, meter)
 
 
 def run_baseline(
-    data: np.ndarray, labels: np.ndarray, queries: np.ndarray, directory: Path
+    data: np.ndarray, labels: np.ndarray, queries: QuerySet, directory: Path
 ) -> dict[str, Any]:
     """The plain script on Qdrant Edge: default configuration, no payload index."""
     import qdrant_edge as qe
@@ -204,7 +222,7 @@ def run_baseline(
         )
         return [int(point.id) - 1 for point in shard.query(request)]
 
-    measured = measure_queries(search, data, labels, queries)
+    measured = measure_queries(search, queries)
     measured["store_rss_mib"] = rss_mib() - before
     shard.close()
     path = "baseline: plain Qdrant Edge"
@@ -234,21 +252,37 @@ def table_row(
     }
 
 
-def measure_queries(
-    search: Any, data: np.ndarray, labels: np.ndarray, queries: np.ndarray
-) -> dict[str, Any]:
-    """Latency percentiles and recall@10 (against exact search), unfiltered and by label."""
-    search(queries[0], None)  # warm
+@dataclass(frozen=True)
+class QuerySet:
+    """The queries, the label each filtered query asks for, and the true 10 nearest of each
+    (exact search, computed once for every row of the table)."""
+
+    vectors: np.ndarray
+    labels: np.ndarray
+    truth_all: list[set[int]]
+    truth_label: list[set[int]]
+
+
+def query_set(data: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> QuerySet:
+    """Queries with their exact answers, unfiltered and filtered by label."""
     query_labels = labels[np.arange(len(queries)) % len(labels)]
+    truth_all, truth_label = [], []
+    for query, label in zip(queries, query_labels, strict=True):
+        truth_all.append(set(exact_top10(data, query[None, :], None)[0].tolist()))
+        truth_label.append(set(exact_top10(data, query[None, :], labels == label)[0].tolist()))
+    return QuerySet(queries, query_labels, truth_all, truth_label)
+
+
+def measure_queries(search: Any, queries: QuerySet) -> dict[str, Any]:
+    """Latency percentiles and recall@10 (against exact search), unfiltered and by label."""
+    search(queries.vectors[0], None)  # warm
     results: dict[str, Any] = {}
-    for name, filtered in (("all", False), ("label", True)):
+    for name, truths in (("all", queries.truth_all), ("label", queries.truth_label)):
         times, recall = [], []
-        for query, label in zip(queries, query_labels, strict=True):
+        for query, label, truth in zip(queries.vectors, queries.labels, truths, strict=True):
             started = time.perf_counter()
-            found = search(query, f"c{label}" if filtered else None)
+            found = search(query, f"c{label}" if name == "label" else None)
             times.append((time.perf_counter() - started) * 1000)
-            mask = labels == label if filtered else None
-            truth = set(exact_top10(data, query[None, :], mask)[0].tolist())
             recall.append(len(truth & set(found)) / len(truth))
         p50, p99 = percentiles(times)
         results[f"p50_{name}_ms"] = p50
@@ -282,8 +316,6 @@ def populate_catalog(
 ) -> tuple[int, float]:
     """Write each file's point as ``dinoseek index`` records it (random vectors: the rerun
     never reads them); (points, seconds)."""
-    import hashlib
-
     from indexer.catalog import FileEntry, PointEntry, build_payload
 
     settings = Settings(data_dir=data_dir, collection=COLLECTION, model=model, device="cpu")
@@ -422,9 +454,10 @@ def main(argv: list[str] | None = None) -> int:
 def vectors_part(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """Part 1: the table of dinoseek's store and the baseline."""
     print(f"vectors: {args.points:,} x {args.dim}, {args.clusters} clusters", flush=True)
-    data, labels, queries = clustered_vectors(
+    data, labels, query_vectors = clustered_vectors(
         args.points, args.dim, args.clusters, seed=0, queries=args.queries
     )
+    queries = query_set(data, labels, query_vectors)
     rows = []
     for quantization in args.quantizations:
         row = run_dinoseek(data, labels, queries, work / f"dinoseek-{quantization}", quantization)
