@@ -58,7 +58,8 @@ class PointEntry:
         self.id = id
         self._files: tuple[FileEntry, ...] = tuple((files or {}).values())
         given = content or {}
-        self._content = tuple(_shared(given.get(key, _ABSENT)) for key in CONTENT_KEYS)
+        values = [_shared(given.get(key, _ABSENT)) for key in CONTENT_KEYS[1:]]
+        self._content = (_packed_sha256(given.get("sha256", _ABSENT)), *values)
 
     @classmethod
     def from_parts(
@@ -71,7 +72,7 @@ class PointEntry:
         point = cls.__new__(cls)
         point.id = id
         point._files = files
-        point._content = content
+        point._content = (_packed_sha256(content[0]), *content[1:])
         return point
 
     @property
@@ -82,7 +83,9 @@ class PointEntry:
     @property
     def content(self) -> dict[str, Any]:
         """The content keys the point has."""
-        return {k: v for k, v in zip(CONTENT_KEYS, self._content, strict=True) if v is not _ABSENT}
+        sha256, *rest = self._content
+        values = (sha256.hex() if type(sha256) is bytes else sha256, *rest)
+        return {k: v for k, v in zip(CONTENT_KEYS, values, strict=True) if v is not _ABSENT}
 
     def file_entries(self) -> tuple[FileEntry, ...]:
         """The files, in the order they were added."""
@@ -120,6 +123,18 @@ def content_of(prepared: PreparedFile, model_id: str, indexed_at: str) -> dict[s
         "model_id": model_id,
         "indexed_at": indexed_at,
     }
+
+
+def _packed_sha256(value: Any) -> Any:
+    """A sha256 in lowercase hex as its 32 bytes (half the memory); anything else as it is
+    (a payload can hold what it likes). ``PointEntry.content`` gives the hex back."""
+    if type(value) is str and len(value) == 64 and value == value.lower():
+        try:
+            packed = bytes.fromhex(value)
+        except ValueError:
+            return value
+        return packed if len(packed) == 32 else value  # fromhex skips whitespace
+    return value
 
 
 def _shared(value: Any) -> Any:

@@ -190,39 +190,45 @@ def _points(saved: Any, meta: dict[str, Any]) -> Iterable[PointEntry]:
     count = len(point_files)
     ids = _unblock(saved["ids"], count)
     sha256 = _unblock(saved["sha256"], count)
-    point_numbers = saved["point_numbers"].tolist()
-    point_strings = saved["point_strings"].tolist()
     total = sum(point_files)
     paths = _unblock(saved["paths"], total)
     relative = _unblock(saved["relative"], total)
-    file_numbers = saved["file_numbers"].tolist()
-    file_strings = saved["file_strings"].tolist()
+    # Column by column: a list per row would leave a million small lists to free.
+    point_numbers, point_strings = saved["point_numbers"], saved["point_strings"]
+    file_numbers, file_strings = saved["file_numbers"], saved["file_strings"]
     if not len(point_numbers) == len(point_strings) == count:
         raise ValueError("point columns of different lengths")
     if not len(file_numbers) == len(file_strings) == total:
         raise ValueError("file columns of different lengths")
-    _check_indices(saved["point_strings"], len(strings), allow_none=False)
-    _check_indices(saved["file_strings"][:, :1], len(strings), allow_none=False)
-    _check_indices(saved["file_strings"][:, 1:], len(strings), allow_none=True)
+    _check_indices(point_strings, len(strings), allow_none=False)
+    _check_indices(file_strings[:, :1], len(strings), allow_none=False)
+    _check_indices(file_strings[:, 1:], len(strings), allow_none=True)
     if count and min(point_files) < 1:
         raise ValueError("a point without files")
+    table = [*strings, None]  # index -1: no label
+    roots = [table[i] for i in file_strings[:, 0].tolist()]
+    labels = [table[i] for i in file_strings[:, 1].tolist()]
+    files = list(
+        map(FileEntry, paths, roots, relative, file_numbers[:, 0].tolist(),
+            file_numbers[:, 1].tolist(), labels)
+    )  # fmt: skip
+    del paths, roots, relative, labels
+    sizes = point_numbers[:, 0].tolist()
+    widths = point_numbers[:, 1].tolist()
+    heights = point_numbers[:, 2].tolist()
+    formats = [table[i] for i in point_strings[:, 0].tolist()]
+    models = [table[i] for i in point_strings[:, 1].tolist()]
+    times = [table[i] for i in point_strings[:, 2].tolist()]
     points = []
     start = 0
-    for index in range(count):
+    for index, point_id in enumerate(ids):
+        first = files[start]
+        size = first.size if sizes[index] == first.size else sizes[index]  # one int, not two
+        content = (sha256[index], size, widths[index], heights[index], formats[index],
+                   models[index], times[index])  # fmt: skip
         stop = start + point_files[index]
-        files = []
-        for row in range(start, stop):
-            root, label = file_strings[row]
-            size, mtime_ns = file_numbers[row]
-            files.append(
-                FileEntry(paths[row], strings[root], relative[row], size, mtime_ns,
-                          None if label < 0 else strings[label])
-            )  # fmt: skip
+        points.append(PointEntry.from_parts(point_id, tuple(files[start:stop]), content))
         start = stop
-        format_, model_id, indexed_at = point_strings[index]
-        content = (sha256[index], *point_numbers[index], strings[format_], strings[model_id],
-                   strings[indexed_at])  # fmt: skip
-        points.append(PointEntry.from_parts(ids[index], tuple(files), content))
     for point_id, rows, content in meta["irregular"]:
         by_path = {row[0]: FileEntry(*row) for row in rows}
         points.append(PointEntry(point_id, by_path, content))

@@ -302,3 +302,26 @@ def test_points_of_the_store_match_their_copy_with_vectors(
     assert copy == from_store
     summary, _, _ = run(embedder, data, photos)
     assert summary.catalog_source == "saved copy"
+
+
+@pytest.mark.parametrize(
+    "sha256",
+    ["ab" * 32, "AB" * 32, "ab" * 30 + "  ab", "zz" * 32, "ab" * 31, 12],
+    ids=["hex", "upper", "spaces", "not-hex", "short", "number"],
+)
+def test_a_content_hash_reads_back_as_it_was_written(sha256: Any, tmp_path: Path) -> None:
+    """A catalog holds a lowercase hex sha256 as its 32 bytes; every value comes back as it
+    was, through the store's payload and through the saved copy."""
+    point = PointEntry("id-1", {"/r/a.jpg": entry("/r/a.jpg")}, content(sha256))
+    assert point.content["sha256"] == sha256
+    rebuilt = PointEntry.from_parts("id-1", (entry("/r/a.jpg"),), tuple(content(sha256).values()))
+    assert rebuilt.content == point.content
+    save_catalog(tmp_path / "c.npz", TOKEN, Catalog([point]))
+    loaded = load_catalog(tmp_path / "c.npz", TOKEN)
+    assert loaded is not None
+    assert loaded.points["id-1"].content["sha256"] == sha256
+
+
+def test_a_hex_hash_is_held_in_half_the_memory() -> None:
+    point = PointEntry("id-1", {}, content("ab" * 32))
+    assert point._content[0] == bytes.fromhex("ab" * 32)
