@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 import uuid
@@ -295,15 +296,15 @@ def measure_queries(search: Any, queries: QuerySet) -> dict[str, Any]:
 # -- part 2: the catalog ----------------------------------------------------------------------
 
 
-def write_small_files(folder: Path, count: int) -> list[Path]:
-    """``count`` distinct tiny JPEGs (8x8), in folders of 1,000."""
+def write_small_files(folder: Path, count: int, first: int = 0) -> list[Path]:
+    """``count`` distinct tiny JPEGs (8x8), numbered from ``first``, in folders of 1,000."""
     from PIL import Image
 
     paths = []
-    rng = np.random.default_rng(0)
-    for i in range(count):
+    rng = np.random.default_rng(first)
+    for i in range(first, first + count):
         path = folder / f"d{i // 1000:04d}" / f"{i:07d}.jpg"
-        if i % 1000 == 0:
+        if i % 1000 == 0 or i == first:
             path.parent.mkdir(parents=True, exist_ok=True)
         pixels = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(path, quality=90)
@@ -312,17 +313,17 @@ def write_small_files(folder: Path, count: int) -> list[Path]:
 
 
 def populate_catalog(
-    folder: Path, paths: list[Path], model: str, data_dir: Path
+    folder: Path, paths: list[Path], model: str, data_dir: Path, collection: str
 ) -> tuple[int, float]:
     """Write each file's point as ``dinoseek index`` records it (random vectors: the rerun
     never reads them); (points, seconds)."""
     from indexer.catalog import FileEntry, PointEntry, build_payload
 
-    settings = Settings(data_dir=data_dir, collection=COLLECTION, model=model, device="cpu")
+    settings = Settings(data_dir=data_dir, collection=collection, model=model, device="cpu")
     started = time.perf_counter()
     with Runtime.open(settings, collection="none") as runtime:
         embedder = runtime.require_embedder()
-        runtime.store.ensure_collection(COLLECTION, embedder.space)
+        runtime.store.ensure_collection(collection, embedder.space)
         rng = np.random.default_rng(1)
         for start in range(0, len(paths), BATCH):
             records = []
@@ -342,42 +343,53 @@ def populate_catalog(
                 records.append(
                     PointRecord(point.id, vector / np.linalg.norm(vector), build_payload(point))
                 )
-            runtime.store.upsert(COLLECTION, records)
-        runtime.store.optimize(COLLECTION)
+            runtime.store.upsert(collection, records)
+        runtime.store.optimize(collection)
     return len(paths), time.perf_counter() - started
 
 
-def catalog_bytes_per_entry(data_dir: Path) -> tuple[float, int]:
-    """(bytes per catalog entry, entries): ``Catalog.load`` under tracemalloc."""
-    from indexer.catalog import Catalog
+def catalog_bytes_per_entry(data_dir: Path, collection: str) -> tuple[float, int]:
+    """(bytes per catalog entry, entries): the saved copy read under tracemalloc."""
+    from indexer.catalog_cache import catalog_cache_path, load_catalog
 
     with dinoseek_store(data_dir) as store:
-        store.acquire(COLLECTION)
-        tracemalloc.start()
-        catalog = Catalog.load(store, COLLECTION)
-        size, _ = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        entries = len(catalog.paths())
-    return size / max(1, entries), entries
+        store.acquire(collection)
+        token = store.state_token(collection)
+    tracemalloc.start()
+    catalog = load_catalog(catalog_cache_path(data_dir, collection), token)
+    size, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    if catalog is None:
+        raise RuntimeError(f"no saved catalog of {collection} after a rerun")
+    return size / max(1, len(catalog)), len(catalog)
 
 
-def run_rerun(folder: Path, model: str, data_dir: Path, timeout_s: float) -> dict[str, Any]:
-    """``dinoseek index`` over the unchanged folder, in a process of its own."""
+def run_rerun(
+    folder: Path, model: str, data_dir: Path, collection: str, timeout_s: float
+) -> dict[str, Any]:
+    """``dinoseek index`` over the unchanged folder, in a process of its own: wall time, its
+    own peak RSS (``wait4``), its summary."""
     command = [
         sys.executable, "-m", "indexer", str(folder), "--model", model, "--data-dir",
-        str(data_dir), "-c", COLLECTION, "--json", "--quiet", "--device", "cpu",
+        str(data_dir), "-c", collection, "--json", "--quiet", "--device", "cpu",
     ]  # fmt: skip
-    started = time.perf_counter()
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout_s, env=common.child_env(),
-        check=False,
-    )  # fmt: skip
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"dinoseek index failed:\n{done.stderr[-3000:]}")
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    summary = common.ProcessResult(0, done.stdout, done.stderr, wall, None, None).last_json()
-    return {"wall_s": wall, "peak_rss_mib": rss, "summary": summary}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=common.child_env())
+        timer = threading.Timer(timeout_s, process.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"dinoseek index failed:\n{stderr[-3000:]}")
+    summary = common.ProcessResult(0, stdout, stderr, wall, None, None).last_json()
+    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "summary": summary}
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -483,42 +495,63 @@ def vectors_part(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
 
 def catalog_part(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Part 2: the no-change rerun and the catalog's memory."""
+    """Part 2: no-change reruns over half the files and over all of them (two sizes: the
+    growth per file, extrapolated to a million), and the catalog's memory."""
     print(f"catalog: {args.files:,} small files", flush=True)
     folder = work / "files"
+    half = args.files // 2
     started = time.perf_counter()
-    paths = write_small_files(folder, args.files)
+    halves = (
+        write_small_files(folder / "half", half),
+        write_small_files(folder / "rest", args.files - half, first=half),
+    )
     written_s = time.perf_counter() - started
     model = common.resolve_model(args.model, args.cache.resolve())
     data_dir = work / "catalog-data"
-    _, populate_s = populate_catalog(folder, paths, model, data_dir)
-    per_entry, entries = catalog_bytes_per_entry(data_dir)
-    rerun = run_rerun(folder, model, data_dir, args.timeout)
-    unchanged = rerun["summary"].get("unchanged")
-    result = {
-        "files": args.files,
-        "write_files_s": written_s,
-        "populate_s": populate_s,
-        "catalog_entries": entries,
-        "catalog_bytes_per_entry": per_entry,
-        "catalog_mib_at_1m": per_entry * 1_000_000 / 2**20,
-        "rerun_wall_s": rerun["wall_s"],
-        "rerun_peak_rss_mib": rerun["peak_rss_mib"],
-        "rerun_unchanged": unchanged,
-    }
-    # The pipeline's own time grows with the files; the start-up (interpreter, model) does not.
-    pipeline_s = float(rerun["summary"].get("elapsed_s", rerun["wall_s"]))
-    startup_s = rerun["wall_s"] - pipeline_s
-    result["rerun_startup_s"] = startup_s
-    result["rerun_wall_s_at_1m"] = startup_s + pipeline_s * 1_000_000 / args.files
+    sizes = {"half": (folder / "half", halves[0]), "all": (folder, halves[0] + halves[1])}
+    result: dict[str, Any] = {"files": args.files, "write_files_s": written_s}
+    for name, (root, paths) in sizes.items():
+        _, populate_s = populate_catalog(root, paths, model, data_dir, name)
+        first = run_rerun(root, model, data_dir, name, args.timeout)  # reads the store
+        again = run_rerun(root, model, data_dir, name, args.timeout)  # reads the saved copy
+        result[name] = {
+            "files": len(paths),
+            "populate_s": populate_s,
+            "first_wall_s": first["wall_s"],
+            "first_peak_rss_mib": first["peak_rss_mib"],
+            "first_catalog_source": first["summary"].get("catalog_source"),
+            "wall_s": again["wall_s"],
+            "peak_rss_mib": again["peak_rss_mib"],
+            "catalog_source": again["summary"].get("catalog_source"),
+            "unchanged": again["summary"].get("unchanged"),
+        }
+        print(
+            f"  {len(paths):,} files: first rerun {first['wall_s']:.1f} s, "
+            f"{first['peak_rss_mib']:.0f} MiB ({first['summary'].get('catalog_source')}); "
+            f"next {again['wall_s']:.1f} s, {again['peak_rss_mib']:.0f} MiB "
+            f"({again['summary'].get('catalog_source')})",
+            flush=True,
+        )
+    per_entry, entries = catalog_bytes_per_entry(data_dir, "all")
+    result["catalog_entries"] = entries
+    result["catalog_bytes_per_entry"] = per_entry
+    result["catalog_mib_at_1m"] = per_entry * 1_000_000 / 2**20
+    for key in ("first_wall_s", "first_peak_rss_mib", "wall_s", "peak_rss_mib"):
+        result[f"{key}_at_1m"] = at_a_million(result["half"], result["all"], key)
     print(
-        f"no-change rerun over {args.files:,} files: {rerun['wall_s']:.1f} s, peak RSS "
-        f"{rerun['peak_rss_mib']:.0f} MiB ({unchanged} unchanged); catalog "
-        f"{per_entry:.0f} bytes per entry, {result['catalog_mib_at_1m']:.0f} MiB at 1M; "
-        f"rerun at 1M: {result['rerun_wall_s_at_1m']:.0f} s (start-up {startup_s:.1f} s, the "
-        "rest scaled linearly)\n"
+        f"no-change rerun at 1M files (from the growth between {half:,} and {args.files:,}): "
+        f"{result['wall_s_at_1m']:.0f} s, {result['peak_rss_mib_at_1m']:.0f} MiB; the first "
+        f"after a change (reading the store): {result['first_wall_s_at_1m']:.0f} s, "
+        f"{result['first_peak_rss_mib_at_1m']:.0f} MiB; catalog {per_entry:.0f} bytes per "
+        f"entry ({result['catalog_mib_at_1m']:.0f} MiB at 1M)\n"
     )
     return result
+
+
+def at_a_million(small: dict[str, Any], large: dict[str, Any], key: str) -> float:
+    """``key`` at a million files, growing from ``large`` as it grew from ``small``."""
+    per_file = (large[key] - small[key]) / max(1, large["files"] - small["files"])
+    return float(large[key] + per_file * (1_000_000 - large["files"]))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,11 @@ def test_scale_quick_measures_the_store_and_the_rerun(bench_cache: Path, tmp_pat
         assert row["recall_label"] > 0.9
         assert row["p50_label_ms"] > 0
     catalog = document["catalog"]
-    assert catalog["rerun_unchanged"] == catalog["catalog_entries"] == 300
+    assert catalog["half"]["unchanged"] == 150
+    assert catalog["all"]["unchanged"] == catalog["catalog_entries"] == 300
+    for size in ("half", "all"):
+        assert catalog[size]["first_catalog_source"] == "store"  # populated by hand
+        assert catalog[size]["catalog_source"] == "saved copy"  # saved by the first rerun
     assert catalog["catalog_bytes_per_entry"] > 0
+    assert catalog["peak_rss_mib_at_1m"] > catalog["all"]["peak_rss_mib"] > 0
     assert "x the plain script's speed on filtered queries" in done.stdout
