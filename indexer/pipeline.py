@@ -270,6 +270,8 @@ class IndexRun:
         self._writer = StoreWriter(self.store, options.collection)
         try:
             to_process = self._scan_and_plan(previous_failures)
+            if to_process:
+                self._load_model()
             embed_started = time.perf_counter()
             if to_process:
                 self._process(to_process)
@@ -307,6 +309,10 @@ class IndexRun:
             self._embedder = self._model.load()
             self.summary.model = self._embedder.model_id
         return self._embedder
+
+    def _load_model(self) -> None:
+        """Load the model now (not counted in the embedding rate)."""
+        _ = self.embedder
 
     def _space(self) -> EmbeddingSpace:
         """The embedding space of the collection: the model's, or the collection's own while
