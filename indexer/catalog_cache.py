@@ -166,13 +166,13 @@ def _file_row(entry: FileEntry) -> list[Any]:
 
 
 def _block(texts: list[str]) -> np.ndarray:
-    return np.frombuffer("\0".join(texts).encode("utf-8"), dtype=np.uint8)
+    return np.frombuffer("\0".join(texts).encode("utf-8", "surrogatepass"), dtype=np.uint8)
 
 
 def _unblock(block: np.ndarray, count: int) -> list[str]:
     if count == 0:
         return []
-    texts = bytes(block).decode("utf-8").split("\0")
+    texts = bytes(block).decode("utf-8", "surrogatepass").split("\0")
     if len(texts) != count:
         raise ValueError(f"a block of {len(texts)} strings where {count} were expected")
     return texts

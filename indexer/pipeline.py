@@ -270,10 +270,10 @@ class IndexRun:
         self._writer = StoreWriter(self.store, options.collection)
         try:
             to_process = self._scan_and_plan(previous_failures)
-            if to_process:
-                self._load_model()
             embed_started = time.perf_counter()
             if to_process:
+                _ = self.embedder  # loaded now: not counted in the embedding rate
+                embed_started = time.perf_counter()
                 self._process(to_process)
             self.summary.embed_elapsed_s = round(time.perf_counter() - embed_started, 3)
         finally:
@@ -309,10 +309,6 @@ class IndexRun:
             self._embedder = self._model.load()
             self.summary.model = self._embedder.model_id
         return self._embedder
-
-    def _load_model(self) -> None:
-        """Load the model now (not counted in the embedding rate)."""
-        _ = self.embedder
 
     def _space(self) -> EmbeddingSpace:
         """The embedding space of the collection: the model's, or the collection's own while
@@ -356,10 +352,11 @@ class IndexRun:
             return  # nothing written, and the copy is already of this state
         try:
             save_catalog(path, token, self.catalog)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # a full disk; a name that cannot be encoded
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             self.summary.warnings.append(
-                f"could not save the catalog to {path} ({exc.strerror or exc}); the next "
-                "run reads it from the collection instead"
+                f"could not save the catalog to {path} ({reason}); the next run reads it "
+                "from the collection instead"
             )
 
     # -- plan -------------------------------------------------------------------------------

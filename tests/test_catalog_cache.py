@@ -58,6 +58,8 @@ def sample_catalog() -> Catalog:
             PointEntry("id-4", {"/r/e.jpg": entry("/r/e.jpg")}, content("ee", model_id=7)),
             PointEntry("id-5", {"/r/f\0.jpg": entry("/r/f\0.jpg")}, content("ff")),
             PointEntry("id-6", {"/r/g.jpg": entry("/r/g.jpg")}, content("gg", size=2**70)),
+            # A name that is not UTF-8 (never stored, but a copy must not choke on it).
+            PointEntry("id-7", {"/r/\udcff.jpg": entry("/r/\udcff.jpg")}, content("hh")),
         ]
     )
 
@@ -95,8 +97,9 @@ def damage_truncate(path: Path) -> None:
 
 
 def damage_flip(path: Path) -> None:
+    """One byte of a stored path changed (its member's CRC no longer matches)."""
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    data[data.index(b"/r/b.jpg") + 3] ^= 0x01
     path.write_bytes(bytes(data))
 
 
