@@ -128,7 +128,7 @@ class Settings(BaseSettings):
         256, ge=1, le=4096, description="HNSW candidates per search (recall, latency)"
     )
     quantization: QuantizationName = Field(
-        "none",
+        "int8",
         description="int8: a new collection searches int8 copies of its vectors in memory, "
         "then rescores with the originals",
     )

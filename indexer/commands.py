@@ -103,9 +103,10 @@ from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
     "--quantization",
     type=click.Choice(["none", "int8"]),
     default=None,
-    help="int8: search int8 copies of the vectors in memory, rescored with the originals "
-    "(a quarter of the memory; recall reported by bench/scale.py). For a new collection "
-    "[default: DINOSEEK_QUANTIZATION, else none].",
+    help="int8: search int8 copies of the vectors, held in memory, then rescore the best "
+    "with the original vectors: a faster index build and search at the same recall (see "
+    "bench/scale.py). none: the float vectors only. For a new collection "
+    "[default: DINOSEEK_QUANTIZATION, else int8].",
 )
 @click.option(
     "--hnsw-m",

@@ -54,8 +54,11 @@ def test_a_new_collection_takes_the_index_it_is_given_and_keeps_it(tmp_path: Pat
         store.ensure_collection("plain", space())
     assert edge_config(tmp_path) == vectors
     plain = edge_config(tmp_path, "plain")
-    assert "quantization_config" not in plain, "the defaults create what they always did"
-    assert plain.get("hnsw_config") is None
+    assert plain["quantization_config"] == vectors["quantization_config"], "int8 by default"
+    assert plain.get("hnsw_config") is None, "Qdrant's own HNSW defaults"
+    with EdgeStore(tmp_path, index=VectorIndex(quantization="none")) as store:
+        store.ensure_collection("floats", space())
+    assert "quantization_config" not in edge_config(tmp_path, "floats")
 
 
 def test_an_int8_collection_rescores_with_the_original_vectors(tmp_path: Path) -> None:
@@ -108,7 +111,8 @@ def test_the_server_store_asks_the_server_for_the_same_index(
     assert (scalar.type.value, scalar.quantile, scalar.always_ram) == ("int8", 0.99, True)
     plain = sent_for(None)
     assert plain["hnsw_config"] is None
-    assert plain["quantization_config"] is None
+    assert plain["quantization_config"].scalar.type.value == "int8"  # the default
+    assert sent_for(VectorIndex(quantization="none"))["quantization_config"] is None
 
 
 def test_index_flags_and_variables_choose_the_index_of_a_new_collection(

@@ -125,7 +125,7 @@ class VectorIndex:
 
     hnsw_m: int = 16
     hnsw_ef_construct: int = 100
-    quantization: str = "none"
+    quantization: str = "int8"
     hnsw_ef: int = 256
 
     def __post_init__(self) -> None:
