@@ -63,6 +63,7 @@ class IndexOptions:
     prune: bool = True
     retry_failed: bool = False
     optimize: bool = True
+    optimize_every: int = 100_000  # points written between index builds during the run
     progress: str = "auto"  # bar, log, off or auto
     progress_interval_s: float = 10.0
     gpu_decode: bool = False  # decode JPEGs with nvJPEG (CUDA only; see dinoseek.gpu_decode)
@@ -137,13 +138,21 @@ class StoreWriter:
     bad point never ends a run. A payload update refused leaves its point stale: its id is
     also in ``stale``. Any other failure is the store's (unreachable, locked, a full disk, a
     deleted collection...): the run ends with it.
+
+    Every ``optimize_every`` points written (0: never), it builds the index of what it wrote
+    so far: a long run's collection is searchable at speed even if the run stops, and the
+    build at its end covers only the last points.
     """
 
     REFUSED_DATA = (PointRefusedError, TypeError, ValueError)
 
-    def __init__(self, store: VectorStore, collection: str, *, depth: int = 4) -> None:
+    def __init__(
+        self, store: VectorStore, collection: str, *, depth: int = 4, optimize_every: int = 0
+    ) -> None:
         self.store = store
         self.collection = collection
+        self.optimize_every = optimize_every
+        self._written_since_optimize = 0
         self.rejected: list[tuple[str, str]] = []
         self.stale: list[str] = []
         self._queue: queue.Queue[Operation | None] = queue.Queue(maxsize=depth)
@@ -204,6 +213,10 @@ class StoreWriter:
     def _apply(self, operation: Operation) -> None:
         if isinstance(operation, Upsert):
             self.store.upsert(self.collection, operation.points)
+            self._written_since_optimize += len(operation.points)
+            if self.optimize_every and self._written_since_optimize >= self.optimize_every:
+                self.store.optimize(self.collection)
+                self._written_since_optimize = 0
         elif isinstance(operation, SetPayload):
             self.store.set_payload(self.collection, operation.point_id, operation.payload)
         else:
@@ -267,7 +280,11 @@ class IndexRun:
         token = self.store.state_token(options.collection)
         self.catalog = self._load_catalog(token)
         previous_failures = load_failures(options.failures_report)
-        self._writer = StoreWriter(self.store, options.collection)
+        self._writer = StoreWriter(
+            self.store,
+            options.collection,
+            optimize_every=options.optimize_every if options.optimize else 0,
+        )
         try:
             to_process = self._scan_and_plan(previous_failures)
             embed_started = time.perf_counter()

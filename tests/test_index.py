@@ -492,3 +492,38 @@ def test_a_path_listed_by_three_points_is_untangled_one_owner_at_a_time() -> Non
     assert catalog.owners("/r/a.jpg") == {"p1"}
     with pytest.raises(KeyError, match=r"/r/a\.jpg"):
         catalog.points["p3"].file("/r/a.jpg")
+
+
+class CountingOptimizes(EdgeStore):
+    """The embedded store, noting how many points the collection held at each index build."""
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        self.optimized_at: list[int] = []
+
+    def optimize(self, name: str) -> None:
+        self.optimized_at.append(self.count(name))
+        super().optimize(name)
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_a_long_run_builds_the_index_as_it_writes(
+    embedder: ImageEmbedder, tmp_path: Path, optimize: bool
+) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=5)
+    options = IndexOptions(
+        roots=(photos,),
+        collection="images",
+        failures_report=tmp_path / "report.jsonl",
+        batch_size=2,
+        workers=0,
+        progress="off",
+        optimize=optimize,
+        optimize_every=4,
+    )
+    with CountingOptimizes(tmp_path / "data") as store:
+        summary = index_folders(embedder, store, options)
+        assert summary.embedded == 10
+        # After 4 and 8 points written, then the build at the end; none with --no-optimize.
+        assert store.optimized_at == ([4, 8, 10] if optimize else [])
