@@ -143,20 +143,24 @@ def test_a_damaged_copy_is_ignored_with_a_warning(
 # -- in the pipeline --------------------------------------------------------------------------
 
 
+def index_options(data_dir: Path, root: Path, **overrides: Any) -> IndexOptions:
+    """Indexing ``root`` into ``images`` with the saved copy."""
+    settings: dict[str, Any] = {
+        "batch_size": 4,
+        "workers": 0,
+        "progress": "off",
+        "catalog_cache": catalog_cache_path(data_dir, "images"),
+        **overrides,
+    }
+    report = data_dir / "reports" / "images.failures.jsonl"
+    return IndexOptions(roots=(root,), collection="images", failures_report=report, **settings)
+
+
 def run(
     embedder: ImageEmbedder, data_dir: Path, root: Path, **overrides: Any
 ) -> tuple[IndexSummary, dict[str, Any], dict[str, Any] | None]:
     """One run with the saved copy; (its summary, the store's catalog after it, the copy's)."""
-    options = IndexOptions(
-        roots=(root,),
-        collection="images",
-        failures_report=data_dir / "reports" / "images.failures.jsonl",
-        batch_size=4,
-        workers=0,
-        progress="off",
-        catalog_cache=catalog_cache_path(data_dir, "images"),
-        **overrides,
-    )
+    options = index_options(data_dir, root, **overrides)
     with EdgeStore(data_dir) as store:
         summary = index_folders(embedder, store, options)
         store.acquire("images")
@@ -214,15 +218,7 @@ def test_an_interrupted_run_saves_no_copy(embedder: ImageEmbedder, tmp_path: Pat
     photos, data = tmp_path / "photos", tmp_path / "data"
     write_tree(photos, per_class=3, classes=("cats",))
     stop = threading.Event()
-    options = IndexOptions(
-        roots=(photos,),
-        collection="images",
-        failures_report=data / "failures.jsonl",
-        batch_size=1,
-        workers=0,
-        progress="off",
-        catalog_cache=catalog_cache_path(data, "images"),
-    )
+    options = index_options(data, photos, batch_size=1)
     with EdgeStore(data) as store:
         interrupted = IndexRun(
             embedder,
@@ -248,17 +244,8 @@ def test_a_refused_point_saves_no_copy(embedder: ImageEmbedder, tmp_path: Path) 
 
     photos, data = tmp_path / "photos", tmp_path / "data"
     write_tree(photos, per_class=2, classes=("a", "refused"))
-    options = IndexOptions(
-        roots=(photos,),
-        collection="images",
-        failures_report=data / "failures.jsonl",
-        batch_size=4,
-        workers=0,
-        progress="off",
-        catalog_cache=catalog_cache_path(data, "images"),
-    )
     with Refusing(data) as store:
-        summary = index_folders(embedder, store, options)
+        summary = index_folders(embedder, store, index_options(data, photos))
     assert summary.failed_by_reason == {"store_refused": 2}
     assert not catalog_cache_path(data, "images").exists()
 
