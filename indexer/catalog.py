@@ -1,9 +1,10 @@
 """Catalog: what the collection holds, by file path and by point, and how it must change.
 
-The store is the only state: every run rebuilds the catalog from the points' payloads, so a
-run killed at any moment is followed by a run that sees exactly what was acknowledged and
-converges. Each point is one distinct content (its id is uuid5 of the sha256) and lists every
-file that has that content.
+The store is the only state: every run rebuilds the catalog from the points' payloads (or
+from their saved copy, ``indexer.catalog_cache``, while the collection's state token says
+nothing was written since), so a run killed at any moment is followed by a run that sees
+exactly what was acknowledged and converges. Each point is one distinct content (its id is
+uuid5 of the sha256) and lists every file that has that content.
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
 """The indexing pipeline: scan -> plan -> decode (processes) -> embed (batches) -> upsert (thread).
 
-- Plan: compare the scan with the catalog (the store's own payloads). Unchanged files (same
-  path, size, mtime) are skipped without being read; files that failed before and have not
-  changed are skipped unless ``retry_failed``; files gone from a scanned root are pruned.
+- Plan: compare the scan with the catalog (the store's own payloads, or their saved copy),
+  file by file as the scan finds them. Unchanged files (same path, size, mtime) are skipped
+  without being read, and the model is loaded only if some file needs it; files that
+  failed before and have not changed are skipped unless ``retry_failed``; files gone from a
+  scanned root are pruned.
 - Decode: worker processes read, hash, decode and preprocess files (see ``indexer.decode``);
   memory stays bounded on any folder size, and a dying worker loses nothing.
 - Embed: the main thread embeds full batches. A batch that fails for lack of memory is split
   and retried; a single image that still fails is reported, not fatal.
-- Upsert: a writer thread applies the store operations in order, through a bounded queue.
+- Upsert: a writer thread applies the store operations in order, through a bounded queue,
+  and builds the index every ``optimize_every`` points.
 
 Every operation is idempotent and the plan is rebuilt from the store on each run, so killing
 the indexer at any moment and running it again converges to the state of one clean run.
