@@ -31,6 +31,7 @@ from dinoseek.embedding import (
     available_cores,
     fingerprint_pixels,
     non_finite_rows,
+    recorded_model_id,
 )
 from dinoseek.errors import ConfigError, EmbeddingError, ModelLoadError
 from dinoseek.images import Preprocessing, preprocessing_from_processor_config
@@ -146,9 +147,7 @@ class Embedder:
         cls, model_id: str, *, device: str = "auto", dtype: str = "auto"
     ) -> Embedder:
         """Load a DINOv2 checkpoint (hub id or local directory) and its processor config."""
-        if os.path.isdir(model_id):
-            # Recorded with the collection: an absolute path works from any directory.
-            model_id = os.path.abspath(model_id)
+        model_id = recorded_model_id(model_id)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         checkpoint = load_dinov2(model_id, torch_dtype)

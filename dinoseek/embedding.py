@@ -127,6 +127,12 @@ def non_finite_rows(vectors: np.ndarray) -> list[int]:
     return [int(i) for i in np.flatnonzero(~np.isfinite(vectors).all(axis=1))]
 
 
+def recorded_model_id(model_id: str) -> str:
+    """The id a model is recorded under: a local directory as an absolute path (it works from
+    any directory), a hub id as it is."""
+    return os.path.abspath(model_id) if os.path.isdir(model_id) else model_id
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (respects affinity and container CPU sets)."""
     try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from dinoseek.embedding import ImageEmbedder, available_cores
+from dinoseek.embedding import ImageEmbedder, available_cores, recorded_model_id
 from dinoseek.errors import CollectionNotFoundError, ConfigError, StoreUnavailableError
 from dinoseek.search import Searcher
 from dinoseek.settings import Settings
@@ -137,7 +137,7 @@ class Runtime:
         """The model this runtime has loaded, or would load (see ``load_model``)."""
         if self.embedder is not None:
             return self.embedder.model_id
-        return self._model_id(self.collection_exists)
+        return recorded_model_id(self._model_id(self.collection_exists))
 
     def load_model(self, loader: ModelLoader | None = None) -> ImageEmbedder:
         """Load and prepare the model of a runtime opened with ``model=False`` (steps 3-5 of

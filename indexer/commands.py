@@ -279,10 +279,7 @@ def index(
 def _names_another_model(runtime: Runtime) -> bool:
     """Whether the model asked for is not the one the collection was built with, by id (the
     full check, the model's fingerprint, runs when it loads)."""
-    given = runtime.model_id
-    if os.path.isdir(given):
-        given = os.path.abspath(given)
-    return given != runtime.store.collection_space(runtime.collection).model_id
+    return runtime.model_id != runtime.store.collection_space(runtime.collection).model_id
 
 
 def _index_locked_message(error: StoreLockedError) -> str:
