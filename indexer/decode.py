@@ -91,7 +91,7 @@ class _Generation:
 
     def submit(self, file: ScannedFile) -> tuple[int, Future[Result]]:
         slot = self.free.popleft()
-        return slot, self.executor.submit(prepare_into_slot, str(file.path), slot)
+        return slot, self.executor.submit(prepare_into_slot, file.path, slot)
 
     def collect(self, slot: int, result: Result) -> Result:
         """Copy the pixels out of ``slot`` and free it."""
@@ -209,7 +209,7 @@ class DecodePool:
         try:
             while not stop.is_set():
                 while len(in_flight) < self.window and (file := next(upcoming, None)):
-                    in_flight.append((file, decoder.submit(str(file.path))))
+                    in_flight.append((file, decoder.submit(file.path)))
                 if not in_flight:
                     return
                 file, future = in_flight.popleft()
@@ -221,7 +221,7 @@ class DecodePool:
                     decoder.abandon()
                     decoder = _DecodeThread(self.config)
                     waiting = [queued for queued, _ in in_flight]
-                    in_flight = deque((f, decoder.submit(str(f.path))) for f in waiting)
+                    in_flight = deque((f, decoder.submit(f.path)) for f in waiting)
                     yield file, _failure(file, exc, self.config.decode_timeout_s)
                     continue
                 yield file, result
@@ -272,13 +272,13 @@ def _result(future: Future[T], stop: threading.Event, timeout_s: float) -> T:
 def _failure(file: ScannedFile, exc: BaseException, timeout_s: float) -> FailedFile:
     if isinstance(exc, TimeoutError):
         return FailedFile(
-            str(file.path),
+            file.path,
             DECODE_TIMEOUT,
             f"{file.path}: decoding took longer than {timeout_s:g} s "
             "(DINOSEEK_DECODE_TIMEOUT_S), alone as well; skipped",
         )
     return FailedFile(
-        str(file.path),
+        file.path,
         "decoder_crashed",
         f"{file.path}: the decode process died twice while reading this file "
         "(a decoder crash, or killed for lack of memory); skipped",
@@ -363,7 +363,7 @@ class GpuDecodeStage:
             in_flight: deque[tuple[ScannedFile, Future[Result | _ReadJpeg]]] = deque()
             while not stop.is_set():
                 while len(in_flight) < window and (file := next(upcoming, None)) is not None:
-                    in_flight.append((file, pool.submit(self._read, str(file.path))))
+                    in_flight.append((file, pool.submit(self._read, file.path)))
                 if not in_flight:
                     break
                 file, future = in_flight.popleft()

@@ -482,7 +482,7 @@ class IndexRun:
         try:
             for file, result in pool.results(files, self.stop):
                 if isinstance(result, FailedFile):
-                    self._forget_path(str(file.path))
+                    self._forget_path(file.path)
                     retried = result.code in RETRIED_NEXT_RUN  # so not recorded with a stat
                     stat = None if retried else file
                     self._record_failure(result.path, result.code, result.message, stat)
@@ -535,9 +535,7 @@ class IndexRun:
             collection=self.options.collection,
             cpu_threads=engine.options.cpu_threads,
         )
-        labels = {
-            str(f.path): self.options.labels.label_for(str(f.path), f.relative_path) for f in files
-        }
+        labels = {f.path: self.options.labels.label_for(f.path, f.relative_path) for f in files}
         return RayStage(
             engine.options,
             job,
@@ -548,14 +546,14 @@ class IndexRun:
         )
 
     def _accept(self, file: ScannedFile, prepared: PreparedFile) -> None:
-        path = str(file.path)
+        path = file.path
         point_id = point_id_for_sha256(prepared.sha256)
         self._forget_path(path, keep=point_id)
         listed = self.catalog.points.get(point_id)
         already_listed = listed is not None and listed.has_file(path)
         entry = FileEntry(
             path=path,
-            root=str(file.root),
+            root=file.root,
             relative_path=file.relative_path,
             size=prepared.size,
             mtime_ns=prepared.mtime_ns,

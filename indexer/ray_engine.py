@@ -145,7 +145,7 @@ class RayStage:
     def _run(
         self, files: Sequence[ScannedFile], stop: threading.Event
     ) -> Iterator[tuple[ScannedFile, Result]]:
-        by_path = {str(f.path): f for f in files}
+        by_path = {f.path: f for f in files}
         pending = set(by_path)
         batches = self._dataset(files).iter_batches(
             batch_size=None, batch_format="numpy", prefetch_batches=2
@@ -206,10 +206,10 @@ class RayStage:
         ray = self._ray
         rows = [
             {
-                "path": str(f.path),
-                "root": str(f.root),
+                "path": f.path,
+                "root": f.root,
                 "relative_path": f.relative_path,
-                "label": self.labels.get(str(f.path)) or "",
+                "label": self.labels.get(f.path) or "",
             }
             for f in files
         ]
