@@ -21,7 +21,7 @@ import pytest
 
 from tests.commands import invoke
 from tests.helpers import write_bad_files, write_tree
-from tests.ray_support import embedded_by, ray_env, slow_loader
+from tests.ray_support import embedded_by, ray_env, release, slow_loader
 from tests.test_kill_points import State, state_of
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -124,19 +124,23 @@ def test_a_killed_embedding_actor_is_replaced_and_nothing_is_lost(
     photos = tmp_path / "photos"
     write_tree(photos, per_class=20)
     pids = tmp_path / "pids"
-    loader = slow_loader(pids, delay_s=0.3)  # 10 batches of 4: the run takes a few seconds
+    # 10 batches of 4; each actor holds after its first batch until released: the first
+    # actor is killed with one batch embedded and the rest of the run still to do.
+    loader = slow_loader(pids, delay_s=0.1, hold=True)
     killed: list[int] = []
 
     def kill_the_first_actor() -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240  # a hang detector
         while time.monotonic() < deadline:
-            actors = [int(p.name) for p in pids.iterdir() if int(p.name) != os.getpid()]
-            if actors:
-                time.sleep(1.0)  # let it take a batch or two
-                os.kill(actors[0], signal.SIGKILL)
-                killed.append(actors[0])
-                return
+            embedded = embedded_by(pids)
+            embedded.pop(os.getpid(), None)
+            actor = next((pid for pid, count in embedded.items() if count), None)
+            if actor is not None:
+                os.kill(actor, signal.SIGKILL)
+                killed.append(actor)
+                break
             time.sleep(0.05)
+        release(pids)
 
     killer = threading.Thread(target=kill_the_first_actor, daemon=True)
     killer.start()
