@@ -23,6 +23,7 @@ from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.runtime import ModelLoader
 from dinoseek.settings import Settings
 from tests.fakes import FAKE_LOADER, fake_model
+from tests.helpers import refuse_to_wait
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +82,9 @@ def bench_cache(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     cache = tmp_path_factory.mktemp("bench-cache")
     shutil.copytree(tiny_model_dir, cache / "models" / "random-tiny")
     return cache
+
+
+@pytest.fixture
+def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail on any ``time.sleep`` in this process (``refuse_to_wait``)."""
+    monkeypatch.setattr("time.sleep", refuse_to_wait)

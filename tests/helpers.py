@@ -99,3 +99,9 @@ def write_bad_files(folder: Path) -> dict[str, str]:
         (folder / name).write_bytes(data)
         expected[name] = code
     return expected
+
+
+def refuse_to_wait(seconds: float) -> None:
+    """A ``time.sleep`` that fails: "at once" shown by what the code does (it never waits),
+    not by how fast the machine ran it (the ``no_waiting`` fixture)."""
+    raise AssertionError(f"waited {seconds} s where an answer was due at once")

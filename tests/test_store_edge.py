@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -47,15 +46,15 @@ def start_holder(data_dir: Path, points: int) -> subprocess.Popen[str]:
 
 
 @pytest.mark.slow
-def test_second_process_is_refused_at_once_and_recovers_after_a_kill(tmp_path: Path) -> None:
+def test_second_process_is_refused_at_once_and_recovers_after_a_kill(
+    tmp_path: Path, no_waiting: None
+) -> None:
     data_dir = tmp_path / "data"
     holder = start_holder(data_dir, points=25)
     try:
         store = EdgeStore(data_dir)
-        started = time.perf_counter()
         with pytest.raises(StoreLockedError) as caught:
             store.acquire("images")
-        assert time.perf_counter() - started < 3.0
         message = caught.value.message
         assert f"process {holder.pid}" in message
         assert "http://127.0.0.1:8123" in message
