@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -32,8 +31,7 @@ def config(**options: float) -> WorkerConfig:
 
 def test_a_fifo_where_an_image_was_fails_at_once(tmp_path: Path) -> None:
     fifo = tmp_path / "swapped.jpg"
-    os.mkfifo(fifo)  # nobody writes to it: a blocking open would wait forever
-    started = time.monotonic()
+    os.mkfifo(fifo)  # nobody writes to it: a blocking open would hang (the test's timeout)
     failed = read_file(str(fifo))
     assert isinstance(failed, FailedFile)
     assert failed.code == "not_a_regular_file"
@@ -45,7 +43,6 @@ def test_a_fifo_where_an_image_was_fails_at_once(tmp_path: Path) -> None:
         "not_a_regular_file",
         "ok",
     ]
-    assert time.monotonic() - started < 5
 
 
 def test_a_file_over_the_byte_limit_is_not_read(tmp_path: Path) -> None:
@@ -69,33 +66,31 @@ def test_a_slow_decode_is_reported_and_the_others_go_on(
     for i, path in enumerate(paths):
         path.write_bytes(encode(photo(i, (160, 120))))
     gate = threading.Event()
+    expired: list[str] = []  # decodes the gate held to its end: the pool waited for them
 
     def slow_on_file_1(path: str, worker_config: WorkerConfig) -> PreparedFile | FailedFile:
-        if path.endswith("1.jpg"):
-            gate.wait(timeout=30)
+        if path.endswith("1.jpg") and not gate.wait(timeout=120):
+            expired.append(path)
         return prepare_file(path, worker_config)
 
     decode_thread = indexer.decode._DecodeThread
     monkeypatch.setattr(indexer.decode, "_DecodeThread", lambda c: decode_thread(c, slow_on_file_1))
-    pool = DecodePool(config(decode_timeout_s=0.3), workers=0, window=4)
-    started = time.monotonic()
+    pool = DecodePool(config(decode_timeout_s=2), workers=0, window=4)
     files = [scanned(path) for path in paths]
     results = [result for _, result in pool.results(files, threading.Event())]
     gate.set()
     assert isinstance(results[1], FailedFile)
     assert results[1].code == "decode_timeout"
     assert all(isinstance(results[i], PreparedFile) for i in (0, 2, 3))
-    assert time.monotonic() - started < 10  # not the gate's 30 s
+    assert not expired, "the pool waited for the slow decode past its deadline"
 
 
 def test_waiting_for_a_decode_stops_when_asked() -> None:
     never: Future[PreparedFile | FailedFile] = Future()
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()
-    started = time.monotonic()
-    with pytest.raises(_StoppedError):
+    with pytest.raises(_StoppedError):  # not the TimeoutError of a wait that ignored the stop
         _result(never, stop, timeout_s=60)
-    assert time.monotonic() - started < 1.0
 
 
 STUCK = """
@@ -112,16 +107,14 @@ print("leaving", flush=True)
 
 
 def test_a_stuck_decode_does_not_keep_the_indexer_alive() -> None:
-    started = time.monotonic()
-    done = subprocess.run(
+    done = subprocess.run(  # a stuck thread that kept it alive would reach the timeout
         [sys.executable, "-c", STUCK],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "leaving"
-    assert time.monotonic() - started < 10
