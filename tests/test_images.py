@@ -42,12 +42,12 @@ MAX_PIXELS = 40_000_000
 @pytest.mark.parametrize(("name", "sample"), sorted(bad_image_samples().items()))
 def test_bad_input_is_rejected_with_its_code(name: str, sample: tuple[bytes, str]) -> None:
     data, expected_code = sample
-    started = time.perf_counter()
+    started = time.thread_time()  # this thread's CPU time: the work, not the machine's load
     with pytest.raises(ImageError) as caught:
         decode_image(data, max_pixels=MAX_PIXELS, name=name)
     assert caught.value.code == expected_code
     assert name in caught.value.message
-    assert time.perf_counter() - started < 2.0, "rejecting a bad file must be quick"
+    assert time.thread_time() - started < 2.0, "rejecting a bad file must not decode it"
 
 
 def test_pixel_limit_is_checked_before_decoding() -> None:
