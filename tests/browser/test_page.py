@@ -116,7 +116,7 @@ def serve(data: Path, model: Path, env: dict[str, str]) -> tuple[str, subprocess
         env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 240  # a hang detector, not a speed limit
     while True:
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
@@ -161,7 +161,7 @@ class Watched:
 
 def watched_page(browser: Browser) -> Watched:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(60_000)  # a hang detector: waits end when the page is ready
     opened = Watched(context.new_page(), [], [])
 
     def on_dialog(dialog: Dialog) -> None:
