@@ -50,6 +50,16 @@ class ImageErrorCode:
     CORRUPT_IMAGE = "corrupt_image"
     TRUNCATED_IMAGE = "truncated_image"
     TOO_MANY_PIXELS = "too_many_pixels"
+    NOT_A_REGULAR_FILE = "not_a_regular_file"
+    READ_TIMEOUT = "read_timeout"
+
+
+class FileReadError(ImageError):
+    """A file could not be read as a regular file within its limits (``dinoseek.file_read``).
+    ``code`` is one of ``ImageErrorCode``'s ``FILE_*``, ``NOT_A_REGULAR_FILE`` or
+    ``READ_TIMEOUT``."""
+
+    code = ImageErrorCode.FILE_UNREADABLE
 
 
 class ModelLoadError(DinoseekError):

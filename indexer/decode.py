@@ -28,19 +28,19 @@ from multiprocessing.shared_memory import SharedMemory
 from typing import TYPE_CHECKING, TypeVar
 
 from dinoseek.errors import ImageError
+from dinoseek.file_read import FileContent
 from dinoseek.images import ImageHeader, inspect_image
 from indexer.scan import ScannedFile
 from indexer.workers import (
     DECODE_TIMEOUT,
     FailedFile,
-    FileBytes,
     PreparedFile,
     WorkerConfig,
     init_worker,
     prepare_bytes,
     prepare_file,
     prepare_into_slot,
-    read_file,
+    read_for_index,
     shared_buffer,
     slot_view,
     worker_started,
@@ -328,8 +328,7 @@ def _chain(first: Sequence[ScannedFile], rest: Iterator[ScannedFile]) -> Iterato
 class _ReadJpeg:
     """A JPEG read and checked, waiting for the GPU."""
 
-    read: FileBytes
-    sha256: str
+    read: FileContent
     header: ImageHeader
 
 
@@ -390,7 +389,7 @@ class GpuDecodeStage:
         """Nothing to release: the threads end with each ``results`` call."""
 
     def _read(self, path: str) -> Result | _ReadJpeg:
-        read = read_file(path, max_bytes=self.config.max_file_bytes)
+        read = read_for_index(path, self.config)
         if isinstance(read, FailedFile):
             return read
         try:
@@ -399,7 +398,7 @@ class GpuDecodeStage:
             return FailedFile(path, exc.code, exc.message)
         if header.format not in ("JPEG", "MPO"):
             return prepare_bytes(read, self.config)
-        return _ReadJpeg(read, read.sha256, header)
+        return _ReadJpeg(read, header)
 
     def _decode(
         self, jobs: list[tuple[ScannedFile, _ReadJpeg]]
@@ -411,7 +410,7 @@ class GpuDecodeStage:
         )
         for (file, job), pixels in zip(jobs, decoded, strict=True):
             if pixels is None:  # nvJPEG could not: Pillow decides, and reports why if it fails
-                yield file, prepare_bytes(job.read, self.config, sha256=job.sha256)
+                yield file, prepare_bytes(job.read, self.config)
                 continue
             width, height = job.header.width, job.header.height
             if job.header.orientation >= 5:  # rotated by 90 degrees: the axes swap
@@ -422,7 +421,7 @@ class GpuDecodeStage:
                     path=job.read.path,
                     size=job.read.size,
                     mtime_ns=job.read.mtime_ns,
-                    sha256=job.sha256,
+                    sha256=job.read.sha256,
                     width=width,
                     height=height,
                     format=job.header.format,

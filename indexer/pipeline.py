@@ -522,6 +522,7 @@ class IndexRun:
             options.max_image_pixels,
             max_file_bytes=options.max_file_bytes,
             decode_timeout_s=options.decode_timeout_s,
+            follow_links=options.scan.follow_links,
         )
 
     def _ray_stage(

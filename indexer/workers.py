@@ -11,22 +11,21 @@ can never leave half a message that would stall the parent.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
-from stat import S_ISREG
 
 import numpy as np
 
 from dinoseek.embedding import Pixels
-from dinoseek.errors import ImageError, ImageErrorCode
+from dinoseek.errors import FileReadError, ImageError
+from dinoseek.file_read import FileContent, ReadLimits
+from dinoseek.file_read import read_file as read_regular_file
 from dinoseek.images import Preprocessing, prepare_image
 
-NOT_A_REGULAR_FILE = "not_a_regular_file"
 DECODE_TIMEOUT = "decode_timeout"
 
 
@@ -38,6 +37,7 @@ class WorkerConfig:
     max_image_pixels: int
     max_file_bytes: int = 256 * 1024 * 1024
     decode_timeout_s: float = 60.0
+    follow_links: bool = False  # as the scan's option: a link swapped in later is refused
 
 
 @dataclass(frozen=True)
@@ -145,68 +145,43 @@ def prepare_into_slot(path: str, slot: int) -> PreparedFile | FailedFile:
 
 def prepare_file(path: str, config: WorkerConfig) -> PreparedFile | FailedFile:
     """Read, hash, decode and preprocess ``path`` (in any process)."""
-    read = read_file(path, max_bytes=config.max_file_bytes)
+    read = read_for_index(path, config)
     if isinstance(read, FailedFile):
         return read
     return prepare_bytes(read, config)
 
 
-@dataclass(frozen=True)
-class FileBytes:
-    """A file's content and its size and mtime when it was read."""
-
-    path: str
-    data: bytes
-    size: int
-    mtime_ns: int
-
-    @property
-    def sha256(self) -> str:
-        """Hex digest of the content."""
-        return hashlib.sha256(self.data).hexdigest()
+def read_for_index(path: str, config: WorkerConfig) -> FileContent | FailedFile:
+    """``read_file`` within the run's limits."""
+    return read_file(
+        path,
+        max_bytes=config.max_file_bytes,
+        timeout_s=config.decode_timeout_s,
+        follow_links=config.follow_links,
+    )
 
 
-def read_file(path: str, *, max_bytes: int | None = None) -> FileBytes | FailedFile:
-    """Read a regular file once, its stat taken from the open handle (so they agree).
-
-    It is opened without blocking, and anything but a regular file is refused after ``fstat``:
-    a FIFO or a device put where an image was, after the scan, cannot hang the indexer. A file
-    larger than ``max_bytes`` is refused before it is read.
-    """
+def read_file(
+    path: str,
+    *,
+    max_bytes: int | None = None,
+    timeout_s: float | None = None,
+    follow_links: bool = False,
+) -> FileContent | FailedFile:
+    """Read a regular file once with the core's reader (``dinoseek.file_read``): opened
+    without blocking, anything but a regular file refused after ``fstat`` (a FIFO or a device
+    put where an image was, after the scan, cannot hang the indexer), a file larger than
+    ``max_bytes`` refused before it is read, the read given up after ``timeout_s``. A symbolic
+    link swapped in after the scan is refused unless links are followed (``--follow-links``,
+    as the scan itself does)."""
+    limits = ReadLimits(max_bytes=max_bytes, timeout_s=timeout_s, follow_links=follow_links)
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        return FailedFile(path, ImageErrorCode.FILE_NOT_FOUND, f"{path}: vanished before reading")
-    except OSError as exc:
-        message = f"{path}: cannot be read ({exc.strerror or exc}); check its permissions"
-        return FailedFile(path, ImageErrorCode.FILE_UNREADABLE, message)
-    try:
-        stat = os.fstat(descriptor)
-        if not S_ISREG(stat.st_mode):
-            message = f"{path}: not a regular file (a FIFO, a device or a socket); skipped"
-            return FailedFile(path, NOT_A_REGULAR_FILE, message)
-        if max_bytes is not None and stat.st_size > max_bytes:
-            message = (
-                f"{path}: {stat.st_size:,} bytes, more than the limit of {max_bytes:,} "
-                "(DINOSEEK_MAX_FILE_BYTES)"
-            )
-            return FailedFile(path, ImageErrorCode.FILE_TOO_LARGE, message)
-        with os.fdopen(descriptor, "rb", closefd=False) as handle:
-            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
-    except OSError as exc:
-        message = f"{path}: cannot be read ({exc.strerror or exc}); check its permissions"
-        return FailedFile(path, ImageErrorCode.FILE_UNREADABLE, message)
-    finally:
-        os.close(descriptor)
-    if max_bytes is not None and len(data) > max_bytes:  # it grew while being read
-        message = f"{path}: more than the limit of {max_bytes:,} bytes (DINOSEEK_MAX_FILE_BYTES)"
-        return FailedFile(path, ImageErrorCode.FILE_TOO_LARGE, message)
-    return FileBytes(path, data, stat.st_size, stat.st_mtime_ns)
+        return read_regular_file(path, limits)
+    except FileReadError as exc:
+        return FailedFile(path, exc.code, exc.message)
 
 
-def prepare_bytes(
-    read: FileBytes, config: WorkerConfig, *, sha256: str | None = None
-) -> PreparedFile | FailedFile:
+def prepare_bytes(read: FileContent, config: WorkerConfig) -> PreparedFile | FailedFile:
     """Decode and preprocess a file's bytes with Pillow."""
     path = read.path
     try:
@@ -221,7 +196,7 @@ def prepare_bytes(
         path=path,
         size=read.size,
         mtime_ns=read.mtime_ns,
-        sha256=sha256 or read.sha256,
+        sha256=read.sha256,
         width=prepared.width,
         height=prepared.height,
         format=prepared.format,

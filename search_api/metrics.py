@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from search_api.served_files import REFUSAL_REASONS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Label values come from a fixed set: a client-chosen method or path would be a new series
@@ -14,7 +16,8 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 
 
 class ServiceMetrics:
-    """Request latency by route and status, time per stage, batch sizes, queue depth."""
+    """Request latency by route and status, time per stage, batch sizes, queue depth, and
+    the indexed files refused when serving (by reason)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -41,6 +44,14 @@ class ServiceMetrics:
         self.queue_depth = Gauge(
             "dinoseek_queue_depth", "Queries waiting for a forward pass", registry=self.registry
         )
+        self.refused_files = Counter(
+            "dinoseek_served_file_refusals",
+            "Indexed files not served: no longer the regular file with the content indexed",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in (*REFUSAL_REASONS, "other"):
+            self.refused_files.labels(reason)  # every series shown from the start, at 0
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Record the time of one stage (decode, embed, search, forward)."""
@@ -50,6 +61,10 @@ class ServiceMetrics:
         """Record one forward pass."""
         self.batch_size.observe(size)
         self.stage_seconds.labels("forward").observe(seconds)
+
+    def observe_refused_file(self, reason: str) -> None:
+        """Count an indexed file that was not served, and why."""
+        self.refused_files.labels(reason if reason in REFUSAL_REASONS else "other").inc()
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -5,12 +5,11 @@ ASGI middleware before any of this runs."""
 from __future__ import annotations
 
 import asyncio
-import mimetypes
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 
 from dinoseek.errors import DinoseekError, StoreLockedError, StoreUnavailableError
 from dinoseek.labels import LabelMethod
@@ -41,6 +40,7 @@ from search_api.schemas import (
     SimilarResponse,
     Timings,
 )
+from search_api.served_files import content_response
 from search_api.service import THUMBNAIL_QUALITY, SearchService, StageClock
 
 MAX_BATCH_IMAGES = 64
@@ -364,23 +364,25 @@ async def point_image(
     size: Annotated[int | None, Query(ge=16, le=2048, description="thumbnail size")] = None,
     collection: Collection = None,
 ) -> Response:
-    """The file behind a point, found by id only (never by a path from the request)."""
+    """The file behind a point, found by id only (never by a path from the request), and
+    served only while its content is the one indexed (its sha256 is checked first)."""
     name = _collection(service, collection)
     stored = await service.point(name, point_id)
     # Behind a key, shared caches must not keep a copy for other clients.
     caching = {
         "Cache-Control": "private, max-age=3600" if service.settings.api_key else "max-age=3600"
     }
-    path = await service.image_file(stored)
+    content = await service.image_file(stored)  # read and checked against the point's hash
     etag = image_etag(stored, size)
     if etag is not None:
         caching["ETag"] = etag
         if _matches(etag, request.headers.get("if-none-match", "")):
+            content.close()
             return Response(status_code=304, headers=caching)
     if size is None:
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        return FileResponse(path, media_type=media_type, headers=caching)
-    return Response(await service.thumbnail(path, size), media_type="image/jpeg", headers=caching)
+        return content_response(content, headers=caching)
+    thumbnail = await service.thumbnail(content, size)
+    return Response(thumbnail, media_type="image/jpeg", headers=caching)
 
 
 def image_etag(point: StoredPoint, size: int | None) -> str | None:
@@ -508,7 +510,8 @@ async def collections(service: Service) -> CollectionsResponse:
 
 @routes.get("/metrics", response_class=Response, summary="Prometheus metrics")
 async def metrics(service: Service) -> Response:
-    """Request latency by route and status, time per stage, batch sizes, queue depth."""
+    """Request latency by route and status, time per stage, batch sizes, queue depth, and
+    the indexed files not served because they changed (by reason)."""
     service.metrics.queue_depth.set(service.batcher.queue_depth)
     return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -13,10 +13,9 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -24,12 +23,8 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from dinoseek.embedding import ImageEmbedder, PatchEmbeddings, VectorOrError
-from dinoseek.errors import (
-    CollectionNotFoundError,
-    PointNotFoundError,
-    StoreUnavailableError,
-)
-from dinoseek.images import PreparedImage, load_image
+from dinoseek.errors import CollectionNotFoundError, StoreUnavailableError
+from dinoseek.images import PreparedImage, decode_image
 from dinoseek.labels import PredictedLabel
 from dinoseek.patch_pca import patch_picture
 from dinoseek.runtime import Runtime
@@ -45,6 +40,7 @@ from dinoseek.search import (
 from dinoseek.store import CollectionStatus, StoredPoint, StoredProbe, collection_statuses
 from search_api.batching import MicroBatcher
 from search_api.metrics import ServiceMetrics
+from search_api.served_files import VerifiedFile, verified_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -237,36 +233,32 @@ class SearchService:
 
     # -- files --------------------------------------------------------------------------------
 
-    async def image_file(self, point: StoredPoint) -> Path:
-        """The indexed file of a point, if it is still on disk as it was indexed.
-
-        Only paths recorded by the indexer are ever opened, never a path from the request.
-        """
-        for entry in point.payload.get("files") or ():
-            if not isinstance(entry, Mapping):
-                continue
-            path = Path(str(entry.get("path", "")))
-            try:
-                stat = await run_in_threadpool(path.stat)
-            except OSError:
-                continue
-            if stat.st_size == entry.get("size") and stat.st_mtime_ns == entry.get("mtime_ns"):
-                return path
-        raise PointNotFoundError(
-            f"the file of point {point.id} is no longer on disk as it was indexed (moved, "
-            "changed or not mounted here); re-run `dinoseek index`"
+    async def image_file(self, point: StoredPoint) -> VerifiedFile:
+        """The content of a point, read from a file the indexer recorded for it (never a
+        path from the request) and checked against its hash (``served_files``); else
+        ``PointNotFoundError``. The read has the request's deadline and cannot block."""
+        return await run_in_threadpool(
+            lambda: verified_file(
+                point,
+                max_bytes=self.settings.max_file_bytes,
+                timeout_s=self.settings.request_timeout_s,
+                on_refused=self.metrics.observe_refused_file,
+            )
         )
 
-    async def thumbnail(self, path: Path, size: int) -> bytes:
-        """A JPEG no larger than ``size`` x ``size``, made with the shared decode path."""
+    async def thumbnail(self, content: VerifiedFile, size: int) -> bytes:
+        """A JPEG no larger than ``size`` x ``size`` of checked content, made with the shared
+        decode path."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.decode_pool, self._thumbnail, path, size)
+        return await loop.run_in_executor(self.decode_pool, self._thumbnail, content, size)
 
-    def _thumbnail(self, path: Path, size: int) -> bytes:
-        image = load_image(path, max_pixels=self.settings.max_image_pixels).image
-        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    def _thumbnail(self, content: VerifiedFile, size: int) -> bytes:
+        data = content.data()
+        image = decode_image(data, max_pixels=self.settings.max_image_pixels, name=content.name)
+        thumbnail = image.image
+        thumbnail.thumbnail((size, size), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
+        thumbnail.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY)
         return buffer.getvalue()
 
     async def patch_png(self, patches: PatchEmbeddings, height: int, *, mask: bool) -> bytes:

@@ -16,8 +16,14 @@ def indexed_tree(
 ) -> tuple[Path, Path]:
     """(data dir, photos dir): ``per_class`` photos of each class under ``root / photos``,
     labelled by folder and indexed into ``root / data`` (in this process, no workers)."""
+    write_tree(root / "photos", per_class=per_class, classes=classes)
+    return index_tree(root, embedder)
+
+
+def index_tree(root: Path, embedder: ImageEmbedder) -> tuple[Path, Path]:
+    """Index (again) whatever is under ``root / photos`` into ``root / data``, labelled by
+    folder; (data dir, photos dir)."""
     photos = root / "photos"
-    write_tree(photos, per_class=per_class, classes=classes)
     options = IndexOptions(
         roots=(photos,),
         collection="images",

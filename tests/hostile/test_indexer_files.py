@@ -3,6 +3,7 @@ a decode that never ends. Each is reported with its own code, and a stop always 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from dinoseek.embedding import ImageEmbedder
 from dinoseek.images import DINOV2_PREPROCESSING
+from dinoseek.store import EdgeStore
 from indexer.decode import DecodePool, _result, _StoppedError
-from indexer.scan import ScannedFile
+from indexer.pipeline import IndexOptions, index_folders
+from indexer.scan import ScannedFile, ScanOptions
 from indexer.workers import FailedFile, PreparedFile, WorkerConfig, prepare_file, read_file
 from tests.helpers import encode, photo
 
@@ -25,7 +29,7 @@ def scanned(path: Path) -> ScannedFile:
     return ScannedFile(str(path), str(path.parent), path.name, size=0, mtime_ns=0)
 
 
-def config(**options: float) -> WorkerConfig:
+def config(**options: float | bool) -> WorkerConfig:
     return WorkerConfig(DINOV2_PREPROCESSING, 40_000_000, **options)  # type: ignore[arg-type]
 
 
@@ -118,3 +122,36 @@ def test_a_stuck_decode_does_not_keep_the_indexer_alive() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "leaving"
+
+
+def test_a_link_swapped_in_after_the_scan_is_read_only_with_follow_links(
+    tmp_path: Path, embedder: ImageEmbedder
+) -> None:
+    """The scan skips links unless ``--follow-links``; a link put where an image was, after
+    the scan, is refused the same way (a private file's content is never indexed), while a
+    run that follows links reads through them as before."""
+    private = tmp_path / "private.jpg"
+    private.write_bytes(encode(photo(3)))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    swapped = photos / "a.jpg"
+    swapped.symlink_to(private)
+    refused = prepare_file(str(swapped), config())
+    assert isinstance(refused, FailedFile)
+    assert refused.code == "not_a_regular_file"
+    assert "symbolic link" in refused.message
+    followed = prepare_file(str(swapped), config(follow_links=True))
+    assert isinstance(followed, PreparedFile)
+    assert followed.sha256 == hashlib.sha256(private.read_bytes()).hexdigest()
+    # A run with --follow-links indexes the linked image (its option reaches the reads).
+    options = IndexOptions(
+        roots=(photos,),
+        collection="images",
+        failures_report=tmp_path / "failures.jsonl",
+        workers=0,
+        progress="off",
+        scan=ScanOptions(follow_links=True),
+    )
+    with EdgeStore(tmp_path / "data") as store:
+        summary = index_folders(embedder, store, options)
+    assert (summary.embedded, summary.failed) == (1, 0)
