@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -40,6 +41,21 @@ EXIT_INTERRUPTED = 130
 P = ParamSpec("P")
 R = TypeVar("R")
 log = logging.getLogger("dinoseek")
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option's type: a number within the range, never NaN or an infinity.
+
+    ``click.FloatRange`` lets NaN through (every comparison with it is false), and NaN as a
+    threshold quietly turns a filter off; every float option of every command uses this type.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The number, or a usage error naming the option."""
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def _env_help(field: str) -> str:

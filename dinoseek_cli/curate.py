@@ -17,6 +17,7 @@ import numpy as np
 
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.commandline import (
+    FiniteFloat,
     configure_logging,
     handle_errors,
     load_settings,
@@ -84,7 +85,7 @@ from dinoseek_cli.vector_sets import open_runtime, other_set, read_collection
 )
 @click.option(
     "--near-duplicate",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
+    type=FiniteFloat(0.0, 1.0, min_open=True),
     default=DEFAULT_THRESHOLD,
     show_default=True,
     help="Pool images at least this similar to a reference image are not selected.",

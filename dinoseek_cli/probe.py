@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from dinoseek.commandline import (
+    FiniteFloat,
     configure_logging,
     handle_errors,
     load_settings,
@@ -57,7 +58,7 @@ def probe() -> None:
 )
 @click.option(
     "--holdout",
-    type=click.FloatRange(0.05, 0.5),
+    type=FiniteFloat(0.05, 0.5),
     default=0.2,
     show_default=True,
     help="Fraction of each class kept out of training, for the report and calibration.",
@@ -71,7 +72,7 @@ def probe() -> None:
 )
 @click.option(
     "--min-confidence",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloat(0.0, 1.0),
     default=None,
     help="Predictions below this probability become 'unknown'.",
 )
