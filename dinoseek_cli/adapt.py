@@ -56,6 +56,7 @@ from dinoseek.embedder import Dinov2Checkpoint, load_dinov2
 from dinoseek.embedding import available_cores
 from dinoseek.errors import ConfigError
 from dinoseek.folder_vectors import embed_files, image_files
+from dinoseek.messages import short_list
 from dinoseek.runtime import load_embedder
 from dinoseek.settings import Settings
 from indexer.catalog import read_labels_csv
@@ -256,10 +257,10 @@ def _require_check_set(source: Path, held_out: dict[Path, str]) -> None:
     counts = Counter(held_out.values())
     usable = [label for label, count in counts.items() if count >= 2]
     if len(usable) < 2:
-        found = ", ".join(f"{label}: {count}" for label, count in sorted(counts.items()))
+        found = short_list(f"{label}: {count}" for label, count in counts.most_common())
         raise ConfigError(
             f"--eval-labels {source}: the labelled images kept out of training must hold two "
-            f"classes or more with two images or more each (found {found or 'none'}); put "
+            f"classes or more with two images or more each (found {found}); put "
             "them in one sub-folder per class, or raise --eval-holdout"
         )
 

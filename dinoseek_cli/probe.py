@@ -23,6 +23,7 @@ from dinoseek.commandline import (
     store_owner,
 )
 from dinoseek.labels import UNKNOWN_LABEL
+from dinoseek.messages import short_list
 from dinoseek.probe import (
     DEFAULT_PROBE,
     ProbeReport,
@@ -231,7 +232,7 @@ def render_report(report: ProbeReport) -> str:
     if report.unlabelled_count:
         lines.append(f"  unlabelled vectors left out: {report.unlabelled_count}")
     if report.skipped_classes:
-        skipped = ", ".join(f"{entry.label} ({entry.count})" for entry in report.skipped_classes)
+        skipped = short_list(f"{entry.label} ({entry.count})" for entry in report.skipped_classes)
         lines.append(f"  skipped classes (fewer than {report.min_per_class} examples): {skipped}")
     lines += ["", *_render_per_class(report), "", *_render_confusion(report)]
     return "\n".join(lines)

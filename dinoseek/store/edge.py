@@ -34,6 +34,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from dinoseek.errors import CollectionNotAcquiredError, CollectionNotFoundError, StoreError
+from dinoseek.messages import short_list
 from dinoseek.settings import validate_collection_name
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store.edge_locks import lock_collection, release
@@ -320,7 +321,7 @@ class EdgeStore:
 
     def not_found_message(self, name: str) -> str:
         """The message of ``CollectionNotFoundError`` for ``name``."""
-        existing = ", ".join(self.list_collections()) or "none"
+        existing = short_list(self.list_collections())
         return (
             f"no collection {name!r} in the {self.describe()} (existing: {existing}); "
             "run `dinoseek index` first or pass --collection"
