@@ -17,12 +17,14 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
+from dinoseek.errors import CollectionNotFoundError, ProbeTrainingError
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.runtime import ModelLoader
 from dinoseek.settings import Settings
+from dinoseek.store import EdgeStore
 from dinoseek_cli.main import main
 from tests.fakes import fake_model
-from tests.helpers import encode, photo, write_tree
+from tests.helpers import encode, photo, unit_vectors, write_tree
 
 MAX_MESSAGE_CHARS = 400
 
@@ -181,3 +183,28 @@ def test_eval_lists_few_of_many_left_out_classes(tmp_path: Path) -> None:
     assert "300 classes" in line
     assert "and 295 more" in line
     assert len(line) < MAX_MESSAGE_CHARS
+
+
+# -- other messages that name what the user made --------------------------------------------
+
+
+def test_a_probe_of_too_few_classes_names_a_few_of_many(tmp_path: Path) -> None:
+    from dinoseek.probe import train_probe
+
+    labels = [f"class-{i:05d}" for i in range(5000)]
+    with pytest.raises(ProbeTrainingError) as refused:
+        train_probe(unit_vectors(5000, 8), labels, name="p", model_id="m")
+    assert "0 of 5000 qualify" in refused.value.message
+    assert "and 4,995 more" in refused.value.message
+    assert len(refused.value.message) < MAX_MESSAGE_CHARS
+
+
+def test_an_unknown_collection_names_a_few_of_many(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for index in range(3000):  # what list_collections counts: a folder with its metadata
+        (data / f"c{index:05d}").mkdir(parents=True)
+        (data / f"c{index:05d}" / "collection.json").write_text("{}")
+    with EdgeStore(data) as store, pytest.raises(CollectionNotFoundError) as refused:
+        store.acquire("missing")
+    assert "c00000, c00001, c00002, c00003, c00004 and 2,995 more" in refused.value.message
+    assert len(refused.value.message) < MAX_MESSAGE_CHARS
