@@ -251,6 +251,14 @@ class Searcher:
     lifetime. Any other collection a query names is acquired for that query only and
     released after it, so that a server asked about another collection does not keep it from
     the processes that need it (``dinoseek index -c other``).
+
+    Released, a collection may be replaced by another process (``dinoseek snapshot restore
+    --replace`` with a snapshot of another model), and on a Qdrant server any client may
+    replace one at any time. So a collection's space is checked again whenever its content
+    may have changed: under each acquisition, when its state token is not the one it was
+    checked at, and before and after each use where the store has no token (a server). A
+    query never gets neighbours from vectors of another model: it gets
+    ``CollectionMismatchError``.
     """
 
     def __init__(
@@ -267,17 +275,30 @@ class Searcher:
         self.max_image_pixels = max_image_pixels
         self.probe_cache = ProbeCache(store.probes, embedder.space, ttl_s=probe_ttl_s)
         self._kept = set(keep)
-        self._compatible: set[str] = set()
+        # Collection -> the state token its space was last found compatible at (None: the
+        # store gave none).
+        self._checked: dict[str, str | None] = {}
         self._users: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def check(self, name: str) -> None:
-        """Refuse (once checked, remembered) a collection built with another model."""
-        if name in self._compatible:
-            return
-        self.embedder.space.check_compatible(self.store.collection_space(name), name)
+        """Refuse a collection built with another model before any work is done for it (once
+        found compatible, this is not asked again: ``using`` checks again whenever the
+        collection may have changed)."""
+        if name not in self._checked:
+            self._check_space(name, None)
+
+    def _check_space(self, name: str, token: str | None) -> None:
+        """Compare the collection's recorded space with the embedder's; remember the token it
+        was found compatible at, or forget it when it no longer is."""
+        try:
+            self.embedder.space.check_compatible(self.store.collection_space(name), name)
+        except DinoseekError:
+            with self._lock:
+                self._checked.pop(name, None)
+            raise
         with self._lock:
-            self._compatible.add(name)
+            self._checked[name] = token
 
     def keep(self, name: str) -> None:
         """Check ``name`` and hold it from now on (the collection a server serves)."""
@@ -288,23 +309,36 @@ class Searcher:
 
     @contextmanager
     def using(self, name: str) -> Iterator[None]:
-        """``name``, checked and acquired for the duration of the block."""
+        """``name`` acquired for the duration of the block, its space checked again if its
+        content may have changed since it was last checked (see the class doc)."""
         self.check(name)
+        self._take(name)
+        try:
+            token = self.store.state_token(name)
+            if token is None or self._checked.get(name) != token:
+                self._check_space(name, token)
+            yield
+            if token is None:  # the store cannot tell what changed while the block ran
+                self._check_space(name, None)
+        finally:
+            self._give_back(name)
+
+    def _take(self, name: str) -> None:
         with self._lock:
             if name in self._kept:
                 self.store.acquire(name)  # idempotent: held from the first time on
-            else:
-                if not self._users[name]:
-                    self.store.acquire(name)
-                self._users[name] += 1
-        try:
-            yield
-        finally:
-            if name not in self._kept:
-                with self._lock:
-                    self._users[name] -= 1
-                    if not self._users[name]:
-                        self.store.release(name)
+                return
+            if not self._users[name]:
+                self.store.acquire(name)
+            self._users[name] += 1
+
+    def _give_back(self, name: str) -> None:
+        if name in self._kept:
+            return
+        with self._lock:
+            self._users[name] -= 1
+            if not self._users[name]:
+                self.store.release(name)
 
     # -- the steps --------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from dinoseek.adapt.training import (
 )
 from dinoseek.commandline import (
     EXIT_INTERRUPTED,
+    FiniteFloat,
     configure_logging,
     graceful_stop,
     handle_errors,
@@ -55,6 +56,7 @@ from dinoseek.embedder import Dinov2Checkpoint, load_dinov2
 from dinoseek.embedding import available_cores
 from dinoseek.errors import ConfigError
 from dinoseek.folder_vectors import embed_files, image_files
+from dinoseek.messages import short_list
 from dinoseek.runtime import load_embedder
 from dinoseek.settings import Settings
 from indexer.catalog import read_labels_csv
@@ -98,13 +100,13 @@ AGREEMENT_SAMPLE = 2000
               "model].")  # fmt: skip
 @click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True,
               help="Rank of the LoRA adapters (--train lora).")  # fmt: skip
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4,
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-4,
               show_default=True, help="Peak learning rate (warm-up, then cosine).")  # fmt: skip
-@click.option("--layer-decay", type=click.FloatRange(0, 1, min_open=True), default=0.9,
+@click.option("--layer-decay", type=FiniteFloat(0, 1, min_open=True), default=0.9,
               show_default=True, help="Learning-rate factor per block below the top.")  # fmt: skip
-@click.option("--momentum", type=click.FloatRange(0, 1), default=0.992, show_default=True,
+@click.option("--momentum", type=FiniteFloat(0, 1), default=0.992, show_default=True,
               help="Teacher EMA momentum at the start (a cosine takes it to 1).")  # fmt: skip
-@click.option("--teacher-temp", type=click.FloatRange(min=0, min_open=True), default=0.07,
+@click.option("--teacher-temp", type=FiniteFloat(min=0, min_open=True), default=0.07,
               show_default=True, help="Teacher temperature after a warm-up from 0.04.")  # fmt: skip
 @click.option("--prototypes", type=click.IntRange(min=2), default=8192, show_default=True,
               help="Prototypes of the DINO head (DINOv2 used 65536 for 142M images).")  # fmt: skip
@@ -118,9 +120,9 @@ AGREEMENT_SAMPLE = 2000
               help="Local crop size.")  # fmt: skip
 @click.option("--local-crops", type=click.IntRange(min=0), default=8, show_default=True,
               help="Local crops per image.")  # fmt: skip
-@click.option("--koleo", type=click.FloatRange(min=0), default=0.1, show_default=True,
+@click.option("--koleo", type=FiniteFloat(min=0), default=0.1, show_default=True,
               help="KoLeo loss weight (0 turns it off).")  # fmt: skip
-@click.option("--ibot", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--ibot", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="iBOT masked-patch loss weight (DINOv2 used 1.0; 0 turns it off).")  # fmt: skip
 @click.option(
     "--centring",
@@ -140,7 +142,7 @@ AGREEMENT_SAMPLE = 2000
 )
 @click.option(
     "--eval-holdout",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=FiniteFloat(0, 1, min_open=True, max_open=True),
     default=0.5,
     show_default=True,
     help="Share of each class kept out of training when the labelled images are in FOLDER.",
@@ -159,9 +161,9 @@ AGREEMENT_SAMPLE = 2000
               help="Steps between checkpoints (OUT/checkpoint/, removed at the end).")  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue the run whose checkpoint is in --out.")
 @click.option("--overwrite", is_flag=True, help="Write into --out even if it is not empty.")
-@click.option("--min-teacher-entropy", type=float, default=0.5, show_default=True,
+@click.option("--min-teacher-entropy", type=FiniteFloat(), default=0.5, show_default=True,
               help="Collapse guard: nats the teacher's mean output must keep.")  # fmt: skip
-@click.option("--min-feature-spread", type=float, default=0.02, show_default=True,
+@click.option("--min-feature-spread", type=FiniteFloat(), default=0.02, show_default=True,
               help="Collapse guard: spread the student's features must keep.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only warnings, errors and the result.")
@@ -255,10 +257,10 @@ def _require_check_set(source: Path, held_out: dict[Path, str]) -> None:
     counts = Counter(held_out.values())
     usable = [label for label, count in counts.items() if count >= 2]
     if len(usable) < 2:
-        found = ", ".join(f"{label}: {count}" for label, count in sorted(counts.items()))
+        found = short_list(f"{label}: {count}" for label, count in counts.most_common())
         raise ConfigError(
             f"--eval-labels {source}: the labelled images kept out of training must hold two "
-            f"classes or more with two images or more each (found {found or 'none'}); put "
+            f"classes or more with two images or more each (found {found}); put "
             "them in one sub-folder per class, or raise --eval-holdout"
         )
 

@@ -15,6 +15,7 @@ import click
 
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.commandline import (
+    FiniteFloat,
     configure_logging,
     handle_errors,
     load_settings,
@@ -42,7 +43,7 @@ MAX_TEXT_GROUPS = 20
 @click.command()
 @click.option(
     "--threshold",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
+    type=FiniteFloat(0.0, 1.0, min_open=True),
     default=DEFAULT_THRESHOLD,
     show_default=True,
     help="Cosine similarity at or above which two images are near-duplicates.",

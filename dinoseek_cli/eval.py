@@ -14,6 +14,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from dinoseek.commandline import (
 from dinoseek.dedup import GROUP
 from dinoseek.errors import ConfigError
 from dinoseek.evaluation import (
+    check_classes,
     confused_pairs,
     few_shot_accuracy,
     knn_accuracy,
@@ -40,10 +42,12 @@ from dinoseek.evaluation import (
     labelled_set,
     retrieval_metrics,
 )
+from dinoseek.messages import short_list
 from dinoseek.runtime import ModelPolicy, Runtime
 from dinoseek.settings import Settings
 from indexer.catalog import LabelSource, read_labels_csv
 from indexer.pipeline import IndexOptions, index_folders
+from indexer.scan import ScannedFile, ScanOptions, scan
 
 KNN_KS = (10, 20)
 
@@ -144,6 +148,7 @@ def evaluate(
             from_folders=labels_from_folders,
             mapping=read_labels_csv(labels_csv) if labels_csv else {},
         )
+        check_classes(folder_classes(folder, labels), min_per_class=min_per_class)
         entries = [
             _evaluate_folder(settings, folder, model, dtype, labels, min_per_class, shot_list,
                              draws, seed, quiet or as_json)
@@ -170,6 +175,17 @@ def _shots(text: str) -> list[int | None]:
     if any(v < 1 for v in values):
         raise click.BadParameter("examples per class start at 1", param_hint="--shots")
     return [*values, None]
+
+
+def folder_classes(folder: Path, labels: LabelSource) -> Counter[str]:
+    """Image files per label under ``folder``, as the indexer will find them: an upper bound
+    of the images each class gets, known before any model is loaded."""
+    return Counter(
+        label
+        for found in scan([folder], ScanOptions())
+        if isinstance(found, ScannedFile)
+        and (label := labels.label_for(found.path, found.relative_path))
+    )
 
 
 def _evaluate_collection(
@@ -300,8 +316,12 @@ def render(document: dict[str, Any]) -> str:
             f"\n{entry['model']}: {entry['points']:,} labelled images in {entry['classes']} "
             f"classes; splits by {entry['splits']}"
         )
-        if entry["left_out_classes"]:
-            lines.append(f"  left out (too few images): {entry['left_out_classes']}")
+        if left_out := entry["left_out_classes"]:
+            largest = sorted(left_out.items(), key=lambda item: -item[1])
+            lines.append(
+                f"  left out (too few images): {len(left_out):,} classes, "
+                + short_list(f"{label} ({count})" for label, count in largest)
+            )
         for pair in entry["confused"][:3]:
             lines.append(
                 f"  {pair['true']} taken for {pair['predicted']} {pair['count']}x, e.g. "

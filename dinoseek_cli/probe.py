@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from dinoseek.commandline import (
+    FiniteFloat,
     configure_logging,
     handle_errors,
     load_settings,
@@ -22,6 +23,7 @@ from dinoseek.commandline import (
     store_owner,
 )
 from dinoseek.labels import UNKNOWN_LABEL
+from dinoseek.messages import short_list
 from dinoseek.probe import (
     DEFAULT_PROBE,
     ProbeReport,
@@ -57,7 +59,7 @@ def probe() -> None:
 )
 @click.option(
     "--holdout",
-    type=click.FloatRange(0.05, 0.5),
+    type=FiniteFloat(0.05, 0.5),
     default=0.2,
     show_default=True,
     help="Fraction of each class kept out of training, for the report and calibration.",
@@ -71,7 +73,7 @@ def probe() -> None:
 )
 @click.option(
     "--min-confidence",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloat(0.0, 1.0),
     default=None,
     help="Predictions below this probability become 'unknown'.",
 )
@@ -230,7 +232,7 @@ def render_report(report: ProbeReport) -> str:
     if report.unlabelled_count:
         lines.append(f"  unlabelled vectors left out: {report.unlabelled_count}")
     if report.skipped_classes:
-        skipped = ", ".join(f"{entry.label} ({entry.count})" for entry in report.skipped_classes)
+        skipped = short_list(f"{entry.label} ({entry.count})" for entry in report.skipped_classes)
         lines.append(f"  skipped classes (fewer than {report.min_per_class} examples): {skipped}")
     lines += ["", *_render_per_class(report), "", *_render_confusion(report)]
     return "\n".join(lines)

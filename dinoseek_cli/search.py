@@ -15,6 +15,7 @@ import click
 
 from dinoseek.commandline import (
     EPILOG,
+    FiniteFloat,
     configure_logging,
     handle_errors,
     load_settings,
@@ -45,7 +46,7 @@ from search_api.client import ServiceClient
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N.")
 @click.option(
     "--threshold",
-    type=click.FloatRange(-1.0, 1.0),
+    type=FiniteFloat(-1.0, 1.0),
     default=None,
     help="Only neighbours with a cosine similarity of at least this.",
 )

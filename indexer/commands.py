@@ -15,6 +15,7 @@ import click
 from dinoseek.commandline import (
     EPILOG,
     EXIT_INTERRUPTED,
+    FiniteFloat,
     batch_size_option,
     compile_option,
     configure_logging,
@@ -145,7 +146,7 @@ from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
 )
 @click.option(
     "--log-every",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloat(min=0.1),
     default=10.0,
     show_default=True,
     metavar="SECONDS",

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the usual alias)
 
 from dinoseek.errors import ConfigError, ProbeTrainingError
+from dinoseek.messages import short_list
 from dinoseek.probe.calibration import fit_temperature
 from dinoseek.probe.model import LinearProbe, check_min_confidence
 from dinoseek.probe.report import FittedHead, ProbeReport, SkippedClass, build_report
@@ -369,7 +370,7 @@ def _too_few_classes_message(
 ) -> str:
     if not counts:
         return "no labelled vectors to train on"
-    found = ", ".join(f"{label} ({count})" for label, count in sorted(counts.items()))
+    found = short_list(f"{label} ({count})" for label, count in counts.most_common())
     return (
         f"a probe needs at least 2 classes with {min_per_class} or more labelled examples each; "
         f"{len(classes)} of {len(counts)} qualify (examples per class: {found}). "
