@@ -263,8 +263,8 @@ def index(
             summary = index_folders(model, runtime.store, options, stop=stop)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
-    elif not quiet or summary.failed:
-        click.echo(render_summary(summary))
+    else:
+        click.echo(render_summary(summary, brief=quiet))
     if existed and index_flags:
         summary.warnings.append(
             f"{' and '.join(index_flags)} apply to a new collection; {settings.collection!r} "
@@ -295,12 +295,18 @@ def _index_locked_message(error: StoreLockedError) -> str:
     )
 
 
-def render_summary(summary: IndexSummary) -> str:
-    """The human summary of an index run."""
+def render_summary(summary: IndexSummary, *, brief: bool = False) -> str:
+    """The human summary of an index run; ``brief`` (``--quiet``): its first line, and the
+    failures when there were any."""
     state = "stopped early" if summary.interrupted else "done"
-    lines = [
+    headline = (
         f"{state}: {summary.scanned:,} files scanned in {summary.elapsed_s:.1f} s, "
-        f"collection {summary.collection!r} ({summary.store}) holds {summary.points:,} images",
+        f"collection {summary.collection!r} ({summary.store}) holds {summary.points:,} images"
+    )
+    if brief and not summary.failed:
+        return headline
+    lines = [
+        headline,
         f"  embedded    {summary.embedded:>8,}   "
         f"({summary.images_per_s:.1f} img/s, {summary.model})",
         f"  unchanged   {summary.unchanged:>8,}",
