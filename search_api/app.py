@@ -92,6 +92,9 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # A slash redirect is built from the client's Host header (an open redirect); a path
+        # with a slash too many is a 404 like any other unknown path.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.include_router(open_routes)

@@ -1,0 +1,56 @@
+"""What a client controls in the request's headers must not shape the answer: no redirect is
+built from the ``Host`` it sent, and every kind of response, the API docs included, carries
+the same security headers. The real app and a real embedded store, through its ASGI client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dinoseek.embedding import ImageEmbedder
+from dinoseek.settings import Settings
+from dinoseek.store import EdgeStore
+from search_api.app import create_app
+from tests.indexing import indexed_tree
+
+HOSTILE_HOST = "attacker.example"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, embedder: ImageEmbedder) -> Path:
+    root = tmp_path_factory.mktemp("headers")
+    return indexed_tree(root, embedder, per_class=2, classes=("cats", "dogs"))[0]
+
+
+def make_client(embedder: ImageEmbedder, data_dir: Path, **overrides: object) -> TestClient:
+    settings = Settings(model=embedder.model_id, device="cpu", data_dir=data_dir, **overrides)  # type: ignore[arg-type]
+    app = create_app(settings, embedder=embedder, store=EdgeStore(data_dir))
+    return TestClient(app, follow_redirects=False)
+
+
+@pytest.fixture
+def client(embedder: ImageEmbedder, data_dir: Path) -> Iterator[TestClient]:
+    with make_client(embedder, data_dir) as test_client:
+        yield test_client
+
+
+def test_no_redirect_is_built_from_the_clients_host(client: TestClient) -> None:
+    point_id = client.get("/points", params={"limit": 1}).json()["points"][0]["id"]
+    for method, path in (
+        ("GET", "/points/"),
+        ("GET", "/collections/"),
+        ("GET", "/health/"),
+        ("GET", f"/points/{point_id}/"),
+        ("GET", f"/points/{point_id}/similar/"),
+        ("GET", "/docs/"),
+        ("GET", "/ui"),
+        ("POST", "/search/"),
+    ):
+        answer = client.request(method, path, headers={"Host": HOSTILE_HOST})
+        assert "location" not in answer.headers, (path, answer.headers)
+        assert answer.status_code == 404, (path, answer.status_code)
+        assert answer.json()["error"]["code"] == "not_found", path
+        assert HOSTILE_HOST not in str(answer.headers), path
