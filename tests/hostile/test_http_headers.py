@@ -54,3 +54,53 @@ def test_no_redirect_is_built_from_the_clients_host(client: TestClient) -> None:
         assert answer.status_code == 404, (path, answer.status_code)
         assert answer.json()["error"]["code"] == "not_found", path
         assert HOSTILE_HOST not in str(answer.headers), path
+
+
+def assert_secured(answer_headers: object, what: str) -> None:
+    headers = dict(answer_headers)  # type: ignore[call-overload]
+    policy = headers.get("content-security-policy", "")
+    assert "default-src 'self'" in policy, what
+    assert "script-src 'self';" in policy, what
+    assert "frame-ancestors 'none'" in policy, what
+    assert "http" not in policy, what  # no other origin, no CDN
+    assert headers.get("x-content-type-options") == "nosniff", what
+    assert headers.get("referrer-policy") == "no-referrer", what
+
+
+def test_every_kind_of_response_carries_the_same_security_headers(
+    embedder: ImageEmbedder, data_dir: Path
+) -> None:
+    with make_client(embedder, data_dir) as open_client:
+        point_id = open_client.get("/points", params={"limit": 1}).json()["points"][0]["id"]
+        for path in (
+            "/",
+            "/ui/app.js",
+            "/docs",
+            "/redoc",
+            "/openapi.json",
+            "/health",
+            "/ready",
+            "/metrics",
+            "/points?limit=1",
+            f"/points/{point_id}/image",
+            f"/points/{point_id}/image?size=32",
+            "/points/",
+            "/nothing-here",
+            "/points?limit=-1",
+        ):
+            answer = open_client.get(path)
+            assert answer.status_code < 500, path
+            assert_secured(answer.headers, f"GET {path} -> {answer.status_code}")
+        too_large = open_client.post(
+            "/search", content=b"x", headers={"content-length": str(1 << 40)}
+        )
+        assert too_large.status_code == 413
+        assert_secured(too_large.headers, "413")
+    with make_client(embedder, data_dir, api_key="k") as keyed:
+        refused = keyed.get("/collections")
+        assert refused.status_code == 401
+        assert_secured(refused.headers, "401")
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            answer = keyed.get(path)
+            assert answer.status_code == 200, path
+            assert_secured(answer.headers, f"keyed {path}")
