@@ -146,6 +146,9 @@ def configure_logging(*, quiet: bool) -> None:
     )
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The hub client prints through a handler of its own: passed on to ours as well, each of
+    # its messages would be printed twice.
+    logging.getLogger("huggingface_hub").propagate = False
     if quiet or not sys.stderr.isatty():
         # Read by huggingface_hub and transformers when they are first imported (later).
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
