@@ -5,6 +5,9 @@ Without this, a machine that cannot reach the hub spends half a minute in the hu
 retries before saying that it could not connect. Here the hub is asked once, with a short
 timeout (not at all under ``HF_HUB_OFFLINE``); when it does not answer, a cached model loads
 from the cache and a model that is not cached fails at once, saying what to do.
+
+``huggingface_hub`` is imported on first use, never with this module: it reads its settings
+(``HF_HUB_DISABLE_PROGRESS_BARS``, which ``configure_logging`` sets) when it is imported.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from huggingface_hub import constants, try_to_load_from_cache
 
 from dinoseek.errors import ModelLoadError
 
@@ -54,6 +56,8 @@ def hub_answers(endpoint: str) -> bool:
 
 def offline_mode() -> bool:
     """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as the hub client reads it."""
+    from huggingface_hub import constants
+
     if constants.is_offline_mode():
         return True
     values = (os.environ.get(name, "") for name in OFFLINE_VARIABLES)
@@ -64,6 +68,8 @@ def model_source(model_id: str, *, reachable: Callable[[str], bool] = hub_answer
     """Where ``model_id`` (a local directory or a hub id) loads from, or ``ModelLoadError``
     at once when it cannot load from anywhere. ``reachable`` asks whether the hub answers
     (tests give a stand-in)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
     cache_dir = constants.HF_HUB_CACHE
     if Path(model_id).is_dir():
         return ModelSource(local_files_only=True, cache_dir=cache_dir)
@@ -100,6 +106,8 @@ def hub_client_mode(source: ModelSource) -> Iterator[None]:
     """For a load from local files only, the hub client's offline mode while it lasts:
     transformers asks the hub for more than the files it is told to load locally (a PEFT
     adapter's config, the client's own registry), each with the client's retries."""
+    from huggingface_hub import constants
+
     if not source.local_files_only:
         yield
         return

@@ -159,3 +159,21 @@ def test_the_hub_clients_warnings_are_printed_once() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert done.stderr.count("said once") == 1, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_a_quiet_index_with_a_real_model_prints_its_result_and_nothing_else(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A new process, as a user runs it: the hub client is imported only once the logging
+    is configured, so it leaves its progress bars off under --quiet."""
+    write_tree(tmp_path / "photos", per_class=1)
+    done = subprocess.run(
+        [sys.executable, "-m", "dinoseek_cli", "index", str(tmp_path / "photos"),
+         "--model", str(tiny_model_dir), "--data-dir", str(tmp_path / "d"), "-q"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert done.stderr == ""
+    assert done.stdout.startswith("done: 2 files scanned in ")
+    assert done.stdout.count("\n") == 1
