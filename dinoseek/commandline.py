@@ -94,8 +94,14 @@ def batch_size_option(function: Callable[P, R]) -> Callable[P, R]:
 
 def store_options(function: Callable[P, R]) -> Callable[P, R]:
     """``--collection``, ``--data-dir``, ``--qdrant-url``."""
+    function = store_location_options(function)
+    return click.option("--collection", "-c", default=None, help=_env_help("collection"))(function)
+
+
+def store_location_options(function: Callable[P, R]) -> Callable[P, R]:
+    """``--data-dir``, ``--qdrant-url``: where the store is (for commands that name their
+    collections as arguments)."""
     options = [
-        click.option("--collection", "-c", default=None, help=_env_help("collection")),
         click.option(
             "--data-dir",
             type=click.Path(path_type=Path, file_okay=False),

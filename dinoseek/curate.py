@@ -180,7 +180,8 @@ def copy_selection(
     it, vectors and payloads as they are (no re-embedding), plus ``describe``'s fields."""
     if target in store.list_collections():
         raise ConfigError(
-            f"collection {target!r} already exists; choose another --into name, or delete it first"
+            f"collection {target!r} already exists; choose another --into name, or delete it "
+            f"first (`dinoseek collection delete {target}`)"
         )
     store.ensure_collection(target, store.collection_space(source))
     store.acquire(target)

@@ -33,6 +33,7 @@ from indexer.catalog import LabelSource, read_labels_csv
 from indexer.catalog_cache import catalog_cache_path
 from indexer.pipeline import IndexOptions, IndexSummary, ModelOnDemand, index_folders
 from indexer.ray_engine import RayEngine, RayOptions, import_ray
+from indexer.report import failures_report_path
 from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
 
 
@@ -229,7 +230,7 @@ def index(
             roots=tuple(Path(os.path.abspath(f)) for f in folders),
             collection=settings.collection,
             failures_report=failures_report
-            or settings.data_dir / "reports" / f"{settings.collection}.failures.jsonl",
+            or failures_report_path(settings.data_dir, settings.collection),
             batch_size=settings.batch_size,
             workers=workers,
             max_image_pixels=settings.max_image_pixels,
