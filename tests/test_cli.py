@@ -117,7 +117,9 @@ def test_search_table_json_and_filters(indexed: tuple[Path, Path, list[Path]]) -
     table = invoke("search", paths[0], "--data-dir", data, "-k", "3")
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
-    assert lines[0].startswith("labels (vote of the neighbours): cats")
+    assert lines[0].startswith(
+        "labels (vote of the 6 nearest in the collection, filters aside): cats"
+    )
     first_row = lines[2]
     assert str(paths[0]) in first_row
     assert "cats" in first_row
