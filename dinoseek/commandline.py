@@ -162,8 +162,14 @@ def batch_size_option(function: Callable[P, R]) -> Callable[P, R]:
 
 def store_options(function: Callable[P, R]) -> Callable[P, R]:
     """``--collection``, ``--data-dir``, ``--qdrant-url``."""
+    function = store_location_options(function)
+    return click.option("--collection", "-c", default=None, help=_env_help("collection"))(function)
+
+
+def store_location_options(function: Callable[P, R]) -> Callable[P, R]:
+    """``--data-dir``, ``--qdrant-url``: where the store is (for commands that name their
+    collections as arguments)."""
     options = [
-        click.option("--collection", "-c", default=None, help=_env_help("collection")),
         click.option(
             "--data-dir",
             type=click.Path(path_type=Path, file_okay=False),
@@ -214,6 +220,9 @@ def configure_logging(*, quiet: bool) -> None:
     )
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The hub client prints through a handler of its own: passed on to ours as well, each of
+    # its messages would be printed twice.
+    logging.getLogger("huggingface_hub").propagate = False
     if quiet or not sys.stderr.isatty():
         # Read by huggingface_hub and transformers when they are first imported (later).
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

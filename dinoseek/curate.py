@@ -178,7 +178,8 @@ def check_new_collection(store: VectorStore, target: str) -> None:
         raise ConfigError(str(exc)) from None
     if target in store.list_collections():
         raise ConfigError(
-            f"collection {target!r} already exists; choose another --into name, or delete it first"
+            f"collection {target!r} already exists; choose another --into name, or delete it "
+            f"first (`dinoseek collection delete {target}`)"
         )
 
 

@@ -64,6 +64,8 @@ FILTER_FIELDS: dict[str, str] = {
 MAX_GROUP_LISTED = 100
 # Hits fetched to collapse duplicates under filters (the store's own top-k limit).
 MAX_COLLAPSE_FETCH = 1000
+# The nearest points of the whole collection that a kNN vote of labels is taken over.
+VOTE_NEIGHBOURS = 10
 
 
 @dataclass(frozen=True)
@@ -158,13 +160,16 @@ class LabelRequest:
 
     ``with_labels`` None means "when the collection has a probe"; ``method`` None means "the
     probe when there is one, else the kNN vote of the neighbours"; ``probe`` names one
-    (default: ``default``, else the newest).
+    (default: ``default``, else the newest). A kNN vote is taken over the ``vote_neighbours``
+    nearest points of the whole collection, never over the neighbours a query shows: its
+    filters, threshold, offset and top-k choose what to show, not what the image is.
     """
 
     with_labels: bool | None = None
     method: LabelMethod | None = None
     probe: str | None = None
     top_k: int = 5
+    vote_neighbours: int = VOTE_NEIGHBOURS
 
 
 @dataclass(frozen=True)
@@ -358,26 +363,21 @@ class Searcher:
         """Neighbours (one store call for all vectors) and labels of each vector."""
         with self.using(collection):
             hits = self.store.search(collection, [query.for_vector(v) for v in vectors])
-        results = []
-        for vector, found in zip(vectors, hits, strict=True):
-            neighbours = query.shape(found)
-            predicted = self.predict_labels(collection, vector, neighbours, labels)
-            results.append(SearchResult(neighbours, predicted))
+            results = []
+            for vector, found in zip(vectors, hits, strict=True):
+                predicted = self.predict_labels(collection, vector, labels)
+                results.append(SearchResult(query.shape(found), predicted))
         return results
 
     def predict_labels(
-        self,
-        collection: str,
-        vector: np.ndarray,
-        neighbours: Sequence[Neighbour],
-        request: LabelRequest,
+        self, collection: str, vector: np.ndarray, request: LabelRequest
     ) -> list[PredictedLabel] | None:
         """The label policy: a probe when there is one (or ``method`` asks for it), else the
-        kNN vote of the neighbours; nothing when not asked for and there is no probe."""
+        kNN vote of the nearest points; nothing when not asked for and there is no probe."""
         if request.with_labels is False:
             return None
         if request.method == "knn":
-            return knn_labels(neighbours, request.top_k)
+            return self.vote(collection, vector, request)
         probe = self.probe_cache.get(collection, request.probe)
         if probe is not None:
             return probe.predict(np.asarray(vector, dtype=np.float32)[None], request.top_k)[0]
@@ -386,7 +386,17 @@ class Searcher:
                 f"collection {collection!r} has no probe; train one with `dinoseek probe "
                 "train`, or use the vote of the neighbours (label_method=knn)"
             )
-        return knn_labels(neighbours, request.top_k) if request.with_labels else None
+        return self.vote(collection, vector, request) if request.with_labels else None
+
+    def vote(
+        self, collection: str, vector: np.ndarray, request: LabelRequest
+    ) -> list[PredictedLabel]:
+        """The kNN vote of the ``request.vote_neighbours`` nearest points of the whole
+        collection (no filter, threshold or offset)."""
+        nearest = SearchQuery(vector=vector, top_k=request.vote_neighbours)
+        with self.using(collection):
+            (hits,) = self.store.search(collection, [nearest])
+        return knn_labels([Neighbour.from_hit(hit) for hit in hits], request.top_k)
 
     # -- whole searches ---------------------------------------------------------------------
 

@@ -147,7 +147,11 @@ def render_result(result: SearchResult) -> str:
     lines = []
     if result.labels:
         first = result.labels[0]
-        how = f"probe {first.probe!r}" if first.method == "probe" else "vote of the neighbours"
+        how = (
+            f"probe {first.probe!r}"
+            if first.method == "probe"
+            else f"vote of the {first.neighbours} nearest in the collection, filters aside"
+        )
         shown = ", ".join(f"{p.label} {p.probability:.0%}" for p in result.labels[:3])
         lines.append(f"labels ({how}): {shown}")
     if not result.neighbours:

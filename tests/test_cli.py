@@ -97,13 +97,29 @@ def test_index_human_summary(tmp_path: Path) -> None:
     assert "holds 4 images" in result.stdout
 
 
+def test_index_quiet_prints_only_the_result_line(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=2)
+    args = ("index", photos, "--model", MODEL, "--data-dir", tmp_path / "d", "--workers", "0")
+    result = invoke(*args, "-q")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    assert lines[0].startswith("done: 4 files scanned in ")
+    assert lines[0].endswith(
+        "collection 'images' (embedded store at " + str(tmp_path / "d") + ") holds 4 images"
+    )
+
+
 def test_search_table_json_and_filters(indexed: tuple[Path, Path, list[Path]]) -> None:
     _, data, paths = indexed
     # No --model: the collection's own model is used.
     table = invoke("search", paths[0], "--data-dir", data, "-k", "3")
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
-    assert lines[0].startswith("labels (vote of the neighbours): cats")
+    assert lines[0].startswith(
+        "labels (vote of the 6 nearest in the collection, filters aside): cats"
+    )
     first_row = lines[2]
     assert str(paths[0]) in first_row
     assert "cats" in first_row

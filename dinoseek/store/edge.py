@@ -39,12 +39,14 @@ from dinoseek.settings import validate_collection_name
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store.edge_locks import lock_collection, release
 from dinoseek.store.edge_probes import METADATA_FILE, EdgeProbes
+from dinoseek.store.edge_rename import rename_edge_collection
 from dinoseek.store.edge_shards import SHARD_DIR, open_or_create_shard
 from dinoseek.store.edge_snapshots import EdgeSnapshots
 from dinoseek.store.files import write_bytes_atomic, write_json_atomic
 from dinoseek.store.records import (
     QUANTIZATION_OVERSAMPLING,
     CollectionInfo,
+    CollectionRename,
     FilterValue,
     PointRecord,
     SearchHit,
@@ -188,6 +190,10 @@ class EdgeStore:
             finally:
                 release(lock_file)
             shutil.rmtree(directory, ignore_errors=True)
+
+    def rename_collection(self, name: str, new_name: str) -> CollectionRename:
+        """Move the collection's directory, whole (``edge_rename``)."""
+        return rename_edge_collection(self, name, new_name)
 
     def acquire(self, name: str) -> None:
         """Take the collection's lock and open its shard (idempotent)."""

@@ -20,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store.records import (
     CollectionInfo,
+    CollectionRename,
     FilterValue,
     PointRecord,
     SearchHit,
@@ -121,6 +122,12 @@ class VectorStore(Protocol):
 
     def delete_collection(self, name: str) -> None:
         """Remove a collection, its data and its probes (``CollectionNotFoundError``)."""
+        ...
+
+    def rename_collection(self, name: str, new_name: str) -> CollectionRename:
+        """Give a collection, with its data and its probes, the name ``new_name``
+        (``CollectionNotFoundError``; ``CollectionExistsError`` when the name is taken;
+        ``StoreLockedError`` while another process holds an embedded collection)."""
         ...
 
     def acquire(self, name: str) -> None:

@@ -38,6 +38,7 @@ from dinoseek.store.records import (
     PAYLOAD_INDEXES,
     QUANTIZATION_OVERSAMPLING,
     CollectionInfo,
+    CollectionRename,
     FilterValue,
     PointRecord,
     SearchHit,
@@ -47,6 +48,7 @@ from dinoseek.store.records import (
 )
 from dinoseek.store.server_calls import RETRY_DELAYS_S, QdrantCalls
 from dinoseek.store.server_probes import ServerProbes
+from dinoseek.store.server_rename import copy_server_collection
 from dinoseek.store.server_snapshots import ServerSnapshots
 
 METADATA_KEY = "dinoseek"
@@ -178,6 +180,40 @@ class ServerStore:
         self._call(self.client.delete_collection, name)
         self._probes.delete_all(name)
         self.release(name)
+
+    def rename_collection(self, name: str, new_name: str) -> CollectionRename:
+        """A Qdrant server cannot rename a collection: a copy, then a delete
+        (``server_rename``)."""
+        validate_collection_name(new_name)
+        return copy_server_collection(self, name, new_name)
+
+    def collection_metadata(self, name: str) -> dict[str, Any]:
+        """The collection's Qdrant metadata, whole (dinoseek's key and any other)."""
+        return dict(self._collection(name).config.metadata or {})
+
+    def create_collection_like(self, name: str, like: str, *, metadata: Mapping[str, Any]) -> None:
+        """Create ``name`` with the vector, index and shard configuration of ``like``, its
+        payload indexes, and ``metadata``."""
+        config = self._collection(like).config
+        hnsw = config.hnsw_config
+        self._call(
+            self.client.create_collection,
+            name,
+            vectors_config=config.params.vectors,
+            hnsw_config=models.HnswConfigDiff(m=hnsw.m, ef_construct=hnsw.ef_construct),
+            quantization_config=config.quantization_config,
+            shard_number=config.params.shard_number,
+            replication_factor=config.params.replication_factor,
+            write_consistency_factor=config.params.write_consistency_factor,
+            metadata=dict(metadata),
+        )
+        self._create_payload_indexes(name)
+
+    def set_space(self, name: str, space: EmbeddingSpace, *, clear: str) -> None:
+        """Record ``space`` as the collection's (from then on it is listed), and remove the
+        metadata key ``clear``."""
+        metadata = {METADATA_KEY: space.to_metadata(), clear: None}
+        self._call(self.client.update_collection, name, metadata=metadata)
 
     def acquire(self, name: str) -> None:
         """Check that the collection exists; then this process may use its points."""

@@ -227,7 +227,7 @@ def test_an_upload_shows_its_top_k_with_the_exact_copy_first(page: Page, served:
     assert thumbnails_loaded(page)
     labels = page.inner_text(".query-card .labels")
     assert "cats" in labels
-    assert "(knn)" in labels
+    assert "(knn: vote of the 10 nearest images, whatever the filters)" in labels
     assert "%" in labels
     screenshot(page, "1-upload")
 
