@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import http.server
 import importlib.util
 import json
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -838,40 +841,124 @@ def test_dockerfile_caches_dependencies_before_copying_the_source() -> None:
         assert any(re.match(rf"COPY {package} ", step) for step in steps), package
 
 
-def test_dockerfile_dependency_list_reads_pyproject(tmp_path: Path) -> None:
-    builder = _stages()[0]
-    [run] = [a for k, a in builder if k == "RUN" and "tomllib" in a]
-    code = shlex.split(run)[2]
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    assert "ARG EXTRAS=gpu" in (ROOT / "Dockerfile").read_text()
-
-    def requirements(extras: str) -> list[str]:
-        return subprocess.run(
-            [sys.executable, "-c", code, extras],
-            cwd=tmp_path, capture_output=True, text=True, check=True,
-        ).stdout.split()  # fmt: skip
-
-    output = requirements("gpu")
-    assert any(line.startswith("transformers") for line in output)
-    assert any(line.startswith("torchvision") for line in output)
-    assert any(line.startswith("qdrant-client") for line in output)
-    assert not any(line.startswith("ray") for line in output)
-    with_ray = requirements("gpu,ray")
-    assert set(with_ray) == set(output) | {"ray[data]>=2.59"}
+def _builder_args() -> dict[str, str | None]:
+    """The builder stage's ARGs: their defaults, or None for an ARG without one (unset)."""
+    args: dict[str, str | None] = {}
+    for keyword, arguments in _stages()[0]:
+        if keyword == "ARG":
+            name, has_value, value = arguments.partition("=")
+            args[name] = value if has_value else None
+    return args
 
 
-def test_dockerfile_chooses_cuda_or_cpu_torch() -> None:
-    builder = _stages()[0]
-    args = dict(a.split("=", 1) for k, a in builder if k == "ARG" and "=" in a)
+STAND_IN_PIP = """#!/bin/sh
+# A stand-in for pip: records its arguments, one a line, instead of installing.
+printf '%s\\n' "$@" > "$STAND_IN_RECORD"
+"""
+
+
+def _run_builder_step(
+    marker: str, build_args: Mapping[str, str], work: Path
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run the builder's RUN step that contains ``marker`` with sh, as Docker would: every ARG
+    of the stage in the environment (its default, or ``build_args``), pyproject.toml in the
+    working directory, and pip replaced by a stand-in that records what it was asked to
+    install. Returns the run and pip's arguments."""
+    [step] = [a for k, a in _stages()[0] if k == "RUN" and marker in a]
+    stand_in = work / "bin"
+    stand_in.mkdir(exist_ok=True)
+    (stand_in / "pip").write_text(STAND_IN_PIP)
+    (stand_in / "pip").chmod(0o755)
+    shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
+    record = work / "pip-arguments"
+    record.unlink(missing_ok=True)
+    env = {name: value for name, value in _builder_args().items() if value is not None}
+    env |= build_args
+    env["PATH"] = os.pathsep.join(
+        [str(stand_in), str(Path(sys.executable).parent), "/usr/bin", "/bin"]
+    )
+    env["STAND_IN_RECORD"] = str(record)
+    done = subprocess.run(
+        ["sh", "-c", step], cwd=work, env=env, capture_output=True, text=True, check=False
+    )
+    return done, record.read_text().splitlines() if record.exists() else []
+
+
+def test_dockerfile_installs_torchvision_with_a_cuda_torch_only(tmp_path: Path) -> None:
+    # PyPI's torchvision is built against PyPI's CUDA torch: beside a CPU torch it does not
+    # load, and transformers then cannot load Dinov2Model either.
+    def requirements(**build_args: str) -> list[str]:
+        done, pip = _run_builder_step("tomllib", build_args, tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert pip == ["install", "-r", "requirements.txt"]
+        return (tmp_path / "requirements.txt").read_text().split()
+
+    cpu = requirements(TORCH_VARIANT="cpu")
+    assert any(line.startswith("transformers") for line in cpu)
+    assert any(line.startswith("qdrant-client") for line in cpu)
+    assert not any(line.startswith("torchvision") for line in cpu)
+    assert not any(line.startswith("ray") for line in cpu)
+    cuda = requirements()  # the default variant
+    assert set(cuda) == set(cpu) | {"torchvision>=0.21"}
+    assert set(requirements(TORCH_VARIANT="cpu", EXTRAS="ray")) == set(cpu) | {"ray[data]>=2.59"}
+    assert set(requirements(EXTRAS="ray")) == set(cuda) | {"ray[data]>=2.59"}
+    for extras in ("gpu", "ray,gpu", "gpu,ray"):
+        done, pip = _run_builder_step(
+            "tomllib", {"TORCH_VARIANT": "cpu", "EXTRAS": extras}, tmp_path
+        )
+        assert done.returncode != 0, extras
+        assert "the gpu extra (torchvision) needs TORCH_VARIANT=cuda" in done.stderr
+        assert pip == [], "nothing installed"
+    # The ray overlay builds the cuda variant with the ray extra.
+    args = read_compose(RAY)["services"]["ray-head"]["build"]["args"]
+    assert (args["TORCH_VARIANT"], args["EXTRAS"]) == ("cuda", "ray")
+
+
+def test_dockerfile_takes_torch_from_the_given_index_or_pip_sources(tmp_path: Path) -> None:
+    args = _builder_args()
     assert args["TORCH_VARIANT"] == "cuda"
     assert args["TORCH_VERSION"] == "2.13.0"
-    [run] = [a for k, a in builder if k == "RUN" and "TORCH_VARIANT" in a]
-    assert "cuda)" in run
-    assert "cpu)" in run
-    assert "exit 1" in run  # any other value stops the build
-    cpu_branch = run[run.index("cpu)") :]
-    assert "--index-url https://download.pytorch.org/whl/cpu" in cpu_branch
-    assert run.count('"torch==${TORCH_VERSION}"') == 2
+    assert args["TORCH_CPU_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    # pip's own sources can be given to the build; unset by default.
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        assert name in args
+        assert args[name] is None, name
+
+    def installs(**build_args: str) -> list[str]:
+        done, pip = _run_builder_step("TORCH_PACKAGES", build_args, tmp_path)
+        assert done.returncode == 0, done.stderr
+        return pip
+
+    index = ["--index-url", "https://download.pytorch.org/whl/cpu"]
+    assert installs(TORCH_VARIANT="cpu") == ["install", *index, "torch==2.13.0"]
+    # Empty: torch from wherever pip's configuration points (a mirror, a local wheelhouse).
+    assert installs(TORCH_VARIANT="cpu", TORCH_CPU_INDEX_URL="") == ["install", "torch==2.13.0"]
+    mirror = "http://127.0.0.1:9/torch-cpu"
+    assert installs(TORCH_VARIANT="cpu", TORCH_CPU_INDEX_URL=mirror) == [
+        "install", "--index-url", mirror, "torch==2.13.0",
+    ]  # fmt: skip
+    assert installs(TORCH_VARIANT="cpu", TORCH_PACKAGES="torch==2.13.0+cpu") == [
+        "install", *index, "torch==2.13.0+cpu",
+    ]  # fmt: skip
+    done, pip = _run_builder_step("TORCH_PACKAGES", {"TORCH_VARIANT": "rocm"}, tmp_path)
+    assert done.returncode != 0
+    assert "TORCH_VARIANT must be 'cuda' or 'cpu', not 'rocm'" in done.stderr
+    assert pip == []
+
+
+@pytest.mark.slow
+def test_dockerfile_refuses_a_cuda_image_with_a_cpu_torch(tmp_path: Path) -> None:
+    # A pip source that holds a local CPU wheel of the same version (this project's CI) gives
+    # `torch==2.13.0` as a CPU build: the cuda variant must stop there, not build an image that
+    # cannot use its GPU. Run with this interpreter's torch.
+    import torch
+
+    if torch.version.cuda:
+        pytest.skip(f"this torch ({torch.__version__}) is a CUDA build")
+    done, pip = _run_builder_step("TORCH_PACKAGES", {}, tmp_path)
+    assert pip == ["install", "torch==2.13.0", "torchvision"]
+    assert done.returncode != 0
+    assert f"TORCH_VARIANT=cuda installed torch {torch.__version__}, a CPU build" in done.stderr
 
 
 def test_dockerfile_runs_as_a_non_root_user() -> None:
@@ -881,16 +968,68 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
     assert user not in ("root", "0")
 
 
+def _image_healthcheck() -> list[str]:
+    [healthcheck] = [arguments for keyword, arguments in _stages()[-1] if keyword == "HEALTHCHECK"]
+    return [str(part) for part in json.loads(healthcheck[healthcheck.index("CMD") + 3 :])]
+
+
 def test_dockerfile_healthcheck_and_command() -> None:
     final = _stages()[-1]
-    [healthcheck] = [arguments for keyword, arguments in final if keyword == "HEALTHCHECK"]
-    assert "/health" in healthcheck
-    assert "urllib" in healthcheck
-    assert "curl" not in healthcheck
+    probe = _image_healthcheck()
+    assert probe[:2] == ["python", "-c"]
+    assert "/health" in probe[2]
+    assert "urllib" in probe[2]
+    assert "curl" not in probe[2]
+    # search-api's healthcheck in compose is the same probe.
+    assert services(stack(BASE))["search-api"]["healthcheck"]["test"] == ["CMD", *probe]
     [command] = [arguments for keyword, arguments in final if keyword == "CMD"]
     assert json.loads(command) == ["dinoseek", "serve", "--host", "0.0.0.0", "--port", "8000"]
     exposed = [arguments for keyword, arguments in final if keyword == "EXPOSE"]
     assert exposed == ["8000"]
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+        self.wfile.write(b'{"status":"ok"}')
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_healthcheck_probes_the_port_the_service_was_given(tmp_path: Path) -> None:
+    # A command with another --port (the host-network overlay, `docker run ... --port 9000`)
+    # must not be reported unhealthy. The probe reads the main process's command line; here a
+    # file stands in for /proc/1/cmdline, and a real HTTP server for the API.
+    code = _image_healthcheck()[2]
+    assert "/proc/1/cmdline" in code
+    cmdline = tmp_path / "cmdline"
+    code = code.replace("/proc/1/cmdline", str(cmdline))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+
+        def probe(*argv: str) -> int:
+            cmdline.write_bytes(b"".join(arg.encode() + b"\0" for arg in argv))
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
+            return done.returncode
+
+        serve = ["/opt/venv/bin/python", "/opt/venv/bin/dinoseek", "serve", "--host", "0.0.0.0"]
+        assert probe(*serve, "--port", str(port)) == 0
+        assert probe(*serve, f"--port={port}") == 0
+        # compose's `init: true`: docker-init is process 1, the service its argument.
+        assert probe("/sbin/docker-init", "--", "dinoseek", "serve", "--port", str(port)) == 0
+        assert probe("sh", "-c", f"exec dinoseek serve --port {port}") == 0
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            closed = unused.getsockname()[1]
+        assert probe(*serve, "--port", str(closed)) != 0
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_dockerfile_volumes_match_the_compose_mounts() -> None:
