@@ -48,7 +48,8 @@ CPU = "docker-compose.cpu.yml"
 CLUSTER = "docker-compose.cluster.yml"
 LB = "docker-compose.lb.yml"
 RAY = "docker-compose.ray.yml"
-COMPOSE_FILES = (BASE, CPU, CLUSTER, LB, RAY)
+HOST_NETWORK = "deploy/docker-compose.host-network.yml"
+COMPOSE_FILES = (BASE, CPU, CLUSTER, LB, RAY, HOST_NETWORK)
 # The combinations README.md documents, each as compose would stack them.
 STACKS = {
     "gpu": (BASE,),
@@ -59,6 +60,7 @@ STACKS = {
     "cpu+cluster+lb": (BASE, CPU, CLUSTER, LB),
     "ray": (BASE, RAY),
     "cluster+ray": (BASE, CLUSTER, RAY),
+    "cpu+host-network": (BASE, CPU, HOST_NETWORK),
 }
 # What a user sets in .env at the least.
 USER_ENV = {"IMAGES_DIR": "/srv/photos", "RAY_AUTH_TOKEN": "secret"}
@@ -445,9 +447,15 @@ def test_api_port_and_bind_address_come_from_the_environment() -> None:
 def test_apps_wait_for_a_healthy_qdrant_reached_by_service_name() -> None:
     for files in STACKS.values():
         config = services(stack(*files))
+        started = {n: s for n, s in qdrant_services(stack(*files)).items() if not s.get("profiles")}
+        if not started:  # the host-network overlay: the embedded store
+            for name in APPS:
+                assert environment(config[name])["DINOSEEK_QDRANT_URL"] == "", (files, name)
+                assert not config[name].get("depends_on"), (files, name)
+            continue
         for name in APPS:
             depends = config[name]["depends_on"]
-            for qdrant in qdrant_services(stack(*files)):
+            for qdrant in started:
                 assert depends[qdrant]["condition"] == "service_healthy", (files, name, qdrant)
             url = environment(config[name])["DINOSEEK_QDRANT_URL"]
             match = re.fullmatch(r"http://([\w-]+):(\d+)", url)
@@ -583,6 +591,29 @@ def test_lb_overlay_lets_the_api_scale_behind_nginx() -> None:
     assert re.search(r"set \$(\w+) http://search-api:8000;\s+proxy_pass \$\1;", text)
     assert "client_max_body_size 0;" in text  # nginx's default (1 MB) would refuse uploads
     assert "$$" not in text
+
+
+# -- compose: the host-network overlay ------------------------------------------------------
+
+
+def test_host_network_overlay_serves_on_loopback_with_the_embedded_store() -> None:
+    # An engine without bridge networking (this project's CI): containers share the host's
+    # interfaces, so the API must bind 127.0.0.1 itself; no Qdrant server listens anywhere.
+    env = {**USER_ENV, "DINOSEEK_PORT": "18431"}
+    config = services(stack(BASE, CPU, HOST_NETWORK, env=env))
+    for name in APPS:
+        app = config[name]
+        assert app["network_mode"] == "host", name
+        assert app["build"]["network"] == "host", name
+        assert app["build"]["args"]["TORCH_VARIANT"] == "cpu", name
+        assert not app.get("ports"), name
+        assert not app.get("depends_on"), name
+        assert environment(app)["DINOSEEK_QDRANT_URL"] == "", name
+    assert config["search-api"]["command"] == [
+        "dinoseek", "serve", "--host", "127.0.0.1", "--port", "18431",
+    ]  # fmt: skip
+    # Not started by `up` (a profile of its own); nothing waits for it.
+    assert config["qdrant"]["profiles"] == ["qdrant-server"]
 
 
 # -- compose and .env.example: variables ----------------------------------------------------
