@@ -1,20 +1,20 @@
 """Structure of the deployment files: Dockerfile, .dockerignore, the compose files, .env.example
 and scripts/compose-smoke.sh.
 
-No Docker engine runs here or in CI, so these tests read the files and check what must hold for
-the stack to work: services, healthchecks, volumes, ports, GPU reservations, required
-variables, and that every command, module and DINOSEEK_* variable the files name exists in the
-code. Overlays are applied with a minimal version of compose's merge rules (below). Where a
+These tests read the files and check what must hold for the stack to work: services,
+healthchecks, volumes, ports, GPU reservations, required variables, and that every command,
+module and DINOSEEK_* variable the files name exists in the code. Overlays are applied with a
+minimal version of compose's merge rules (below). The Dockerfile's install steps run with sh
+and a stand-in for pip, and the healthcheck's probe runs against a real HTTP server. Where a
 `docker compose` v2 plugin, shellcheck or hadolint is installed, they check the files too.
-What only a Docker host can check (the images build, the stack answers) is
-scripts/compose-smoke.sh.
 
-What these tests cannot prove without an engine: that the images build, that the base image
-and the wheels install, that the GPU reservation reaches a GPU, that the healthchecks pass,
-that the services reach each other, and that compose itself merges the overlays as the
-minimal merge below does (it follows compose's documented rules, not compose's code). A line
-of the Dockerfile or the smoke script these checks cannot parse fails the test that reads
-it, rather than being skipped.
+What these tests cannot prove without an engine (that the image builds and the stack answers)
+is tests/test_compose_stack.py, which runs scripts/compose-smoke.sh on a private Docker engine
+where it can (CI). What neither can prove here: that the cuda image builds and reaches a GPU,
+that the Qdrant server (and the cluster) starts healthy, that the lb and ray overlays work,
+and that compose itself merges every overlay as the minimal merge below does (it follows
+compose's documented rules, not compose's code). A line of the Dockerfile or the smoke script
+these checks cannot parse fails the test that reads it, rather than being skipped.
 """
 
 from __future__ import annotations
