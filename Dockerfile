@@ -25,7 +25,8 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_PACKAGES=
 # pip's sources, for a host that builds from a mirror or a local wheelhouse: pip reads these
-# from its environment. Unset by default (PyPI). Not for credentials: use a build secret.
+# from its environment. Unset by default (PyPI). Not for credentials: build arguments are
+# recorded with the build.
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
