@@ -5,15 +5,18 @@ Everything is decided from the stored vectors and payloads: no image is read, no
 touched. The outcome is written as payload marks (``MARK_FIELDS``):
 
 - every member of a group: ``duplicate_group`` (the kept point's id);
-- the kept point: ``duplicate_role: "keep"`` and ``duplicate_count`` (how many others);
+- the kept point: ``duplicate_role: "keep"``, ``duplicate_count`` (how many others) and
+  ``duplicate_reason`` (why it is the one kept);
 - the others: ``duplicate_role: "duplicate"``, ``duplicate_of`` (the kept point's id) and
   ``duplicate_score`` (cosine similarity to the kept point);
 - every point compared: ``dedup_threshold``.
 
-The kept point of a group is the one with the most pixels, then the shortest path, then the
-smallest id. A rerun compares only the points without ``dedup_threshold`` equal to its
-threshold (new, re-indexed, or compared at another threshold) with every point, and trusts
-the groups of the others. A point's ``dedup_threshold`` is removed before its marks change
+The kept point of a group is chosen by a ``KeepRule`` (``dinoseek.dedup_keep``; by default the
+most pixels, then the larger file, then the oldest, then the path), and every run decides it
+again with the rule it is given; the kept point carries the reason (``duplicate_reason``). A
+rerun compares only the points without ``dedup_threshold`` equal to its threshold (new,
+re-indexed, or compared at another threshold) with every point, and trusts the groups of the
+others. A point's ``dedup_threshold`` is removed before its marks change
 and written back after, so a run killed at any moment leaves every half-written point to be
 compared again by the next one.
 """
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from dinoseek.collection_vectors import CollectionVectors
+from dinoseek.dedup_keep import KEEP_FIELDS, KeepRule, PointFacts
 from dinoseek.similarity import best_matches, pairs_above
 from dinoseek.store import VectorStore
 
@@ -34,23 +38,25 @@ GROUP = "duplicate_group"
 ROLE = "duplicate_role"  # a keyword, "keep" or "duplicate": what filters match
 KEEP, DUPLICATE = "keep", "duplicate"
 COUNT = "duplicate_count"
+REASON = "duplicate_reason"
 OF = "duplicate_of"
 SCORE = "duplicate_score"
 THRESHOLD = "dedup_threshold"
-MARK_FIELDS = (GROUP, ROLE, COUNT, OF, SCORE, THRESHOLD)
+MARK_FIELDS = (GROUP, ROLE, COUNT, REASON, OF, SCORE, THRESHOLD)
 # What the keep rule and the report need from each payload.
-PAYLOAD_FIELDS = ("path", "width", "height", "near_duplicate_of", *MARK_FIELDS)
+PAYLOAD_FIELDS = (*KEEP_FIELDS, "near_duplicate_of", *MARK_FIELDS)
 DEFAULT_THRESHOLD = 0.95
 
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """A group of near-duplicates: the kept point, the others, and the similarity of each
-    other to it."""
+    """A group of near-duplicates: the kept point, the others, the similarity of each other
+    to it, and why that point is the one kept."""
 
     keep: int
     others: tuple[int, ...]
     scores: tuple[float, ...]
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -101,10 +107,13 @@ def plan_dedup(
     data: CollectionVectors,
     threshold: float,
     *,
+    keep: KeepRule | None = None,
     device: str = "cpu",
     on_rows: Callable[[int], None] | None = None,
 ) -> DedupPlan:
-    """Group the near-duplicates of ``data`` at ``threshold`` and say which marks change."""
+    """Group the near-duplicates of ``data`` at ``threshold``, choose each group's kept point
+    by ``keep`` (the default rule when None), and say which marks change."""
+    rule = keep or KeepRule()
     count = len(data.ids)
     compared = np.array(
         [i for i, payload in enumerate(data.payloads) if payload.get(THRESHOLD) != threshold],
@@ -133,7 +142,7 @@ def plan_dedup(
                     pairs += 1
                     links.union(source, column)
     groups = [
-        _group(data, members)
+        _group(data, members, rule)
         for members in links.components(range(count)).values()
         if len(members) > 1
     ]
@@ -152,19 +161,13 @@ def _trusted_groups(data: CollectionVectors, threshold: float) -> dict[str, list
     return groups
 
 
-def keep_order(payload: Mapping[str, Any], point_id: str) -> tuple[int, int, str]:
-    """The keep rule as a sort key: most pixels, then the shortest path, then the id."""
-    width, height = payload.get("width"), payload.get("height")
-    pixels = width * height if isinstance(width, int) and isinstance(height, int) else 0
-    path = payload.get("path")
-    return (-pixels, len(path) if isinstance(path, str) else 1 << 30, point_id)
-
-
-def _group(data: CollectionVectors, members: list[int]) -> DuplicateGroup:
-    keep = min(members, key=lambda i: keep_order(data.payloads[i], data.ids[i]))
+def _group(data: CollectionVectors, members: list[int], rule: KeepRule) -> DuplicateGroup:
+    facts = [PointFacts.from_payload(data.ids[i], data.payloads[i]) for i in members]
+    position, reason = rule.choose(facts)
+    keep = members[position]
     others = sorted((i for i in members if i != keep), key=lambda i: data.ids[i])
     scores = data.vectors[others] @ data.vectors[keep] if others else np.zeros(0)
-    return DuplicateGroup(keep, tuple(others), tuple(round(float(s), 6) for s in scores))
+    return DuplicateGroup(keep, tuple(others), tuple(round(float(s), 6) for s in scores), reason)
 
 
 def marks_of(data: CollectionVectors, groups: list[DuplicateGroup]) -> dict[int, dict[str, Any]]:
@@ -172,7 +175,12 @@ def marks_of(data: CollectionVectors, groups: list[DuplicateGroup]) -> dict[int,
     marks: dict[int, dict[str, Any]] = {}
     for group in groups:
         keeper_id = data.ids[group.keep]
-        marks[group.keep] = {GROUP: keeper_id, ROLE: KEEP, COUNT: len(group.others)}
+        marks[group.keep] = {
+            GROUP: keeper_id,
+            ROLE: KEEP,
+            COUNT: len(group.others),
+            REASON: group.reason,
+        }
         for other, score in zip(group.others, group.scores, strict=True):
             marks[other] = {GROUP: keeper_id, ROLE: DUPLICATE, OF: keeper_id, SCORE: score}
     return marks
