@@ -16,13 +16,19 @@ most pixels, then the larger file, then the oldest, then the path), and every ru
 again with the rule it is given; the kept point carries the reason (``duplicate_reason``). A
 rerun compares only the points without ``dedup_threshold`` equal to its threshold (new,
 re-indexed, or compared at another threshold) with every point, and trusts the groups of the
-others. A point's ``dedup_threshold`` is removed before its marks change
-and written back after, so a run killed at any moment leaves every half-written point to be
+others.
+
+Writes never leave a collection with fewer marks than it had before the new ones were all
+written (``apply_plan``): the plan is computed in full first, every point that keeps or gains
+marks is written next, and the marks of the points that leave every group are removed last,
+in one store operation. A point's ``dedup_threshold`` is removed before its marks change and
+written back after, so a run stopped at any moment leaves every half-written point to be
 compared again by the next one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +37,7 @@ import numpy as np
 
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.dedup_keep import KEEP_FIELDS, KeepRule, PointFacts
+from dinoseek.errors import ConfigError
 from dinoseek.similarity import best_matches, pairs_above
 from dinoseek.store import VectorStore
 
@@ -43,6 +50,7 @@ OF = "duplicate_of"
 SCORE = "duplicate_score"
 THRESHOLD = "dedup_threshold"
 MARK_FIELDS = (GROUP, ROLE, COUNT, REASON, OF, SCORE, THRESHOLD)
+GROUP_MARKS = tuple(key for key in MARK_FIELDS if key != THRESHOLD)
 # What the keep rule and the report need from each payload.
 PAYLOAD_FIELDS = (*KEEP_FIELDS, "near_duplicate_of", *MARK_FIELDS)
 DEFAULT_THRESHOLD = 0.95
@@ -113,6 +121,7 @@ def plan_dedup(
 ) -> DedupPlan:
     """Group the near-duplicates of ``data`` at ``threshold``, choose each group's kept point
     by ``keep`` (the default rule when None), and say which marks change."""
+    check_threshold(threshold)
     rule = keep or KeepRule()
     count = len(data.ids)
     compared = np.array(
@@ -159,6 +168,13 @@ def _trusted_groups(data: CollectionVectors, threshold: float) -> dict[str, list
         if payload.get(THRESHOLD) == threshold and isinstance(group, str):
             groups.setdefault(group, []).append(index)
     return groups
+
+
+def check_threshold(threshold: float) -> None:
+    """``ConfigError`` unless ``threshold`` is a similarity in (0, 1] (NaN compares with
+    nothing, so a run at NaN would find no pair and unmark every point)."""
+    if not (math.isfinite(threshold) and 0.0 < threshold <= 1.0):
+        raise ConfigError(f"threshold {threshold!r}: give a similarity above 0 and at most 1")
 
 
 def _group(data: CollectionVectors, members: list[int], rule: KeepRule) -> DuplicateGroup:
@@ -213,15 +229,27 @@ def apply_plan(
     *,
     on_points: Callable[[int], None] | None = None,
 ) -> int:
-    """Write the plan in three phases: forget that the points whose marks change were
-    compared, write their group marks, then record ``dedup_threshold`` on them and on every
-    point compared. A run stopped anywhere leaves each half-written point without
-    ``dedup_threshold``, so the next run compares it again. Returns the points written."""
+    """Write the plan: forget that the points whose marks change were compared; write the
+    marks of every point that is in a group (never fewer marks on it at any moment); remove
+    the marks of the points that leave every group, in one store operation; then record
+    ``dedup_threshold`` on the changed points and on every point compared.
+
+    A failure before the last two steps leaves every mark the collection had (some points
+    with their new marks instead); a run stopped anywhere leaves each half-written point
+    without ``dedup_threshold``, so the next run compares it again. Returns the points
+    written."""
+    check_threshold(threshold)
     forget_compared(store, collection, data, plan)
     for index, marks in plan.changes.items():
-        write_marks(store, collection, data, index, marks)
+        if marks:
+            write_marks(store, collection, data, index, marks)
+            if on_points is not None:
+                on_points(1)
+    leaving = [data.ids[i] for i, marks in plan.changes.items() if not marks]
+    if leaving:
+        store.delete_payload_fields(collection, leaving, GROUP_MARKS)
         if on_points is not None:
-            on_points(1)
+            on_points(len(leaving))
     done = sorted(set(plan.compared.tolist()) | set(plan.changes))
     finished = [data.ids[i] for i in done]
     for start in range(0, len(finished), WRITE_BATCH):
@@ -235,7 +263,7 @@ def apply_plan(
 def forget_compared(
     store: VectorStore, collection: str, data: CollectionVectors, plan: DedupPlan
 ) -> None:
-    """Phase 0: remove ``dedup_threshold`` from the points whose marks are about to change."""
+    """Remove ``dedup_threshold`` from the points whose marks are about to change."""
     changing = [data.ids[i] for i in plan.changes if THRESHOLD in data.payloads[i]]
     for start in range(0, len(changing), WRITE_BATCH):
         store.delete_payload_fields(collection, changing[start : start + WRITE_BATCH], [THRESHOLD])
@@ -249,14 +277,11 @@ def write_marks(
     marks: Mapping[str, Any],
 ) -> None:
     """Replace point ``index``'s group marks by ``marks`` (its ``dedup_threshold`` and the
-    rest of its payload kept)."""
-    stale = [
-        key
-        for key in MARK_FIELDS
-        if key != THRESHOLD and key in data.payloads[index] and key not in marks
-    ]
-    store.delete_payload_fields(collection, [data.ids[index]], stale)
+    rest of its payload kept): the new marks first, then the old ones it no longer has."""
     store.merge_payload(collection, [data.ids[index]], marks)
+    stale = [key for key in GROUP_MARKS if key in data.payloads[index] and key not in marks]
+    if stale:
+        store.delete_payload_fields(collection, [data.ids[index]], stale)
 
 
 def clear_marks(
@@ -318,6 +343,7 @@ def find_leaks(
     on_rows: Callable[[int], None] | None = None,
 ) -> list[Leak]:
     """The pool points whose most similar vector in ``other`` is at least ``threshold``."""
+    check_threshold(threshold)
     best, scores = best_matches(pool, other, device=device, on_rows=on_rows)
     return [
         Leak(i, int(best[i]), round(float(scores[i]), 6))
@@ -336,7 +362,9 @@ def apply_leaks(
     on_points: Callable[[int], None] | None = None,
 ) -> int:
     """Mark the leaked points (``near_duplicate_of[against]``: the other point and the
-    similarity) and unmark the points an earlier run against the same set marked."""
+    similarity) and unmark the points an earlier run against the same set marked: every
+    mark is written before the first one is removed (a point at a time: the marks of all
+    sets share one payload field)."""
     wanted = {
         leak.pool_index: {**describe(leak.other_index), "score": leak.score} for leak in leaks
     }
@@ -345,6 +373,7 @@ def apply_leaks(
         current = (payload.get(AGAINST) or {}).get(against)
         if current != wanted.get(index):
             updates.append((data.ids[index], {against: wanted.get(index)}))
+    updates.sort(key=lambda update: update[1][against] is None)  # stable: removals last
 
     def merge(payload: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
         marks = {**(payload.get(AGAINST) or {}), **change}

@@ -28,6 +28,7 @@ from dinoseek.dedup import (
     DedupPlan,
     apply_leaks,
     apply_plan,
+    check_threshold,
     clear_marks,
     find_leaks,
     plan_dedup,
@@ -109,6 +110,7 @@ def dedup(
     returns one hit per group.
     """
     configure_logging(quiet=quiet or as_json)
+    check_threshold(threshold)  # before any work: NaN would find no pair and unmark all
     settings = load_settings(**flags)
     progress_mode = "off" if quiet or as_json else "auto"
     started = time.perf_counter()
