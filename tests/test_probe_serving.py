@@ -143,6 +143,20 @@ def test_too_few_labels_are_refused_with_a_reason(tmp_path: Path) -> None:
     assert "class" in result.stderr
 
 
+def test_training_on_an_unlabelled_collection_says_how_to_label(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    write_image_folder(photos, count=6, classes=("a", "b"), size=(64, 64))
+    indexed = invoke("index", photos, "--model", "fake/dinov2", "--data-dir", tmp_path / "d",
+                     "--workers", "0", "-q")  # fmt: skip
+    assert indexed.exit_code == 0, indexed.output
+    result = invoke("probe", "train", "--data-dir", tmp_path / "d")
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert "no labelled vectors to train on (none has a 'label')" in message
+    assert "`dinoseek index FOLDER --labels-from-folders`" in message
+    assert "`--labels-csv FILE` (path,label rows)" in message
+
+
 @pytest.fixture
 def client(trained: tuple[Path, Path], embedder: ImageEmbedder) -> Iterator[TestClient]:
     data, _ = trained
