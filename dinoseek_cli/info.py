@@ -140,11 +140,11 @@ def _index_notes(collections: list[dict[str, Any]]) -> list[str]:
     if exact:
         dim = int(exact[0].get("dim") or 0)
         example = f" (about {threshold_points(dim):,} points at {dim}-d)" if dim else ""
-        notes.append(
-            "* no HNSW index: each search compares every vector, exactly (at this size it is "
-            "as fast); Qdrant builds the index once the vectors pass "
-            f"{INDEXING_THRESHOLD_KB:,} KB{example}, nothing to do"
-        )
+        notes += [
+            "* no HNSW index: Qdrant builds one once the vectors pass its indexing threshold, "
+            f"{INDEXING_THRESHOLD_KB:,} KB{example};",
+            "  until then each search compares every vector: exact, and as fast at this size",
+        ]
     for entry in collections:
         if entry.get("search") == "pending":
             pending = entry["points"] - entry["indexed_vectors"]

@@ -151,7 +151,8 @@ def test_info(indexed: tuple[Path, Path, list[Path]]) -> None:
     assert "images" in text.stdout
     assert "6" in text.stdout
     assert "images                       6    exact*     32" in text.stdout
-    assert "* no HNSW index: each search compares every vector, exactly" in text.stdout
+    assert "* no HNSW index: Qdrant builds one once the vectors pass its indexing" in text.stdout
+    assert "until then each search compares every vector: exact" in text.stdout
     document = json.loads(invoke("info", "--data-dir", data, "--json").stdout)
     (collection,) = document["collections"]
     assert collection["points"] == 6
