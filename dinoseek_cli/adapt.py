@@ -225,11 +225,11 @@ def adapt(folder: Path, out: Path, as_json: bool, quiet: bool, **options: Any) -
 
 def _batch_size(counts: ImageCounts, requested: int) -> int:
     """--batch-size, lowered (with a warning) to the images there are to train on."""
-    size = fitted_batch_size(len(counts.training), requested, counts.text())
+    size = fitted_batch_size(len(counts.training), requested, counts.text(trained=False))
     if size != requested:
         log.warning(
             "%s: batches of %d images instead of --batch-size %d (one step per epoch)",
-            counts.text(),
+            counts.text(trained=False),
             size,
             requested,
         )

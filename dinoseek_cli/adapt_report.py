@@ -41,10 +41,11 @@ class ImageCounts:
         """Held-out images that are FOLDER's (the rest of the check set lies elsewhere)."""
         return sum(1 for p in self.held_out if p.is_relative_to(self.folder))
 
-    def text(self) -> str:
-        """``31 image files in FOLDER: 28 trained on, 3 could not be used``."""
+    def text(self, *, trained: bool = True) -> str:
+        """``31 image files in FOLDER: 28 trained on, 3 could not be used`` (``to train on``
+        before training)."""
         inside = sum(1 for p in self.unusable if Path(p).is_relative_to(self.folder))
-        parts = [f"{len(self.training):,} trained on"]
+        parts = [f"{len(self.training):,} {'trained on' if trained else 'to train on'}"]
         if self.held_out_from_folder:
             parts.append(f"{self.held_out_from_folder:,} held out for the check")
         if inside:
@@ -107,10 +108,11 @@ def check_text(check: dict[str, Any]) -> str:
         f"| adapted | {adapted['knn_accuracy']:.3f} | {adapted['recall@1']:.3f} |",
     ]
     if k < check["knn_k_wanted"]:
+        smallest = check["smallest_class"]
         lines += [
             "",
-            f"(k = {k}, not {check['knn_k_wanted']}: the smallest class has {k + 1} images "
-            "here, so a point has at most that many neighbours of its own class)",
+            f"(k = {k}, not {check['knn_k_wanted']}: the smallest class has {smallest} images "
+            f"here, so a point of it has {smallest - 1} others of its class to find)",
         ]
     return "\n".join(lines)
 

@@ -124,7 +124,7 @@ def test_the_check_is_the_brute_force_answer_on_the_held_out_images(
     assert summary["first_loss"] > 0
     card = (out / "README.md").read_text()
     assert "| model | kNN accuracy (k=2) | recall@1 |" in card
-    assert "k = 2, not 20: the smallest class has 3 images here" in card
+    assert "(k = 2, not 20: the smallest class has 3 images here, so a point of it has 2 " in card
 
 
 def test_an_adapted_model_gets_a_collection_of_its_own(
@@ -183,7 +183,7 @@ def test_every_count_of_images_is_the_same_count(
         shutil.copy(path, few / path.name)
     refused = adapt(few, "--model", tiny_model_dir, "--out", tmp_path / "f", "--steps", "1")
     assert refused.exit_code == 2
-    assert f"9 image files in {few}: 6 trained on, 3 could not be used" in refused.output
+    assert f"9 image files in {few}: 6 to train on, 3 could not be used" in refused.output
 
 
 def test_a_folder_smaller_than_the_batch_trains_in_batches_of_all_it_holds(
