@@ -10,9 +10,10 @@ the next). The rules:
 - ``oldest`` / ``newest``: the file's modification time first, then as ``quality``;
 - ``path``: the shortest path, then the first in alphabetical order.
 
-Everything comes from the payload the indexer writes (``width``, ``height``, ``size``, each
-file's ``mtime_ns``, ``path``). A point whose payload lacks one of them (written by other
-software) ranks last on that criterion; the point id breaks exact ties.
+Everything comes from the payload the indexer writes (``width``, ``height``, ``size``,
+``path``, ``paths``, and each file's ``mtime_ns``, read through ``file_times``). A point whose
+payload lacks one of them (written by other software) ranks last on that criterion; the point
+id breaks exact ties.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 
 KEEP_RULES = ("quality", "oldest", "newest", "path")
 DEFAULT_KEEP_RULE = "quality"
-KEEP_FIELDS = ("path", "width", "height", "size", "files")
+KEEP_FIELDS = ("path", "paths", "width", "height", "size")
+OLDEST, NEWEST = "files_oldest_mtime_ns", "files_newest_mtime_ns"  # made by file_times
 _LAST = float("inf")  # where an unknown value ranks
 
 
@@ -51,11 +53,11 @@ class PointFacts:
 
     @classmethod
     def from_payload(cls, point_id: str, payload: Mapping[str, Any]) -> PointFacts:
-        """The facts of a stored point (None where the payload does not say)."""
-        files = [f for f in payload.get("files") or () if isinstance(f, Mapping)]
-        times = [f["mtime_ns"] for f in files if _is_int(f.get("mtime_ns"))]
-        paths = [f["path"] for f in files if isinstance(f.get("path"), str)]
+        """The facts of a point from ``KEEP_FIELDS`` of its payload and its ``file_times``
+        (None where the payload does not say)."""
         path = payload.get("path")
+        listed = payload.get("paths")
+        paths = [p for p in listed if isinstance(p, str)] if isinstance(listed, list) else []
         if isinstance(path, str) and path not in paths:
             paths.append(path)
         return cls(
@@ -65,9 +67,21 @@ class PointFacts:
             width=_int_or_none(payload.get("width")),
             height=_int_or_none(payload.get("height")),
             size=_int_or_none(payload.get("size")),
-            oldest_ns=min(times) if times else None,
-            newest_ns=max(times) if times else None,
+            oldest_ns=_int_or_none(payload.get(OLDEST)),
+            newest_ns=_int_or_none(payload.get(NEWEST)),
         )
+
+
+def file_times(payload: Mapping[str, Any]) -> dict[str, int]:
+    """The oldest and newest modification time of a point's files (its ``files`` list is
+    read, not kept: for a whole collection it is most of the payloads' memory)."""
+    files = payload.get("files")
+    times = [
+        f["mtime_ns"]
+        for f in (files if isinstance(files, list) else ())
+        if isinstance(f, Mapping) and _is_int(f.get("mtime_ns"))
+    ]
+    return {OLDEST: min(times), NEWEST: max(times)} if times else {}
 
 
 @dataclass(frozen=True)

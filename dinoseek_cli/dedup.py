@@ -33,7 +33,7 @@ from dinoseek.dedup import (
     find_leaks,
     plan_dedup,
 )
-from dinoseek.dedup_keep import DEFAULT_KEEP_RULE, KEEP_RULES, KeepRule, in_folder
+from dinoseek.dedup_keep import DEFAULT_KEEP_RULE, KEEP_RULES, KeepRule, file_times, in_folder
 from dinoseek.errors import ConfigError
 from dinoseek.runtime import Runtime
 from dinoseek.similarity import compute_device
@@ -125,7 +125,7 @@ def dedup(
                 f"cleared the marks of {cleared:,} points",
             )
             return
-        data = read_collection(runtime, PAYLOAD_FIELDS, progress_mode)
+        data = read_collection(runtime, PAYLOAD_FIELDS, progress_mode, derive=file_times)
         compute = compute_device(device)
         if against is not None:
             document = _against(runtime, data, against, threshold, compute, progress_mode)
@@ -152,7 +152,7 @@ def _preferred_folders(data: CollectionVectors, prefer: tuple[str, ...]) -> tupl
         held = any(
             in_folder(path, folder)
             for payload in data.payloads
-            for path in [payload.get("path"), *(f.get("path") for f in payload.get("files") or ())]
+            for path in [payload.get("path"), *(payload.get("paths") or ())]
             if isinstance(path, str)
         )
         if not held:
@@ -190,7 +190,7 @@ def _document(
     return {
         "collection": name,
         "threshold": threshold,
-        "keep": rule.rule,
+        "keep_rule": rule.rule,
         "prefer": list(rule.prefer),
         "points": len(data.ids),
         "compared": len(plan.compared),
@@ -276,5 +276,5 @@ def _text(document: dict[str, Any]) -> str:
 
 
 def _rule_text(document: dict[str, Any]) -> str:
-    rule = f"--keep {document['keep']}"
+    rule = f"--keep {document['keep_rule']}"
     return rule + "".join(f" --prefer {folder}" for folder in document["prefer"])

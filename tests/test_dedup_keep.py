@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from dinoseek.dedup_keep import KeepRule, PointFacts
+from dinoseek.dedup_keep import KeepRule, PointFacts, file_times
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
 from search_api.app import create_app
@@ -26,7 +26,8 @@ DAY_NS = 86_400 * 10**9
 
 
 def facts(point_id: str, **payload: object) -> PointFacts:
-    return PointFacts.from_payload(point_id, payload)
+    """The facts of a payload, read as ``dinoseek dedup`` reads them."""
+    return PointFacts.from_payload(point_id, {**payload, **file_times(payload)})
 
 
 def file_entry(path: str, mtime_ns: int) -> dict[str, object]:
@@ -79,8 +80,8 @@ def test_prefer_wins_over_every_rule_the_first_folder_first() -> None:
     rule = KeepRule("quality", ("/keep", "/also"))
     big = facts("a", path="/other/big.jpg", width=900, height=900)
     preferred = facts("b", path="/also/x.jpg", width=1, height=1)
-    files = [file_entry("/elsewhere.jpg", 0), file_entry("/keep/copy.jpg", 0)]
-    first = facts("c", path="/elsewhere.jpg", width=1, height=1, files=files)
+    first = facts("c", path="/elsewhere.jpg", paths=["/elsewhere.jpg", "/keep/copy.jpg"],
+                  width=1, height=1)  # fmt: skip
     assert rule.choose([big, preferred]) == (1, "under --prefer /also")
     assert rule.choose([big, preferred, first]) == (2, "under --prefer /keep")
     assert KeepRule("quality", ("/kee",)).choose([big, first])[0] == 0  # a prefix is no folder
@@ -132,7 +133,7 @@ def test_dedup_keeps_the_original_not_the_degraded_copy(
     assert (group["keep"], group["duplicates"]) == (str(original), [str(copy)])
     size, copy_size = original.stat().st_size, copy.stat().st_size
     assert group["reason"] == f"larger file: {size:,} bytes against {copy_size:,} bytes"
-    assert (report["keep"], report["prefer"]) == ("quality", [])
+    assert (report["keep_rule"], report["prefer"]) == ("quality", [])
     marks = kept_and_marked(data)
     assert marks[str(copy)]["duplicate_of"] == marks[str(original)]["duplicate_group"]
     assert marks[str(original)]["duplicate_reason"] == group["reason"]
