@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dinoseek.dedup import DUPLICATE, GROUP, KEEP, ROLE
+from dinoseek.dedup import DUPLICATE, GROUP, KEEP, REASON, ROLE
 from dinoseek.embedding import ImageEmbedder
 from dinoseek.errors import (
     ConfigError,
@@ -226,11 +226,13 @@ class BrowsePage:
 
 @dataclass(frozen=True)
 class DuplicateGroupView:
-    """A group of near-duplicates marked by ``dinoseek dedup``: the kept point and the
-    others (each with its ``duplicate_score`` in its payload)."""
+    """A group of near-duplicates marked by ``dinoseek dedup``: the kept point, the others
+    (each with its ``duplicate_score`` in its payload), and why that point is the one kept
+    (None for marks written before dedup recorded it)."""
 
     keep: ListedPoint
     duplicates: list[ListedPoint]
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -481,6 +483,7 @@ class Searcher:
                         )
                         if member.id != keeper.id
                     ][:MAX_GROUP_LISTED],
+                    _reason(keeper.payload),
                 )
                 for keeper in keepers[:limit]
             ]
@@ -504,6 +507,11 @@ class Searcher:
     def probes(self, collection: str) -> list[StoredProbe]:
         """The collection's probes (cached for a few seconds)."""
         return self.probe_cache.list(collection)
+
+
+def _reason(payload: Mapping[str, Any]) -> str | None:
+    reason = payload.get(REASON)
+    return reason if isinstance(reason, str) else None
 
 
 def knn_labels(neighbours: Sequence[Neighbour], top_k: int = 5) -> list[PredictedLabel]:

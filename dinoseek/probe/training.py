@@ -101,7 +101,9 @@ def train_probe(
         if count < min_per_class
     )
     if len(classes) < 2:
-        raise ProbeTrainingError(_too_few_classes_message(counts, classes, min_per_class))
+        raise ProbeTrainingError(
+            _too_few_classes_message(counts, classes, min_per_class, label_field)
+        )
 
     index_of = {label: k for k, label in enumerate(classes)}
     keep = [
@@ -365,14 +367,21 @@ def _training_label(label: str | None, row: int) -> str:
     return label
 
 
+HOW_TO_LABEL = (
+    "To label images, index them again with labels: `dinoseek index FOLDER "
+    "--labels-from-folders` (one sub-folder per class: its name is the label) or `--labels-csv "
+    "FILE` (path,label rows); only the labels are written, nothing is embedded again"
+)
+
+
 def _too_few_classes_message(
-    counts: Counter[str], classes: tuple[str, ...], min_per_class: int
+    counts: Counter[str], classes: tuple[str, ...], min_per_class: int, label_field: str
 ) -> str:
     if not counts:
-        return "no labelled vectors to train on"
+        return f"no labelled vectors to train on (none has a {label_field!r}). {HOW_TO_LABEL}"
     found = short_list(f"{label} ({count})" for label, count in counts.most_common())
     return (
         f"a probe needs at least 2 classes with {min_per_class} or more labelled examples each; "
         f"{len(classes)} of {len(counts)} qualify (examples per class: {found}). "
-        "Label more images or lower min_per_class"
+        f"Label more images or lower min_per_class. {HOW_TO_LABEL}"
     )

@@ -394,6 +394,12 @@ async function showDuplicates(params, ticket) {
     ];
     const list = grid(members, params);
     list.classList.add("duplicate-group");
+    if (group.reason) {
+      const reason = document.createElement("p");
+      reason.className = "keep-reason";
+      reason.textContent = `Kept: ${group.reason}`;
+      nodes.push(reason);
+    }
     nodes.push(list);
   }
   replaceView(...nodes);

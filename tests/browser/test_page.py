@@ -420,8 +420,12 @@ def test_the_duplicates_view_shows_each_group_kept_image_first(page: Page, serve
     groups = page.query_selector_all(".duplicate-group")
     assert len(groups) == 1
     paths = [e.inner_text() for e in groups[0].query_selector_all(".path")]
-    assert paths == [str(served.photos[5]), str(served.photos[5].parent / DUPLICATE_NAME)]
+    # The lossless PNG copy has the pixels of the JPEG in a larger file: kept by quality.
+    copy = served.photos[5].parent / DUPLICATE_NAME
+    assert paths == [str(copy), str(served.photos[5])]
     assert groups[0].query_selector_all(".score")[0].inner_text() == "1.0000"
+    sizes = f"{copy.stat().st_size:,} bytes against {served.photos[5].stat().st_size:,} bytes"
+    assert page.inner_text(".keep-reason") == f"Kept: larger file: {sizes}"
     screenshot(page, "11-duplicates")
 
 
