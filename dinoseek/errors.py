@@ -172,3 +172,15 @@ class InvalidProbeError(DinoseekError):
     """Serialised probe data is malformed, or a probe's arrays do not fit together."""
 
     code = "invalid_probe"
+
+
+class ClusterNotFoundError(DinoseekError):
+    """No cluster of that id in the collection's clusters."""
+
+    code = "cluster_not_found"
+
+
+class ClustersChangedError(DinoseekError):
+    """A request names a version of the clusters that is no longer the current one."""
+
+    code = "clusters_changed"

@@ -40,6 +40,7 @@ from dinoseek.images import PreparedImage, prepare_image
 from dinoseek.labels import LabelMethod, PredictedLabel, knn_vote
 from dinoseek.probe import ProbeCache
 from dinoseek.store import (
+    UNSET,
     FilterValue,
     SearchHit,
     SearchQuery,
@@ -451,17 +452,29 @@ class Searcher:
         return found[0]
 
     def browse(
-        self, collection: str, *, limit: int, start: str | None, filters: Filters
+        self,
+        collection: str,
+        *,
+        limit: int,
+        start: str | None,
+        filters: Filters,
+        unlabelled: bool = False,
     ) -> BrowsePage:
         """Up to ``limit`` points in id order from ``start`` (a point id; "random" for a
-        random place), with where the next page starts. Point ids are hashes, so id order
-        is a random sample of the collection, and a random place a new one."""
+        random place), with where the next page starts; only points without a label when
+        ``unlabelled``. Point ids are hashes, so id order is a random sample of the
+        collection, and a random place a new one."""
         random = start == "random"
         first = str(uuid.uuid4()) if random else None if start is None else validate_point_id(start)
+        conditions: dict[str, FilterValue] = {**filters.conditions()}
+        if unlabelled:
+            if filters.label is not None:  # a label, and none: nothing matches
+                return BrowsePage([], None)
+            conditions[FILTER_FIELDS["label"]] = UNSET
         with self.using(collection):
-            points = self._page(collection, first, limit, filters)
+            points = self._page(collection, first, limit, conditions)
             if random and len(points) <= limit:  # too near the end: from the beginning
-                points = self._page(collection, None, limit, filters)
+                points = self._page(collection, None, limit, conditions)
         following = points[limit].id if len(points) > limit else None
         return BrowsePage([ListedPoint.from_stored(p) for p in points[:limit]], following)
 

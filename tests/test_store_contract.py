@@ -21,6 +21,7 @@ from dinoseek.errors import (
 )
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store import (
+    UNSET,
     EdgeStore,
     PointRecord,
     SearchHit,
@@ -198,6 +199,22 @@ def test_search_filters_offset_threshold_and_exclusions(store: VectorStore) -> N
     assert len(above) >= 4
     excluded = search(top_k=3, exclude_ids=(points[2].id,))
     assert points[2].id not in {h.id for h in excluded}
+
+
+def test_unset_matches_a_missing_or_null_field(store: VectorStore) -> None:
+    """An unlabelled point: no ``label``, a null one, or one removed by a payload write."""
+    store.ensure_collection("images", make_space())
+    points = records(6)
+    points[1].payload.pop("label")
+    points[2].payload["label"] = None
+    store.upsert("images", points)
+    store.merge_payload("images", [points[3].id], {"label": None})
+    unlabelled = {p.id for p in store.scroll("images", filters={"label": UNSET})}
+    assert unlabelled == {points[1].id, points[2].id, points[3].id}
+    (hits,) = store.search(
+        "images", [SearchQuery(vector=points[0].vector, top_k=6, exclude={"label": UNSET})]
+    )
+    assert {h.id for h in hits} == {points[0].id, points[4].id, points[5].id}
 
 
 def test_batched_search_matches_single_searches(store: VectorStore) -> None:

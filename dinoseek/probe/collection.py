@@ -206,6 +206,9 @@ class ProbeCache:
         return probe
 
     def invalidate(self, collection: str) -> None:
-        """Forget the cached list of ``collection``."""
+        """Forget the cached list of ``collection`` and the probes loaded for it (a probe
+        trained again within the same second has the same ``trained_at``)."""
         with self._lock:
             self._listed.pop(collection, None)
+            for key in [key for key in self._loaded if key[0] == collection]:
+                del self._loaded[key]

@@ -16,6 +16,7 @@ from dinoseek.store.edge import EdgeStore
 from dinoseek.store.protocol import ProbeStore, SnapshotStore, VectorStore
 from dinoseek.store.records import (
     POINT_ID_PATTERN,
+    UNSET,
     CollectionInfo,
     CollectionRename,
     CollectionStatus,
@@ -26,6 +27,7 @@ from dinoseek.store.records import (
     SnapshotInfo,
     StoredPoint,
     StoredProbe,
+    Unset,
     VectorIndex,
     point_id_for_sha256,
     validate_point_id,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "POINT_ID_PATTERN",
+    "UNSET",
     "CollectionInfo",
     "CollectionRename",
     "CollectionStatus",
@@ -50,6 +53,7 @@ __all__ = [
     "SnapshotStore",
     "StoredPoint",
     "StoredProbe",
+    "Unset",
     "VectorIndex",
     "VectorStore",
     "collection_statuses",

@@ -52,6 +52,7 @@ from dinoseek.store.records import (
     SearchHit,
     SearchQuery,
     StoredPoint,
+    Unset,
     VectorIndex,
 )
 
@@ -459,16 +460,19 @@ def _filter(
     exclude_ids: Sequence[str],
     exclude: Mapping[str, FilterValue] | None = None,
 ) -> qe.Filter | None:
-    must: list[Any] = [
-        qe.FieldCondition(key, match=qe.MatchValue(value)) for key, value in filters.items()
-    ]
+    must: list[Any] = [_condition(key, value) for key, value in filters.items()]
     must_not: list[Any] = [qe.HasIdCondition(set(exclude_ids))] if exclude_ids else []
-    must_not += [
-        qe.FieldCondition(key, match=qe.MatchValue(value)) for key, value in (exclude or {}).items()
-    ]
+    must_not += [_condition(key, value) for key, value in (exclude or {}).items()]
     if not must and not must_not:
         return None
     return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+def _condition(key: str, value: FilterValue) -> Any:
+    """An exact match, or for ``UNSET`` a field that is missing, null or empty."""
+    if isinstance(value, Unset):
+        return qe.IsEmptyCondition(key)
+    return qe.FieldCondition(key, match=qe.MatchValue(value))
 
 
 def _query_request(query: SearchQuery, hnsw_ef: int) -> qe.QueryRequest:

@@ -43,7 +43,17 @@ PAYLOAD_INDEXES: tuple[PayloadIndex, ...] = (
 )
 INDEXED_FIELDS: tuple[str, ...] = tuple(index.field for index in PAYLOAD_INDEXES)
 
-FilterValue = str | int | bool
+
+class Unset:
+    """The filter value of a payload field that is missing, null or an empty list: an
+    unlabelled point is ``{"label": UNSET}``."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = Unset()
+FilterValue = str | int | bool | Unset
 
 
 def point_id_for_sha256(sha256_hex: str) -> str:

@@ -44,6 +44,7 @@ from dinoseek.store.records import (
     SearchHit,
     SearchQuery,
     StoredPoint,
+    Unset,
     VectorIndex,
 )
 from dinoseek.store.server_calls import RETRY_DELAYS_S, QdrantCalls
@@ -420,20 +421,21 @@ def _filter(
     exclude_ids: Sequence[str],
     exclude: Mapping[str, FilterValue] | None = None,
 ) -> models.Filter | None:
-    must: list[models.Condition] = [
-        models.FieldCondition(key=key, match=models.MatchValue(value=value))
-        for key, value in filters.items()
-    ]
+    must: list[models.Condition] = [_condition(key, value) for key, value in filters.items()]
     must_not: list[models.Condition] = (
         [models.HasIdCondition(has_id=list(exclude_ids))] if exclude_ids else []
     )
-    must_not += [
-        models.FieldCondition(key=key, match=models.MatchValue(value=value))
-        for key, value in (exclude or {}).items()
-    ]
+    must_not += [_condition(key, value) for key, value in (exclude or {}).items()]
     if not must and not must_not:
         return None
     return models.Filter(must=must or None, must_not=must_not or None)
+
+
+def _condition(key: str, value: FilterValue) -> models.Condition:
+    """An exact match, or for ``UNSET`` a field that is missing, null or empty."""
+    if isinstance(value, Unset):
+        return models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
 
 def _hit(point: models.ScoredPoint) -> SearchHit:
