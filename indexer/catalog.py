@@ -38,6 +38,17 @@ class FileEntry:
 # Payload keys describing the content itself (not its files).
 CONTENT_KEYS = ("sha256", "size", "width", "height", "format", "model_id", "indexed_at")
 _ABSENT = object()  # a content key the payload does not have
+# A label set over HTTP (the page) is marked so in the payload (``dinoseek.labelling``).
+LABEL_SOURCE_KEY = "label_source"
+API_LABEL_SOURCE = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiLabel:
+    """A point's label set over HTTP (``label_source: api``), kept by index runs unless they
+    relabel; ``label`` None: the label was removed there."""
+
+    label: str | None
 
 
 class PointEntry:
@@ -48,23 +59,29 @@ class PointEntry:
     and ``content`` are dicts made on demand.
     """
 
-    __slots__ = ("_content", "_files", "id")
+    __slots__ = ("_content", "_files", "api_label", "id")
 
     def __init__(
         self,
         id: str,
         files: Mapping[str, FileEntry] | None = None,
         content: Mapping[str, Any] | None = None,
+        api_label: ApiLabel | None = None,
     ) -> None:
         self.id = id
         self._files: tuple[FileEntry, ...] = tuple((files or {}).values())
         given = content or {}
         values = [_shared(given.get(key, _ABSENT)) for key in CONTENT_KEYS[1:]]
         self._content = (_packed_sha256(given.get("sha256", _ABSENT)), *values)
+        self.api_label = api_label
 
     @classmethod
     def from_parts(
-        cls, id: str, files: tuple[FileEntry, ...], content: tuple[Any, ...]
+        cls,
+        id: str,
+        files: tuple[FileEntry, ...],
+        content: tuple[Any, ...],
+        api_label: ApiLabel | None = None,
     ) -> PointEntry:
         """A point from its files and every one of its content values, in ``CONTENT_KEYS``
         order (what ``indexer.catalog_cache`` saved)."""
@@ -74,6 +91,7 @@ class PointEntry:
         point.id = id
         point._files = files
         point._content = (_packed_sha256(content[0]), *content[1:])
+        point.api_label = api_label
         return point
 
     @property
@@ -144,10 +162,15 @@ def _shared(value: Any) -> Any:
 
 
 def build_payload(point: PointEntry) -> dict[str, Any]:
-    """The payload stored for a point: its primary file first, every file listed."""
+    """The payload stored for a point: its primary file first, every file listed; its label
+    the one set over HTTP if there is one (marked so), else its files' label."""
     files = sorted(point.file_entries(), key=lambda f: f.path)
     primary = files[0]
     label = next((f.label for f in files if f.label), None)
+    source = {}
+    if point.api_label is not None:
+        label = point.api_label.label
+        source = {LABEL_SOURCE_KEY: API_LABEL_SOURCE}
     return {
         "path": primary.path,
         "paths": [f.path for f in files],
@@ -155,9 +178,18 @@ def build_payload(point: PointEntry) -> dict[str, Any]:
         "roots": sorted({f.root for f in files}),
         "relative_path": primary.relative_path,
         "label": label,
+        **source,
         "files": [dataclasses.asdict(f) for f in files],
         **point.content,
     }
+
+
+def api_label_of(payload: Mapping[str, Any]) -> ApiLabel | None:
+    """The label set over HTTP recorded in a payload, if it has one."""
+    if payload.get(LABEL_SOURCE_KEY) != API_LABEL_SOURCE:
+        return None
+    label = payload.get("label")
+    return ApiLabel(_shared(label) if isinstance(label, str) and label else None)
 
 
 def _file_from_payload(raw: Mapping[str, Any]) -> FileEntry | None:
@@ -202,7 +234,8 @@ class Catalog:
                 if entry is not None:
                     files[entry.path] = entry
             content = {k: stored.payload[k] for k in CONTENT_KEYS if k in stored.payload}
-            entries.append(PointEntry(id=stored.id, files=files, content=content))
+            api_label = api_label_of(stored.payload)
+            entries.append(PointEntry(stored.id, files, content, api_label))
         return cls(entries)
 
     def __len__(self) -> int:
@@ -297,6 +330,11 @@ class LabelSource:
 
     from_folders: bool = False
     mapping: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def gives_labels(self) -> bool:
+        """Whether this source labels anything (folders, or a CSV)."""
+        return self.from_folders or bool(self.mapping)
 
     def label_for(self, path: str, relative_path: str) -> str | None:
         """The CSV entry (absolute or root-relative path) wins over the folder name."""

@@ -10,7 +10,8 @@ store as it always did. Only stores that can tell (the embedded one) have tokens
 The file is a NumPy ``.npz``: numeric columns, strings that cannot hold a NUL (ids, hashes,
 paths) as one NUL-separated UTF-8 block each, every other string (roots, labels, formats,
 model ids, times) through a JSON table, and the rare point that does not fit these columns (a
-payload written by hand, say) as JSON.
+payload written by hand, say) as JSON. A label set over HTTP (``ApiLabel``) is saved with its
+point: an index run keeps it.
 
 A copy is read as anything else from disk: as hostile. Its members must be exactly the
 columns, stored uncompressed (as ``np.savez`` writes them) with the dtype, rank and size each
@@ -34,12 +35,15 @@ from typing import IO, Any
 
 import numpy as np
 
-from indexer.catalog import CONTENT_KEYS, Catalog, FileEntry, PointEntry
+from indexer.catalog import CONTENT_KEYS, ApiLabel, Catalog, FileEntry, PointEntry
 
 log = logging.getLogger(__name__)
 
 FORMAT = "dinoseek-catalog"
-VERSION = 1
+VERSION = 2
+# A point's label set over HTTP, in the ``api_labels`` column: none, removed, or a string.
+NO_API_LABEL = -2
+API_LABEL_REMOVED = -1
 _INT64 = (-(2**63), 2**63 - 1)
 # Each member of a copy: its dtype and rank.
 _TEXT = (np.dtype(np.uint8), 1)
@@ -50,6 +54,7 @@ COLUMNS: dict[str, tuple[np.dtype[Any], int]] = {
     "point_numbers": (np.dtype(np.int64), 2),
     "point_strings": (np.dtype(np.int32), 2),
     "point_files": (np.dtype(np.int32), 1),
+    "api_labels": (np.dtype(np.int32), 1),
     "paths": _TEXT,
     "relative": _TEXT,
     "file_numbers": (np.dtype(np.int64), 2),
@@ -153,7 +158,7 @@ class _Meta:
 
     token: str
     strings: list[str]
-    irregular: list[tuple[str, list[FileEntry], dict[str, Any]]]
+    irregular: list[tuple[str, list[FileEntry], dict[str, Any], ApiLabel | None]]
 
 
 def _read_meta(data: bytes) -> _Meta | None:
@@ -174,15 +179,22 @@ def _read_meta(data: bytes) -> _Meta | None:
     return _Meta(token, strings, [_irregular_point(item) for item in irregular])
 
 
-def _irregular_point(item: Any) -> tuple[str, list[FileEntry], dict[str, Any]]:
-    if type(item) is not list or len(item) != 3:
-        raise ValueError("an irregular point that is not [id, files, content]")
-    point_id, rows, content = item
+def _irregular_point(
+    item: Any,
+) -> tuple[str, list[FileEntry], dict[str, Any], ApiLabel | None]:
+    if type(item) is not list or len(item) != 4:
+        raise ValueError("an irregular point that is not [id, files, content, api label]")
+    point_id, rows, content, api = item
     if type(point_id) is not str or type(rows) is not list or type(content) is not dict:
-        raise ValueError("an irregular point of other types than [text, list, object]")
+        raise ValueError("an irregular point of other types than [text, list, object, ...]")
     if not set(content) <= set(CONTENT_KEYS):
         raise ValueError("an irregular point with content keys of no catalog")
-    return point_id, [_file_entry(row) for row in rows], content
+    if api is not None and not (type(api) is list and len(api) == 1):
+        raise ValueError("an irregular point's label set over HTTP is not null or [label]")
+    if api is not None and not (api[0] is None or type(api[0]) is str):
+        raise ValueError("an irregular point's label set over HTTP is not text")
+    api_label = None if api is None else ApiLabel(api[0])
+    return point_id, [_file_entry(row) for row in rows], content, api_label
 
 
 def _file_entry(row: Any) -> FileEntry:
@@ -207,6 +219,7 @@ class _Columns:
         self.point_numbers: list[tuple[int, int, int]] = []
         self.point_strings: list[tuple[int, int, int]] = []
         self.point_files: list[int] = []
+        self.api_labels: list[int] = []
         self.paths: list[str] = []
         self.relative: list[str] = []
         self.file_numbers: list[tuple[int, int]] = []
@@ -215,8 +228,10 @@ class _Columns:
     def add(self, point: PointEntry) -> None:
         files = sorted(point.file_entries(), key=lambda f: f.path)
         content = point.content
+        api = point.api_label
         if not _regular(point.id, files, content):
-            self.irregular.append([point.id, [_file_row(f) for f in files], content])
+            saved_api = None if api is None else [api.label]
+            self.irregular.append([point.id, [_file_row(f) for f in files], content, saved_api])
             return
         self.ids.append(point.id)
         self.sha256.append(content["sha256"])
@@ -226,6 +241,13 @@ class _Columns:
              self._string(content["indexed_at"]))
         )  # fmt: skip
         self.point_files.append(len(files))
+        self.api_labels.append(
+            NO_API_LABEL
+            if api is None
+            else API_LABEL_REMOVED
+            if api.label is None
+            else self._string(api.label)
+        )
         for entry in files:
             self.paths.append(entry.path)
             self.relative.append(entry.relative_path)
@@ -240,6 +262,7 @@ class _Columns:
             "point_numbers": np.array(self.point_numbers, dtype=np.int64).reshape(-1, 3),
             "point_strings": np.array(self.point_strings, dtype=np.int32).reshape(-1, 3),
             "point_files": np.array(self.point_files, dtype=np.int32),
+            "api_labels": np.array(self.api_labels, dtype=np.int32),
             "paths": _block(self.paths),
             "relative": _block(self.relative),
             "file_numbers": np.array(self.file_numbers, dtype=np.int64).reshape(-1, 2),
@@ -309,14 +332,17 @@ def _points(saved: _SavedColumns, meta: _Meta) -> Iterable[PointEntry]:
     relative = _unblock(saved["relative"], total)
     # Column by column: a list per row would leave a million small lists to free.
     point_numbers, point_strings = saved["point_numbers"], saved["point_strings"]
+    api_codes = saved["api_labels"]
     file_numbers, file_strings = saved["file_numbers"], saved["file_strings"]
-    if not len(point_numbers) == len(point_strings) == count:
+    if not len(point_numbers) == len(point_strings) == len(api_codes) == count:
         raise ValueError("point columns of different lengths")
     if not len(file_numbers) == len(file_strings) == total:
         raise ValueError("file columns of different lengths")
     _check_indices(point_strings, len(strings), allow_none=False)
     _check_indices(file_strings[:, :1], len(strings), allow_none=False)
     _check_indices(file_strings[:, 1:], len(strings), allow_none=True)
+    if api_codes.size and (api_codes.min() < NO_API_LABEL or api_codes.max() >= len(strings)):
+        raise ValueError("a label set over HTTP outside the string table")
     if count and min(point_files) < 1:
         raise ValueError("a point without files")
     table = [*strings, None]  # index -1: no label
@@ -333,6 +359,7 @@ def _points(saved: _SavedColumns, meta: _Meta) -> Iterable[PointEntry]:
     formats = [table[i] for i in point_strings[:, 0].tolist()]
     models = [table[i] for i in point_strings[:, 1].tolist()]
     times = [table[i] for i in point_strings[:, 2].tolist()]
+    api_labels = [None if i == NO_API_LABEL else ApiLabel(table[i]) for i in api_codes.tolist()]
     points = []
     start = 0
     for index, point_id in enumerate(ids):
@@ -341,8 +368,9 @@ def _points(saved: _SavedColumns, meta: _Meta) -> Iterable[PointEntry]:
         content = (sha256[index], size, widths[index], heights[index], formats[index],
                    models[index], times[index])  # fmt: skip
         stop = start + point_files[index]
-        points.append(PointEntry.from_parts(point_id, tuple(files[start:stop]), content))
+        part = tuple(files[start:stop])
+        points.append(PointEntry.from_parts(point_id, part, content, api_labels[index]))
         start = stop
-    for point_id, rows, facts in meta.irregular:
-        points.append(PointEntry(point_id, {row.path: row for row in rows}, facts))
+    for point_id, rows, facts, api_label in meta.irregular:
+        points.append(PointEntry(point_id, {row.path: row for row in rows}, facts, api_label))
     return points

@@ -56,6 +56,12 @@ from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
     help="CSV of path,label rows (absolute paths or paths relative to FOLDER).",
 )
 @click.option(
+    "--relabel",
+    is_flag=True,
+    help="Labels of --labels-from-folders or --labels-csv replace labels set in the page or "
+    "over HTTP (kept otherwise).",
+)
+@click.option(
     "--exclude",
     "excludes",
     multiple=True,
@@ -162,6 +168,7 @@ def index(
     folders: tuple[Path, ...],
     labels_from_folders: bool,
     labels_csv: Path | None,
+    relabel: bool,
     excludes: tuple[str, ...],
     no_default_excludes: bool,
     follow_links: bool,
@@ -191,6 +198,11 @@ def index(
     running the command again resumes where it stopped.
     """
     configure_logging(quiet=quiet)
+    if relabel and not (labels_from_folders or labels_csv):
+        raise click.UsageError(
+            "--relabel replaces labels set in the page with those of --labels-from-folders "
+            "or --labels-csv: give one of them"
+        )
     if engine != "ray" and (ray_address or ray_actors):
         raise click.UsageError("--ray-address and --ray-actors need --engine ray")
     if engine == "ray":
@@ -238,6 +250,7 @@ def index(
             max_file_bytes=settings.max_file_bytes,
             decode_timeout_s=settings.decode_timeout_s,
             labels=labels,
+            relabel=relabel,
             scan=ScanOptions(
                 excludes=(() if no_default_excludes else DEFAULT_EXCLUDES) + excludes,
                 follow_links=follow_links,
@@ -317,6 +330,10 @@ def render_summary(summary: IndexSummary, *, brief: bool = False) -> str:
     ]
     if summary.relabelled:
         lines.append(f"  relabelled  {summary.relabelled:>8,}")
+    if summary.labels_kept:
+        lines.append(
+            f"  labels kept {summary.labels_kept:>8,}   (set in the page; --relabel replaces them)"
+        )
     reasons = ", ".join(f"{code} {count}" for code, count in summary.failed_by_reason.items())
     lines.append(f"  failed      {summary.failed:>8,}" + (f"   ({reasons})" if reasons else ""))
     if summary.known_failures_skipped:

@@ -62,6 +62,7 @@ class IndexOptions:
     max_file_bytes: int = 256 * 1024 * 1024
     decode_timeout_s: float = 60.0
     labels: LabelSource = field(default_factory=LabelSource)
+    relabel: bool = False  # ``labels`` replace the labels set over HTTP (the page)
     scan: ScanOptions = field(default_factory=ScanOptions)
     prune: bool = True
     retry_failed: bool = False
@@ -86,6 +87,7 @@ class IndexSummary:
     unchanged: int = 0
     duplicates: int = 0
     relabelled: int = 0
+    labels_kept: int = 0  # set over HTTP, other than ``labels`` says, and kept (no relabel)
     removed: int = 0
     failed: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
@@ -273,6 +275,7 @@ class IndexRun:
         self.failures: dict[str, FailureRecord] = {}
         self._batch: list[_Pending] = []
         self._embedded_ids: set[str] = set()
+        self._labels_kept: set[str] = set()  # points whose label set over HTTP was kept
         self._writer: StoreWriter | None = None
 
     def run(self) -> IndexSummary:
@@ -404,6 +407,7 @@ class IndexRun:
         for point_id in sorted(relabelled):
             self._put(SetPayload(point_id, build_payload(self.catalog.points[point_id])))
         self.summary.relabelled = len(relabelled)
+        self.summary.labels_kept = len(self._labels_kept - relabelled)
         if self.options.prune:
             self._prune(seen, roots_with_files, problems)
         return to_process
@@ -422,10 +426,7 @@ class IndexRun:
         if entry is not None:
             self.summary.unchanged += 1
             label = self.options.labels.label_for(path, file.relative_path)
-            if label != entry.label:
-                (point_id,) = self.catalog.owners(path)
-                self.catalog.set_label(point_id, path, label)
-                relabelled.add(point_id)
+            self._relabel(path, entry, label, relabelled)
             return entry.path
         known = previous_failures.get(path)
         if (
@@ -440,6 +441,24 @@ class IndexRun:
         else:
             to_process.append(file)
         return path
+
+    def _relabel(
+        self, path: str, entry: FileEntry, label: str | None, relabelled: set[str]
+    ) -> None:
+        """Give an unchanged file the label of this run. A point labelled over HTTP keeps
+        that label (and its files theirs) unless the run relabels."""
+        (point_id,) = self.catalog.owners(path)
+        point = self.catalog.points[point_id]
+        if point.api_label is not None:
+            if not self.options.relabel:
+                if self.options.labels.gives_labels and label != point.api_label.label:
+                    self._labels_kept.add(point_id)
+                return
+            point.api_label = None
+            relabelled.add(point_id)
+        if label != entry.label:
+            self.catalog.set_label(point_id, path, label)
+            relabelled.add(point_id)
 
     def _prune(
         self, seen: set[str], roots_with_files: set[str], problems: list[ScanProblem]

@@ -15,7 +15,7 @@ import pytest
 
 from dinoseek.embedding import ImageEmbedder
 from dinoseek.store import EdgeStore, PointRecord
-from indexer.catalog import Catalog, FileEntry, LabelSource, PointEntry
+from indexer.catalog import ApiLabel, Catalog, FileEntry, LabelSource, PointEntry
 from indexer.catalog_cache import catalog_cache_path, load_catalog, save_catalog
 from indexer.pipeline import IndexOptions, IndexRun, IndexSummary, index_folders
 from tests.helpers import encode, photo, write_tree
@@ -38,7 +38,11 @@ def entry(path: str, label: str | None = None, mtime_ns: int = 5) -> FileEntry:
 def described(catalog: Catalog) -> dict[str, Any]:
     """Everything a catalog says, files in path order."""
     return {
-        point.id: (sorted(point.file_entries(), key=lambda f: f.path), point.content)
+        point.id: (
+            sorted(point.file_entries(), key=lambda f: f.path),
+            point.content,
+            point.api_label,
+        )
         for point in catalog.points.values()
     }
 
@@ -60,6 +64,14 @@ def sample_catalog() -> Catalog:
             PointEntry("id-6", {"/r/g.jpg": entry("/r/g.jpg")}, content("gg", size=2**70)),
             # A name that is not UTF-8 (never stored, but a copy must not choke on it).
             PointEntry("id-7", {"/r/\udcff.jpg": entry("/r/\udcff.jpg")}, content("hh")),
+            # Labels set over HTTP: one, one removed there, one on an irregular point.
+            PointEntry(
+                "id-8", {"/r/h.jpg": entry("/r/h.jpg", "cat")}, content("ii"), ApiLabel("dog")
+            ),
+            PointEntry(
+                "id-9", {"/r/i.jpg": entry("/r/i.jpg", "cat")}, content("jj"), ApiLabel(None)
+            ),
+            PointEntry("id-10", {"/r/j.jpg": entry("/r/j.jpg")}, {"sha256": "kk"}, ApiLabel("x")),
         ]
     )
 
