@@ -19,6 +19,7 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_api.limits import declared_length
+from search_api.writes import WriteRoutes
 
 # The routes that run the model: (method, path).
 MODEL_ROUTES = frozenset(
@@ -55,19 +56,21 @@ class Admission:
         max_bytes: int,
         unknown_length_bytes: int,
         timeout_s: float,
+        writes: WriteRoutes | None = None,
     ) -> None:
         """``unknown_length_bytes`` is what a body without Content-Length is counted as (the
-        upload limit: it cannot be more)."""
+        upload limit: it cannot be more); ``writes`` are admitted as the model routes are."""
         self.app = app
         self.limit = max(1, limit)
         self.max_bytes = max_bytes
         self.unknown_length_bytes = unknown_length_bytes
         self.timeout_s = timeout_s
+        self.writes = writes
         self.in_flight = 0  # one event loop: no lock needed
         self.bytes_in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_admitted_route(scope["method"], scope["path"]):
+        if scope["type"] != "http" or not self._admits(scope):
             await self.app(scope, receive, send)
             return
         weight = declared_length(scope)
@@ -100,6 +103,11 @@ class Admission:
         finally:
             self.in_flight -= 1
             self.bytes_in_flight -= weight
+
+    def _admits(self, scope: Scope) -> bool:
+        if is_admitted_route(scope["method"], scope["path"]):
+            return True
+        return self.writes is not None and self.writes.matches(scope)
 
     def _busy_message(self) -> str:
         return (

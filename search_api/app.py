@@ -25,7 +25,10 @@ from dinoseek.settings import Settings
 from dinoseek.store import VectorStore
 from search_api.admission import Admission
 from search_api.auth import ApiKeyCheck
+from search_api.cluster_routes import cluster_routes
 from search_api.errors import install_error_handlers
+from search_api.label_routes import label_routes
+from search_api.labelling_service import LabellingService
 from search_api.limits import BodySizeLimit
 from search_api.metrics import RequestMetrics, ServiceMetrics
 from search_api.page import (
@@ -38,6 +41,7 @@ from search_api.page import (
 )
 from search_api.routes import open_routes, routes
 from search_api.service import SearchService
+from search_api.writes import WritePolicy, WriteRoutes
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +66,11 @@ def create_app(
     embedder: ImageEmbedder | None = None,
     loader: ModelLoader | None = None,
     owner: Mapping[str, Any] | None = None,
+    allow_writes: bool = False,
 ) -> FastAPI:
-    """Build the app. ``owner`` describes this server in an embedded store's locks."""
+    """Build the app. ``owner`` describes this server in an embedded store's locks;
+    ``allow_writes`` lets a client on a loopback address write without a key when no key is
+    set (``search_api.writes``: ``dinoseek serve --allow-writes``, on loopback only)."""
     metrics = ServiceMetrics()
 
     def open_runtime() -> Runtime:
@@ -81,7 +88,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = runtime if runtime is not None else await run_in_threadpool(open_runtime)
         service = SearchService(started, metrics=metrics)
+        labelling = LabellingService(service)
         app.state.service = service
+        app.state.labelling = labelling
         try:
             await service.start()
             log.info(
@@ -92,6 +101,7 @@ def create_app(
             )
             yield
         finally:
+            await labelling.stop()
             await service.stop()
 
     app = FastAPI(
@@ -113,15 +123,25 @@ def create_app(
     app.mount(DOCS_ASSETS_PREFIX, docs_assets(), name="docs-assets")
     app.mount(ASSETS_PREFIX, assets(), name="assets")
     app.include_router(routes, dependencies=[Depends(API_KEY_HEADER)])
+    app.include_router(label_routes, dependencies=[Depends(API_KEY_HEADER)])
+    app.include_router(cluster_routes, dependencies=[Depends(API_KEY_HEADER)])
+    writes = WriteRoutes(app.routes)
     # Middleware wraps in reverse order of addition: the security headers see a request
-    # first, then CORS, the metrics, the upload limit, the API key and the admission; none
-    # of them reads the body.
+    # first, then CORS, the metrics, the upload limit, the API key, the write policy and the
+    # admission; none of them reads the body.
     app.add_middleware(
         Admission,
         limit=settings.max_queue,
         max_bytes=settings.max_inflight_bytes,
         unknown_length_bytes=settings.max_upload_bytes,
         timeout_s=settings.request_timeout_s,
+        writes=writes,
+    )
+    app.add_middleware(
+        WritePolicy,
+        writes=writes,
+        key_set=settings.api_key is not None,
+        allow_writes=allow_writes,
     )
     if settings.api_key is not None:
         app.add_middleware(ApiKeyCheck, key=settings.api_key.get_secret_value())
@@ -131,7 +151,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PATCH"],
             allow_headers=["X-API-Key"],
         )
     app.add_middleware(SecurityHeaders)

@@ -16,8 +16,10 @@ from dinoseek.commandline import (
     model_options,
     store_options,
 )
+from dinoseek.errors import ConfigError
 from dinoseek.runtime import ModelPolicy, Runtime
-from search_api.server import public_url, run_server
+from search_api.server import ALLOW_WRITES_LOOPBACK_ONLY, public_url, run_server
+from search_api.writes import is_loopback_host
 
 
 @click.command(epilog=EPILOG)
@@ -28,14 +30,23 @@ from search_api.server import public_url, run_server
     help="Interface to bind (0.0.0.0 for every interface, e.g. in a container).",
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--allow-writes",
+    is_flag=True,
+    help="Without DINOSEEK_API_KEY, let clients on this machine label and train without a key "
+    "(refused unless --host is a loopback address). With a key, writes need the key.",
+)
 @compile_option
 @model_options
 @store_options
 @click.option("--quiet", "-q", is_flag=True, help="Log warnings and errors only.")
 @handle_errors
-def serve(host: str, port: int, quiet: bool, **flags: Any) -> None:
+def serve(host: str, port: int, allow_writes: bool, quiet: bool, **flags: Any) -> None:
     """Serve the search page at / and the HTTP API: /search, /search/batch,
-    /points/{id}/similar, /embed, /docs.
+    /points/{id}/similar, /clusters, /embed, /docs.
+
+    Reads are open unless DINOSEEK_API_KEY is set. Writes (labels, training a probe) always
+    need the key, or --allow-writes with a loopback --host (this machine only).
 
     Loads the model once, opens the store and checks that the collection was built with the
     same model, then warms the model up before it listens. With the embedded store the server
@@ -45,6 +56,8 @@ def serve(host: str, port: int, quiet: bool, **flags: Any) -> None:
     """
     configure_logging(quiet=quiet)
     settings = load_settings(**flags)
+    if allow_writes and not is_loopback_host(host):
+        raise ConfigError(ALLOW_WRITES_LOOPBACK_ONLY.format(host=host))
     url = public_url(host, port)
     runtime = Runtime.open(
         settings,
@@ -59,7 +72,13 @@ def serve(host: str, port: int, quiet: bool, **flags: Any) -> None:
         err=True,
     )
     try:
-        run_server(runtime, host=host, port=port, log_level="warning" if quiet else "info")
+        run_server(
+            runtime,
+            host=host,
+            port=port,
+            log_level="warning" if quiet else "info",
+            allow_writes=allow_writes,
+        )
     except KeyboardInterrupt:
         # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal: done, not failed.
         click.echo("stopped", err=True)

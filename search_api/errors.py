@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dinoseek.errors import (
+    ClusterNotFoundError,
+    ClustersChangedError,
     CollectionMismatchError,
     CollectionNotFoundError,
     ConfigError,
@@ -29,6 +31,7 @@ from dinoseek.errors import (
     StoreLockedError,
     StoreUnavailableError,
 )
+from search_api.route_table import allowed_methods
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,11 @@ def status_for(error: DinoseekError) -> int:
         return _IMAGE_STATUS.get(error.code, 422)
     if isinstance(error, CollectionNotFoundError | PointNotFoundError | ProbeNotFoundError):
         return 404
+    if isinstance(error, ClusterNotFoundError):
+        return 404
     if isinstance(error, CollectionMismatchError | ProbeMismatchError):
+        return 409
+    if isinstance(error, ClustersChangedError):
         return 409
     if isinstance(error, StoreLockedError | StoreUnavailableError | ModelLoadError):
         return 503
@@ -125,7 +132,10 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(error.detail) if error.detail else code.replace("_", " ")
         if error.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}; see /docs"
-        return error_response(error.status_code, code, message, headers=error.headers)
+        headers = dict(error.headers or {})
+        if error.status_code == 405:  # every router's methods of this path, not the first's
+            headers["Allow"] = ", ".join(allowed_methods(request.app.routes, request.scope))
+        return error_response(error.status_code, code, message, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:

@@ -96,7 +96,8 @@ class RequestMetrics:
             await self.app(scope, receive, recording_send)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            # path_format: the template without its convertors ("/points/{point_id}").
+            template = getattr(route, "path_format", None) or "unmatched"
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
             self.metrics.request_seconds.labels(template, method, str(status)).observe(
                 time.perf_counter() - started

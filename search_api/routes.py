@@ -49,6 +49,7 @@ T = TypeVar("T")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
+        400: "a malformed request body (a multipart upload that cannot be parsed)",
         401: "missing or wrong X-API-Key",
         404: "unknown collection or point",
         409: "the collection was built with another model",
@@ -307,12 +308,14 @@ async def browse(
     ] = None,
     label: Label = None,
     root: Root = None,
+    unlabelled: Annotated[bool, Query(description="only points without a label")] = False,
     collection: Collection = None,
 ) -> BrowseResponse:
     """A page of stored points in id order, which is a random sample since ids are hashes
     (`start=random`: from a random place), and where the next page starts."""
     name = _collection(service, collection)
-    page = await service.browse(name, limit, start, Filters(label=label, root=root))
+    filters = Filters(label=label, root=root)
+    page = await service.browse(name, limit, start, filters, unlabelled=unlabelled)
     return BrowseResponse(collection=name, points=page.points, next=page.next)
 
 
@@ -337,7 +340,11 @@ async def duplicates(
     return DuplicatesResponse(collection=name, groups=page.groups, next=page.next)
 
 
-@routes.get("/points/{point_id}", response_model=PointResponse, summary="A stored point")
+@routes.get(
+    "/points/{point_id:point_id}",  # not /points/labels (search_api.route_table)
+    response_model=PointResponse,
+    summary="A stored point",
+)
 async def point(
     service: Service, point_id: PointId, collection: Collection = None
 ) -> PointResponse:

@@ -12,12 +12,19 @@ import math
 
 import uvicorn
 
+from dinoseek.errors import ConfigError
 from dinoseek.runtime import Runtime
 from dinoseek.settings import Settings
 from search_api.app import create_app
 from search_api.connections import with_header_timeout
+from search_api.writes import is_loopback_host
 
 KEEP_ALIVE_S = 5
+ALLOW_WRITES_LOOPBACK_ONLY = (
+    "--allow-writes lets anyone who reaches the server change labels and probes without a "
+    "key, so it is refused with --host {host}: bind a loopback address (127.0.0.1, ::1), or "
+    "set DINOSEEK_API_KEY instead (writes then need the key)"
+)
 
 
 def public_url(host: str, port: int) -> str:
@@ -29,12 +36,20 @@ def public_url(host: str, port: int) -> str:
 
 
 def server_config(
-    runtime: Runtime, *, host: str, port: int, log_level: str = "info"
+    runtime: Runtime,
+    *,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    allow_writes: bool = False,
 ) -> uvicorn.Config:
-    """uvicorn's configuration for the app on ``runtime``, with the server's limits."""
+    """uvicorn's configuration for the app on ``runtime``, with the server's limits
+    (``allow_writes``: writes without a key from this machine, on a loopback ``host`` only)."""
     settings: Settings = runtime.settings
+    if allow_writes and not is_loopback_host(host):
+        raise ConfigError(ALLOW_WRITES_LOOPBACK_ONLY.format(host=host))
     return uvicorn.Config(
-        create_app(settings, runtime=runtime),
+        create_app(settings, runtime=runtime, allow_writes=allow_writes),
         host=host,
         port=port,
         log_level=log_level,
@@ -47,7 +62,17 @@ def server_config(
     )
 
 
-def run_server(runtime: Runtime, *, host: str, port: int, log_level: str = "info") -> None:
+def run_server(
+    runtime: Runtime,
+    *,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    allow_writes: bool = False,
+) -> None:
     """Serve until SIGINT/SIGTERM; uvicorn then runs the lifespan's shutdown, which closes the
     runtime (the store flushed, its locks released)."""
-    uvicorn.Server(server_config(runtime, host=host, port=port, log_level=log_level)).run()
+    config = server_config(
+        runtime, host=host, port=port, log_level=log_level, allow_writes=allow_writes
+    )
+    uvicorn.Server(config).run()

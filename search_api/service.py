@@ -201,11 +201,20 @@ class SearchService:
         return await run_in_threadpool(self.searcher.point, collection, point_id)
 
     async def browse(
-        self, collection: str, limit: int, start: str | None, filters: Filters
+        self,
+        collection: str,
+        limit: int,
+        start: str | None,
+        filters: Filters,
+        *,
+        unlabelled: bool = False,
     ) -> BrowsePage:
-        """A page of the collection's points (``start``: a point id, "random" or None)."""
+        """A page of the collection's points (``start``: a point id, "random" or None; only
+        those without a label when ``unlabelled``)."""
         return await run_in_threadpool(
-            lambda: self.searcher.browse(collection, limit=limit, start=start, filters=filters)
+            lambda: self.searcher.browse(
+                collection, limit=limit, start=start, filters=filters, unlabelled=unlabelled
+            )
         )
 
     async def duplicates(self, collection: str, limit: int, start: str | None) -> DuplicatesPage:
