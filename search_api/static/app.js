@@ -135,6 +135,7 @@ function controls() {
     collection: $("collection").value,
     labels: $("with-labels").checked ? "1" : "0",
     collapse: $("collapse").checked ? "1" : "",
+    unlabelled: $("unlabelled").checked ? "1" : "",
   };
 }
 
@@ -150,6 +151,7 @@ function setControls(params) {
   $("collection").value = collection;
   $("with-labels").checked = params.get("labels") !== "0";
   $("collapse").checked = params.get("collapse") === "1";
+  $("unlabelled").checked = params.get("unlabelled") === "1";
   showCollectionStatus();
 }
 
@@ -319,10 +321,12 @@ async function show(params, data) {
   hideMessage();
   $("more").hidden = true;
   const view = params.get("view") || "browse";
+  const other = (window.dinoseekViews || {})[view]; // views of labels.js
   try {
     if (view === "similar" && params.get("id")) await showSimilar(params, ticket);
     else if (view === "duplicates") await showDuplicates(params, ticket);
     else if (view === "upload") showUpload(params, data);
+    else if (other) await other(params, ticket);
     else await showBrowse(params, ticket);
   } catch (error) {
     if (ticket === showing) showMessage(explain(error));
@@ -362,11 +366,13 @@ async function showBrowse(params, ticket) {
   for (const name of ["label", "root", "collection"]) {
     if (params.get(name)) query.set(name, params.get(name));
   }
+  if (params.get("unlabelled") === "1") query.set("unlabelled", "true");
   const page = await getJson(`/points?${query}`);
   if (ticket !== showing) return;
   setTitle("Browse");
   const heading = document.createElement("h2");
-  heading.textContent = "Browse the collection";
+  heading.textContent =
+    params.get("unlabelled") === "1" ? "The images without a label" : "Browse the collection";
   replaceView(heading, resultCount(page.points.length, "image"), grid(page.points, params));
   if (page.next) {
     $("more").hidden = false;
