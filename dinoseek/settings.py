@@ -83,9 +83,6 @@ class Settings(BaseSettings):
         description="torch.compile the model: default or max-autotune (throughput), "
         "reduce-overhead (CUDA graphs: low-latency queries); slower start",
     )
-    batch_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="how long the service waits to fill a batch, in ms"
-    )
     max_queue: int = Field(
         256, gt=0, description="queries the service holds before answering 503 (overload)"
     )
