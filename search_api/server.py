@@ -3,7 +3,8 @@
 The server's own limits: ``DINOSEEK_MAX_CONNECTIONS`` connections and requests in flight
 (503 beyond), ``DINOSEEK_HEADER_TIMEOUT_S`` for a request head (``search_api.connections``),
 5 s for an idle keep-alive connection, and ``DINOSEEK_SHUTDOWN_TIMEOUT_S`` (whole seconds) for
-requests in flight at shutdown, after which they are cut off and the store is closed anyway.
+requests in flight at shutdown, after which they are cut off with 503 (``search_api.shutdown``)
+and the store is closed anyway.
 """
 
 from __future__ import annotations
