@@ -106,12 +106,15 @@ def create_app(
     app.include_router(routes, dependencies=[Depends(API_KEY_HEADER)])
     # Middleware wraps in reverse order of addition: the security headers see a request
     # first, then CORS, the metrics, the shutdown's cut-off, the upload limit, the API key
-    # and the admission; none of them reads the body.
+    # and the admission, which alone reads the body (of the model routes, once the key and
+    # the limits let it).
     app.add_middleware(
         Admission,
         limit=settings.max_queue,
         max_bytes=settings.max_inflight_bytes,
+        max_reading_bytes=settings.max_reading_bytes,
         unknown_length_bytes=settings.max_upload_bytes,
+        min_upload_rate=settings.min_upload_rate,
         timeout_s=settings.request_timeout_s,
     )
     if settings.api_key is not None:

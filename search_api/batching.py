@@ -8,9 +8,9 @@ pass takes them all together (up to ``max_batch``). No request ever waits for co
 GPU a forward pass can take less time than any wait would. Every request of a batch is
 answered with its vector or its ``EmbeddingError``.
 
-The service admits at most ``max_queue`` requests to the model routes before reading their
-bodies (``search_api.admission``), and each waits here with at most one item, so the queue
-cannot overflow in practice; if it ever does, the request is refused at once
+The service admits at most ``max_queue`` requests to the model routes once their bodies are in
+(``search_api.admission``), and each waits here with at most one item, so the queue cannot
+overflow in practice; if it ever does, the request is refused at once
 (``OverloadedError``: 503 + Retry-After).
 """
 
