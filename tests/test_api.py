@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -382,29 +383,57 @@ def test_overload_is_a_503_with_retry_after(indexed: tuple[Path, Path]) -> None:
     assert refused.json()["error"]["code"] == "overloaded"
 
 
+class HeldEmbedder(FakeEmbedder):
+    """The stand-in model whose first forward pass waits for ``release``, so that queries pile
+    up behind it whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        super().__init__(model_id="fake/dinov2", seed=_seed_of("fake/dinov2"))
+        self.release = threading.Event()
+        self.sizes: list[int] = []
+
+    def embed_each(self, pixels: Pixels) -> list[VectorOrError]:
+        self.sizes.append(len(pixels))
+        self.release.wait(30)
+        return super().embed_each(pixels)
+
+
 def test_concurrent_queries_are_batched_and_each_gets_its_answer(
-    embedder: ImageEmbedder, indexed: tuple[Path, Path]
+    indexed: tuple[Path, Path],
 ) -> None:
-    settings = Settings(
-        model=embedder.model_id, device="cpu", data_dir=indexed[0], batch_wait_ms=20
-    )
+    embedder = HeldEmbedder()
+    settings = Settings(model=embedder.model_id, device="cpu", data_dir=indexed[0])
     app = create_app(settings, embedder=embedder, store=EdgeStore(indexed[0]))
     paths = photo_paths(indexed)[:8]
 
     async def concurrent() -> tuple[list[httpx.Response], str]:
         async with serving(app) as http:
-            responses = await asyncio.gather(
-                *(http.post("/search", files=upload(p.read_bytes())) for p in paths)
-            )
+            queries = [
+                asyncio.create_task(http.post("/search", files=upload(p.read_bytes())))
+                for p in paths
+            ]
+            batcher = app.state.service.batcher
+            for _ in range(3000):  # until all eight are in the model's hands or queue
+                if embedder.sizes and embedder.sizes[0] + batcher.queue_depth == len(paths):
+                    break
+                await asyncio.sleep(0.01)
+            embedder.release.set()
+            responses = await asyncio.gather(*queries)
             return responses, (await http.get("/metrics")).text
 
-    responses, metrics = asyncio.run(concurrent())
+    try:
+        responses, metrics = asyncio.run(concurrent())
+    finally:
+        embedder.release.set()
     for path, response in zip(paths, responses, strict=True):
         assert response.status_code == 200
         assert response.json()["results"][0]["path"] == str(path)
-    # Eight queries, fewer forward passes: some were batched together.
+    # Eight queries in two forward passes: the one that found the model idle (with any that
+    # came with it), then every one that arrived while it ran.
+    assert len(embedder.sizes) == 2
+    assert sum(embedder.sizes) == len(paths)
     forward_passes = float(metrics.split("dinoseek_batch_size_count ")[1].split()[0])
-    assert forward_passes < 8
+    assert forward_passes == 2
 
 
 class WatchedBody:

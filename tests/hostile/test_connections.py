@@ -26,6 +26,7 @@ def server(tmp_path: Path, embedder: ImageEmbedder) -> Iterator[LiveServer]:
         header_timeout_s=0.5,
         max_connections=8,
         shutdown_timeout_s=1,
+        min_upload_rate=0,  # these bodies trickle on purpose (tests/hostile/test_slow_uploads.py)
     )
     runtime = Runtime.open(
         settings,
