@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -98,31 +97,38 @@ def test_an_idle_model_runs_a_lone_request_at_once_and_a_busy_one_gathers_the_ne
 
 
 def test_full_queue_refuses_at_once() -> None:
-    def slow(batch: np.ndarray) -> list[VectorOrError]:
-        time.sleep(0.2)
+    """Refused while the model still holds the first request: the refusal does not wait for
+    a forward pass (this one would never end before the refusal if it did)."""
+    running = threading.Event()
+    release = threading.Event()
+
+    def held(batch: np.ndarray) -> list[VectorOrError]:
+        running.set()
+        release.wait(60)
         return mean_pixel(batch)
 
-    async def scenario() -> tuple[int, int, float]:
-        batcher = MicroBatcher(Model(slow), max_batch=1, max_queue=2)
+    async def scenario() -> tuple[int, int]:
+        batcher = MicroBatcher(Model(held), max_batch=1, max_queue=2)
         batcher.start()
         tasks = [asyncio.create_task(batcher.embed(image(0)))]
-        await asyncio.sleep(0.05)  # the first one is now running on the model thread
-        tasks += [asyncio.create_task(batcher.embed(image(v))) for v in range(1, 6)]
-        await asyncio.sleep(0.01)
-        started = time.perf_counter()
-        with pytest.raises(OverloadedError, match="already waiting"):
-            await batcher.embed(image(99))
-        refused_in = time.perf_counter() - started
+        try:
+            assert await asyncio.to_thread(running.wait, 60), "the model never ran"
+            tasks += [asyncio.create_task(batcher.embed(image(v))) for v in range(1, 6)]
+            while batcher.queue_depth < 2:  # two wait behind the running pass
+                await asyncio.sleep(0.001)
+            with pytest.raises(OverloadedError, match="already waiting"):
+                await asyncio.wait_for(batcher.embed(image(99)), 60)
+        finally:
+            release.set()
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         await batcher.stop()
         served = sum(isinstance(o, np.ndarray) for o in outcomes)
         refused = sum(isinstance(o, OverloadedError) for o in outcomes)
-        return served, refused, refused_in
+        return served, refused
 
-    served, refused, refused_in = asyncio.run(scenario())
+    served, refused = asyncio.run(scenario())
     assert served == 3  # one running, two queued
     assert refused == 3
-    assert refused_in < 0.1  # at once: not after a forward pass (0.2 s)
 
 
 def test_a_failing_batch_fails_its_requests_only() -> None:
