@@ -18,7 +18,6 @@ Every write is logged: its route, the client and the status it got.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import socket
 from collections.abc import Iterable
@@ -27,6 +26,7 @@ from typing import Any
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from search_api.asgi_errors import send_error
 from search_api.route_table import api_routes
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class WritePolicy:
         refusal = self._refusal(client)
         if refusal is not None:
             log.warning("write refused: %s (%s)", where, refusal)
-            await _forbidden(send, refusal)
+            await send_error(send, 403, "writes_not_allowed", refusal)
             return
         status = 0
 
@@ -108,22 +108,6 @@ class WritePolicy:
 def _client_host(scope: Scope) -> str | None:
     client = scope.get("client")
     return str(client[0]) if client else None
-
-
-async def _forbidden(send: Send, message: str) -> None:
-    body = json.dumps({"error": {"code": "writes_not_allowed", "message": message}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 403,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def is_loopback_address(address: str) -> bool:

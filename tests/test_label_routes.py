@@ -180,8 +180,9 @@ def test_writes_take_places_in_the_admission(embedder: ImageEmbedder) -> None:
         return {"done": "yes"}
 
     writes = WriteRoutes(app.routes)
-    admitted = Admission(app, limit=1, max_bytes=10**6, unknown_length_bytes=100,
-                         timeout_s=60, writes=writes)  # fmt: skip
+    admitted = Admission(app, limit=1, max_bytes=10**6, max_reading_bytes=10**6,
+                         unknown_length_bytes=100, min_upload_rate=0, timeout_s=60,
+                         writes=writes)  # fmt: skip
 
     async def two() -> tuple[int, int]:
         import httpx
