@@ -29,13 +29,14 @@ from dinoseek.commandline import (
     store_owner,
 )
 from dinoseek.errors import StoreLockedError
+from dinoseek.labels_csv import read_labels_csv
 from dinoseek.runtime import ModelPolicy, Runtime
-from indexer.catalog import LabelSource, read_labels_csv
+from dinoseek.scan import DEFAULT_EXCLUDES, ScanOptions
+from indexer.catalog import LabelSource
 from indexer.catalog_cache import catalog_cache_path
 from indexer.pipeline import IndexOptions, IndexSummary, ModelOnDemand, index_folders
 from indexer.ray_engine import RayEngine, RayOptions, import_ray
 from indexer.report import failures_report_path
-from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
 
 
 @click.command(epilog=EPILOG)

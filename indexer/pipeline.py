@@ -34,16 +34,16 @@ import numpy as np
 
 from dinoseek.embedding import ImageEmbedder, Pixels, available_cores
 from dinoseek.errors import EmbeddingError, PointRefusedError
+from dinoseek.progress import Progress
 from dinoseek.runtime import default_decode_workers
+from dinoseek.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload, content_of
 from indexer.catalog_cache import load_catalog, save_catalog
 from indexer.decode import DecodePool, GpuDecodeStage
-from indexer.progress import Progress
 from indexer.ray_engine import RETRIED_NEXT_RUN, EmbedJob, RayEngine, RayStage
 from indexer.report import FailureRecord, load_failures, write_failures
-from indexer.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
 from indexer.workers import FailedFile, PreparedFile, WorkerConfig, prepare_file
 
 log = logging.getLogger(__name__)
