@@ -37,6 +37,7 @@ from dinoseek.errors import EmbeddingError, PointRefusedError
 from dinoseek.progress import Progress
 from dinoseek.runtime import default_decode_workers
 from dinoseek.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
+from dinoseek.settings import default_of
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload, content_of
@@ -58,9 +59,9 @@ class IndexOptions:
     failures_report: Path
     batch_size: int | None = 16  # None: the model's default
     workers: int | None = 1  # None: the default for the model's device
-    max_image_pixels: int = 40_000_000
-    max_file_bytes: int = 256 * 1024 * 1024
-    decode_timeout_s: float = 60.0
+    max_image_pixels: int = default_of("max_image_pixels")
+    max_file_bytes: int = default_of("max_file_bytes")
+    decode_timeout_s: float = default_of("decode_timeout_s")
     labels: LabelSource = field(default_factory=LabelSource)
     scan: ScanOptions = field(default_factory=ScanOptions)
     prune: bool = True
