@@ -39,6 +39,7 @@ from dinoseek.errors import (
 from dinoseek.images import PreparedImage, prepare_image
 from dinoseek.labels import LabelMethod, PredictedLabel, knn_vote
 from dinoseek.probe import ProbeCache
+from dinoseek.regions import Box
 from dinoseek.store import (
     FilterValue,
     SearchHit,
@@ -169,13 +170,15 @@ class LabelRequest:
 
 @dataclass(frozen=True)
 class Neighbour:
-    """One result: the point, its similarity, and where it came from."""
+    """One result: the point, its similarity, and where it came from; for a region search,
+    ``region`` is where in it the match lies (fractions of the original image)."""
 
     id: str
     score: float
     path: str | None
     label: str | None
     payload: dict[str, Any]
+    region: Box | None = None
 
     @classmethod
     def from_hit(cls, hit: SearchHit) -> Neighbour:

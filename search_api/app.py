@@ -27,6 +27,7 @@ from search_api.admission import Admission
 from search_api.auth import ApiKeyCheck
 from search_api.errors import install_error_handlers
 from search_api.limits import BodySizeLimit
+from search_api.match_routes import match_routes
 from search_api.metrics import RequestMetrics, ServiceMetrics
 from search_api.page import ASSETS_PREFIX, SecurityHeaders, assets, page_routes
 from search_api.routes import open_routes, routes
@@ -98,6 +99,7 @@ def create_app(
     app.include_router(page_routes)
     app.mount(ASSETS_PREFIX, assets(), name="assets")
     app.include_router(routes, dependencies=[Depends(API_KEY_HEADER)])
+    app.include_router(match_routes, dependencies=[Depends(API_KEY_HEADER)])
     # Middleware wraps in reverse order of addition: the security headers see a request
     # first, then CORS, the metrics, the upload limit, the API key and the admission; none
     # of them reads the body.
