@@ -1,4 +1,6 @@
-"""``GET /points/{a}/match/{b}`` and ``POST /points/{b}/match``: why two images match.
+"""``GET /points/{a}/match/{b}`` and ``POST /points/{b}/match``: why two images match
+(their path parameters are named ``point_id`` and ``other_id``, as on the other point
+routes).
 
 The corresponding patches of two images (mutual nearest neighbours of their patch tokens,
 ``dinoseek.correspondence``), from one forward pass of both: the stored images are read
@@ -27,35 +29,36 @@ match_routes = APIRouter(responses=ERROR_RESPONSES)
 
 
 @match_routes.get(
-    "/points/{a}/match/{b}",
+    "/points/{point_id}/match/{other_id}",
     response_model=MatchResponse,
     summary="Why two indexed images match",
 )
 async def match_points(
     service: Service,
-    a: PointId,
-    b: PointId,
+    point_id: PointId,
+    other_id: PointId,
     max_pairs: MaxPairs = 20,
     collection: Collection = None,
 ) -> MatchResponse:
-    """The corresponding patches of two stored images, strongest first, positions as
-    fractions of each original image, and the pair of regions that match best."""
+    """The corresponding patches of two stored images (``a`` is ``point_id``, ``b``
+    ``other_id``), strongest first, positions as fractions of each original image, and the
+    pair of regions that match best."""
     clock = StageClock()
     name = collection_of(service, collection)
-    first = await service.prepare_point(name, a, clock)
-    second = await service.prepare_point(name, b, clock)
+    first = await service.prepare_point(name, point_id, clock)
+    second = await service.prepare_point(name, other_id, clock)
     found = await service.match(first, second, max_pairs, clock)
-    return match_response(name, a, b, found, clock)
+    return match_response(name, point_id, other_id, found, clock)
 
 
 @match_routes.post(
-    "/points/{b}/match",
+    "/points/{point_id}/match",
     response_model=MatchResponse,
     summary="Why an image matches an indexed one",
 )
 async def match_upload(
     service: Service,
-    b: PointId,
+    point_id: PointId,
     image: ImageUpload,
     max_pairs: MaxPairs = 20,
     collection: Collection = None,
@@ -63,7 +66,7 @@ async def match_upload(
     """The corresponding patches of an uploaded image (``a``) and a stored one (``b``)."""
     clock = StageClock()
     name = collection_of(service, collection)
-    second = await service.prepare_point(name, b, clock)
     first = await service.prepare(await image.read(), image.filename or "upload", clock)
+    second = await service.prepare_point(name, point_id, clock)
     found = await service.match(first, second, max_pairs, clock)
-    return match_response(name, None, b, found, clock)
+    return match_response(name, None, point_id, found, clock)

@@ -50,6 +50,7 @@ T = TypeVar("T")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
+        400: "a malformed request body (a multipart upload that cannot be parsed)",
         401: "missing or wrong X-API-Key",
         404: "unknown collection or point",
         409: "the collection was built with another model (or has no region vectors)",

@@ -299,6 +299,6 @@ def test_the_openapi_document_states_the_region_parameters(client: TestClient) -
     document = client.get("/openapi.json").json()
     search = {p["name"]: p for p in document["paths"]["/search"]["post"]["parameters"]}
     assert {"regions", "region"} <= set(search)
-    assert "/points/{a}/match/{b}" in document["paths"]
-    assert "/points/{b}/match" in document["paths"]
+    assert "/points/{point_id}/match/{other_id}" in document["paths"]
+    assert "/points/{point_id}/match" in document["paths"]
     assert json.dumps(document)  # serialisable as it is served

@@ -38,7 +38,7 @@ UPLOAD_PATHS = (
     "/classify",
     "/embed",
     "/embed/pca",
-    "/points/{b}/match",
+    "/points/{point_id}/match",
 )
 
 
@@ -94,8 +94,7 @@ max-examples = {MAX_EXAMPLES}
 # The point operations get a point that exists, not only 404s (the match routes two).
 [parameters]
 point_id = "{point_id}"
-a = "{point_id}"
-b = "{point_id}"
+other_id = "{point_id}"
 
 # 413 is how the service refuses too much: more than {MAX_BATCH_IMAGES} images, too large an upload.
 [checks]
