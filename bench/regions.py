@@ -10,7 +10,7 @@ One run, the same model, images and queries for both:
   whole-image search finds) and of region search, through dinoseek's own index and search
   path; and how many crops lie wholly in the part of their image the model sees.
 - layouts: the same queries scored exactly in numpy for other layouts of windows (vectors and
-  bytes per image), to show why dinoseek stores 2x2 + 3x3.
+  bytes per image), to show why dinoseek stores 2x2 + 3x3 + 4x4.
 - index: ``index_folders`` of the same N images without and with regions (images/s).
 - store: query p50 at ``--store-images`` images (synthetic unit vectors of ``--store-dim``)
   with dinoseek's region multivector (int8, no graph: a scan of every image's windows)
@@ -72,9 +72,9 @@ from indexer.pipeline import IndexOptions, index_folders
 
 MAX_PIXELS = 40_000_000
 LAYOUTS: dict[str, tuple[int, ...]] = {
-    "2x2+3x3 (dinoseek)": (2, 3),
+    "2x2+3x3+4x4 (dinoseek)": (2, 3, 4),
     "2x2": (2,),
-    "2x2+3x3+4x4": (2, 3, 4),
+    "2x2+3x3": (2, 3),
     "1x1+2x2+3x3+4x4": (1, 2, 3, 4),
     "2x2+...+5x5": (2, 3, 4, 5),
 }

@@ -1,7 +1,7 @@
 """Region vectors: an image's patch tokens mean-pooled over the windows of a few grids.
 
 A collection with regions stores, beside each image's CLS vector, one vector per window of
-``RegionSpec.grids`` (2x2 and 3x3 by default: 13 windows), all from the forward pass that made
+``RegionSpec.grids`` (2x2, 3x3 and 4x4 by default: 29 windows), all from the forward pass that made
 the CLS vector. A region query is the query's own patch tokens pooled over a box (the whole
 query by default), and an image matches as well as its best window does (Qdrant's MaxSim
 over the image's windows). Which window won says where in the image the match lies.
@@ -20,9 +20,10 @@ import numpy as np
 
 from dinoseek.errors import InvalidRegionError, RegionsNotIndexedError
 
-# Windows of 1/2 and 1/3 of the side: 13 vectors per image. 1x1 (the whole input) is left
-# out: its pooled tokens say about what the CLS vector says.
-DEFAULT_GRIDS: tuple[int, ...] = (2, 3)
+# Windows of 1/2, 1/3 and 1/4 of the side: 29 vectors per image (bench/regions.py compares
+# other layouts). 1x1 (the whole input) is left out: its pooled tokens say about what the CLS
+# vector says.
+DEFAULT_GRIDS: tuple[int, ...] = (2, 3, 4)
 REGION_VECTOR = "regions"  # the name of the multivector in the store
 POOLING = "mean"
 # A box must cover at least this many patches of the model input in each direction.

@@ -147,7 +147,7 @@ from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
     "--regions",
     is_flag=True,
     help="Also store region vectors, for search by region (`dinoseek search --regions`): "
-    "13 per image (patch tokens pooled over 2x2 and 3x3 grids), from the same forward pass. "
+    "29 per image (patch tokens pooled over 2x2, 3x3 and 4x4 grids), from the same forward pass. "
     "An existing collection gets them for every image it holds (each read and embedded "
     "once more); a collection with regions keeps making them.",
 )

@@ -199,7 +199,7 @@ async def search(
     """Nearest neighbours of an uploaded image in the collection, and its predicted labels
     (by default when the collection has a probe). With `regions=true` (or a `region` box),
     the images that contain something like it, each hit with its `region`: one forward pass
-    and a scan of every image's 13 region vectors."""
+    and a scan of every image's 29 region vectors."""
     clock = StageClock()
     name = collection_of(service, neighbours.collection)
     query, labels = neighbours.query(), labelling.request()

@@ -63,7 +63,7 @@ class SearchResponse(BaseModel):
 
 
 class MatchedRegions(BaseModel):
-    """The pair of region windows (2x2 and 3x3 grids) that match best as a whole: a box of
+    """The pair of region windows (2x2, 3x3 and 4x4 grids) that match best as a whole: a box of
     each original image (None where the window lies in the padding of a tiny image)."""
 
     a: Box | None

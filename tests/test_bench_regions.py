@@ -28,9 +28,9 @@ def test_regions_quick_runs_both_paths(tmp_path: Path, bench_cache: Path) -> Non
     cases = {(row["case"], row["path"].split(":")[0]) for row in document["quality"]}
     assert cases == {(c, p) for c in ("crop", "pasted", "box") for p in ("baseline", "dinoseek")}
     assert all(row["queries"] == 24 for row in document["quality"])
-    assert [row["vectors"] for row in document["layouts"]][:2] == [13, 4]
+    assert [row["vectors"] for row in document["layouts"]][:2] == [29, 4]
     assert document["index"][1]["path"] == "dinoseek index --regions"
     plain, regions, alternative = document["store"]
-    assert regions["vectors"] == 13 * plain["vectors"]
-    assert alternative["vectors"] == 13 * alternative["images"]
+    assert regions["vectors"] == 29 * plain["vectors"]
+    assert alternative["vectors"] == 29 * alternative["images"]
     assert document["match"]["match_p50_ms"] > 0

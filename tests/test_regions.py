@@ -48,13 +48,13 @@ def test_a_box_on_the_edge_is_kept_within_the_image() -> None:
 
 def test_windows_and_their_pooling() -> None:
     spec = RegionSpec(GRID)
-    assert spec.count == 13
+    assert spec.count == 29
     windows = spec.windows()
     assert windows[0] == Box(0.0, 0.0, 0.5, 0.5)
     assert windows[3] == Box(0.5, 0.5, 0.5, 0.5)
     assert windows[4].w == pytest.approx(1 / 3)
     matrix = spec.pooling_matrix()
-    assert matrix.shape == (13, 256)
+    assert matrix.shape == (29, 256)
     assert np.allclose(matrix.sum(axis=1), 1.0)
     top_left = matrix[0].reshape(GRID)
     assert np.allclose(top_left[:8, :8], 1 / 64)
@@ -126,13 +126,20 @@ def test_mutual_neighbours_find_a_shifted_grid() -> None:
     grid_a = tokens_a.reshape(16, 16, 24)
     grid_b = rng.standard_normal((16, 16, 24)).astype(np.float32)
     grid_b[:, 3:] = grid_a[:, :13]
-    pairs = mutual_neighbours(tokens_a, grid_b.reshape(256, 24), max_pairs=1000)
+    tokens_b = grid_b.reshape(256, 24)
+    pairs = mutual_neighbours(tokens_a, tokens_b, max_pairs=1000)
+    unit_a = tokens_a / np.linalg.norm(tokens_a, axis=1, keepdims=True)
+    unit_b = tokens_b / np.linalg.norm(tokens_b, axis=1, keepdims=True)
+    similarity = unit_a @ unit_b.T
+    for a, b, _ in pairs:  # each is the other's nearest neighbour
+        assert similarity[a].argmax() == b
+        assert similarity[:, b].argmax() == a
     shifted = [(a, b) for a, b, score in pairs if score > 0.999]
     assert len(shifted) == 16 * 13
     assert all(b == a + 3 for a, b in shifted)
     scores = [score for _, _, score in pairs]
     assert scores == sorted(scores, reverse=True)
-    assert len(mutual_neighbours(tokens_a, grid_b.reshape(256, 24), max_pairs=5)) == 5
+    assert len(mutual_neighbours(tokens_a, tokens_b, max_pairs=5)) == 5
 
     square = InputGeometry.of(DINOV2_PREPROCESSING, 256, 256)  # the model sees 16..240
     found = correspond(tokens_a, grid_b.reshape(256, 24), GRID, square, square, max_pairs=20)
