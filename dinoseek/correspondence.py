@@ -100,10 +100,14 @@ def correspond(
     best_a, best_b = np.unravel_index(int(similarity.argmax()), similarity.shape)
     return Correspondence(
         pairs=pairs,
-        region_a=geometry_a.to_original(windows[int(best_a)]),
-        region_b=geometry_b.to_original(windows[int(best_b)]),
+        region_a=_rounded(geometry_a.to_original(windows[int(best_a)])),
+        region_b=_rounded(geometry_b.to_original(windows[int(best_b)])),
         region_score=round(float(similarity[best_a, best_b]), 4),
     )
+
+
+def _rounded(box: Box | None) -> Box | None:
+    return None if box is None else box.rounded()
 
 
 def _centre(index: int, patch_grid: tuple[int, int], geometry: InputGeometry) -> Position:

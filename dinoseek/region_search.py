@@ -142,8 +142,7 @@ def _with_region(
     box = geometry.to_original(windows[best])
     if box is None:
         return neighbour
-    rounded = Box(*(round(v, 4) for v in (box.x, box.y, box.w, box.h)))
-    return dataclasses.replace(neighbour, region=rounded)
+    return dataclasses.replace(neighbour, region=box.rounded())
 
 
 def search_image_regions(

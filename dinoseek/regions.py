@@ -45,14 +45,9 @@ class Box:
         """The whole image."""
         return cls(0.0, 0.0, 1.0, 1.0)
 
-    def as_dict(self, digits: int = 4) -> dict[str, float]:
-        """``{"x", "y", "w", "h"}`` rounded (what the API and ``--json`` show)."""
-        return {
-            "x": round(self.x, digits),
-            "y": round(self.y, digits),
-            "w": round(self.w, digits),
-            "h": round(self.h, digits),
-        }
+    def rounded(self, digits: int = 4) -> Box:
+        """The box with its values rounded (what the API and ``--json`` show)."""
+        return Box(*(round(v, digits) for v in (self.x, self.y, self.w, self.h)))
 
     def intersect(self, other: Box) -> Box | None:
         """The overlap of two boxes (None when they do not overlap)."""

@@ -199,6 +199,18 @@ def test_the_api_searches_by_region(client: TestClient, quadrants: Path) -> None
     assert labelled["labels"][0]["method"] == "knn"
     plain = client.post("/search", files={"image": ("q.png", crop)}).json()
     assert all(r["region"] is None for r in plain["results"])
+    # A box's labels: the neighbours' vote; a probe classifies whole images only.
+    box = {"region": "0,0.5,0.5,0.5"}
+    voted = client.post(
+        "/search", params={**box, "with_labels": True}, files={"image": ("q.png", whole)}
+    ).json()
+    assert voted["labels"]
+    assert voted["labels"][0]["method"] == "knn"
+    probed = client.post(
+        "/search", params={**box, "label_method": "probe"}, files={"image": ("q.png", whole)}
+    )
+    assert probed.status_code == 422
+    assert "a probe classifies whole images" in probed.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

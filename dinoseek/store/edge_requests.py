@@ -107,11 +107,8 @@ def search_hit(point: qe.ScoredPoint) -> SearchHit:
 
 
 def stored_point(record: qe.Record, with_vectors: bool) -> StoredPoint:
-    """A record, with its CLS vector when asked for."""
+    """A record, with its CLS vector when asked for (read with ``CLS_ONLY``)."""
     vector = None
-    value: Any = record.vector
-    if isinstance(value, dict):
-        value = value.get(DEFAULT_VECTOR)
-    if with_vectors and value is not None:
-        vector = np.asarray(value, dtype=np.float32)
+    if with_vectors and record.vector is not None:
+        vector = np.asarray(record.vector, dtype=np.float32)
     return StoredPoint(id=str(record.id), payload=dict(record.payload or {}), vector=vector)
