@@ -57,7 +57,7 @@ from common import (
     write_results,
 )
 from PIL import Image
-from regions_store import store_rows
+from regions_store import bench_store, store_rows
 
 from dinoseek.correspondence import match_images
 from dinoseek.embedding import ImageEmbedder
@@ -66,7 +66,7 @@ from dinoseek.input_geometry import InputGeometry
 from dinoseek.region_search import search_image_regions
 from dinoseek.regions import Box, RegionSpec, normalised, pooling_rows
 from dinoseek.search import LabelRequest, NeighbourQuery, Searcher
-from dinoseek.store import EdgeStore
+from dinoseek.store import VectorStore
 from dinoseek.synthetic import CLASS_NAMES, draw_image
 from indexer.pipeline import IndexOptions, index_folders
 
@@ -149,7 +149,7 @@ def visible(box: Box, size: tuple[int, int]) -> bool:
 
 
 def index(
-    embedder: ImageEmbedder, store: EdgeStore, folder: Path, name: str, regions: bool
+    embedder: ImageEmbedder, store: VectorStore, folder: Path, name: str, regions: bool
 ) -> dict[str, Any]:
     """Index ``folder`` into collection ``name`` (decoding on this process's thread)."""
     options = IndexOptions(
@@ -169,7 +169,7 @@ def rank_of(paths: Sequence[str | None], wanted: str) -> int | None:
 
 
 def quality(
-    embedder: ImageEmbedder, store: EdgeStore, folder: Path, crops: list[Crop]
+    embedder: ImageEmbedder, store: VectorStore, folder: Path, crops: list[Crop]
 ) -> list[dict[str, Any]]:
     """Top-1 and top-5 of CLS and region search for the crop, pasted and box queries."""
     searcher = Searcher(store, embedder, max_image_pixels=MAX_PIXELS)
@@ -367,8 +367,9 @@ def main() -> None:
         crops = make_data(workdir / "images", args.images, args.seed)
         with (
             open_embedder(model, "cpu", "float32") as embedder,
-            EdgeStore(workdir / "data") as store,
+            bench_store(workdir / "data") as runtime,
         ):
+            store = runtime.store
             index_rows = []
             for regions in (False, True):
                 suffix = "regions" if regions else "plain"

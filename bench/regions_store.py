@@ -18,8 +18,15 @@ from typing import Any
 import numpy as np
 
 from dinoseek.regions import RegionSpec, normalised
+from dinoseek.runtime import Runtime
+from dinoseek.settings import Settings
 from dinoseek.space import EmbeddingSpace
-from dinoseek.store import EdgeStore, PointRecord, SearchQuery
+from dinoseek.store import PointRecord, SearchQuery
+
+
+def bench_store(directory: Path) -> Runtime:
+    """dinoseek's store in ``directory``, opened by the runtime as every command opens it."""
+    return Runtime.open(Settings(data_dir=directory), collection="none", model=False)
 
 
 def store_rows(images: int, dim: int, alt_images: int, queries: int) -> list[dict[str, Any]]:
@@ -32,7 +39,8 @@ def store_rows(images: int, dim: int, alt_images: int, queries: int) -> list[dic
     rows = []
     try:
         space = EmbeddingSpace("bench/random", dim, {}, tuple(float(v) for v in centres[0]))
-        with EdgeStore(workdir / "data") as store:
+        with bench_store(workdir / "data") as runtime:
+            store = runtime.store
             store.ensure_collection("plain", space)
             store.ensure_collection("regions", space)
             store.ensure_regions("regions", RegionSpec((16, 16)))

@@ -6,7 +6,7 @@ ids and the few payload fields a job asks for beside them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +31,12 @@ def read_vectors(
     collection: str,
     fields: Sequence[str],
     *,
+    derive: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     on_points: Callable[[int], None] | None = None,
 ) -> CollectionVectors:
-    """Every point of an acquired collection with its vector and ``fields`` of its payload.
-    ``on_points(n)`` is called as pages arrive."""
+    """Every point of an acquired collection with its vector and ``fields`` of its payload,
+    plus what ``derive`` makes of the whole payload (a few facts instead of a field too
+    large to keep for every point). ``on_points(n)`` is called as pages arrive."""
     dim = store.collection_space(collection).dim
     capacity = max(1, store.count(collection))
     vectors = np.empty((capacity, dim), dtype=np.float32)
@@ -49,7 +51,8 @@ def read_vectors(
             vectors = np.resize(vectors, (capacity, dim))
         vectors[len(ids)] = point.vector
         ids.append(point.id)
-        payloads.append({key: point.payload[key] for key in fields if key in point.payload})
+        kept = {key: point.payload[key] for key in fields if key in point.payload}
+        payloads.append(kept if derive is None else {**kept, **derive(point.payload)})
         pending += 1
         if on_points is not None and pending == PAGE:
             on_points(pending)

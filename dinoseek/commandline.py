@@ -11,10 +11,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +28,7 @@ from pydantic import ValidationError
 
 from dinoseek.errors import ConfigError, DinoseekError, StoreLockedError, StoreUnavailableError
 from dinoseek.runtime import ModelLoader
-from dinoseek.settings import Settings
+from dinoseek.settings import Settings, validate_collection_name
 
 EPILOG = """\b
 Exit codes: 0 done (bad image files are reported, not fatal), 1 error, 2 usage error,
@@ -40,6 +42,72 @@ EXIT_INTERRUPTED = 130
 P = ParamSpec("P")
 R = TypeVar("R")
 log = logging.getLogger("dinoseek")
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option's type: a number within the range, never NaN or an infinity.
+
+    ``click.FloatRange`` lets NaN through (every comparison with it is false), and NaN as a
+    threshold quietly turns a filter off; every float option of every command uses this type.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The number, or a usage error naming the option."""
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+class CollectionName(click.ParamType[str, Any]):
+    """A collection name given as an option (``--into``): checked as the command line is
+    read, before any work."""
+
+    name = "collection"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """The name, or a usage error saying what a name may hold."""
+        try:
+            return validate_collection_name(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def check_output_file(path: Path, *, overwrite: bool, data_dir: Path, option: str) -> None:
+    """Refuse, before any work, a file a command is to write: one inside the data directory
+    (the store's own files live there), a folder, or an existing file unless ``overwrite``."""
+    if path.resolve().is_relative_to(data_dir.resolve()):
+        raise click.BadParameter(
+            f"{path} is inside the data directory {data_dir}, which holds the store's own "
+            "files; write it elsewhere",
+            param_hint=f"'{option}'",
+        )
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a folder", param_hint=f"'{option}'")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise click.BadParameter(
+            f"{path} exists; pass --overwrite to replace it", param_hint=f"'{option}'"
+        )
+
+
+def write_output_file(path: Path, text: str, *, overwrite: bool) -> None:
+    """Write ``path`` whole or not at all (a temporary file, then a link or a rename). Without
+    ``overwrite`` a file that appeared meanwhile is left as it is (``ConfigError``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        if overwrite:
+            os.replace(partial, path)  # a symlink is replaced, not written through
+        else:
+            os.link(partial, path)
+    except FileExistsError:
+        raise ConfigError(
+            f"{path} appeared while the command ran and was left as it is; pass --overwrite "
+            "to replace it"
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _env_help(field: str) -> str:
@@ -94,8 +162,14 @@ def batch_size_option(function: Callable[P, R]) -> Callable[P, R]:
 
 def store_options(function: Callable[P, R]) -> Callable[P, R]:
     """``--collection``, ``--data-dir``, ``--qdrant-url``."""
+    function = store_location_options(function)
+    return click.option("--collection", "-c", default=None, help=_env_help("collection"))(function)
+
+
+def store_location_options(function: Callable[P, R]) -> Callable[P, R]:
+    """``--data-dir``, ``--qdrant-url``: where the store is (for commands that name their
+    collections as arguments)."""
     options = [
-        click.option("--collection", "-c", default=None, help=_env_help("collection")),
         click.option(
             "--data-dir",
             type=click.Path(path_type=Path, file_okay=False),
@@ -146,6 +220,9 @@ def configure_logging(*, quiet: bool) -> None:
     )
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The hub client prints through a handler of its own: passed on to ours as well, each of
+    # its messages would be printed twice.
+    logging.getLogger("huggingface_hub").propagate = False
     if quiet or not sys.stderr.isatty():
         # Read by huggingface_hub and transformers when they are first imported (later).
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -25,6 +25,7 @@ from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.dedup import DUPLICATE, ROLE
 from dinoseek.errors import ConfigError
 from dinoseek.kmeans import balanced_sample, hierarchical_kmeans, kmeans
+from dinoseek.settings import validate_collection_name
 from dinoseek.similarity import best_matches, top_matches
 from dinoseek.store import PointRecord, VectorStore
 
@@ -168,6 +169,20 @@ def balanced(
 COPY_BATCH = 512
 
 
+def check_new_collection(store: VectorStore, target: str) -> None:
+    """``ConfigError`` unless ``target`` is a valid name of no collection yet (a command checks
+    this before its work, and again when it creates the collection)."""
+    try:
+        validate_collection_name(target)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if target in store.list_collections():
+        raise ConfigError(
+            f"collection {target!r} already exists; choose another --into name, or delete it "
+            f"first (`dinoseek collection delete {target}`)"
+        )
+
+
 def copy_selection(
     store: VectorStore,
     pool: CollectionVectors,
@@ -178,10 +193,7 @@ def copy_selection(
 ) -> int:
     """Create ``target`` with ``source``'s embedding space and copy the selected points into
     it, vectors and payloads as they are (no re-embedding), plus ``describe``'s fields."""
-    if target in store.list_collections():
-        raise ConfigError(
-            f"collection {target!r} already exists; choose another --into name, or delete it first"
-        )
+    check_new_collection(store, target)
     store.ensure_collection(target, store.collection_space(source))
     store.acquire(target)
     for start in range(0, len(selected), COPY_BATCH):

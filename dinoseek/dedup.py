@@ -5,21 +5,30 @@ Everything is decided from the stored vectors and payloads: no image is read, no
 touched. The outcome is written as payload marks (``MARK_FIELDS``):
 
 - every member of a group: ``duplicate_group`` (the kept point's id);
-- the kept point: ``duplicate_role: "keep"`` and ``duplicate_count`` (how many others);
+- the kept point: ``duplicate_role: "keep"``, ``duplicate_count`` (how many others) and
+  ``duplicate_reason`` (why it is the one kept);
 - the others: ``duplicate_role: "duplicate"``, ``duplicate_of`` (the kept point's id) and
   ``duplicate_score`` (cosine similarity to the kept point);
 - every point compared: ``dedup_threshold``.
 
-The kept point of a group is the one with the most pixels, then the shortest path, then the
-smallest id. A rerun compares only the points without ``dedup_threshold`` equal to its
-threshold (new, re-indexed, or compared at another threshold) with every point, and trusts
-the groups of the others. A point's ``dedup_threshold`` is removed before its marks change
-and written back after, so a run killed at any moment leaves every half-written point to be
+The kept point of a group is chosen by a ``KeepRule`` (``dinoseek.dedup_keep``; by default the
+most pixels, then the larger file, then the oldest, then the path), and every run decides it
+again with the rule it is given; the kept point carries the reason (``duplicate_reason``). A
+rerun compares only the points without ``dedup_threshold`` equal to its threshold (new,
+re-indexed, or compared at another threshold) with every point, and trusts the groups of the
+others.
+
+Writes never leave a collection with fewer marks than it had before the new ones were all
+written (``apply_plan``): the plan is computed in full first, every point that keeps or gains
+marks is written next, and the marks of the points that leave every group are removed last,
+in one store operation. A point's ``dedup_threshold`` is removed before its marks change and
+written back after, so a run stopped at any moment leaves every half-written point to be
 compared again by the next one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from dinoseek.collection_vectors import CollectionVectors
+from dinoseek.dedup_keep import KEEP_FIELDS, KeepRule, PointFacts
+from dinoseek.errors import ConfigError
 from dinoseek.similarity import best_matches, pairs_above
 from dinoseek.store import VectorStore
 
@@ -34,23 +45,26 @@ GROUP = "duplicate_group"
 ROLE = "duplicate_role"  # a keyword, "keep" or "duplicate": what filters match
 KEEP, DUPLICATE = "keep", "duplicate"
 COUNT = "duplicate_count"
+REASON = "duplicate_reason"
 OF = "duplicate_of"
 SCORE = "duplicate_score"
 THRESHOLD = "dedup_threshold"
-MARK_FIELDS = (GROUP, ROLE, COUNT, OF, SCORE, THRESHOLD)
+MARK_FIELDS = (GROUP, ROLE, COUNT, REASON, OF, SCORE, THRESHOLD)
+GROUP_MARKS = tuple(key for key in MARK_FIELDS if key != THRESHOLD)
 # What the keep rule and the report need from each payload.
-PAYLOAD_FIELDS = ("path", "width", "height", "near_duplicate_of", *MARK_FIELDS)
+PAYLOAD_FIELDS = (*KEEP_FIELDS, "near_duplicate_of", *MARK_FIELDS)
 DEFAULT_THRESHOLD = 0.95
 
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """A group of near-duplicates: the kept point, the others, and the similarity of each
-    other to it."""
+    """A group of near-duplicates: the kept point, the others, the similarity of each other
+    to it, and why that point is the one kept."""
 
     keep: int
     others: tuple[int, ...]
     scores: tuple[float, ...]
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -101,10 +115,14 @@ def plan_dedup(
     data: CollectionVectors,
     threshold: float,
     *,
+    keep: KeepRule | None = None,
     device: str = "cpu",
     on_rows: Callable[[int], None] | None = None,
 ) -> DedupPlan:
-    """Group the near-duplicates of ``data`` at ``threshold`` and say which marks change."""
+    """Group the near-duplicates of ``data`` at ``threshold``, choose each group's kept point
+    by ``keep`` (the default rule when None), and say which marks change."""
+    check_threshold(threshold)
+    rule = keep or KeepRule()
     count = len(data.ids)
     compared = np.array(
         [i for i, payload in enumerate(data.payloads) if payload.get(THRESHOLD) != threshold],
@@ -133,7 +151,7 @@ def plan_dedup(
                     pairs += 1
                     links.union(source, column)
     groups = [
-        _group(data, members)
+        _group(data, members, rule)
         for members in links.components(range(count)).values()
         if len(members) > 1
     ]
@@ -152,19 +170,20 @@ def _trusted_groups(data: CollectionVectors, threshold: float) -> dict[str, list
     return groups
 
 
-def keep_order(payload: Mapping[str, Any], point_id: str) -> tuple[int, int, str]:
-    """The keep rule as a sort key: most pixels, then the shortest path, then the id."""
-    width, height = payload.get("width"), payload.get("height")
-    pixels = width * height if isinstance(width, int) and isinstance(height, int) else 0
-    path = payload.get("path")
-    return (-pixels, len(path) if isinstance(path, str) else 1 << 30, point_id)
+def check_threshold(threshold: float) -> None:
+    """``ConfigError`` unless ``threshold`` is a similarity in (0, 1] (NaN compares with
+    nothing, so a run at NaN would find no pair and unmark every point)."""
+    if not (math.isfinite(threshold) and 0.0 < threshold <= 1.0):
+        raise ConfigError(f"threshold {threshold!r}: give a similarity above 0 and at most 1")
 
 
-def _group(data: CollectionVectors, members: list[int]) -> DuplicateGroup:
-    keep = min(members, key=lambda i: keep_order(data.payloads[i], data.ids[i]))
+def _group(data: CollectionVectors, members: list[int], rule: KeepRule) -> DuplicateGroup:
+    facts = [PointFacts.from_payload(data.ids[i], data.payloads[i]) for i in members]
+    position, reason = rule.choose(facts)
+    keep = members[position]
     others = sorted((i for i in members if i != keep), key=lambda i: data.ids[i])
     scores = data.vectors[others] @ data.vectors[keep] if others else np.zeros(0)
-    return DuplicateGroup(keep, tuple(others), tuple(round(float(s), 6) for s in scores))
+    return DuplicateGroup(keep, tuple(others), tuple(round(float(s), 6) for s in scores), reason)
 
 
 def marks_of(data: CollectionVectors, groups: list[DuplicateGroup]) -> dict[int, dict[str, Any]]:
@@ -172,7 +191,12 @@ def marks_of(data: CollectionVectors, groups: list[DuplicateGroup]) -> dict[int,
     marks: dict[int, dict[str, Any]] = {}
     for group in groups:
         keeper_id = data.ids[group.keep]
-        marks[group.keep] = {GROUP: keeper_id, ROLE: KEEP, COUNT: len(group.others)}
+        marks[group.keep] = {
+            GROUP: keeper_id,
+            ROLE: KEEP,
+            COUNT: len(group.others),
+            REASON: group.reason,
+        }
         for other, score in zip(group.others, group.scores, strict=True):
             marks[other] = {GROUP: keeper_id, ROLE: DUPLICATE, OF: keeper_id, SCORE: score}
     return marks
@@ -205,15 +229,27 @@ def apply_plan(
     *,
     on_points: Callable[[int], None] | None = None,
 ) -> int:
-    """Write the plan in three phases: forget that the points whose marks change were
-    compared, write their group marks, then record ``dedup_threshold`` on them and on every
-    point compared. A run stopped anywhere leaves each half-written point without
-    ``dedup_threshold``, so the next run compares it again. Returns the points written."""
+    """Write the plan: forget that the points whose marks change were compared; write the
+    marks of every point that is in a group (never fewer marks on it at any moment); remove
+    the marks of the points that leave every group, in one store operation; then record
+    ``dedup_threshold`` on the changed points and on every point compared.
+
+    A failure before the last two steps leaves every mark the collection had (some points
+    with their new marks instead); a run stopped anywhere leaves each half-written point
+    without ``dedup_threshold``, so the next run compares it again. Returns the points
+    written."""
+    check_threshold(threshold)
     forget_compared(store, collection, data, plan)
     for index, marks in plan.changes.items():
-        write_marks(store, collection, data, index, marks)
+        if marks:
+            write_marks(store, collection, data, index, marks)
+            if on_points is not None:
+                on_points(1)
+    leaving = [data.ids[i] for i, marks in plan.changes.items() if not marks]
+    if leaving:
+        store.delete_payload_fields(collection, leaving, GROUP_MARKS)
         if on_points is not None:
-            on_points(1)
+            on_points(len(leaving))
     done = sorted(set(plan.compared.tolist()) | set(plan.changes))
     finished = [data.ids[i] for i in done]
     for start in range(0, len(finished), WRITE_BATCH):
@@ -227,7 +263,7 @@ def apply_plan(
 def forget_compared(
     store: VectorStore, collection: str, data: CollectionVectors, plan: DedupPlan
 ) -> None:
-    """Phase 0: remove ``dedup_threshold`` from the points whose marks are about to change."""
+    """Remove ``dedup_threshold`` from the points whose marks are about to change."""
     changing = [data.ids[i] for i in plan.changes if THRESHOLD in data.payloads[i]]
     for start in range(0, len(changing), WRITE_BATCH):
         store.delete_payload_fields(collection, changing[start : start + WRITE_BATCH], [THRESHOLD])
@@ -241,14 +277,11 @@ def write_marks(
     marks: Mapping[str, Any],
 ) -> None:
     """Replace point ``index``'s group marks by ``marks`` (its ``dedup_threshold`` and the
-    rest of its payload kept)."""
-    stale = [
-        key
-        for key in MARK_FIELDS
-        if key != THRESHOLD and key in data.payloads[index] and key not in marks
-    ]
-    store.delete_payload_fields(collection, [data.ids[index]], stale)
+    rest of its payload kept): the new marks first, then the old ones it no longer has."""
     store.merge_payload(collection, [data.ids[index]], marks)
+    stale = [key for key in GROUP_MARKS if key in data.payloads[index] and key not in marks]
+    if stale:
+        store.delete_payload_fields(collection, [data.ids[index]], stale)
 
 
 def clear_marks(
@@ -310,6 +343,7 @@ def find_leaks(
     on_rows: Callable[[int], None] | None = None,
 ) -> list[Leak]:
     """The pool points whose most similar vector in ``other`` is at least ``threshold``."""
+    check_threshold(threshold)
     best, scores = best_matches(pool, other, device=device, on_rows=on_rows)
     return [
         Leak(i, int(best[i]), round(float(scores[i]), 6))
@@ -328,7 +362,9 @@ def apply_leaks(
     on_points: Callable[[int], None] | None = None,
 ) -> int:
     """Mark the leaked points (``near_duplicate_of[against]``: the other point and the
-    similarity) and unmark the points an earlier run against the same set marked."""
+    similarity) and unmark the points an earlier run against the same set marked: every
+    mark is written before the first one is removed (a point at a time: the marks of all
+    sets share one payload field)."""
     wanted = {
         leak.pool_index: {**describe(leak.other_index), "score": leak.score} for leak in leaks
     }
@@ -337,6 +373,7 @@ def apply_leaks(
         current = (payload.get(AGAINST) or {}).get(against)
         if current != wanted.get(index):
             updates.append((data.ids[index], {against: wanted.get(index)}))
+    updates.sort(key=lambda update: update[1][against] is None)  # stable: removals last
 
     def merge(payload: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
         marks = {**(payload.get(AGAINST) or {}), **change}

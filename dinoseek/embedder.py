@@ -37,6 +37,7 @@ from dinoseek.embedding import (
     recorded_model_id,
 )
 from dinoseek.errors import ConfigError, EmbeddingError, ModelLoadError
+from dinoseek.hub import ModelSource, hub_client_mode, model_source
 from dinoseek.images import Preprocessing, preprocessing_from_processor_config
 from dinoseek.space import EmbeddingSpace
 
@@ -147,13 +148,19 @@ class Embedder:
 
     @classmethod
     def from_pretrained(
-        cls, model_id: str, *, device: str = "auto", dtype: str = "auto"
+        cls,
+        model_id: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        source: ModelSource | None = None,
     ) -> Embedder:
-        """Load a DINOv2 checkpoint (hub id or local directory) and its processor config."""
+        """Load a DINOv2 checkpoint (hub id or local directory) and its processor config;
+        ``source``: where from, when the caller decided it (``dinoseek.hub``)."""
         model_id = recorded_model_id(model_id)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        checkpoint = load_dinov2(model_id, torch_dtype)
+        checkpoint = load_dinov2(model_id, torch_dtype, source=source)
         model, config, preprocessing = checkpoint.model, checkpoint.config, checkpoint.preprocessing
         model.eval().requires_grad_(False).to(torch_device)
         return cls(
@@ -413,13 +420,27 @@ class Dinov2Checkpoint:
     processor_config: dict[str, Any]
 
 
-def load_dinov2(model_id: str, dtype: torch.dtype = torch.float32) -> Dinov2Checkpoint:
+def load_dinov2(
+    model_id: str,
+    dtype: torch.dtype = torch.float32,
+    *,
+    source: ModelSource | None = None,
+) -> Dinov2Checkpoint:
     """Load a DINOv2 checkpoint (hub id or local directory) and its processor config, or
-    raise ``ModelLoadError`` saying why (not found, not DINOv2, unusable processor config)."""
+    raise ``ModelLoadError`` saying why (not found, offline and not cached, not DINOv2,
+    unusable processor config). ``source``: where from (``dinoseek.hub``; decided here when
+    not given)."""
+    source = source or model_source(model_id)
+    with hub_client_mode(source):
+        return _load_dinov2(model_id, dtype, source)
+
+
+def _load_dinov2(model_id: str, dtype: torch.dtype, source: ModelSource) -> Dinov2Checkpoint:
     from transformers import AutoConfig, AutoModel, ImageProcessingMixin
 
+    where = {"local_files_only": source.local_files_only, "cache_dir": source.cache_dir}
     try:
-        config = AutoConfig.from_pretrained(model_id)
+        config = AutoConfig.from_pretrained(model_id, **where)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(_load_failure_message(model_id, exc)) from None
     if config.model_type not in SUPPORTED_MODEL_TYPES:
@@ -428,7 +449,7 @@ def load_dinov2(model_id: str, dtype: torch.dtype = torch.float32) -> Dinov2Chec
             f"checkpoint ({', '.join(SUPPORTED_MODEL_TYPES)}), e.g. facebook/dinov2-base"
         )
     try:
-        processor_config, _ = ImageProcessingMixin.get_image_processor_dict(model_id)
+        processor_config, _ = ImageProcessingMixin.get_image_processor_dict(model_id, **where)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(_load_failure_message(model_id, exc)) from None
     try:
@@ -436,7 +457,9 @@ def load_dinov2(model_id: str, dtype: torch.dtype = torch.float32) -> Dinov2Chec
     except (ValueError, KeyError) as exc:
         raise ModelLoadError(f"{model_id}: unusable preprocessor_config.json: {exc}") from None
     try:
-        model = AutoModel.from_pretrained(model_id, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModel.from_pretrained(
+            model_id, dtype=dtype, attn_implementation="sdpa", **where
+        )
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(_load_failure_message(model_id, exc)) from None
     return Dinov2Checkpoint(model, config, preprocessing, dict(processor_config))
@@ -460,8 +483,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def _load_failure_message(model_id: str, exc: Exception) -> str:
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (
-        f"cannot load model {model_id!r}: {first_line}. Pass a hub id such as "
-        "facebook/dinov2-base (needs the network once, or HF_HUB_OFFLINE=1 with the model in "
-        "the Hugging Face cache) or a local directory written by save_pretrained"
-    )
+    if os.path.isdir(model_id):
+        expected = (
+            "a directory written by save_pretrained holds config.json, "
+            "preprocessor_config.json and the weights"
+        )
+    else:
+        expected = f"is {model_id} a DINOv2 model on the hub, complete in the cache?"
+    return f"cannot load model {model_id!r}: {first_line.rstrip('.')} ({expected})"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dinoseek.errors import ConfigError
+from dinoseek.messages import short_list
 
 KNN_TEMPERATURE = 0.07
 BLOCK_ELEMENTS = 8 * 1024 * 1024
@@ -51,15 +52,9 @@ def labelled_set(
     """The rows with a label of a class with at least ``min_per_class`` rows (``ConfigError``
     when fewer than two classes remain), and the classes left out with their sizes."""
     counts = Counter(label for label in labels if label)
+    check_classes(counts, min_per_class=min_per_class)
     kept = sorted(label for label, count in counts.items() if count >= min_per_class)
     left_out = {label: count for label, count in counts.items() if count < min_per_class}
-    if not counts:
-        raise ConfigError("no labelled points: index with --labels-from-folders or --labels-csv")
-    if len(kept) < 2:
-        raise ConfigError(
-            f"an evaluation needs at least two classes with {min_per_class} or more labelled "
-            f"images; found {dict(counts)}"
-        )
     index_of = {label: k for k, label in enumerate(kept)}
     rows = [i for i, label in enumerate(labels) if label in index_of]
     group_ids: dict[str, int] = {}
@@ -72,6 +67,21 @@ def labelled_set(
         names=[names[i] for i in rows],
     )
     return data, left_out
+
+
+def check_classes(counts: Counter[str], *, min_per_class: int) -> None:
+    """``ConfigError`` unless at least two classes have ``min_per_class`` or more images
+    (``counts``: images per label), naming the largest few."""
+    if not counts:
+        raise ConfigError("no labelled points: index with --labels-from-folders or --labels-csv")
+    qualifying = sum(1 for count in counts.values() if count >= min_per_class)
+    if qualifying < 2:
+        found = short_list(f"{label} ({count})" for label, count in counts.most_common())
+        raise ConfigError(
+            f"an evaluation needs at least two classes with {min_per_class} or more labelled "
+            f"images; {qualifying} of {len(counts):,} classes have that many "
+            f"(images per class: {found})"
+        )
 
 
 def _group_number(group: str | None, row: int, numbers: dict[str, int]) -> int:

@@ -20,12 +20,14 @@ LabelMethod = Literal["probe", "knn"]
 
 @dataclass(frozen=True)
 class PredictedLabel:
-    """One predicted label: its probability, the method, and the probe that produced it."""
+    """One predicted label: its probability, the method, the probe that produced it, and for
+    a kNN vote the number of neighbours it was taken over."""
 
     label: str
     probability: float
     method: LabelMethod
     probe: str | None = None
+    neighbours: int | None = None
 
 
 def knn_vote(
@@ -59,8 +61,10 @@ def knn_vote(
             sum(counts.values()),
         )
     ranked = sorted(votes.items(), key=lambda item: -item[1])  # stable: ties keep first-seen
+    voters = len(neighbour_labels)
     return [
-        PredictedLabel(label, round(weight / total, 6), "knn") for label, weight in ranked[:top_k]
+        PredictedLabel(label, round(weight / total, 6), "knn", neighbours=voters)
+        for label, weight in ranked[:top_k]
     ]
 
 

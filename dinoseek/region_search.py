@@ -6,14 +6,17 @@ collection with regions scores as its best window (``dinoseek.regions``); the be
 mapped back through that image's resize and centre crop, is the hit's ``region``.
 
 Filters, thresholds, collapsing and labels are the whole-image search's
-(``dinoseek.search``): only the vector searched and the region of each hit differ. Labels:
-the kNN vote of the neighbours; a probe classifies the query's CLS vector, which describes
-the whole query image, so with a box only the vote is used.
+(``dinoseek.search``): only the vector searched and the region of each hit differ. Labels
+follow the same policy, with one difference: the kNN vote is taken over the points of the
+whole collection nearest by region (no filter, threshold or offset, as every vote). A probe
+classifies the query's CLS vector, which describes the whole query image: with a box, only
+the vote is used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,9 +26,17 @@ from dinoseek.embedding import ImageEmbedder
 from dinoseek.errors import ConfigError, EmbeddingError, RegionsNotIndexedError
 from dinoseek.images import PreparedImage
 from dinoseek.input_geometry import InputGeometry
+from dinoseek.labels import PredictedLabel
 from dinoseek.regions import Box, RegionSpec, best_window, pooling_rows
-from dinoseek.search import LabelRequest, Neighbour, NeighbourQuery, Searcher, SearchResult
-from dinoseek.store import SearchHit
+from dinoseek.search import (
+    LabelRequest,
+    Neighbour,
+    NeighbourQuery,
+    Searcher,
+    SearchResult,
+    knn_labels,
+)
+from dinoseek.store import SearchHit, SearchQuery
 
 # A region search brings each hit's region vectors back; this bounds that transfer.
 MAX_REGION_TOP_K = 200
@@ -105,14 +116,15 @@ def search_regions(
             for neighbour in query.shape(hits)
         ]
         request = labels if region_query_.box is None else _box_labels(labels)
-        predicted = searcher.predict_labels(collection, region_query_.cls, neighbours, request)
+        vote = functools.partial(_region_vote, searcher, collection, region_query_.pooled, request)
+        predicted = searcher.predict_labels(collection, region_query_.cls, request, vote)
         results.append(SearchResult(neighbours, predicted))
     return results
 
 
 def _box_labels(labels: LabelRequest) -> LabelRequest:
-    """Labels of a box: the vote of the neighbours when asked for (a probe classifies the
-    query's CLS vector, which describes the whole query image, not the box)."""
+    """Labels of a box: the vote when asked for (a probe classifies the query's CLS vector,
+    which describes the whole query image, not the box)."""
     if labels.method == "probe":
         raise ConfigError(
             "a probe classifies whole images, and this query is a box of one: use the vote "
@@ -121,6 +133,17 @@ def _box_labels(labels: LabelRequest) -> LabelRequest:
     if labels.with_labels or labels.method == "knn":
         return dataclasses.replace(labels, method="knn")
     return dataclasses.replace(labels, with_labels=False)
+
+
+def _region_vote(
+    searcher: Searcher, collection: str, pooled: np.ndarray, labels: LabelRequest
+) -> list[PredictedLabel]:
+    """The kNN vote of the ``labels.vote_neighbours`` points of the whole collection nearest
+    to ``pooled`` by region."""
+    nearest = SearchQuery(vector=pooled, top_k=labels.vote_neighbours, regions=True)
+    with searcher.using(collection):
+        (hits,) = searcher.store.search(collection, [nearest])
+    return knn_labels([Neighbour.from_hit(hit) for hit in hits], labels.top_k)
 
 
 def _with_region(

@@ -37,10 +37,16 @@ SERVE_MAX_BATCH = 64
 
 
 def load_embedder(model_id: str, settings: Settings) -> ImageEmbedder:
-    """DINOv2 through transformers (torch is imported here, on first use)."""
+    """DINOv2 through transformers (torch is imported here, on first use, once it is known
+    where the model's files come from: a model that cannot load fails before)."""
+    from dinoseek.hub import model_source
+
+    source = model_source(model_id)
     from dinoseek.embedder import Embedder
 
-    return Embedder.from_pretrained(model_id, device=settings.device, dtype=settings.dtype)
+    return Embedder.from_pretrained(
+        model_id, device=settings.device, dtype=settings.dtype, source=source
+    )
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ The service runs the steps on its own threads (decode pool, micro-batcher); the 
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from itertools import islice
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from dinoseek.dedup import DUPLICATE, GROUP, KEEP, ROLE
+from dinoseek.dedup import DUPLICATE, GROUP, KEEP, REASON, ROLE
 from dinoseek.embedding import ImageEmbedder
 from dinoseek.errors import (
     ConfigError,
@@ -65,6 +66,8 @@ FILTER_FIELDS: dict[str, str] = {
 MAX_GROUP_LISTED = 100
 # Hits fetched to collapse duplicates under filters (the store's own top-k limit).
 MAX_COLLAPSE_FETCH = 1000
+# The nearest points of the whole collection that a kNN vote of labels is taken over.
+VOTE_NEIGHBOURS = 10
 
 
 @dataclass(frozen=True)
@@ -159,13 +162,16 @@ class LabelRequest:
 
     ``with_labels`` None means "when the collection has a probe"; ``method`` None means "the
     probe when there is one, else the kNN vote of the neighbours"; ``probe`` names one
-    (default: ``default``, else the newest).
+    (default: ``default``, else the newest). A kNN vote is taken over the ``vote_neighbours``
+    nearest points of the whole collection, never over the neighbours a query shows: its
+    filters, threshold, offset and top-k choose what to show, not what the image is.
     """
 
     with_labels: bool | None = None
     method: LabelMethod | None = None
     probe: str | None = None
     top_k: int = 5
+    vote_neighbours: int = VOTE_NEIGHBOURS
 
 
 @dataclass(frozen=True)
@@ -224,11 +230,13 @@ class BrowsePage:
 
 @dataclass(frozen=True)
 class DuplicateGroupView:
-    """A group of near-duplicates marked by ``dinoseek dedup``: the kept point and the
-    others (each with its ``duplicate_score`` in its payload)."""
+    """A group of near-duplicates marked by ``dinoseek dedup``: the kept point, the others
+    (each with its ``duplicate_score`` in its payload), and why that point is the one kept
+    (None for marks written before dedup recorded it)."""
 
     keep: ListedPoint
     duplicates: list[ListedPoint]
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -254,6 +262,14 @@ class Searcher:
     lifetime. Any other collection a query names is acquired for that query only and
     released after it, so that a server asked about another collection does not keep it from
     the processes that need it (``dinoseek index -c other``).
+
+    Released, a collection may be replaced by another process (``dinoseek snapshot restore
+    --replace`` with a snapshot of another model), and on a Qdrant server any client may
+    replace one at any time. So a collection's space is checked again whenever its content
+    may have changed: under each acquisition, when its state token is not the one it was
+    checked at, and before and after each use where the store has no token (a server). A
+    query never gets neighbours from vectors of another model: it gets
+    ``CollectionMismatchError``.
     """
 
     def __init__(
@@ -270,17 +286,30 @@ class Searcher:
         self.max_image_pixels = max_image_pixels
         self.probe_cache = ProbeCache(store.probes, embedder.space, ttl_s=probe_ttl_s)
         self._kept = set(keep)
-        self._compatible: set[str] = set()
+        # Collection -> the state token its space was last found compatible at (None: the
+        # store gave none).
+        self._checked: dict[str, str | None] = {}
         self._users: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def check(self, name: str) -> None:
-        """Refuse (once checked, remembered) a collection built with another model."""
-        if name in self._compatible:
-            return
-        self.embedder.space.check_compatible(self.store.collection_space(name), name)
+        """Refuse a collection built with another model before any work is done for it (once
+        found compatible, this is not asked again: ``using`` checks again whenever the
+        collection may have changed)."""
+        if name not in self._checked:
+            self._check_space(name, None)
+
+    def _check_space(self, name: str, token: str | None) -> None:
+        """Compare the collection's recorded space with the embedder's; remember the token it
+        was found compatible at, or forget it when it no longer is."""
+        try:
+            self.embedder.space.check_compatible(self.store.collection_space(name), name)
+        except DinoseekError:
+            with self._lock:
+                self._checked.pop(name, None)
+            raise
         with self._lock:
-            self._compatible.add(name)
+            self._checked[name] = token
 
     def keep(self, name: str) -> None:
         """Check ``name`` and hold it from now on (the collection a server serves)."""
@@ -291,23 +320,36 @@ class Searcher:
 
     @contextmanager
     def using(self, name: str) -> Iterator[None]:
-        """``name``, checked and acquired for the duration of the block."""
+        """``name`` acquired for the duration of the block, its space checked again if its
+        content may have changed since it was last checked (see the class doc)."""
         self.check(name)
+        self._take(name)
+        try:
+            token = self.store.state_token(name)
+            if token is None or self._checked.get(name) != token:
+                self._check_space(name, token)
+            yield
+            if token is None:  # the store cannot tell what changed while the block ran
+                self._check_space(name, None)
+        finally:
+            self._give_back(name)
+
+    def _take(self, name: str) -> None:
         with self._lock:
             if name in self._kept:
                 self.store.acquire(name)  # idempotent: held from the first time on
-            else:
-                if not self._users[name]:
-                    self.store.acquire(name)
-                self._users[name] += 1
-        try:
-            yield
-        finally:
-            if name not in self._kept:
-                with self._lock:
-                    self._users[name] -= 1
-                    if not self._users[name]:
-                        self.store.release(name)
+                return
+            if not self._users[name]:
+                self.store.acquire(name)
+            self._users[name] += 1
+
+    def _give_back(self, name: str) -> None:
+        if name in self._kept:
+            return
+        with self._lock:
+            self._users[name] -= 1
+            if not self._users[name]:
+                self.store.release(name)
 
     # -- the steps --------------------------------------------------------------------------
 
@@ -327,26 +369,28 @@ class Searcher:
         """Neighbours (one store call for all vectors) and labels of each vector."""
         with self.using(collection):
             hits = self.store.search(collection, [query.for_vector(v) for v in vectors])
-        results = []
-        for vector, found in zip(vectors, hits, strict=True):
-            neighbours = query.shape(found)
-            predicted = self.predict_labels(collection, vector, neighbours, labels)
-            results.append(SearchResult(neighbours, predicted))
+            results = []
+            for vector, found in zip(vectors, hits, strict=True):
+                predicted = self.predict_labels(collection, vector, labels)
+                results.append(SearchResult(query.shape(found), predicted))
         return results
 
     def predict_labels(
         self,
         collection: str,
         vector: np.ndarray,
-        neighbours: Sequence[Neighbour],
         request: LabelRequest,
+        vote: Callable[[], list[PredictedLabel]] | None = None,
     ) -> list[PredictedLabel] | None:
         """The label policy: a probe when there is one (or ``method`` asks for it), else the
-        kNN vote of the neighbours; nothing when not asked for and there is no probe."""
+        kNN vote of the nearest points (``vote``: another way to find them, for a search by
+        region); nothing when not asked for and there is no probe."""
         if request.with_labels is False:
             return None
+        if vote is None:
+            vote = functools.partial(self.vote, collection, vector, request)
         if request.method == "knn":
-            return knn_labels(neighbours, request.top_k)
+            return vote()
         probe = self.probe_cache.get(collection, request.probe)
         if probe is not None:
             return probe.predict(np.asarray(vector, dtype=np.float32)[None], request.top_k)[0]
@@ -355,7 +399,17 @@ class Searcher:
                 f"collection {collection!r} has no probe; train one with `dinoseek probe "
                 "train`, or use the vote of the neighbours (label_method=knn)"
             )
-        return knn_labels(neighbours, request.top_k) if request.with_labels else None
+        return vote() if request.with_labels else None
+
+    def vote(
+        self, collection: str, vector: np.ndarray, request: LabelRequest
+    ) -> list[PredictedLabel]:
+        """The kNN vote of the ``request.vote_neighbours`` nearest points of the whole
+        collection (no filter, threshold or offset)."""
+        nearest = SearchQuery(vector=vector, top_k=request.vote_neighbours)
+        with self.using(collection):
+            (hits,) = self.store.search(collection, [nearest])
+        return knn_labels([Neighbour.from_hit(hit) for hit in hits], request.top_k)
 
     # -- whole searches ---------------------------------------------------------------------
 
@@ -440,6 +494,7 @@ class Searcher:
                         )
                         if member.id != keeper.id
                     ][:MAX_GROUP_LISTED],
+                    _reason(keeper.payload),
                 )
                 for keeper in keepers[:limit]
             ]
@@ -463,6 +518,11 @@ class Searcher:
     def probes(self, collection: str) -> list[StoredProbe]:
         """The collection's probes (cached for a few seconds)."""
         return self.probe_cache.list(collection)
+
+
+def _reason(payload: Mapping[str, Any]) -> str | None:
+    reason = payload.get(REASON)
+    return reason if isinstance(reason, str) else None
 
 
 def knn_labels(neighbours: Sequence[Neighbour], top_k: int = 5) -> list[PredictedLabel]:

@@ -41,9 +41,14 @@ def validate_collection_name(name: str, *, kind: str = "collection") -> str:
 class Settings(BaseSettings):
     """Everything dinoseek can be configured with. Field docs double as ``--help`` text."""
 
-    # An empty variable (DINOSEEK_API_KEY=) means "not set", never an empty key.
+    # An empty variable (DINOSEEK_API_KEY=) means "not set", never an empty key. No float
+    # setting is NaN or infinite (NaN passes every bound: each comparison with it is false).
     model_config = SettingsConfigDict(
-        env_prefix="DINOSEEK_", extra="ignore", frozen=True, env_ignore_empty=True
+        env_prefix="DINOSEEK_",
+        extra="ignore",
+        frozen=True,
+        env_ignore_empty=True,
+        allow_inf_nan=False,
     )
 
     model: str = Field(

@@ -9,6 +9,7 @@ reports the base model against the adapted one.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from collections import Counter
@@ -20,22 +21,15 @@ import numpy as np
 
 from dinoseek.adapt.augment import CropSpec
 from dinoseek.adapt.compare import (
+    KNN_K,
     Scores,
     held_out_split,
     knn_agreement,
     labelled_scores,
 )
-from dinoseek.adapt.data import DecodeLimits, check_images, require_batch
+from dinoseek.adapt.data import DecodeLimits, check_images, fitted_batch_size
 from dinoseek.adapt.model import DEFAULT_TRAINED_BLOCKS, HeadSpec, Trainable
-from dinoseek.adapt.output import (
-    CARD,
-    LOG,
-    SUMMARY,
-    model_card,
-    save_model,
-    write_log,
-    write_summary,
-)
+from dinoseek.adapt.output import CARD, model_card, save_model, write_log, write_summary
 from dinoseek.adapt.training import (
     AdaptConfig,
     RunOptions,
@@ -46,6 +40,7 @@ from dinoseek.adapt.training import (
 )
 from dinoseek.commandline import (
     EXIT_INTERRUPTED,
+    FiniteFloat,
     configure_logging,
     graceful_stop,
     handle_errors,
@@ -55,10 +50,14 @@ from dinoseek.embedder import Dinov2Checkpoint, load_dinov2
 from dinoseek.embedding import available_cores
 from dinoseek.errors import ConfigError
 from dinoseek.folder_vectors import embed_files, image_files
+from dinoseek.messages import short_list
 from dinoseek.runtime import load_embedder
 from dinoseek.settings import Settings
+from dinoseek_cli.adapt_report import ImageCounts, check_text, summary_document, summary_text
 from indexer.catalog import read_labels_csv
 from indexer.progress import Progress
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoint"
 AGREEMENT_SAMPLE = 2000
@@ -98,13 +97,13 @@ AGREEMENT_SAMPLE = 2000
               "model].")  # fmt: skip
 @click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True,
               help="Rank of the LoRA adapters (--train lora).")  # fmt: skip
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4,
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=1e-4,
               show_default=True, help="Peak learning rate (warm-up, then cosine).")  # fmt: skip
-@click.option("--layer-decay", type=click.FloatRange(0, 1, min_open=True), default=0.9,
+@click.option("--layer-decay", type=FiniteFloat(0, 1, min_open=True), default=0.9,
               show_default=True, help="Learning-rate factor per block below the top.")  # fmt: skip
-@click.option("--momentum", type=click.FloatRange(0, 1), default=0.992, show_default=True,
+@click.option("--momentum", type=FiniteFloat(0, 1), default=0.992, show_default=True,
               help="Teacher EMA momentum at the start (a cosine takes it to 1).")  # fmt: skip
-@click.option("--teacher-temp", type=click.FloatRange(min=0, min_open=True), default=0.07,
+@click.option("--teacher-temp", type=FiniteFloat(min=0, min_open=True), default=0.07,
               show_default=True, help="Teacher temperature after a warm-up from 0.04.")  # fmt: skip
 @click.option("--prototypes", type=click.IntRange(min=2), default=8192, show_default=True,
               help="Prototypes of the DINO head (DINOv2 used 65536 for 142M images).")  # fmt: skip
@@ -118,9 +117,9 @@ AGREEMENT_SAMPLE = 2000
               help="Local crop size.")  # fmt: skip
 @click.option("--local-crops", type=click.IntRange(min=0), default=8, show_default=True,
               help="Local crops per image.")  # fmt: skip
-@click.option("--koleo", type=click.FloatRange(min=0), default=0.1, show_default=True,
+@click.option("--koleo", type=FiniteFloat(min=0), default=0.1, show_default=True,
               help="KoLeo loss weight (0 turns it off).")  # fmt: skip
-@click.option("--ibot", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--ibot", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="iBOT masked-patch loss weight (DINOv2 used 1.0; 0 turns it off).")  # fmt: skip
 @click.option(
     "--centring",
@@ -140,7 +139,7 @@ AGREEMENT_SAMPLE = 2000
 )
 @click.option(
     "--eval-holdout",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=FiniteFloat(0, 1, min_open=True, max_open=True),
     default=0.5,
     show_default=True,
     help="Share of each class kept out of training when the labelled images are in FOLDER.",
@@ -159,9 +158,9 @@ AGREEMENT_SAMPLE = 2000
               help="Steps between checkpoints (OUT/checkpoint/, removed at the end).")  # fmt: skip
 @click.option("--resume", is_flag=True, help="Continue the run whose checkpoint is in --out.")
 @click.option("--overwrite", is_flag=True, help="Write into --out even if it is not empty.")
-@click.option("--min-teacher-entropy", type=float, default=0.5, show_default=True,
+@click.option("--min-teacher-entropy", type=FiniteFloat(), default=0.5, show_default=True,
               help="Collapse guard: nats the teacher's mean output must keep.")  # fmt: skip
-@click.option("--min-feature-spread", type=float, default=0.02, show_default=True,
+@click.option("--min-feature-spread", type=FiniteFloat(), default=0.02, show_default=True,
               help="Collapse guard: spread the student's features must keep.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only warnings, errors and the result.")
@@ -179,39 +178,64 @@ def adapt(folder: Path, out: Path, as_json: bool, quiet: bool, **options: Any) -
     Kill it (or Ctrl-C) and run it again with --resume: it continues at the same step.
     """
     configure_logging(quiet=quiet or as_json)
+    if options["steps"] is not None and options["epochs"] is not None:
+        raise click.UsageError("give --steps or --epochs, not both")
     settings = load_settings(model=options["model"], device=options["device"])
     folder = folder.resolve()
     _check_out(out, resume=options["resume"], overwrite=options["overwrite"])
     base = load_dinov2(settings.model)
     files = image_files(folder)
     labels = _eval_labels(options["eval_labels"], folder)
-    held_out = held_out_split(labels, files, options["eval_holdout"], options["seed"])
-    if options["eval_labels"] is not None:
-        _require_check_set(options["eval_labels"], {p: labels[p] for p in held_out})
-    training_files = [path for path in files if path not in held_out]
     limits = DecodeLimits(settings.max_image_pixels, settings.max_file_bytes)
     progress = "off" if quiet or as_json else "auto"
-    checking = Progress(len(training_files), description="checking", mode=progress)
-    images = check_images(training_files, limits, on_file=checking.advance)
+    candidates = sorted({*files, *labels})
+    checking = Progress(len(candidates), description="checking", mode=progress)
+    checked = check_images(candidates, limits, base.preprocessing, on_file=checking.advance)
     checking.close()
-    require_batch(images, folder, options["batch_size"])
-    config = _config(settings.model, base, len(images.paths), options)
+    usable = set(checked.paths)
+    labels = {path: label for path, label in labels.items() if path in usable}
+    in_folder = [path for path in files if path in usable]
+    held_out = held_out_split(labels, in_folder, options["eval_holdout"], options["seed"])
+    if options["eval_labels"] is not None:
+        _require_check_set(options["eval_labels"], {p: labels[p] for p in held_out})
+    counts = ImageCounts(
+        folder,
+        files=len(files),
+        training=tuple(path for path in in_folder if path not in held_out),
+        held_out=frozenset(held_out),
+        unusable={str(path): reason for path, reason in checked.failed.items()},
+    )
+    batch_size = _batch_size(counts, options["batch_size"])
+    config = _config(settings.model, base, len(counts.training), batch_size, options)
     run = _run_options(options, settings.device)
-    trained = _train(config, base, images.paths, out, limits, run, options["resume"], progress)
+    trained = _train(config, base, counts.training, out, limits, run, options["resume"], progress)
+    counts = counts.without(trained.failed)  # changed since the check
     out.mkdir(parents=True, exist_ok=True)
     save_model(trained.teacher, base.processor_config, settings.model, out)
     write_log(trained.history, out)
-    check = _before_after(settings, out, labels, held_out, images.paths, limits, progress)
-    if held_out:
-        check["taken_from_folder"] = len(held_out.intersection(files))
-    summary = _summary(folder, out, config, images.paths, images.failed, trained, check)
+    check, failed = _before_after(settings, out, labels, counts, limits, progress)
+    counts = counts.without(failed)
+    summary = summary_document(out, config, counts, trained, check)
     write_summary(summary, out)
-    (out / CARD).write_text(model_card(config, summary, _check_text(check)))
+    (out / CARD).write_text(model_card(config, summary, check_text(check)))
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        click.echo(_summary_text(summary))
+        click.echo(summary_text(summary))
+
+
+def _batch_size(counts: ImageCounts, requested: int) -> int:
+    """--batch-size, lowered (with a warning) to the images there are to train on."""
+    size = fitted_batch_size(len(counts.training), requested, counts.text(trained=False))
+    if size != requested:
+        log.warning(
+            "%s: batches of %d images instead of --batch-size %d (one step per epoch)",
+            counts.text(trained=False),
+            size,
+            requested,
+        )
+    return size
 
 
 def _check_out(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -255,20 +279,17 @@ def _require_check_set(source: Path, held_out: dict[Path, str]) -> None:
     counts = Counter(held_out.values())
     usable = [label for label, count in counts.items() if count >= 2]
     if len(usable) < 2:
-        found = ", ".join(f"{label}: {count}" for label, count in sorted(counts.items()))
+        found = short_list(f"{label}: {count}" for label, count in counts.most_common())
         raise ConfigError(
             f"--eval-labels {source}: the labelled images kept out of training must hold two "
-            f"classes or more with two images or more each (found {found or 'none'}); put "
+            f"classes or more with two images or more each (found {found}); put "
             "them in one sub-folder per class, or raise --eval-holdout"
         )
 
 
 def _config(
-    model: str, base: Dinov2Checkpoint, images: int, options: dict[str, Any]
+    model: str, base: Dinov2Checkpoint, images: int, batch_size: int, options: dict[str, Any]
 ) -> AdaptConfig:
-    if options["steps"] is not None and options["epochs"] is not None:
-        raise click.UsageError("give --steps or --epochs, not both")
-    batch_size = options["batch_size"]
     steps = options["steps"] or (options["epochs"] or 10) * math.ceil(images / batch_size)
     return AdaptConfig(
         model=model,
@@ -353,18 +374,21 @@ def _before_after(
     settings: Settings,
     out: Path,
     labels: dict[Path, str],
-    held_out: set[Path],
-    training: tuple[Path, ...],
+    counts: ImageCounts,
     limits: DecodeLimits,
     progress_mode: str,
-) -> dict[str, Any]:
-    if held_out:
-        files = sorted(held_out)
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The check, and the images that failed in it (path -> reason: changed since the
+    first check)."""
+    if counts.held_out:
+        files = sorted(counts.held_out)
     else:
+        training = counts.training
         rng = np.random.default_rng(0)
         count = min(AGREEMENT_SAMPLE, len(training))
         files = [training[int(i)] for i in sorted(rng.choice(len(training), count, replace=False))]
     vectors = {}
+    failed: dict[str, str] = {}
     for name, model in (("base", settings.model), ("adapted", str(out.resolve()))):
         embedder = load_embedder(model, settings)
         try:
@@ -376,16 +400,19 @@ def _before_after(
         finally:
             embedder.close()
         vectors[name] = found
+        failed |= {
+            str(path): f"the check could not use it: {code}" for path, code in found.failed.items()
+        }
     base, adapted = vectors["base"], vectors["adapted"]
     if base.paths != adapted.paths:
         raise ConfigError("the check images decoded differently for the two models")
-    if not held_out:
+    if not counts.held_out:
         return {
             "kind": "unlabelled",
             "images": len(base.paths),
             "knn_agreement": knn_agreement(base.vectors, adapted.vectors),
             "note": "no labelled check was possible: pass --eval-labels for one",
-        }
+        }, failed
     names = [str(p) for p in base.paths]
     classes = [labels[p] for p in base.paths]
     scores: dict[str, Scores] = {
@@ -396,82 +423,13 @@ def _before_after(
         "kind": "labelled",
         "images": len(base.paths),
         "classes": len(set(classes)),
+        "taken_from_folder": sum(1 for p in base.paths if p.is_relative_to(counts.folder)),
+        "knn_k": scores["base"].knn_k,
+        "knn_k_wanted": KNN_K,
+        "smallest_class": min(Counter(classes).values()),
         "base": {"knn_accuracy": scores["base"].knn_accuracy,
                  "recall@1": scores["base"].recall_at_1},
         "adapted": {"knn_accuracy": scores["adapted"].knn_accuracy,
                     "recall@1": scores["adapted"].recall_at_1},
         "held_out": names,
-    }  # fmt: skip
-
-
-def _summary(
-    folder: Path,
-    out: Path,
-    config: AdaptConfig,
-    paths: tuple[Path, ...],
-    failed: dict[Path, str],
-    trained: Trained,
-    check: dict[str, Any],
-) -> dict[str, Any]:
-    history = trained.history
-    tail = history[-max(1, len(history) // 10) :]
-    unusable = {str(p): reason for p, reason in failed.items()} | trained.failed
-    return {
-        "folder": str(folder),
-        "out": str(out),
-        "model": config.model,
-        "images": len(paths),
-        "unusable_images": len(unusable),
-        "unusable": unusable,
-        "steps": config.steps,
-        "resumed_from": trained.resumed_from,
-        "seconds": round(trained.seconds, 2),
-        "images_per_second": round(trained.images / trained.seconds, 2) if trained.seconds else 0,
-        "data_wait_share": round(trained.data_wait_share, 4),
-        "peak_memory_bytes": trained.peak_memory_bytes,
-        "first_loss": history[0].loss,
-        "last_loss": float(np.mean([m.loss for m in tail])),
-        "teacher_entropy": history[-1].teacher_entropy,
-        "feature_spread": history[-1].feature_spread,
-        "config": config.to_dict(),
-        "check": check,
-    }
-
-
-def _check_text(check: dict[str, Any]) -> str:
-    if check["kind"] == "unlabelled":
-        return (
-            f"No labelled check was possible (no --eval-labels). k-NN agreement between the "
-            f"base and the adapted model on {check['images']} training images: "
-            f"{check['knn_agreement']:.3f} (share of each image's 10 nearest neighbours kept)."
-        )
-    base, adapted = check["base"], check["adapted"]
-    return "\n".join([
-        f"On {check['images']} labelled images ({check['classes']} classes) kept out of "
-        f"training ({check['taken_from_folder']} of them taken out of the folder; listed in "
-        f"{SUMMARY}):",
-        "",
-        "| model | kNN accuracy | recall@1 |",
-        "|---|---|---|",
-        f"| base | {base['knn_accuracy']:.3f} | {base['recall@1']:.3f} |",
-        f"| adapted | {adapted['knn_accuracy']:.3f} | {adapted['recall@1']:.3f} |",
-    ])  # fmt: skip
-
-
-def _summary_text(summary: dict[str, Any]) -> str:
-    lines = [
-        f"adapted {summary['model']} on {summary['images']} images: {summary['steps']} steps "
-        f"in {summary['seconds']:.1f} s ({summary['images_per_second']:.1f} img/s, waiting "
-        f"for data {100 * summary['data_wait_share']:.0f}% of the time)",
-        f"loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; teacher entropy "
-        f"{summary['teacher_entropy']:.2f}; feature spread {summary['feature_spread']:.3f}",
-    ]
-    if summary["unusable_images"]:
-        lines.append(f"{summary['unusable_images']} image(s) could not be used: see the summary")
-    lines += [
-        f"saved to {summary['out']} (--model {summary['out']}); steps logged in "
-        f"{summary['out']}/{LOG}",
-        "",
-        _check_text(summary["check"]),
-    ]
-    return "\n".join(lines)
+    }, failed  # fmt: skip

@@ -17,17 +17,23 @@ import numpy as np
 
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.commandline import (
+    CollectionName,
+    FiniteFloat,
+    check_output_file,
     configure_logging,
     handle_errors,
     load_settings,
+    model_loader,
     output_options,
     store_options,
+    write_output_file,
 )
 from dinoseek.curate import (
     Selected,
     balanced,
     by_clusters,
     by_neighbours,
+    check_new_collection,
     copy_selection,
     derived_clusters,
     eligible_rows,
@@ -84,7 +90,7 @@ from dinoseek_cli.vector_sets import open_runtime, other_set, read_collection
 )
 @click.option(
     "--near-duplicate",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
+    type=FiniteFloat(0.0, 1.0, min_open=True),
     default=DEFAULT_THRESHOLD,
     show_default=True,
     help="Pool images at least this similar to a reference image are not selected.",
@@ -95,13 +101,20 @@ from dinoseek_cli.vector_sets import open_runtime, other_set, read_collection
     metavar="COLLECTION",
     help="The collection to select from (the same as --collection).",
 )
-@click.option("--into", default=None, help="Copy the selection into this new collection.")
+@click.option(
+    "--into",
+    type=CollectionName(),
+    default=None,
+    help="Copy the selection into this new collection.",
+)
 @click.option(
     "--manifest",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Write the selection as JSON lines: path, sha256, id, reference, score.",
+    help="Write the selection as JSON lines: path, sha256, id, reference, score (never "
+    "inside the data directory).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing --manifest file.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option(
     "--device",
@@ -124,6 +137,7 @@ def curate(
     pool: str | None,
     into: str | None,
     manifest: Path | None,
+    overwrite: bool,
     seed: int,
     device: str,
     as_json: bool,
@@ -150,11 +164,19 @@ def curate(
     if pool is not None:
         flags["collection"] = pool
     settings = load_settings(**flags)
+    if manifest is not None:
+        check_output_file(
+            manifest, overwrite=overwrite, data_dir=settings.data_dir, option="--manifest"
+        )
     started = time.perf_counter()
     progress_mode = "off" if quiet or as_json else "auto"
     embeds_folder = reference is not None and Path(reference).is_dir()
-    with open_runtime(settings, "curate", with_model=embeds_folder) as runtime:
+    with open_runtime(settings, "curate", with_model=False) as runtime:
         store, name = runtime.store, settings.collection
+        if into is not None:
+            check_new_collection(store, into)
+        if embeds_folder:
+            runtime.load_model(model_loader())
         compute = compute_device(device)
         vectors_of_pool = read_collection(runtime, (*PAYLOAD_FIELDS, "sha256"), progress_mode)
         document: dict[str, Any] = {"pool": name}
@@ -187,8 +209,8 @@ def curate(
             )
             document["into"] = {"collection": into, "points": copied}
     if manifest is not None:
-        manifest.parent.mkdir(parents=True, exist_ok=True)
-        manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
+        lines = "".join(json.dumps(e) + "\n" for e in entries)
+        write_output_file(manifest, lines, overwrite=overwrite)
         document["manifest"] = str(manifest)
     document.update(steps=steps, selected=len(selected))
     document["seconds"] = round(time.perf_counter() - started, 2)

@@ -7,6 +7,7 @@ touched); see ``dinoseek.dedup`` for the groups, the keep rule and the marks.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import click
 
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.commandline import (
+    FiniteFloat,
     configure_logging,
     handle_errors,
     load_settings,
@@ -27,10 +29,12 @@ from dinoseek.dedup import (
     DedupPlan,
     apply_leaks,
     apply_plan,
+    check_threshold,
     clear_marks,
     find_leaks,
     plan_dedup,
 )
+from dinoseek.dedup_keep import DEFAULT_KEEP_RULE, KEEP_RULES, KeepRule, file_times, in_folder
 from dinoseek.errors import ConfigError
 from dinoseek.runtime import Runtime
 from dinoseek.similarity import compute_device
@@ -42,10 +46,28 @@ MAX_TEXT_GROUPS = 20
 @click.command()
 @click.option(
     "--threshold",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
+    type=FiniteFloat(0.0, 1.0, min_open=True),
     default=DEFAULT_THRESHOLD,
     show_default=True,
     help="Cosine similarity at or above which two images are near-duplicates.",
+)
+@click.option(
+    "--keep",
+    "keep_rule",
+    type=click.Choice(KEEP_RULES),
+    default=DEFAULT_KEEP_RULE,
+    show_default=True,
+    help="Which image of a group is kept. quality: the most pixels, then the larger file (a "
+    "better encoding of the same pixels), then the oldest, then the shortest path; oldest / "
+    "newest: the modification time first, then as quality; path: the shortest path, then "
+    "alphabetical order.",
+)
+@click.option(
+    "--prefer",
+    "prefer",
+    multiple=True,
+    metavar="FOLDER",
+    help="Files under FOLDER are kept over any rule (repeat it: the first folder wins).",
 )
 @click.option("--clear", is_flag=True, help="Remove every mark a dedup run wrote, and stop.")
 @click.option(
@@ -69,6 +91,8 @@ MAX_TEXT_GROUPS = 20
 @handle_errors
 def dedup(
     threshold: float,
+    keep_rule: str,
+    prefer: tuple[str, ...],
     clear: bool,
     against: str | None,
     device: str,
@@ -79,11 +103,15 @@ def dedup(
     """Find the near-duplicates of a collection and mark them in their payloads.
 
     Builds the graph of pairs at or above --threshold, takes its connected components, keeps
-    one point per group (the most pixels, then the shortest path) and marks the others with
-    `duplicate_of`. Nothing is re-embedded and no file is touched. A rerun compares only the
-    points added since. `dinoseek search --collapse-duplicates` then returns one hit per group.
+    one point per group and marks the others with `duplicate_of`. The kept image is chosen by
+    --keep (default quality: the most pixels, then the larger file, then the oldest, then the
+    shortest path) after --prefer, decided again on every run, and its reason is reported and
+    stored (`duplicate_reason`). Nothing is re-embedded and no file is touched. A rerun
+    compares only the points added since. `dinoseek search --collapse-duplicates` then
+    returns one hit per group.
     """
     configure_logging(quiet=quiet or as_json)
+    check_threshold(threshold)  # before any work: NaN would find no pair and unmark all
     settings = load_settings(**flags)
     progress_mode = "off" if quiet or as_json else "auto"
     started = time.perf_counter()
@@ -98,16 +126,17 @@ def dedup(
                 f"cleared the marks of {cleared:,} points",
             )
             return
-        data = read_collection(runtime, PAYLOAD_FIELDS, progress_mode)
+        data = read_collection(runtime, PAYLOAD_FIELDS, progress_mode, derive=file_times)
         compute = compute_device(device)
         if against is not None:
             document = _against(runtime, data, against, threshold, compute, progress_mode)
         else:
+            rule = KeepRule(keep_rule, _preferred_folders(data, prefer))
             comparing = counting(len(data.ids), "comparing", progress_mode)
-            plan = plan_dedup(data, threshold, device=compute, on_rows=comparing.advance)
+            plan = plan_dedup(data, threshold, keep=rule, device=compute, on_rows=comparing.advance)
             comparing.close()
             written = apply_plan(store, name, data, plan, threshold)
-            document = _document(name, data, plan, threshold, written)
+            document = _document(name, data, plan, threshold, written, rule)
     document["seconds"] = round(time.perf_counter() - started, 2)
     if as_json:
         click.echo(json.dumps(document))
@@ -115,12 +144,35 @@ def dedup(
         click.echo(_text(document))
 
 
+def _preferred_folders(data: CollectionVectors, prefer: tuple[str, ...]) -> tuple[str, ...]:
+    """The --prefer folders as absolute paths (``ConfigError`` for one that holds no point:
+    a mistyped folder would otherwise change nothing, silently)."""
+    folders = []
+    for given in prefer:
+        folder = os.path.abspath(given)
+        held = any(
+            in_folder(path, folder)
+            for payload in data.payloads
+            for path in [payload.get("path"), *(payload.get("paths") or ())]
+            if isinstance(path, str)
+        )
+        if not held:
+            raise ConfigError(f"--prefer {given}: no indexed file of the collection lies under it")
+        folders.append(folder)
+    return tuple(folders)
+
+
 def _report(document: dict[str, Any], as_json: bool, text: str) -> None:
     click.echo(json.dumps(document) if as_json else text)
 
 
 def _document(
-    name: str, data: CollectionVectors, plan: DedupPlan, threshold: float, written: int
+    name: str,
+    data: CollectionVectors,
+    plan: DedupPlan,
+    threshold: float,
+    written: int,
+    rule: KeepRule,
 ) -> dict[str, Any]:
     def path(index: int) -> str:
         return str(data.payloads[index].get("path", data.ids[index]))
@@ -129,6 +181,7 @@ def _document(
         {
             "keep": path(group.keep),
             "keep_id": data.ids[group.keep],
+            "reason": group.reason,
             "duplicates": [path(i) for i in group.others],
             "duplicate_ids": [data.ids[i] for i in group.others],
             "scores": list(group.scores),
@@ -138,6 +191,8 @@ def _document(
     return {
         "collection": name,
         "threshold": threshold,
+        "keep_rule": rule.rule,
+        "prefer": list(rule.prefer),
         "points": len(data.ids),
         "compared": len(plan.compared),
         "pairs": plan.pairs,
@@ -210,12 +265,17 @@ def _text(document: dict[str, Any]) -> str:
         f"{document['threshold']:g} in {seconds:.1f} s: {len(groups):,} "
         f"group{'' if len(groups) == 1 else 's'}, "
         f"{document['duplicates']:,} duplicates marked ({document['written']:,} payloads "
-        "written)"
+        f"written); kept by {_rule_text(document)}"
     ]
     for group in groups[:MAX_TEXT_GROUPS]:
-        lines.append(f"keep {group['keep']}")
+        lines.append(f"keep {group['keep']}  ({group['reason']})")
         for other, score in zip(group["duplicates"], group["scores"], strict=True):
             lines.append(f"  {score:.4f}  {other}")
     if len(groups) > MAX_TEXT_GROUPS:
         lines.append(f"... {len(groups) - MAX_TEXT_GROUPS:,} more groups (--json lists them all)")
     return "\n".join(lines)
+
+
+def _rule_text(document: dict[str, Any]) -> str:
+    rule = f"--keep {document['keep_rule']}"
+    return rule + "".join(f" --prefer {folder}" for folder in document["prefer"])

@@ -14,11 +14,13 @@ import resource
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from dinoseek.collection_vectors import read_vectors
 from dinoseek.commandline import (
@@ -33,6 +35,7 @@ from dinoseek.commandline import (
 from dinoseek.dedup import GROUP
 from dinoseek.errors import ConfigError
 from dinoseek.evaluation import (
+    check_classes,
     confused_pairs,
     few_shot_accuracy,
     knn_accuracy,
@@ -40,12 +43,16 @@ from dinoseek.evaluation import (
     labelled_set,
     retrieval_metrics,
 )
+from dinoseek.messages import short_list
 from dinoseek.runtime import ModelPolicy, Runtime
 from dinoseek.settings import Settings
 from indexer.catalog import LabelSource, read_labels_csv
 from indexer.pipeline import IndexOptions, index_folders
+from indexer.scan import ScannedFile, ScanOptions, scan
 
 KNN_KS = (10, 20)
+MODEL_COLUMN = 40  # the widest the model column grows; longer names lose their start
+CONFUSION_CLASSES = 50  # the most classes whose confusion matrix --json and --plot carry
 
 
 @click.command(name="eval")
@@ -144,6 +151,7 @@ def evaluate(
             from_folders=labels_from_folders,
             mapping=read_labels_csv(labels_csv) if labels_csv else {},
         )
+        check_classes(folder_classes(folder, labels), min_per_class=min_per_class)
         entries = [
             _evaluate_folder(settings, folder, model, dtype, labels, min_per_class, shot_list,
                              draws, seed, quiet or as_json)
@@ -170,6 +178,17 @@ def _shots(text: str) -> list[int | None]:
     if any(v < 1 for v in values):
         raise click.BadParameter("examples per class start at 1", param_hint="--shots")
     return [*values, None]
+
+
+def folder_classes(folder: Path, labels: LabelSource) -> Counter[str]:
+    """Image files per label under ``folder``, as the indexer will find them: an upper bound
+    of the images each class gets, known before any model is loaded."""
+    return Counter(
+        label
+        for found in scan([folder], ScanOptions())
+        if isinstance(found, ScannedFile)
+        and (label := labels.label_for(found.path, found.relative_path))
+    )
 
 
 def _evaluate_collection(
@@ -258,6 +277,9 @@ def _measure(
     started = time.perf_counter()
     predicted = knn_predictions(labelled, KNN_KS[-1])
     probes = few_shot_accuracy(labelled, shots, draws=draws, seed=seed)
+    classes = len(labelled.classes)
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(confusion, (labelled.labels, predicted), 1)
     grouped = bool((labelled.groups >= 0).any())
     return {
         "points": len(labelled.labels),
@@ -273,15 +295,29 @@ def _measure(
             for name, (mean, std) in probes.items()
         },
         "confused": [asdict(pair) for pair in confused_pairs(labelled, predicted)],
+        "confusion": {
+            "k": KNN_KS[-1],
+            "classes": list(labelled.classes),
+            "matrix": confusion.tolist(),
+        }
+        if classes <= CONFUSION_CLASSES
+        else None,
         "eval_seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def _model_column(name: str, width: int) -> str:
+    """``name`` in ``width`` characters: a longer one keeps its end (the distinctive part
+    of a path or hub id) after an ellipsis."""
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
 
 
 def render(document: dict[str, Any]) -> str:
     """A table: one row per model."""
     shots = document["shots"]
+    width = min(MODEL_COLUMN, max(5, *(len(entry["model"]) for entry in document["models"])))
     head = (
-        f"{'model':<36} {'dtype':<8} {'img/s':>7} {'kNN@10':>7} {'kNN@20':>7} {'R@1':>6} "
+        f"{'model':<{width}} {'dtype':<8} {'img/s':>7} {'kNN@10':>7} {'kNN@20':>7} {'R@1':>6} "
         f"{'R@5':>6} {'mAP@R':>6} " + " ".join(f"{'lin' + s:>7}" for s in shots)
     )
     lines = [head]
@@ -289,7 +325,7 @@ def render(document: dict[str, Any]) -> str:
         rate = entry.get("images_per_s")
         probes = entry["linear_probe"]
         lines.append(
-            f"{entry['model'][-36:]:<36} {entry['dtype'] or '-':<8} "
+            f"{_model_column(entry['model'], width):<{width}} {entry['dtype'] or '-':<8} "
             f"{'-' if rate is None else f'{rate:.1f}':>7} "
             f"{entry['knn_accuracy@10']:>7.3f} {entry['knn_accuracy@20']:>7.3f} "
             f"{entry['recall@1']:>6.3f} {entry['recall@5']:>6.3f} {entry['map@r']:>6.3f} "
@@ -300,8 +336,12 @@ def render(document: dict[str, Any]) -> str:
             f"\n{entry['model']}: {entry['points']:,} labelled images in {entry['classes']} "
             f"classes; splits by {entry['splits']}"
         )
-        if entry["left_out_classes"]:
-            lines.append(f"  left out (too few images): {entry['left_out_classes']}")
+        if left_out := entry["left_out_classes"]:
+            largest = sorted(left_out.items(), key=lambda item: -item[1])
+            lines.append(
+                f"  left out (too few images): {len(left_out):,} classes, "
+                + short_list(f"{label} ({count})" for label, count in largest)
+            )
         for pair in entry["confused"][:3]:
             lines.append(
                 f"  {pair['true']} taken for {pair['predicted']} {pair['count']}x, e.g. "
@@ -311,8 +351,7 @@ def render(document: dict[str, Any]) -> str:
 
 
 def write_plot(document: dict[str, Any], target: Path) -> None:
-    """Accuracy against examples per class (a line per model), and kNN accuracy against
-    images/s."""
+    """Write ``plot_figure`` as a PNG (``ConfigError`` without matplotlib)."""
     try:
         import matplotlib
 
@@ -320,25 +359,68 @@ def write_plot(document: dict[str, Any], target: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ConfigError("--plot needs matplotlib: pip install 'dinoseek[eval]'") from None
-    shots = document["shots"]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for entry in document["models"]:
-        means = [entry["linear_probe"][s]["mean"] for s in shots]
-        stds = [entry["linear_probe"][s]["std"] for s in shots]
-        label = f"{entry['model']} ({entry['dtype'] or 'stored'})"
-        left.errorbar(range(len(shots)), means, yerr=stds, marker="o", capsize=3, label=label)
-        if entry.get("images_per_s"):
-            right.scatter(entry["images_per_s"], entry["knn_accuracy@20"], label=label)
-    left.set_xticks(range(len(shots)), shots)
-    left.set_xlabel("labelled examples per class")
-    left.set_ylabel("linear-probe accuracy")
-    left.legend(fontsize="small")
-    right.set_xlabel("images/s (indexing, this machine)")
-    right.set_ylabel("kNN accuracy (k=20)")
+    figure = plot_figure(document)
     target.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
     figure.savefig(target, dpi=100)
     plt.close(figure)
+
+
+def plot_figure(document: dict[str, Any]) -> Any:
+    """Linear-probe accuracy against labelled examples per class (a line per model); kNN
+    accuracy against indexing speed when two models or more were indexed; and each model's
+    kNN confusion matrix (rows: true class, normalised)."""
+    import matplotlib.pyplot as plt
+
+    entries = document["models"]
+    timed = [entry for entry in entries if entry.get("images_per_s")]
+    matrices = [entry for entry in entries if entry.get("confusion")]
+    panels = 1 + (len(timed) > 1) + len(matrices)
+    figure, axes = plt.subplots(
+        1, panels, figsize=(5 * panels, 5), squeeze=False, layout="constrained"
+    )
+    left, rest = axes[0][0], list(axes[0][1:])
+    shots = document["shots"]
+    for entry in entries:
+        means = [entry["linear_probe"][s]["mean"] for s in shots]
+        stds = [entry["linear_probe"][s]["std"] for s in shots]
+        left.errorbar(range(len(shots)), means, yerr=stds, marker="o", capsize=3,
+                      label=_plot_label(entry))  # fmt: skip
+    left.set_xticks(range(len(shots)), shots)
+    left.set(title="Linear probe on frozen features", xlabel="labelled examples per class",
+             ylabel="accuracy (held-out split)", ylim=(0, 1.05))  # fmt: skip
+    left.legend(fontsize="small")
+    if len(timed) > 1:
+        speed = rest.pop(0)
+        for entry in timed:
+            speed.scatter(entry["images_per_s"], entry["knn_accuracy@20"], label=_plot_label(entry))
+        speed.set(title="Accuracy against speed", xlabel="images/s (indexing, this machine)",
+                  ylabel="kNN accuracy (k=20)", ylim=(0, 1.05))  # fmt: skip
+        speed.legend(fontsize="small")
+    for axis, entry in zip(rest, matrices, strict=True):
+        _confusion_panel(figure, axis, entry)
+    figure.suptitle(
+        f"dinoseek eval: {entries[0]['points']:,} labelled images, {entries[0]['classes']} classes"
+    )
+    return figure
+
+
+def _plot_label(entry: dict[str, Any]) -> str:
+    return f"{_model_column(entry['model'], MODEL_COLUMN)} ({entry['dtype'] or 'stored'})"
+
+
+def _confusion_panel(figure: Any, axis: Any, entry: dict[str, Any]) -> None:
+    confusion = entry["confusion"]
+    counts = np.asarray(confusion["matrix"], dtype=np.float64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    image = axis.imshow(shares, vmin=0, vmax=1, cmap="Blues")
+    figure.colorbar(image, ax=axis, shrink=0.8, label="share of the true class")
+    classes = confusion["classes"]
+    if len(classes) <= 20:
+        axis.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize="small")
+        axis.set_yticks(range(len(classes)), classes, fontsize="small")
+    axis.set(title=f"kNN confusion (k={confusion['k']}): "
+             f"{_model_column(entry['model'], 28)}",
+             xlabel="predicted class", ylabel="true class")  # fmt: skip
 
 
 def _write_report(document: dict[str, Any], folder: Path) -> None:

@@ -24,6 +24,10 @@ from dinoseek.settings import Settings
 from dinoseek.store import VectorStore, collection_statuses
 from search_api.client import ServiceClient
 
+# Qdrant's default indexing threshold: a collection whose vectors take less (float32) has no
+# HNSW index, and every search compares all of them, which is exact and fast at that size.
+INDEXING_THRESHOLD_KB = 10_000
+
 
 @click.command(epilog=EPILOG)
 @store_options
@@ -39,6 +43,8 @@ def info(as_json: bool, quiet: bool, **flags: Any) -> None:
         document = info_document(settings, runtime.store)
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     add_counts_from_servers(document, api_key)
+    for entry in document["collections"]:
+        entry["search"] = search_kind(entry)
     if as_json:
         click.echo(json.dumps(document))
     else:
@@ -77,6 +83,26 @@ def add_counts_from_servers(document: dict[str, Any], api_key: str | None) -> No
                 entry.update(points=summary.points, indexed_vectors=summary.indexed_vectors)
 
 
+def search_kind(entry: dict[str, Any]) -> str | None:
+    """How the collection is searched: ``hnsw`` (every vector in the index), ``exact`` (no
+    index, as Qdrant leaves a collection below its indexing threshold: every vector is
+    compared), ``pending`` (vectors not in the index yet, compared one by one until it is
+    built); None when the counts are unknown."""
+    points, indexed, dim = entry.get("points"), entry.get("indexed_vectors"), entry.get("dim")
+    if points is None or indexed is None:
+        return None
+    if indexed >= points:
+        return "hnsw"
+    if indexed == 0 and dim and points < threshold_points(dim):
+        return "exact"
+    return "pending"
+
+
+def threshold_points(dim: int) -> int:
+    """About how many float32 vectors of ``dim`` Qdrant indexes from."""
+    return INDEXING_THRESHOLD_KB * 1024 // (4 * dim)
+
+
 def render_info(document: dict[str, Any]) -> str:
     """Human form of ``info``."""
     lines = [f"store: {document['store']}"]
@@ -89,9 +115,12 @@ def render_info(document: dict[str, Any]) -> str:
     for entry in document["collections"]:
         points = entry.get("points")
         indexed = entry.get("indexed_vectors")
+        shown = "" if indexed is None else f"{indexed:,}"
+        if entry.get("search") == "exact":
+            shown = "exact*"
         lines.append(
             f"{entry['name']:<20} {'' if points is None else f'{points:,}':>9} "
-            f"{'' if indexed is None else f'{indexed:,}':>9}  {entry.get('dim', ''):>5}  "
+            f"{shown:>9}  {entry.get('dim', ''):>5}  "
             f"{entry.get('model', '?')}"
         )
         holder = entry.get("in_use_by")
@@ -101,7 +130,30 @@ def render_info(document: dict[str, Any]) -> str:
                 f"{'':<20} in use by {holder.get('command', 'process')} "
                 f"(pid {holder.get('pid', '?')}){where}"
             )
-    return "\n".join(lines)
+    return "\n".join(lines + _index_notes(document["collections"]))
+
+
+def _index_notes(collections: list[dict[str, Any]]) -> list[str]:
+    """What the `indexed` column means where it is not every point."""
+    notes = []
+    exact = [entry for entry in collections if entry.get("search") == "exact"]
+    if exact:
+        dim = int(exact[0].get("dim") or 0)
+        example = f" (about {threshold_points(dim):,} points at {dim}-d)" if dim else ""
+        notes += [
+            "* no HNSW index: Qdrant builds one once the vectors pass its indexing threshold, "
+            f"{INDEXING_THRESHOLD_KB:,} KB{example};",
+            "  until then each search compares every vector: exact, and as fast at this size",
+        ]
+    for entry in collections:
+        if entry.get("search") == "pending":
+            pending = entry["points"] - entry["indexed_vectors"]
+            notes.append(
+                f"{entry['name']}: {pending:,} points are not in the index yet, and searched "
+                "exactly meanwhile: the embedded store builds it at the end of `dinoseek "
+                "index`, a Qdrant server in the background"
+            )
+    return notes
 
 
 def directory_size(path: Path) -> int:

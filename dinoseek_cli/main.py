@@ -1,8 +1,8 @@
 """``dinoseek``: the command group above both apps.
 
 The indexer contributes ``index``, the service ``serve``; ``search``, ``info``, ``probe``,
-``snapshot``, ``dedup``, ``curate`` and ``eval`` live here. Every command opens what it
-needs through ``dinoseek.runtime``.
+``snapshot``, ``collection``, ``dedup``, ``curate``, ``eval`` and ``adapt`` live here. Every
+command opens what it needs through ``dinoseek.runtime``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import click
 from dinoseek import __version__
 from dinoseek.commandline import EPILOG
 from dinoseek_cli.adapt import adapt
+from dinoseek_cli.collection import collection
 from dinoseek_cli.curate import curate
 from dinoseek_cli.dedup import dedup
 from dinoseek_cli.eval import evaluate
@@ -41,11 +42,24 @@ def main() -> None:
       dinoseek eval                                     # how well labels separate
       dinoseek adapt ~/Pictures --out adapted           # self-distil DINOv2 on them
       dinoseek info                                     # what is stored where
+      dinoseek collection rename images photos          # or delete NAME
 
     Everything lands in ./dinoseek-data (the embedded store) unless DINOSEEK_QDRANT_URL points
     to a Qdrant server.
     """
 
 
-for command in (index, search, info, serve, probe, snapshot, dedup, curate, evaluate, adapt):
+for command in (
+    index,
+    search,
+    info,
+    serve,
+    probe,
+    snapshot,
+    collection,
+    dedup,
+    curate,
+    evaluate,
+    adapt,
+):
     main.add_command(command)

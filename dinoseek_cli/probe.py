@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from dinoseek.commandline import (
+    FiniteFloat,
     configure_logging,
     handle_errors,
     load_settings,
@@ -22,8 +23,10 @@ from dinoseek.commandline import (
     store_owner,
 )
 from dinoseek.labels import UNKNOWN_LABEL
+from dinoseek.messages import short_list
 from dinoseek.probe import (
     DEFAULT_PROBE,
+    LinearProbe,
     ProbeReport,
     choose_probe,
     evaluate_probe,
@@ -57,7 +60,7 @@ def probe() -> None:
 )
 @click.option(
     "--holdout",
-    type=click.FloatRange(0.05, 0.5),
+    type=FiniteFloat(0.05, 0.5),
     default=0.2,
     show_default=True,
     help="Fraction of each class kept out of training, for the report and calibration.",
@@ -71,7 +74,7 @@ def probe() -> None:
 )
 @click.option(
     "--min-confidence",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloat(0.0, 1.0),
     default=None,
     help="Predictions below this probability become 'unknown'.",
 )
@@ -156,9 +159,11 @@ def list_probes(as_json: bool, quiet: bool, **flags: Any) -> None:
 @output_options
 @handle_errors
 def eval_probe(name: str, as_json: bool, quiet: bool, **flags: Any) -> None:
-    """Accuracy of probe NAME on the collection's labelled points now, beside the held-out
-    report of its training (the points now include its training data: an optimistic figure
-    unless labels were added since)."""
+    """Coverage and accuracy of probe NAME on the collection's labelled points now, beside
+    the held-out report of its training (the points now include its training data: an
+    optimistic figure unless labels were added since). With a --min-confidence probe,
+    coverage is the share it answers and accuracy is that of its answers; what it would
+    score answering all is shown beside them."""
     configure_logging(quiet=True)
     settings = load_settings(**flags)
     with _runtime(settings, "eval", "existing") as runtime:
@@ -172,19 +177,43 @@ def eval_probe(name: str, as_json: bool, quiet: bool, **flags: Any) -> None:
     if as_json:
         click.echo(json.dumps({"probe": name, "current": evaluation, "training_report": held_out}))
         return
-    click.echo(f"probe {name!r}: {len(probe_.classes)} classes, trained {probe_.trained_at}")
-    click.echo(f"  held-out accuracy at training: {probe_.accuracy:.1%}")
-    if evaluation["accuracy"] is None:
-        click.echo("  no labelled points in the collection now")
-        return
-    click.echo(
-        f"  accuracy on the {evaluation['points']:,} labelled points now: "
-        f"{evaluation['accuracy']:.1%}"
-    )
+    click.echo(render_evaluation(probe_, evaluation))
+
+
+def render_evaluation(probe_: LinearProbe, evaluation: dict[str, Any]) -> str:
+    """``probe eval`` as text: what the probe answers now, and how well."""
+    floor = evaluation["min_confidence"]
+    lines = [
+        f"probe {probe_.name!r}: {len(probe_.classes)} classes, trained {probe_.trained_at}"
+        + ("" if floor is None else f", min confidence {floor:g}"),
+        f"  held-out accuracy at training: {probe_.accuracy:.1%} (every example answered)",
+    ]
+    if not evaluation["points"]:
+        return "\n".join([*lines, "  no labelled points in the collection now"])
+    lines.append(f"  on the {evaluation['points']:,} labelled points now: {_answers(evaluation)}")
+    width = max(24, *(len(label) for label in evaluation["per_class"]))
+    lines.append(f"    {'class':<{width}} {'points':>7} {'answered':>8} {'accuracy':>8}")
     for label, row in evaluation["per_class"].items():
-        click.echo(f"    {label:<24} {row['points']:>7,}  {row['accuracy']:.1%}")
+        accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.1%}"
+        lines.append(
+            f"    {label:<{width}} {row['points']:>7,} {row['coverage']:>8.1%} {accuracy:>8}"
+        )
     if evaluation["unknown_classes"]:
-        click.echo(f"  classes the probe never saw: {', '.join(evaluation['unknown_classes'])}")
+        lines.append(f"  classes the probe never saw: {', '.join(evaluation['unknown_classes'])}")
+    return "\n".join(lines)
+
+
+def _answers(evaluation: dict[str, Any]) -> str:
+    """Coverage and accuracy in words (abstentions are not errors, nor hidden)."""
+    if evaluation["min_confidence"] is None:
+        return f"accuracy {evaluation['accuracy']:.1%} (every point answered)"
+    every = f"{evaluation['accuracy_if_all_answered']:.1%} if it answered all"
+    if not evaluation["answered"]:
+        return f"answers none of them ({UNKNOWN_LABEL!r} for all: below the minimum); {every}"
+    return (
+        f"answers {evaluation['coverage']:.1%} of them (coverage; the rest {UNKNOWN_LABEL!r}), "
+        f"{evaluation['accuracy']:.1%} of those correctly; {every}"
+    )
 
 
 @probe.command()
@@ -230,7 +259,7 @@ def render_report(report: ProbeReport) -> str:
     if report.unlabelled_count:
         lines.append(f"  unlabelled vectors left out: {report.unlabelled_count}")
     if report.skipped_classes:
-        skipped = ", ".join(f"{entry.label} ({entry.count})" for entry in report.skipped_classes)
+        skipped = short_list(f"{entry.label} ({entry.count})" for entry in report.skipped_classes)
         lines.append(f"  skipped classes (fewer than {report.min_per_class} examples): {skipped}")
     lines += ["", *_render_per_class(report), "", *_render_confusion(report)]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import click
 
 from dinoseek.commandline import (
     EPILOG,
+    FiniteFloat,
     configure_logging,
     handle_errors,
     load_settings,
@@ -47,7 +48,7 @@ from search_api.client import ServiceClient
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N.")
 @click.option(
     "--threshold",
-    type=click.FloatRange(-1.0, 1.0),
+    type=FiniteFloat(-1.0, 1.0),
     default=None,
     help="Only neighbours with a cosine similarity of at least this.",
 )
@@ -179,7 +180,11 @@ def render_result(result: SearchResult) -> str:
     lines = []
     if result.labels:
         first = result.labels[0]
-        how = f"probe {first.probe!r}" if first.method == "probe" else "vote of the neighbours"
+        how = (
+            f"probe {first.probe!r}"
+            if first.method == "probe"
+            else f"vote of the {first.neighbours} nearest in the collection, filters aside"
+        )
         shown = ", ".join(f"{p.label} {p.probability:.0%}" for p in result.labels[:3])
         lines.append(f"labels ({how}): {shown}")
     if not result.neighbours:

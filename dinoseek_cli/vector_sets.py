@@ -4,9 +4,10 @@ collection of the same store and model) to compare the collection with."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,12 +39,17 @@ def counting(total: int, description: str, mode: str) -> Progress:
 
 
 def read_collection(
-    runtime: Runtime, fields: Sequence[str], progress_mode: str
+    runtime: Runtime,
+    fields: Sequence[str],
+    progress_mode: str,
+    *,
+    derive: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
 ) -> CollectionVectors:
-    """The runtime's collection: ids, vectors and ``fields`` of the payloads."""
+    """The runtime's collection: ids, vectors and ``fields`` of the payloads (and what
+    ``derive`` makes of each, see ``read_vectors``)."""
     store, name = runtime.store, runtime.settings.collection
     reading = counting(store.count(name), "reading", progress_mode)
-    data = read_vectors(store, name, fields, on_points=reading.advance)
+    data = read_vectors(store, name, fields, derive=derive, on_points=reading.advance)
     reading.close()
     return data
 

@@ -7,22 +7,30 @@ that token: any write to the collection, by any command, gives it a new one firs
 is missing, of another token, damaged or of another format is ignored, and the run reads the
 store as it always did. Only stores that can tell (the embedded one) have tokens.
 
-The file is a NumPy ``.npz`` (read with ``allow_pickle=False``): numeric columns, strings that
-cannot hold a NUL (ids, hashes, paths) as one NUL-separated UTF-8 block each, every other string
-(roots, labels, formats, model ids, times) through a JSON table, and the rare point that does
-not fit these columns (a payload written by hand, say) as JSON.
+The file is a NumPy ``.npz``: numeric columns, strings that cannot hold a NUL (ids, hashes,
+paths) as one NUL-separated UTF-8 block each, every other string (roots, labels, formats,
+model ids, times) through a JSON table, and the rare point that does not fit these columns (a
+payload written by hand, say) as JSON.
+
+A copy is read as anything else from disk: as hostile. Its members must be exactly the
+columns, stored uncompressed (as ``np.savez`` writes them) with the dtype, rank and size each
+column has, so that reading never takes more memory than the file's own size; the metadata
+is read first and the columns only when its token is the collection's; every value must have
+the type the writer gives it. Anything else is no copy.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 import zipfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -33,6 +41,20 @@ log = logging.getLogger(__name__)
 FORMAT = "dinoseek-catalog"
 VERSION = 1
 _INT64 = (-(2**63), 2**63 - 1)
+# Each member of a copy: its dtype and rank.
+_TEXT = (np.dtype(np.uint8), 1)
+COLUMNS: dict[str, tuple[np.dtype[Any], int]] = {
+    "meta": _TEXT,
+    "ids": _TEXT,
+    "sha256": _TEXT,
+    "point_numbers": (np.dtype(np.int64), 2),
+    "point_strings": (np.dtype(np.int32), 2),
+    "point_files": (np.dtype(np.int32), 1),
+    "paths": _TEXT,
+    "relative": _TEXT,
+    "file_numbers": (np.dtype(np.int64), 2),
+    "file_strings": (np.dtype(np.int32), 2),
+}
 
 
 def catalog_cache_path(data_dir: Path, collection: str) -> Path:
@@ -46,14 +68,13 @@ def load_catalog(path: Path, token: str | None) -> Catalog | None:
     if token is None or not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as saved:
-            meta = json.loads(bytes(saved["meta"]).decode("utf-8"))
-            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-                return None
-            if meta.get("token") != token:
+        with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+            saved = _SavedColumns(archive, os.fstat(handle.fileno()).st_size)
+            meta = _read_meta(bytes(saved["meta"]))
+            if meta is None or meta.token != token:
                 return None
             return Catalog(_points(saved, meta))
-    except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, TypeError, IndexError, RecursionError, zipfile.BadZipFile) as exc:
         log.warning("ignoring the saved catalog %s (%s); reading the collection", path, exc)
         return None
 
@@ -81,6 +102,97 @@ def save_catalog(path: Path, token: str, catalog: Catalog) -> None:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+class _SavedColumns:
+    """The columns of a copy, each read when asked for (``ValueError`` for anything that is
+    not a column as ``save_catalog`` writes it)."""
+
+    def __init__(self, archive: zipfile.ZipFile, file_size: int) -> None:
+        self.archive = archive
+        self.members = {info.filename: info for info in archive.infolist()}
+        if sorted(self.members) != sorted(f"{name}.npy" for name in COLUMNS):
+            raise ValueError("its members are not the columns of a catalog")
+        for info in self.members.values():
+            if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                raise ValueError(f"its member {info.filename} is compressed")
+        if sum(info.file_size for info in self.members.values()) > file_size:
+            raise ValueError("its members are larger than the file")
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        dtype, rank = COLUMNS[name]
+        info = self.members[f"{name}.npy"]
+        with self.archive.open(info) as member:
+            shape, found = _npy_header(member)
+            size = math.prod(shape) * dtype.itemsize
+            if found != dtype or len(shape) != rank or size != info.file_size - member.tell():
+                raise ValueError(f"its column {name} is not {rank}-d {dtype} of its own size")
+            data = member.read(size)
+        if len(data) != size:
+            raise ValueError(f"its column {name} is cut short")
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _npy_header(member: IO[bytes]) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """The shape and dtype of a C-ordered ``.npy`` member."""
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+    else:
+        raise ValueError(f"a column in .npy format {version}")
+    if fortran or dtype.hasobject:
+        raise ValueError("a column that is not a plain C-ordered array")
+    return tuple(shape), dtype
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """The JSON part of a copy, its types checked."""
+
+    token: str
+    strings: list[str]
+    irregular: list[tuple[str, list[FileEntry], dict[str, Any]]]
+
+
+def _read_meta(data: bytes) -> _Meta | None:
+    """The metadata; None for a copy of another format or version (``ValueError`` when it
+    is damaged: not a JSON object, or values of other types than the writer's)."""
+    meta = json.loads(data.decode("utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError(f"its metadata is a JSON {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        return None
+    token, strings, irregular = meta.get("token"), meta.get("strings"), meta.get("irregular")
+    if type(token) is not str:
+        raise ValueError("its token is not a string")
+    if type(strings) is not list or not all(type(text) is str for text in strings):
+        raise ValueError("its string table is not a list of strings")
+    if type(irregular) is not list:
+        raise ValueError("its irregular points are not a list")
+    return _Meta(token, strings, [_irregular_point(item) for item in irregular])
+
+
+def _irregular_point(item: Any) -> tuple[str, list[FileEntry], dict[str, Any]]:
+    if type(item) is not list or len(item) != 3:
+        raise ValueError("an irregular point that is not [id, files, content]")
+    point_id, rows, content = item
+    if type(point_id) is not str or type(rows) is not list or type(content) is not dict:
+        raise ValueError("an irregular point of other types than [text, list, object]")
+    if not set(content) <= set(CONTENT_KEYS):
+        raise ValueError("an irregular point with content keys of no catalog")
+    return point_id, [_file_entry(row) for row in rows], content
+
+
+def _file_entry(row: Any) -> FileEntry:
+    if type(row) is not list or len(row) != 6:
+        raise ValueError("a file row that is not a list of six values")
+    path, root, relative, size, mtime_ns, label = row  # a label: any JSON, as in a payload
+    texts, numbers = (path, root, relative), (size, mtime_ns)
+    if not all(type(text) is str for text in texts) or not all(type(n) is int for n in numbers):
+        raise ValueError("a file row of other types than the writer's")
+    return FileEntry(path, root, relative, size, mtime_ns, label)
 
 
 class _Columns:
@@ -152,6 +264,8 @@ def _regular(point_id: str, files: list[FileEntry], content: dict[str, Any]) -> 
         return False
     if not all(_INT64[0] <= n <= _INT64[1] for n in numbers):
         return False
+    if not all(f.label is None or type(f.label) is str for f in files):
+        return False
     blocked = (point_id, content["sha256"], *(f.path for f in files))
     blocked += tuple(f.relative_path for f in files)
     if any("\0" in text for text in blocked):
@@ -184,8 +298,8 @@ def _check_indices(indices: np.ndarray, size: int, *, allow_none: bool) -> None:
         raise ValueError("a string index outside the table")
 
 
-def _points(saved: Any, meta: dict[str, Any]) -> Iterable[PointEntry]:
-    strings: list[str] = meta["strings"]
+def _points(saved: _SavedColumns, meta: _Meta) -> Iterable[PointEntry]:
+    strings = meta.strings
     point_files = saved["point_files"].tolist()
     count = len(point_files)
     ids = _unblock(saved["ids"], count)
@@ -229,7 +343,6 @@ def _points(saved: Any, meta: dict[str, Any]) -> Iterable[PointEntry]:
         stop = start + point_files[index]
         points.append(PointEntry.from_parts(point_id, tuple(files[start:stop]), content))
         start = stop
-    for point_id, rows, content in meta["irregular"]:
-        by_path = {row[0]: FileEntry(*row) for row in rows}
-        points.append(PointEntry(point_id, by_path, content))
+    for point_id, rows, facts in meta.irregular:
+        points.append(PointEntry(point_id, {row.path: row for row in rows}, facts))
     return points

@@ -15,6 +15,7 @@ import click
 from dinoseek.commandline import (
     EPILOG,
     EXIT_INTERRUPTED,
+    FiniteFloat,
     batch_size_option,
     compile_option,
     configure_logging,
@@ -33,6 +34,7 @@ from indexer.catalog import LabelSource, read_labels_csv
 from indexer.catalog_cache import catalog_cache_path
 from indexer.pipeline import IndexOptions, IndexSummary, ModelOnDemand, index_folders
 from indexer.ray_engine import RayEngine, RayOptions, import_ray
+from indexer.report import failures_report_path
 from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
 
 
@@ -153,7 +155,7 @@ from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
 )
 @click.option(
     "--log-every",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloat(min=0.1),
     default=10.0,
     show_default=True,
     metavar="SECONDS",
@@ -238,7 +240,7 @@ def index(
             roots=tuple(Path(os.path.abspath(f)) for f in folders),
             collection=settings.collection,
             failures_report=failures_report
-            or settings.data_dir / "reports" / f"{settings.collection}.failures.jsonl",
+            or failures_report_path(settings.data_dir, settings.collection),
             batch_size=settings.batch_size,
             workers=workers,
             max_image_pixels=settings.max_image_pixels,
@@ -273,8 +275,8 @@ def index(
             summary = index_folders(model, runtime.store, options, stop=stop)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
-    elif not quiet or summary.failed:
-        click.echo(render_summary(summary))
+    else:
+        click.echo(render_summary(summary, brief=quiet))
     if existed and index_flags:
         summary.warnings.append(
             f"{' and '.join(index_flags)} apply to a new collection; {settings.collection!r} "
@@ -305,12 +307,18 @@ def _index_locked_message(error: StoreLockedError) -> str:
     )
 
 
-def render_summary(summary: IndexSummary) -> str:
-    """The human summary of an index run."""
+def render_summary(summary: IndexSummary, *, brief: bool = False) -> str:
+    """The human summary of an index run; ``brief`` (``--quiet``): its first line, and the
+    failures when there were any."""
     state = "stopped early" if summary.interrupted else "done"
-    lines = [
+    headline = (
         f"{state}: {summary.scanned:,} files scanned in {summary.elapsed_s:.1f} s, "
-        f"collection {summary.collection!r} ({summary.store}) holds {summary.points:,} images",
+        f"collection {summary.collection!r} ({summary.store}) holds {summary.points:,} images"
+    )
+    if brief and not summary.failed:
+        return headline
+    lines = [
+        headline,
         f"  embedded    {summary.embedded:>8,}   "
         f"({summary.images_per_s:.1f} img/s, {summary.model})",
         f"  unchanged   {summary.unchanged:>8,}",

@@ -500,7 +500,8 @@ class IndexRun:
                 self.summary.warnings.append(
                     f"{root_text} holds no images now but {len(recorded)} indexed files were "
                     "under it; nothing was removed (is a disk unmounted?). Pass --no-prune to "
-                    "silence this, or delete the collection to start over"
+                    "silence this, or start over with `dinoseek collection delete "
+                    f"{self.options.collection}`"
                 )
                 continue
             for path in sorted(vanished):

@@ -26,6 +26,11 @@ class FailureRecord:
     failed_at: str
 
 
+def failures_report_path(data_dir: Path, collection: str) -> Path:
+    """Where ``dinoseek index`` keeps ``collection``'s report unless told otherwise."""
+    return data_dir / "reports" / f"{collection}.failures.jsonl"
+
+
 def load_failures(path: Path) -> dict[str, FailureRecord]:
     """Read a report; a missing or unreadable report is an empty one (it is only a cache)."""
     records: dict[str, FailureRecord] = {}

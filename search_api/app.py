@@ -29,7 +29,14 @@ from search_api.errors import install_error_handlers
 from search_api.limits import BodySizeLimit
 from search_api.match_routes import match_routes
 from search_api.metrics import RequestMetrics, ServiceMetrics
-from search_api.page import ASSETS_PREFIX, SecurityHeaders, assets, page_routes
+from search_api.page import (
+    ASSETS_PREFIX,
+    DOCS_ASSETS_PREFIX,
+    SecurityHeaders,
+    assets,
+    docs_assets,
+    page_routes,
+)
 from search_api.routes import open_routes, routes
 from search_api.service import SearchService
 
@@ -93,10 +100,18 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # A slash redirect is built from the client's Host header (an open redirect); a path
+        # with a slash too many is a 404 like any other unknown path.
+        redirect_slashes=False,
+        # The docs are the package's own pages (search_api.page), with no CDN.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     install_error_handlers(app)
     app.include_router(open_routes)
     app.include_router(page_routes)
+    app.mount(DOCS_ASSETS_PREFIX, docs_assets(), name="docs-assets")
     app.mount(ASSETS_PREFIX, assets(), name="assets")
     app.include_router(routes, dependencies=[Depends(API_KEY_HEADER)])
     app.include_router(match_routes, dependencies=[Depends(API_KEY_HEADER)])

@@ -23,9 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from search_api.admission import is_image_read
 from search_api.page import is_page_path
 
-OPEN_PATHS = frozenset(
-    {"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-)
+OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc", "/openapi.json"})
 HEADER = b"x-api-key"
 KEY_COOKIE = "dinoseek_key"
 

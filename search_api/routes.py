@@ -340,8 +340,9 @@ async def duplicates(
     ] = None,
     collection: Collection = None,
 ) -> DuplicatesResponse:
-    """The groups of near-duplicates marked by `dinoseek dedup`: each kept image and the
-    others, a page at a time (largest groups are not first: the order is the kept ids')."""
+    """The groups of near-duplicates marked by `dinoseek dedup`: each kept image, why it is
+    the one kept (`reason`, by the rule of `dinoseek dedup --keep`), and the others, a page at
+    a time (largest groups are not first: the order is the kept ids')."""
     name = collection_of(service, collection)
     page = await service.duplicates(name, limit, start)
     return DuplicatesResponse(collection=name, groups=page.groups, next=page.next)

@@ -9,6 +9,7 @@ default thread pool.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import logging
 import os
@@ -230,21 +231,11 @@ class SearchService:
     async def classify(
         self, collection: str, vector: np.ndarray, knn_top_k: int, labels: LabelRequest
     ) -> list[PredictedLabel]:
-        """Predicted labels only (the neighbours are searched only for a kNN vote)."""
+        """Predicted labels only (a kNN vote over the ``knn_top_k`` nearest points)."""
         await run_in_threadpool(self.searcher.check, collection)
-        neighbours: list[Neighbour] = []
-        if labels.method != "probe":
-            query = NeighbourQuery(top_k=knn_top_k)
-            (result,) = await run_in_threadpool(
-                self.searcher.search_vectors,
-                collection,
-                [vector],
-                query,
-                LabelRequest(with_labels=False),
-            )
-            neighbours = result.neighbours
+        request = dataclasses.replace(labels, vote_neighbours=knn_top_k)
         predicted = await run_in_threadpool(
-            self.searcher.predict_labels, collection, vector, neighbours, labels
+            self.searcher.predict_labels, collection, vector, request
         )
         return predicted or []
 

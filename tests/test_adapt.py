@@ -12,8 +12,14 @@ import torch
 from PIL import Image
 
 from dinoseek.adapt.augment import CropSpec, multi_crop
-from dinoseek.adapt.compare import held_out_split, knn_agreement
-from dinoseek.adapt.data import DecodeLimits, StepBatches, check_images
+from dinoseek.adapt.compare import held_out_split, knn_agreement, knn_k
+from dinoseek.adapt.data import (
+    MIN_BATCH,
+    DecodeLimits,
+    StepBatches,
+    check_images,
+    fitted_batch_size,
+)
 from dinoseek.adapt.losses import dino_loss, koleo_loss, sinkhorn_knopp
 from dinoseek.adapt.model import HeadSpec, Trainable, build_networks
 from dinoseek.adapt.schedules import warmup_cosine
@@ -26,6 +32,7 @@ from dinoseek.adapt.training import (
 )
 from dinoseek.embedder import load_dinov2
 from dinoseek.errors import ConfigError
+from dinoseek.images import DINOV2_PREPROCESSING
 from dinoseek.synthetic import write_image_folder
 
 pytestmark = pytest.mark.model
@@ -123,6 +130,23 @@ def test_the_knn_agreement_of_a_set_with_itself_is_one() -> None:
     assert knn_agreement(vectors, shuffled) < 0.5
 
 
+def test_knn_k_is_what_the_smallest_class_allows() -> None:
+    assert knn_k(np.array([0] * 40 + [1] * 30)) == 20
+    assert knn_k(np.array([0] * 40 + [1] * 3)) == 2  # a point of class 1 has 2 of its own
+    assert knn_k(np.array([0, 0, 1, 1])) == 1
+
+
+def test_a_batch_is_lowered_to_the_images_there_are_down_to_a_floor() -> None:
+    assert fitted_batch_size(100, 32, "100 images") == 32
+    assert fitted_batch_size(20, 32, "20 images") == 20
+    assert fitted_batch_size(MIN_BATCH, 32, "8 images") == MIN_BATCH
+    assert fitted_batch_size(5, 4, "5 images") == 4
+    with pytest.raises(ConfigError, match="7 images: fewer than one batch of 8"):
+        fitted_batch_size(7, 32, "7 images")
+    with pytest.raises(ConfigError, match=r"fewer than one batch of 4 \(--batch-size\)"):
+        fitted_batch_size(3, 4, "3 images")
+
+
 def test_held_out_images_are_never_trained_on(tmp_path: Path) -> None:
     training = [tmp_path / f"{c}{i}.jpg" for c in "ab" for i in range(10)]
     outside = tmp_path / "elsewhere.jpg"
@@ -151,7 +175,7 @@ def test_unreadable_files_are_reported_not_trained_on(images: list[Path], tmp_pa
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    checked = check_images([*images[:3], broken, empty], LIMITS)
+    checked = check_images([*images[:3], broken, empty], LIMITS, DINOV2_PREPROCESSING)
     assert checked.paths == tuple(images[:3])
     assert set(checked.failed) == {broken, empty}
     assert "empty" in checked.failed[empty]
@@ -164,7 +188,9 @@ def test_a_file_that_fails_to_decode_during_training_is_replaced_and_reported(
     Image.new("RGB", (200, 200), (0, 90, 200)).save(whole)
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(whole.read_bytes()[:120])  # a valid header, pixels cut off
-    assert check_images([truncated], LIMITS).paths == (truncated,)  # the header passes
+    # The check decodes every pixel: a whole header over truncated pixels is refused there.
+    assert truncated in check_images([truncated], LIMITS, DINOV2_PREPROCESSING).failed
+    # A file that breaks after the check (here: one handed in unchecked) is replaced.
     batches = StepBatches([truncated, *images[:3]], batch_size=4, spec=SMALL_CROPS, seed=0,
                           limits=LIMITS)  # fmt: skip
     batch = batches[0]

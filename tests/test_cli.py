@@ -97,13 +97,29 @@ def test_index_human_summary(tmp_path: Path) -> None:
     assert "holds 4 images" in result.stdout
 
 
+def test_index_quiet_prints_only_the_result_line(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    write_tree(photos, per_class=2)
+    args = ("index", photos, "--model", MODEL, "--data-dir", tmp_path / "d", "--workers", "0")
+    result = invoke(*args, "-q")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    assert lines[0].startswith("done: 4 files scanned in ")
+    assert lines[0].endswith(
+        "collection 'images' (embedded store at " + str(tmp_path / "d") + ") holds 4 images"
+    )
+
+
 def test_search_table_json_and_filters(indexed: tuple[Path, Path, list[Path]]) -> None:
     _, data, paths = indexed
     # No --model: the collection's own model is used.
     table = invoke("search", paths[0], "--data-dir", data, "-k", "3")
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
-    assert lines[0].startswith("labels (vote of the neighbours): cats")
+    assert lines[0].startswith(
+        "labels (vote of the 6 nearest in the collection, filters aside): cats"
+    )
     first_row = lines[2]
     assert str(paths[0]) in first_row
     assert "cats" in first_row
@@ -150,13 +166,53 @@ def test_info(indexed: tuple[Path, Path, list[Path]]) -> None:
     assert text.exit_code == 0
     assert "images" in text.stdout
     assert "6" in text.stdout
+    assert "images                       6    exact*     32" in text.stdout
+    assert "* no HNSW index: Qdrant builds one once the vectors pass its indexing" in text.stdout
+    assert "until then each search compares every vector: exact" in text.stdout
     document = json.loads(invoke("info", "--data-dir", data, "--json").stdout)
     (collection,) = document["collections"]
     assert collection["points"] == 6
     assert collection["dim"] == 32
+    assert (collection["indexed_vectors"], collection["search"]) == (0, "exact")
     assert document["size_bytes"] > 0
     empty = invoke("info", "--data-dir", data / "nothing-here")
     assert "no collections yet" in empty.stdout
+
+
+@pytest.mark.slow
+def test_info_says_when_qdrant_indexes_and_what_is_pending(tmp_path: Path) -> None:
+    """The threshold ``info`` states is the one the real store applies: 384-d vectors below
+    it stay unindexed after an index build, a few more are indexed; points written after the
+    build are pending until the next."""
+    import uuid
+
+    from dinoseek.store import PointRecord
+    from dinoseek_cli.info import threshold_points
+    from tests.helpers import unit_vectors
+    from tests.test_store_contract import make_space
+
+    data = tmp_path / "data"
+    below = threshold_points(384) - 50
+    vectors = unit_vectors(below + 200, 384, seed=4)
+
+    def write(rows: range, build: bool) -> dict[str, Any]:
+        with EdgeStore(data) as store:
+            store.ensure_collection("images", make_space(384))
+            store.acquire("images")
+            store.upsert("images", [PointRecord(str(uuid.UUID(int=i)), vectors[i], {})
+                                    for i in rows])  # fmt: skip
+            if build:
+                store.optimize("images")
+        (entry,) = json.loads(invoke("info", "--data-dir", data, "--json").stdout)["collections"]
+        return entry
+
+    assert write(range(below), build=True)["search"] == "exact"
+    indexed = write(range(below, below + 100), build=True)
+    assert (indexed["indexed_vectors"], indexed["search"]) == (below + 100, "hnsw")
+    pending = write(range(below + 100, below + 200), build=False)
+    assert pending["search"] == "pending"
+    text = invoke("info", "--data-dir", data).stdout
+    assert "images: 100 points are not in the index yet, and searched exactly meanwhile" in text
 
 
 def test_invalid_settings_are_usage_errors(tmp_path: Path) -> None:

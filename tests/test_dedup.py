@@ -73,7 +73,7 @@ def test_planted_copies_are_grouped_with_their_source(
     data, paths, copies = planted
     report = run_json("dedup", "--data-dir", data)
     groups = {group["keep"]: sorted(group["duplicates"]) for group in report["groups"]}
-    # The source is kept: more pixels than the resized copy; a shorter path than the other.
+    # The source is kept: more pixels than the resized copy, a larger file than the other.
     assert groups == {str(source): [str(copy)] for copy, source in copies.items()}
     assert report["compared"] == report["points"] == len(paths) + len(copies)
     assert all(score > 0.99 for group in report["groups"] for score in group["scores"])

@@ -1,34 +1,37 @@
 """Structure of the deployment files: Dockerfile, .dockerignore, the compose files, .env.example
 and scripts/compose-smoke.sh.
 
-No Docker engine runs here or in CI, so these tests read the files and check what must hold for
-the stack to work: services, healthchecks, volumes, ports, GPU reservations, required
-variables, and that every command, module and DINOSEEK_* variable the files name exists in the
-code. Overlays are applied with a minimal version of compose's merge rules (below). Where a
+These tests read the files and check what must hold for the stack to work: services,
+healthchecks, volumes, ports, GPU reservations, required variables, and that every command,
+module and DINOSEEK_* variable the files name exists in the code. Overlays are applied with a
+minimal version of compose's merge rules (below). The Dockerfile's install steps run with sh
+and a stand-in for pip, and the healthcheck's probe runs against a real HTTP server. Where a
 `docker compose` v2 plugin, shellcheck or hadolint is installed, they check the files too.
-What only a Docker host can check (the images build, the stack answers) is
-scripts/compose-smoke.sh.
 
-What these tests cannot prove without an engine: that the images build, that the base image
-and the wheels install, that the GPU reservation reaches a GPU, that the healthchecks pass,
-that the services reach each other, and that compose itself merges the overlays as the
-minimal merge below does (it follows compose's documented rules, not compose's code). A line
-of the Dockerfile or the smoke script these checks cannot parse fails the test that reads
-it, rather than being skipped.
+What these tests cannot prove without an engine (that the image builds and the stack answers)
+is tests/test_compose_stack.py, which runs scripts/compose-smoke.sh on a private Docker engine
+where it can (CI). What neither can prove here: that the cuda image builds and reaches a GPU,
+that the Qdrant server (and the cluster) starts healthy, that the lb and ray overlays work,
+and that compose itself merges every overlay as the minimal merge below does (it follows
+compose's documented rules, not compose's code). A line of the Dockerfile or the smoke script
+these checks cannot parse fails the test that reads it, rather than being skipped.
 """
 
 from __future__ import annotations
 
 import copy
 import fnmatch
+import http.server
 import importlib.util
 import json
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,8 @@ CPU = "docker-compose.cpu.yml"
 CLUSTER = "docker-compose.cluster.yml"
 LB = "docker-compose.lb.yml"
 RAY = "docker-compose.ray.yml"
-COMPOSE_FILES = (BASE, CPU, CLUSTER, LB, RAY)
+HOST_NETWORK = "deploy/docker-compose.host-network.yml"
+COMPOSE_FILES = (BASE, CPU, CLUSTER, LB, RAY, HOST_NETWORK)
 # The combinations README.md documents, each as compose would stack them.
 STACKS = {
     "gpu": (BASE,),
@@ -56,6 +60,7 @@ STACKS = {
     "cpu+cluster+lb": (BASE, CPU, CLUSTER, LB),
     "ray": (BASE, RAY),
     "cluster+ray": (BASE, CLUSTER, RAY),
+    "cpu+host-network": (BASE, CPU, HOST_NETWORK),
 }
 # What a user sets in .env at the least.
 USER_ENV = {"IMAGES_DIR": "/srv/photos", "RAY_AUTH_TOKEN": "secret"}
@@ -442,9 +447,15 @@ def test_api_port_and_bind_address_come_from_the_environment() -> None:
 def test_apps_wait_for_a_healthy_qdrant_reached_by_service_name() -> None:
     for files in STACKS.values():
         config = services(stack(*files))
+        started = {n: s for n, s in qdrant_services(stack(*files)).items() if not s.get("profiles")}
+        if not started:  # the host-network overlay: the embedded store
+            for name in APPS:
+                assert environment(config[name])["DINOSEEK_QDRANT_URL"] == "", (files, name)
+                assert not config[name].get("depends_on"), (files, name)
+            continue
         for name in APPS:
             depends = config[name]["depends_on"]
-            for qdrant in qdrant_services(stack(*files)):
+            for qdrant in started:
                 assert depends[qdrant]["condition"] == "service_healthy", (files, name, qdrant)
             url = environment(config[name])["DINOSEEK_QDRANT_URL"]
             match = re.fullmatch(r"http://([\w-]+):(\d+)", url)
@@ -580,6 +591,29 @@ def test_lb_overlay_lets_the_api_scale_behind_nginx() -> None:
     assert re.search(r"set \$(\w+) http://search-api:8000;\s+proxy_pass \$\1;", text)
     assert "client_max_body_size 0;" in text  # nginx's default (1 MB) would refuse uploads
     assert "$$" not in text
+
+
+# -- compose: the host-network overlay ------------------------------------------------------
+
+
+def test_host_network_overlay_serves_on_loopback_with_the_embedded_store() -> None:
+    # An engine without bridge networking (this project's CI): containers share the host's
+    # interfaces, so the API must bind 127.0.0.1 itself; no Qdrant server listens anywhere.
+    env = {**USER_ENV, "DINOSEEK_PORT": "18431"}
+    config = services(stack(BASE, CPU, HOST_NETWORK, env=env))
+    for name in APPS:
+        app = config[name]
+        assert app["network_mode"] == "host", name
+        assert app["build"]["network"] == "host", name
+        assert app["build"]["args"]["TORCH_VARIANT"] == "cpu", name
+        assert not app.get("ports"), name
+        assert not app.get("depends_on"), name
+        assert environment(app)["DINOSEEK_QDRANT_URL"] == "", name
+    assert config["search-api"]["command"] == [
+        "dinoseek", "serve", "--host", "127.0.0.1", "--port", "18431",
+    ]  # fmt: skip
+    # Not started by `up` (a profile of its own); nothing waits for it.
+    assert config["qdrant"]["profiles"] == ["qdrant-server"]
 
 
 # -- compose and .env.example: variables ----------------------------------------------------
@@ -838,40 +872,124 @@ def test_dockerfile_caches_dependencies_before_copying_the_source() -> None:
         assert any(re.match(rf"COPY {package} ", step) for step in steps), package
 
 
-def test_dockerfile_dependency_list_reads_pyproject(tmp_path: Path) -> None:
-    builder = _stages()[0]
-    [run] = [a for k, a in builder if k == "RUN" and "tomllib" in a]
-    code = shlex.split(run)[2]
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    assert "ARG EXTRAS=gpu" in (ROOT / "Dockerfile").read_text()
-
-    def requirements(extras: str) -> list[str]:
-        return subprocess.run(
-            [sys.executable, "-c", code, extras],
-            cwd=tmp_path, capture_output=True, text=True, check=True,
-        ).stdout.split()  # fmt: skip
-
-    output = requirements("gpu")
-    assert any(line.startswith("transformers") for line in output)
-    assert any(line.startswith("torchvision") for line in output)
-    assert any(line.startswith("qdrant-client") for line in output)
-    assert not any(line.startswith("ray") for line in output)
-    with_ray = requirements("gpu,ray")
-    assert set(with_ray) == set(output) | {"ray[data]>=2.59"}
+def _builder_args() -> dict[str, str | None]:
+    """The builder stage's ARGs: their defaults, or None for an ARG without one (unset)."""
+    args: dict[str, str | None] = {}
+    for keyword, arguments in _stages()[0]:
+        if keyword == "ARG":
+            name, has_value, value = arguments.partition("=")
+            args[name] = value if has_value else None
+    return args
 
 
-def test_dockerfile_chooses_cuda_or_cpu_torch() -> None:
-    builder = _stages()[0]
-    args = dict(a.split("=", 1) for k, a in builder if k == "ARG" and "=" in a)
+STAND_IN_PIP = """#!/bin/sh
+# A stand-in for pip: records its arguments, one a line, instead of installing.
+printf '%s\\n' "$@" > "$STAND_IN_RECORD"
+"""
+
+
+def _run_builder_step(
+    marker: str, build_args: Mapping[str, str], work: Path
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run the builder's RUN step that contains ``marker`` with sh, as Docker would: every ARG
+    of the stage in the environment (its default, or ``build_args``), pyproject.toml in the
+    working directory, and pip replaced by a stand-in that records what it was asked to
+    install. Returns the run and pip's arguments."""
+    [step] = [a for k, a in _stages()[0] if k == "RUN" and marker in a]
+    stand_in = work / "bin"
+    stand_in.mkdir(exist_ok=True)
+    (stand_in / "pip").write_text(STAND_IN_PIP)
+    (stand_in / "pip").chmod(0o755)
+    shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
+    record = work / "pip-arguments"
+    record.unlink(missing_ok=True)
+    env = {name: value for name, value in _builder_args().items() if value is not None}
+    env |= build_args
+    env["PATH"] = os.pathsep.join(
+        [str(stand_in), str(Path(sys.executable).parent), "/usr/bin", "/bin"]
+    )
+    env["STAND_IN_RECORD"] = str(record)
+    done = subprocess.run(
+        ["sh", "-c", step], cwd=work, env=env, capture_output=True, text=True, check=False
+    )
+    return done, record.read_text().splitlines() if record.exists() else []
+
+
+def test_dockerfile_installs_torchvision_with_a_cuda_torch_only(tmp_path: Path) -> None:
+    # PyPI's torchvision is built against PyPI's CUDA torch: beside a CPU torch it does not
+    # load, and transformers then cannot load Dinov2Model either.
+    def requirements(**build_args: str) -> list[str]:
+        done, pip = _run_builder_step("tomllib", build_args, tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert pip == ["install", "-r", "requirements.txt"]
+        return (tmp_path / "requirements.txt").read_text().split()
+
+    cpu = requirements(TORCH_VARIANT="cpu")
+    assert any(line.startswith("transformers") for line in cpu)
+    assert any(line.startswith("qdrant-client") for line in cpu)
+    assert not any(line.startswith("torchvision") for line in cpu)
+    assert not any(line.startswith("ray") for line in cpu)
+    cuda = requirements()  # the default variant
+    assert set(cuda) == set(cpu) | {"torchvision>=0.21"}
+    assert set(requirements(TORCH_VARIANT="cpu", EXTRAS="ray")) == set(cpu) | {"ray[data]>=2.59"}
+    assert set(requirements(EXTRAS="ray")) == set(cuda) | {"ray[data]>=2.59"}
+    for extras in ("gpu", "ray,gpu", "gpu,ray"):
+        done, pip = _run_builder_step(
+            "tomllib", {"TORCH_VARIANT": "cpu", "EXTRAS": extras}, tmp_path
+        )
+        assert done.returncode != 0, extras
+        assert "the gpu extra (torchvision) needs TORCH_VARIANT=cuda" in done.stderr
+        assert pip == [], "nothing installed"
+    # The ray overlay builds the cuda variant with the ray extra.
+    args = read_compose(RAY)["services"]["ray-head"]["build"]["args"]
+    assert (args["TORCH_VARIANT"], args["EXTRAS"]) == ("cuda", "ray")
+
+
+def test_dockerfile_takes_torch_from_the_given_index_or_pip_sources(tmp_path: Path) -> None:
+    args = _builder_args()
     assert args["TORCH_VARIANT"] == "cuda"
     assert args["TORCH_VERSION"] == "2.13.0"
-    [run] = [a for k, a in builder if k == "RUN" and "TORCH_VARIANT" in a]
-    assert "cuda)" in run
-    assert "cpu)" in run
-    assert "exit 1" in run  # any other value stops the build
-    cpu_branch = run[run.index("cpu)") :]
-    assert "--index-url https://download.pytorch.org/whl/cpu" in cpu_branch
-    assert run.count('"torch==${TORCH_VERSION}"') == 2
+    assert args["TORCH_CPU_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    # pip's own sources can be given to the build; unset by default.
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        assert name in args
+        assert args[name] is None, name
+
+    def installs(**build_args: str) -> list[str]:
+        done, pip = _run_builder_step("TORCH_PACKAGES", build_args, tmp_path)
+        assert done.returncode == 0, done.stderr
+        return pip
+
+    index = ["--index-url", "https://download.pytorch.org/whl/cpu"]
+    assert installs(TORCH_VARIANT="cpu") == ["install", *index, "torch==2.13.0"]
+    # Empty: torch from wherever pip's configuration points (a mirror, a local wheelhouse).
+    assert installs(TORCH_VARIANT="cpu", TORCH_CPU_INDEX_URL="") == ["install", "torch==2.13.0"]
+    mirror = "http://127.0.0.1:9/torch-cpu"
+    assert installs(TORCH_VARIANT="cpu", TORCH_CPU_INDEX_URL=mirror) == [
+        "install", "--index-url", mirror, "torch==2.13.0",
+    ]  # fmt: skip
+    assert installs(TORCH_VARIANT="cpu", TORCH_PACKAGES="torch==2.13.0+cpu") == [
+        "install", *index, "torch==2.13.0+cpu",
+    ]  # fmt: skip
+    done, pip = _run_builder_step("TORCH_PACKAGES", {"TORCH_VARIANT": "rocm"}, tmp_path)
+    assert done.returncode != 0
+    assert "TORCH_VARIANT must be 'cuda' or 'cpu', not 'rocm'" in done.stderr
+    assert pip == []
+
+
+@pytest.mark.slow
+def test_dockerfile_refuses_a_cuda_image_with_a_cpu_torch(tmp_path: Path) -> None:
+    # A pip source that holds a local CPU wheel of the same version (this project's CI) gives
+    # `torch==2.13.0` as a CPU build: the cuda variant must stop there, not build an image that
+    # cannot use its GPU. Run with this interpreter's torch.
+    import torch
+
+    if torch.version.cuda:
+        pytest.skip(f"this torch ({torch.__version__}) is a CUDA build")
+    done, pip = _run_builder_step("TORCH_PACKAGES", {}, tmp_path)
+    assert pip == ["install", "torch==2.13.0", "torchvision"]
+    assert done.returncode != 0
+    assert f"TORCH_VARIANT=cuda installed torch {torch.__version__}, a CPU build" in done.stderr
 
 
 def test_dockerfile_runs_as_a_non_root_user() -> None:
@@ -881,16 +999,68 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
     assert user not in ("root", "0")
 
 
+def _image_healthcheck() -> list[str]:
+    [healthcheck] = [arguments for keyword, arguments in _stages()[-1] if keyword == "HEALTHCHECK"]
+    return [str(part) for part in json.loads(healthcheck[healthcheck.index("CMD") + 3 :])]
+
+
 def test_dockerfile_healthcheck_and_command() -> None:
     final = _stages()[-1]
-    [healthcheck] = [arguments for keyword, arguments in final if keyword == "HEALTHCHECK"]
-    assert "/health" in healthcheck
-    assert "urllib" in healthcheck
-    assert "curl" not in healthcheck
+    probe = _image_healthcheck()
+    assert probe[:2] == ["python", "-c"]
+    assert "/health" in probe[2]
+    assert "urllib" in probe[2]
+    assert "curl" not in probe[2]
+    # search-api's healthcheck in compose is the same probe.
+    assert services(stack(BASE))["search-api"]["healthcheck"]["test"] == ["CMD", *probe]
     [command] = [arguments for keyword, arguments in final if keyword == "CMD"]
     assert json.loads(command) == ["dinoseek", "serve", "--host", "0.0.0.0", "--port", "8000"]
     exposed = [arguments for keyword, arguments in final if keyword == "EXPOSE"]
     assert exposed == ["8000"]
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+        self.wfile.write(b'{"status":"ok"}')
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_healthcheck_probes_the_port_the_service_was_given(tmp_path: Path) -> None:
+    # A command with another --port (the host-network overlay, `docker run ... --port 9000`)
+    # must not be reported unhealthy. The probe reads the main process's command line; here a
+    # file stands in for /proc/1/cmdline, and a real HTTP server for the API.
+    code = _image_healthcheck()[2]
+    assert "/proc/1/cmdline" in code
+    cmdline = tmp_path / "cmdline"
+    code = code.replace("/proc/1/cmdline", str(cmdline))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+
+        def probe(*argv: str) -> int:
+            cmdline.write_bytes(b"".join(arg.encode() + b"\0" for arg in argv))
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
+            return done.returncode
+
+        serve = ["/opt/venv/bin/python", "/opt/venv/bin/dinoseek", "serve", "--host", "0.0.0.0"]
+        assert probe(*serve, "--port", str(port)) == 0
+        assert probe(*serve, f"--port={port}") == 0
+        # compose's `init: true`: docker-init is process 1, the service its argument.
+        assert probe("/sbin/docker-init", "--", "dinoseek", "serve", "--port", str(port)) == 0
+        assert probe("sh", "-c", f"exec dinoseek serve --port {port}") == 0
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            closed = unused.getsockname()[1]
+        assert probe(*serve, "--port", str(closed)) != 0
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_dockerfile_volumes_match_the_compose_mounts() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +24,8 @@ from dinoseek.evaluation import (
     labelled_set,
     retrieval_metrics,
 )
+from dinoseek.store import EdgeStore
+from dinoseek_cli.eval import render
 from dinoseek_cli.main import main
 from tests.commands import invoke, run_json
 from tests.helpers import unit_vectors, write_tree
@@ -169,7 +172,64 @@ def photos(tmp_path: Path) -> Path:
     return tmp_path / "photos"
 
 
-def test_eval_compares_models_on_a_folder_and_writes_a_report(photos: Path, tmp_path: Path) -> None:
+def reference(vectors: np.ndarray, labels: list[str], groups: list[str | None]) -> dict[str, Any]:
+    """What ``eval`` must report, pair by pair: each row against every other row outside its
+    near-duplicate group (a row with no group is a group of its own)."""
+    classes = sorted(set(labels))
+    group = [g if g else f"own-{i}" for i, g in enumerate(groups)]
+    count = len(labels)
+    found: dict[str, Any] = {"knn_accuracy@10": 0, "knn_accuracy@20": 0, "recall@1": 0,
+                             "recall@5": 0, "recall@10": 0}  # fmt: skip
+    precisions, confusion = [], np.zeros((len(classes), len(classes)), dtype=int)
+    for i in range(count):
+        others = [j for j in range(count) if group[j] != group[i]]
+        ranked = sorted(others, key=lambda j: -float(vectors[i] @ vectors[j]))
+        for k in (10, 20):
+            votes = dict.fromkeys(classes, 0.0)
+            for j in ranked[:k]:
+                votes[labels[j]] += np.exp(float(vectors[i] @ vectors[j]) / 0.07)
+            guess = max(classes, key=lambda c: votes[c])
+            found[f"knn_accuracy@{k}"] += guess == labels[i]
+            if k == 20:
+                confusion[classes.index(labels[i]), classes.index(guess)] += 1
+        hits = [labels[j] == labels[i] for j in ranked]
+        for k in (1, 5, 10):
+            found[f"recall@{k}"] += any(hits[:k])
+        relevant = sum(hits)
+        if relevant:
+            seen = 0
+            total = 0.0
+            for rank, hit in enumerate(hits[:relevant], start=1):
+                seen += hit
+                total += seen / rank if hit else 0.0
+            precisions.append(total / relevant)
+    numbers = {key: round(value / count, 4) for key, value in found.items()}
+    return {**numbers, "map@r": round(float(np.mean(precisions)), 4),
+            "confusion": {"k": 20, "classes": classes, "matrix": confusion.tolist()}}  # fmt: skip
+
+
+def stored(data: Path, collection: str = "images") -> tuple[np.ndarray, list[str], list[Any]]:
+    """The labelled vectors of a collection, their labels and their dedup groups."""
+    with EdgeStore(data) as store:
+        store.acquire(collection)
+        points = [p for p in store.scroll(collection, with_vectors=True) if p.payload.get("label")]
+    return (
+        np.stack([p.vector for p in points]),
+        [str(p.payload["label"]) for p in points],
+        [p.payload.get("duplicate_group") for p in points],
+    )
+
+
+def assert_pinned(entry: dict[str, Any], expected: dict[str, Any]) -> None:
+    for key, value in expected.items():
+        assert entry[key] == (value if key == "confusion" else pytest.approx(value, abs=1e-4)), key
+
+
+def test_eval_on_a_folder_is_the_brute_force_answer_for_each_model(
+    photos: Path, tmp_path: Path
+) -> None:
+    """Each model's numbers against the reference on the vectors the same model stores when
+    the folder is indexed for good (which eval's own temporary collection is not)."""
     report = tmp_path / "report"
     document = run_json(
         "eval", photos, "--labels-from-folders", "--model", "fake/dinov2", "--model",
@@ -177,30 +237,46 @@ def test_eval_compares_models_on_a_folder_and_writes_a_report(photos: Path, tmp_
         "--data-dir", tmp_path / "unused",
     )  # fmt: skip
     assert [m["model"] for m in document["models"]] == ["fake/dinov2", "fake/other"]
+    assert not (tmp_path / "unused").exists()  # temporary collections only
     for entry in document["models"]:
-        assert entry["points"] == 24
-        assert entry["classes"] == 3
+        data = tmp_path / entry["model"].replace("/", "-")
+        indexed = invoke("index", photos, "--model", entry["model"], "--data-dir", data,
+                         "--labels-from-folders", "-q")  # fmt: skip
+        assert indexed.exit_code == 0, indexed.output
+        vectors, labels, groups = stored(data)
+        expected = reference(vectors, labels, groups)
+        assert expected["recall@1"] < 1.0  # a query that found itself would score 1
+        assert (entry["points"], entry["classes"]) == (24, 3)
+        assert_pinned(entry, expected)
         assert set(entry["linear_probe"]) == {"1", "5", "all"}
-        assert 0.0 <= entry["knn_accuracy@20"] <= 1.0
-        assert {"recall@1", "recall@5", "recall@10", "map@r"} <= set(entry)
         assert entry["images_per_s"] > 0
         assert entry["peak_memory_mb"] > 0
-    assert not (tmp_path / "unused").exists()  # temporary collections only
     with Image.open(report / "eval.png") as picture:
         assert picture.format == "PNG"
     assert json.loads((report / "eval.json").read_text())["models"] == document["models"]
     assert "kNN@20" in (report / "summary.md").read_text()
 
 
-def test_eval_on_a_collection_reads_the_stored_vectors(photos: Path, tmp_path: Path) -> None:
+def test_eval_on_a_collection_is_the_brute_force_answer_without_near_duplicates(
+    photos: Path, tmp_path: Path
+) -> None:
+    """Copies marked by ``dinoseek dedup`` are neither neighbours nor relevant to their
+    originals: pinned against the reference with the stored groups."""
+    for source in (photos / "cats" / "cats_0.jpg", photos / "dogs" / "dogs_3.jpg"):
+        Image.open(source).save(source.with_name(f"{source.stem}-copy.png"))
     data = tmp_path / "data"
     indexed = invoke("index", photos, "--model", "fake/dinov2", "--data-dir", data,
                      "--labels-from-folders", "-q")  # fmt: skip
     assert indexed.exit_code == 0, indexed.output
+    assert run_json("dedup", "--data-dir", data, "--threshold", "0.999")["duplicates"] == 2
+    vectors, labels, groups = stored(data)
+    expected = reference(vectors, labels, groups)
+    assert expected != reference(vectors, labels, [None] * len(labels))  # the groups matter
     document = run_json("eval", "--data-dir", data, "--draws", "2", "--seed", "3")
     (entry,) = document["models"]
-    assert entry["model"] == "fake/dinov2"
-    assert entry["collection"] == "images"
+    assert (entry["model"], entry["collection"], entry["points"]) == ("fake/dinov2", "images", 26)
+    assert entry["splits"] == "near-duplicate groups (dinoseek dedup)"
+    assert_pinned(entry, expected)
     assert "images_per_s" not in entry  # nothing was embedded
     again = run_json("eval", "--data-dir", data, "--draws", "2", "--seed", "3")
     assert again["models"][0]["linear_probe"] == entry["linear_probe"]
@@ -208,6 +284,45 @@ def test_eval_on_a_collection_reads_the_stored_vectors(photos: Path, tmp_path: P
     assert text.exit_code == 0, text.output
     assert "kNN@10" in text.output
     assert "taken for" in text.output or entry["confused"] == []
+
+
+def test_long_model_names_keep_their_end_after_an_ellipsis() -> None:
+    entry = {"model": "/home/someone/models/" + "x" * 40 + "/dinov2-small-adapted",
+             "dtype": "auto", "images_per_s": 10.0, "knn_accuracy@10": 0.5,
+             "knn_accuracy@20": 0.5, "recall@1": 0.5, "recall@5": 0.5, "map@r": 0.5,
+             "linear_probe": {"all": {"mean": 0.5, "std": 0.0}}, "points": 10, "classes": 2,
+             "splits": "x", "left_out_classes": {}, "confused": []}  # fmt: skip
+    short = {**entry, "model": "fake/dinov2"}
+    head, long_row, short_row = render({"shots": ["all"], "models": [entry, short]}).split("\n")[:3]
+    assert long_row.startswith("…")
+    assert long_row.split()[0].endswith("/dinov2-small-adapted")
+    assert len(long_row.split()[0]) == 40
+    assert head.index("dtype") == long_row.index("auto") == short_row.index("auto")
+    alone = render({"shots": ["all"], "models": [short]}).split("\n")
+    assert alone[1].startswith("fake/dinov2 auto")  # the column is as wide as the names
+
+
+def test_the_plot_has_titles_a_confusion_matrix_and_no_speed_panel_for_one_model() -> None:
+    pytest.importorskip("matplotlib")
+    from dinoseek_cli.eval import plot_figure
+
+    def entry(model: str, rate: float) -> dict[str, Any]:
+        confusion = {"k": 20, "classes": ["a", "b"], "matrix": [[9, 1], [5, 15]]}
+        return {"model": model, "dtype": "auto", "images_per_s": rate, "knn_accuracy@20": 0.5,
+                "points": 30, "classes": 2, "linear_probe": {"all": {"mean": 0.5, "std": 0.1}},
+                "confusion": confusion}  # fmt: skip
+
+    one = plot_figure({"shots": ["all"], "models": [entry("m1", 10.0)]})
+    titles = [axis.get_title() for axis in one.axes if axis.get_title()]
+    assert titles == ["Linear probe on frozen features", "kNN confusion (k=20): m1"]
+    assert one.get_suptitle() == "dinoseek eval: 30 labelled images, 2 classes"
+    (image,) = one.axes[1].get_images()
+    assert image.get_array().tolist() == [[0.9, 0.1], [0.25, 0.75]]  # rows: the true class
+    two = plot_figure({"shots": ["all"], "models": [entry("m1", 10.0), entry("m2", 20.0)]})
+    titles = [axis.get_title() for axis in two.axes if axis.get_title()]
+    assert titles[:2] == ["Linear probe on frozen features", "Accuracy against speed"]
+    speed = two.axes[1]
+    assert sum(len(c.get_offsets()) for c in speed.collections) == 2
 
 
 def test_eval_errors_are_clear(photos: Path, tmp_path: Path) -> None:

@@ -78,15 +78,38 @@ def test_the_page_and_its_assets_need_no_key_and_reveal_nothing(
         assert keyed.get("/points", params={"limit": 1}).status_code == 401  # the data is keyed
 
 
-def test_every_response_but_the_docs_allows_only_this_origin(client: TestClient) -> None:
-    for path in ("/", "/ui/app.js", "/ready", "/points?limit=1", "/nothing-here"):
+def test_every_response_allows_only_this_origin(client: TestClient) -> None:
+    for path in ("/", "/ui/app.js", "/ready", "/points?limit=1", "/nothing-here", "/docs"):
         policy = client.get(path).headers["content-security-policy"]
         assert "default-src 'self'" in policy, path
         assert "script-src 'self';" in policy, path
         assert "frame-ancestors 'none'" in policy, path
         assert "http" not in policy, path  # no other origin, no CDN
-    # The API docs load their scripts from a CDN; they keep FastAPI's defaults.
-    assert "content-security-policy" not in client.get("/docs").headers
+
+
+def test_the_api_docs_and_their_assets_come_from_the_service(
+    embedder: ImageEmbedder, indexed: tuple[Path, Path]
+) -> None:
+    """Swagger UI and ReDoc load nothing from another site (tests/browser/test_docs.py shows
+    them rendered offline), and need no key."""
+    with make_client(embedder, indexed[0], api_key="k") as keyed:
+        for page in ("/docs", "/redoc"):
+            html = keyed.get(page)
+            assert html.status_code == 200, page
+            assert html.headers["content-type"].startswith("text/html"), page
+            assert "<script>" not in html.text, page  # the policy forbids inline scripts
+            sources = re.findall(r'(?:src|href)="([^"]*)"', html.text)
+            assert sources, page
+            for source in sources:
+                assert source.startswith("/ui/"), (page, source)
+                answer = keyed.get(source)
+                assert answer.status_code == 200, source
+                assert answer.content, source
+        assert (
+            keyed.get("/ui/docs/swagger-ui-bundle.js")
+            .headers["content-type"]
+            .startswith("text/javascript")
+        )
 
 
 def test_the_page_leaves_no_inline_script_or_handler() -> None:

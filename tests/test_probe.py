@@ -323,9 +323,10 @@ def test_knn_vote_weights_by_similarity_and_normalises() -> None:
     assert votes[0].probability == pytest.approx(1.2 / 2.0)
     assert votes[1].probability == pytest.approx(0.8 / 2.0)
     assert votes[2].probability == 0.0
+    assert {vote.neighbours for vote in votes} == {5}  # every neighbour, labelled or not
     assert sum(vote.probability for vote in votes) == pytest.approx(1.0)
     assert knn_vote(["cat", "dog", "cat"], [0.5, 0.9, 0.5], top_k=1) == [
-        PredictedLabel("cat", pytest.approx(1.0 / 1.9), "knn")  # type: ignore[arg-type]
+        PredictedLabel("cat", pytest.approx(1.0 / 1.9), "knn", neighbours=3)  # type: ignore[arg-type]
     ]
 
 
@@ -333,8 +334,8 @@ def test_knn_vote_edge_cases() -> None:
     assert knn_vote([None, None], [0.9, 0.8]) == []
     assert knn_vote([], []) == []
     assert knn_vote(["a", "b", "a"], [0.0, -1.0, float("nan")]) == [
-        PredictedLabel("a", pytest.approx(2 / 3), "knn"),  # type: ignore[arg-type]
-        PredictedLabel("b", pytest.approx(1 / 3), "knn"),  # type: ignore[arg-type]
+        PredictedLabel("a", pytest.approx(2 / 3), "knn", neighbours=3),  # type: ignore[arg-type]
+        PredictedLabel("b", pytest.approx(1 / 3), "knn", neighbours=3),  # type: ignore[arg-type]
     ]
     with pytest.raises(ValueError, match="2 labels but 1 scores"):
         knn_vote(["a", "b"], [0.5])

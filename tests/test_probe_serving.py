@@ -78,6 +78,51 @@ def test_probe_train_reports_and_stores(trained: tuple[Path, Path]) -> None:
     assert report["holdout_nll_after"] <= report["holdout_nll_before"] + 1e-9
 
 
+def test_probe_eval_counts_abstentions_apart_from_errors(
+    labelled: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A --min-confidence probe is judged on what it answers, and says how much that is;
+    the reference is computed here from the stored vectors and the probe's probabilities."""
+    import shutil
+
+    from dinoseek.probe import labelled_vectors, load_probe
+
+    data = tmp_path / "data"
+    shutil.copytree(labelled[0], data)
+    for name, floor in (("half", "0.39"), ("never", "1.0")):
+        trained = invoke("probe", "train", "--data-dir", data, "--min-per-class", "3",
+                         "--min-confidence", floor, "--name", name)  # fmt: skip
+        assert trained.exit_code == 0, trained.output
+    with EdgeStore(data) as store:
+        store.acquire("images")
+        probe = load_probe(store.probes, "images", "half", store.collection_space("images"))
+        vectors, labels = labelled_vectors(store, "images")
+    probabilities = probe.predict_proba(vectors)
+    truth = np.array(labels, dtype=object)
+    right = np.array(probe.classes, dtype=object)[probabilities.argmax(axis=1)] == truth
+    answered = probabilities.max(axis=1) >= 0.39
+    assert 0 < answered.sum() < len(labels)  # the case: some answered, some not
+    current = json.loads(invoke("probe", "eval", "half", "--data-dir", data, "--json").stdout)[
+        "current"
+    ]
+    assert current["min_confidence"] == 0.39
+    assert (current["points"], current["answered"]) == (36, int(answered.sum()))
+    assert current["coverage"] == round(answered.mean(), 4)
+    assert current["accuracy"] == round(right[answered].mean(), 4)
+    assert current["accuracy_if_all_answered"] == round(right.mean(), 4)
+    for label, row in current["per_class"].items():
+        mine = truth == label
+        assert row["coverage"] == round(answered[mine].mean(), 4)
+        assert row["accuracy"] == round(right[mine & answered].mean(), 4)
+    text = invoke("probe", "eval", "half", "--data-dir", data).stdout
+    assert f"answers {answered.mean():.1%} of them (coverage; the rest 'unknown')" in text
+    assert f"{right[answered].mean():.1%} of those correctly" in text
+    never = json.loads(invoke("probe", "eval", "never", "--data-dir", data, "--json").stdout)
+    assert never["current"]["coverage"] == 0.0
+    assert never["current"]["accuracy"] is None  # not 0%: it made no mistake, it abstained
+    assert "answers none of them" in invoke("probe", "eval", "never", "--data-dir", data).stdout
+
+
 def test_too_few_labels_are_refused_with_a_reason(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     write_image_folder(photos, count=4, classes=("a",), size=(64, 64))
@@ -96,6 +141,20 @@ def test_too_few_labels_are_refused_with_a_reason(tmp_path: Path) -> None:
     result = invoke("probe", "train", "--data-dir", tmp_path / "d")
     assert result.exit_code == 1
     assert "class" in result.stderr
+
+
+def test_training_on_an_unlabelled_collection_says_how_to_label(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    write_image_folder(photos, count=6, classes=("a", "b"), size=(64, 64))
+    indexed = invoke("index", photos, "--model", "fake/dinov2", "--data-dir", tmp_path / "d",
+                     "--workers", "0", "-q")  # fmt: skip
+    assert indexed.exit_code == 0, indexed.output
+    result = invoke("probe", "train", "--data-dir", tmp_path / "d")
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert "no labelled vectors to train on (none has a 'label')" in message
+    assert "`dinoseek index FOLDER --labels-from-folders`" in message
+    assert "`--labels-csv FILE` (path,label rows)" in message
 
 
 @pytest.fixture

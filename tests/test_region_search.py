@@ -11,6 +11,7 @@ import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -191,26 +192,49 @@ def test_the_api_searches_by_region(client: TestClient, quadrants: Path) -> None
     assert [r["path"] for r in threshold.json()["results"]] == [str(path_of(quadrants, 2))]
     labelled = client.post(
         "/search",
-        params={"regions": True, "with_labels": True, "label": "even"},
+        params={"regions": True, "with_labels": True, "label": "odd"},
         files={"image": ("q.png", crop)},
     ).json()
-    assert {r["label"] for r in labelled["results"]} == {"even"}
-    assert labelled["labels"][0]["label"] == "even"
-    assert labelled["labels"][0]["method"] == "knn"
+    assert {r["label"] for r in labelled["results"]} == {"odd"}
+    assert labelled["labels"] == region_vote(client, {"regions": True}, crop)
     plain = client.post("/search", files={"image": ("q.png", crop)}).json()
     assert all(r["region"] is None for r in plain["results"])
-    # A box's labels: the neighbours' vote; a probe classifies whole images only.
+    # A box's labels: the vote by region; a probe classifies whole images only.
     box = {"region": "0,0.5,0.5,0.5"}
     voted = client.post(
-        "/search", params={**box, "with_labels": True}, files={"image": ("q.png", whole)}
+        "/search",
+        params={**box, "with_labels": True, "label": "odd"},
+        files={"image": ("q.png", whole)},
     ).json()
-    assert voted["labels"]
-    assert voted["labels"][0]["method"] == "knn"
+    assert voted["labels"] == region_vote(client, box, whole)
     probed = client.post(
         "/search", params={**box, "label_method": "probe"}, files={"image": ("q.png", whole)}
     )
     assert probed.status_code == 422
     assert "a probe classifies whole images" in probed.json()["error"]["message"]
+
+
+def region_vote(client: TestClient, params: dict[str, Any], image: bytes) -> list[dict[str, Any]]:
+    """The reference vote: every point of the collection (nine, fewer than the ten a vote
+    takes) weighted by its region score, whatever filter the labelled query had."""
+    found = client.post(
+        "/search", params={**params, "top_k": 9}, files={"image": ("q.png", image)}
+    ).json()["results"]
+    assert len(found) == 9
+    votes: dict[str, float] = {}
+    for hit in found:
+        votes[hit["label"]] = votes.get(hit["label"], 0.0) + max(hit["score"], 0.0)
+    ranked = sorted(votes.items(), key=lambda item: -item[1])
+    return [
+        {
+            "label": label,
+            "probability": pytest.approx(weight / sum(votes.values()), abs=1e-5),
+            "method": "knn",
+            "probe": None,
+            "neighbours": 9,
+        }
+        for label, weight in ranked
+    ]
 
 
 @pytest.mark.parametrize(

@@ -150,3 +150,30 @@ def test_the_embedded_region_vector_has_no_graph_and_is_quantized(tmp_path: Path
         "pooling": "mean",
     }
     assert recorded["model_id"] == make_space().model_id
+
+
+def test_a_renamed_collection_keeps_its_regions(store_factory: StoreFactory) -> None:
+    """The embedded store moves the collection's directory; a Qdrant server, which cannot
+    rename, copies every point: the region vectors and the layout go with them."""
+    store = store_factory()
+    store.ensure_collection("c", make_space())
+    points = ids(5)
+    regions = windows(5, seed=5)
+    cls = unit_vectors(5, DIM, seed=6)
+    store.upsert(
+        "c", [PointRecord(p, v, {"n": i}) for i, (p, v) in enumerate(zip(points, cls, strict=True))]
+    )
+    store.ensure_regions("c", SPEC)
+    # Regions added half-way: the first point has none yet.
+    store.set_regions("c", dict(zip(points[1:], regions[1:], strict=True)))
+    store.rename_collection("c", "d")
+    store.acquire("d")
+    assert store.collection_regions("d") == SPEC
+    assert list(store.ids_without_regions("d")) == [points[0]]
+    (hits,) = store.search("d", [SearchQuery(regions[3, 4], top_k=1, regions=True)])
+    assert hits[0].id == points[3]
+    assert hits[0].regions is not None
+    assert np.allclose(hits[0].regions, regions[3], atol=1e-5)
+    (got,) = store.get("d", [points[3]], with_vectors=True)
+    assert got.vector is not None
+    assert np.allclose(got.vector, cls[3], atol=1e-5)

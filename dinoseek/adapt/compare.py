@@ -1,7 +1,10 @@
 """Before and after: the base model and the adapted one on the same images.
 
 With labels, the labelled images training never saw are embedded by both models and scored
-with ``dinoseek eval``'s measures (leave-one-out kNN accuracy, recall@1). Without labels, the
+with ``dinoseek eval``'s measures (leave-one-out kNN accuracy, recall@1). kNN takes k = 20
+neighbours, or fewer when the smallest class has fewer other images: with more neighbours
+than a point's class can give, every point is outvoted by the other classes, and the score
+sits at chance whatever the features. Without labels, the
 k-NN graphs of both on a sample of the training images are compared (how many of each image's
 neighbours stay neighbours): a large change with no labelled check is a warning, not a score.
 """
@@ -23,9 +26,11 @@ AGREEMENT_K = 10
 
 @dataclass(frozen=True)
 class Scores:
-    """kNN accuracy and recall@1 of one model on the held-out labelled images."""
+    """kNN accuracy (with ``knn_k`` neighbours) and recall@1 of one model on the held-out
+    labelled images."""
 
     knn_accuracy: float
+    knn_k: int
     recall_at_1: float
 
 
@@ -54,13 +59,20 @@ def held_out_split(
 def labelled_scores(
     vectors: np.ndarray, labels: Sequence[str], names: Sequence[str], *, min_per_class: int
 ) -> Scores:
-    """Leave-one-out kNN accuracy (k = 20 or fewer) and recall@1 of unit vectors."""
+    """Leave-one-out kNN accuracy (``knn_k``) and recall@1 of unit vectors."""
     data, _ = labelled_set(
         vectors, list(labels), [None] * len(labels), list(names), min_per_class=min_per_class
     )
-    k = max(1, min(KNN_K, len(data.labels) - 1))
+    k = knn_k(data.labels)
     recall = retrieval_metrics(data, ks=(1,))["recall@1"]
-    return Scores(knn_accuracy=knn_accuracy(data, k), recall_at_1=recall)
+    return Scores(knn_accuracy=knn_accuracy(data, k), knn_k=k, recall_at_1=recall)
+
+
+def knn_k(labels: np.ndarray) -> int:
+    """k for leave-one-out kNN: ``KNN_K``, at most the size of the smallest class less one
+    (the neighbours a point of that class can have in its own class), at least 1."""
+    smallest = int(np.bincount(labels).min())  # every class index has rows (labelled_set)
+    return max(1, min(KNN_K, smallest - 1))
 
 
 def knn_agreement(before: np.ndarray, after: np.ndarray, k: int = AGREEMENT_K) -> float:

@@ -21,7 +21,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from dinoseek.adapt.augment import CropSpec, multi_crop
 from dinoseek.errors import ConfigError, DinoseekError
-from dinoseek.images import inspect_image, load_image, read_image_bytes
+from dinoseek.images import Preprocessing, load_image, prepare_image, read_image_bytes
+
+# The smallest batch a run lowers --batch-size to when the folder holds fewer images: the
+# teacher's Sinkhorn-Knopp targets and KoLeo are taken over the batch.
+MIN_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -41,15 +45,22 @@ class DecodeLimits:
 
 
 def check_images(
-    files: Sequence[Path], limits: DecodeLimits, *, on_file: Callable[[], None] | None = None
+    files: Sequence[Path],
+    limits: DecodeLimits,
+    preprocessing: Preprocessing,
+    *,
+    on_file: Callable[[], None] | None = None,
 ) -> TrainingImages:
-    """Keep the files whose header is a readable image within the limits (no pixel decoded)."""
+    """Keep the files that decode within the limits into the model's input: each is decoded
+    and preprocessed once, so that the usable images counted here are the ones training and
+    the before/after check use (a whole header can hide truncated pixels, and a decodable
+    image can still be refused by the resize)."""
     usable: list[Path] = []
     failed: dict[Path, str] = {}
     for path in files:
         try:
             data = read_image_bytes(path, max_bytes=limits.max_bytes)
-            inspect_image(data, max_pixels=limits.max_pixels, name=str(path))
+            prepare_image(data, preprocessing, max_pixels=limits.max_pixels, name=str(path))
         except DinoseekError as error:
             failed[path] = str(error)
         else:
@@ -59,15 +70,16 @@ def check_images(
     return TrainingImages(tuple(usable), failed)
 
 
-def require_batch(images: TrainingImages, folder: Path, batch_size: int) -> None:
-    """``ConfigError`` unless there are enough usable images for one batch."""
-    count = len(images.paths)
-    if count < batch_size:
-        unusable = f" ({len(images.failed)} more could not be used)" if images.failed else ""
-        raise ConfigError(
-            f"{folder}: {count} usable image(s){unusable}, fewer than one batch of "
-            f"{batch_size}; add images or lower --batch-size"
-        )
+def fitted_batch_size(usable: int, requested: int, counts: str) -> int:
+    """``requested``, or all ``usable`` images when there are fewer, down to ``MIN_BATCH``
+    (or ``requested`` when smaller); ``ConfigError`` below that, saying ``counts``."""
+    if usable >= requested:
+        return requested
+    floor = min(requested, MIN_BATCH)
+    if usable < floor:
+        why = "--batch-size" if floor == requested else "the smallest batch a run lowers to"
+        raise ConfigError(f"{counts}: fewer than one batch of {floor} ({why}); add images")
+    return usable
 
 
 class Batch(NamedTuple):

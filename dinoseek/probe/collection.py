@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -91,23 +90,42 @@ def load_probe(
 def evaluate_probe(
     probe: LinearProbe, vectors: np.ndarray, labels: Sequence[str | None]
 ) -> dict[str, Any]:
-    """Accuracy of ``probe`` on labelled vectors, overall and per class (classes the probe
-    does not know count as errors)."""
+    """How ``probe`` does on labelled vectors, overall and per class: ``coverage``, the share
+    it answers (its top probability reaches ``min_confidence``; all without one), the
+    ``accuracy`` of those answers (None when it answers none), and the accuracy it would
+    have if it answered all (``accuracy_if_all_answered``). Classes the probe does not know
+    count as errors."""
     rows = [i for i, label in enumerate(labels) if label is not None]
+    summary: dict[str, Any] = {"min_confidence": probe.min_confidence}
     if not rows:
-        return {"points": 0, "accuracy": None, "per_class": {}, "unknown_classes": []}
-    predicted = [p[0].label for p in probe.predict(vectors[rows], top_k=1)]
-    truth = [str(labels[i]) for i in rows]
-    totals = Counter(truth)
-    correct = Counter(t for t, p in zip(truth, predicted, strict=True) if t == p)
+        return {**summary, **_scores(np.zeros(0, dtype=bool), np.zeros(0, dtype=bool)),
+                "per_class": {}, "unknown_classes": []}  # fmt: skip
+    probabilities = probe.predict_proba(vectors[rows])
+    truth = np.array([str(labels[i]) for i in rows], dtype=object)
+    predicted = np.array(probe.classes, dtype=object)[probabilities.argmax(axis=1)]
+    correct = predicted == truth
+    floor = probe.min_confidence
+    answered = probabilities.max(axis=1) >= floor if floor is not None else np.ones_like(correct)
     return {
-        "points": len(rows),
-        "accuracy": round(sum(correct.values()) / len(rows), 4),
+        **summary,
+        **_scores(answered, correct),
         "per_class": {
-            label: {"points": totals[label], "accuracy": round(correct[label] / totals[label], 4)}
-            for label in sorted(totals)
+            label: _scores(answered[truth == label], correct[truth == label])
+            for label in sorted(set(truth.tolist()))
         },
-        "unknown_classes": sorted(set(truth) - set(probe.classes)),
+        "unknown_classes": sorted(set(truth.tolist()) - set(probe.classes)),
+    }
+
+
+def _scores(answered: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
+    """Points, answered, coverage, accuracy of the answers, accuracy answering all."""
+    points, count = len(correct), int(answered.sum())
+    return {
+        "points": points,
+        "answered": count,
+        "coverage": round(count / points, 4) if points else None,
+        "accuracy": round(float(correct[answered].mean()), 4) if count else None,
+        "accuracy_if_all_answered": round(float(correct.mean()), 4) if points else None,
     }
 
 

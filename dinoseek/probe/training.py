@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the usual alias)
 
 from dinoseek.errors import ConfigError, ProbeTrainingError
+from dinoseek.messages import short_list
 from dinoseek.probe.calibration import fit_temperature
 from dinoseek.probe.model import LinearProbe, check_min_confidence
 from dinoseek.probe.report import FittedHead, ProbeReport, SkippedClass, build_report
@@ -100,7 +101,9 @@ def train_probe(
         if count < min_per_class
     )
     if len(classes) < 2:
-        raise ProbeTrainingError(_too_few_classes_message(counts, classes, min_per_class))
+        raise ProbeTrainingError(
+            _too_few_classes_message(counts, classes, min_per_class, label_field)
+        )
 
     index_of = {label: k for k, label in enumerate(classes)}
     keep = [
@@ -364,14 +367,20 @@ def _training_label(label: str | None, row: int) -> str:
     return label
 
 
+HOW_TO_LABEL = (
+    "To label, run `dinoseek index FOLDER --labels-from-folders` (sub-folder names) or "
+    "`--labels-csv FILE` (path,label rows) again: only labels are written"
+)
+
+
 def _too_few_classes_message(
-    counts: Counter[str], classes: tuple[str, ...], min_per_class: int
+    counts: Counter[str], classes: tuple[str, ...], min_per_class: int, label_field: str
 ) -> str:
     if not counts:
-        return "no labelled vectors to train on"
-    found = ", ".join(f"{label} ({count})" for label, count in sorted(counts.items()))
+        return f"no labelled vectors to train on (none has a {label_field!r}). {HOW_TO_LABEL}"
+    found = short_list(f"{label} ({count})" for label, count in counts.most_common())
     return (
         f"a probe needs at least 2 classes with {min_per_class} or more labelled examples each; "
         f"{len(classes)} of {len(counts)} qualify (examples per class: {found}). "
-        "Label more images or lower min_per_class"
+        f"Label more images or lower min_per_class. {HOW_TO_LABEL}"
     )

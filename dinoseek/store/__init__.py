@@ -17,6 +17,7 @@ from dinoseek.store.protocol import ProbeStore, SnapshotStore, VectorStore
 from dinoseek.store.records import (
     POINT_ID_PATTERN,
     CollectionInfo,
+    CollectionRename,
     CollectionStatus,
     FilterValue,
     PointRecord,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "POINT_ID_PATTERN",
     "CollectionInfo",
+    "CollectionRename",
     "CollectionStatus",
     "EdgeStore",
     "FilterValue",

@@ -31,7 +31,14 @@ from typing import IO, Any
 
 import qdrant_edge as qe
 
-from dinoseek.errors import CollectionNotAcquiredError, CollectionNotFoundError, StoreError
+from dinoseek.errors import (
+    CollectionNotAcquiredError,
+    CollectionNotFoundError,
+    DinoseekError,
+    PointRefusedError,
+    StoreError,
+)
+from dinoseek.messages import short_list
 from dinoseek.regions import RegionSpec
 from dinoseek.settings import validate_collection_name
 from dinoseek.space import EmbeddingSpace
@@ -39,9 +46,10 @@ from dinoseek.store.edge_locks import lock_collection, release
 from dinoseek.store.edge_probes import METADATA_FILE, EdgeProbes
 from dinoseek.store.edge_regions import (
     ids_without_regions,
-    set_region_vectors,
+    region_vectors_update,
     with_region_vector,
 )
+from dinoseek.store.edge_rename import rename_edge_collection
 from dinoseek.store.edge_requests import (
     CLS_ONLY,
     edge_filter,
@@ -55,6 +63,7 @@ from dinoseek.store.edge_snapshots import EdgeSnapshots
 from dinoseek.store.files import write_bytes_atomic, write_json_atomic
 from dinoseek.store.records import (
     CollectionInfo,
+    CollectionRename,
     FilterValue,
     PointRecord,
     SearchHit,
@@ -218,6 +227,10 @@ class EdgeStore:
                 release(lock_file)
             shutil.rmtree(directory, ignore_errors=True)
 
+    def rename_collection(self, name: str, new_name: str) -> CollectionRename:
+        """Move the collection's directory, whole (``edge_rename``)."""
+        return rename_edge_collection(self, name, new_name)
+
     def acquire(self, name: str) -> None:
         """Take the collection's lock and open its shard (idempotent)."""
         with self._guard:
@@ -242,11 +255,19 @@ class EdgeStore:
         if not points:
             return
         operation = qe.UpdateOperation.upsert_points([edge_point(p) for p in points])
-        self._writable(name).update(operation)
+        self._write(name, operation)
 
     def set_regions(self, name: str, regions: Mapping[str, Any]) -> None:
         """One update-vectors operation for the points still stored."""
-        set_region_vectors(self._writable(name), regions)
+        operation = region_vectors_update(self._shard(name), regions)
+        if operation is None:
+            return
+        try:
+            self._write(name, operation)
+        except DinoseekError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Qdrant Edge raises plain Exception
+            raise PointRefusedError(f"region vectors refused: {exc}") from None
 
     def ids_without_regions(self, name: str) -> Iterator[str]:
         """Scrolled by Edge's ``has_vector`` condition."""
@@ -254,22 +275,22 @@ class EdgeStore:
 
     def set_payload(self, name: str, point_id: str, payload: Mapping[str, Any]) -> None:
         """Overwrite one point's payload."""
-        self._writable(name).update(qe.UpdateOperation.overwrite_payload([point_id], dict(payload)))
+        self._write(name, qe.UpdateOperation.overwrite_payload([point_id], dict(payload)))
 
     def merge_payload(self, name: str, ids: Sequence[str], fields: Mapping[str, Any]) -> None:
         """One set-payload operation for all of ``ids``."""
         if ids:
-            self._writable(name).update(qe.UpdateOperation.set_payload(list(ids), dict(fields)))
+            self._write(name, qe.UpdateOperation.set_payload(list(ids), dict(fields)))
 
     def delete_payload_fields(self, name: str, ids: Sequence[str], keys: Sequence[str]) -> None:
         """One delete-payload operation for all of ``ids``."""
         if ids and keys:
-            self._writable(name).update(qe.UpdateOperation.delete_payload(list(ids), list(keys)))
+            self._write(name, qe.UpdateOperation.delete_payload(list(ids), list(keys)))
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         """Delete by id."""
         if ids:
-            self._writable(name).update(qe.UpdateOperation.delete_points(list(ids)))
+            self._write(name, qe.UpdateOperation.delete_points(list(ids)))
 
     def get(
         self, name: str, ids: Sequence[str], *, with_vectors: bool = False
@@ -325,12 +346,15 @@ class EdgeStore:
     def state_token(self, name: str) -> str | None:
         """The token of the collection's content now (flushed): every write made through an
         ``EdgeStore`` first gives the collection a new token, durably, so the same token
-        later means the same content."""
+        later means the same content. Cheap when nothing was written since the last one (a
+        file read: the service asks before each query)."""
         with self._guard:
-            self._shard(name).flush()
+            shard, held = self._shard(name), self._held[name]
+            if held.writing:
+                shard.flush()
             path = self.collection_dir(name) / STATE_FILE
             token = _read_token(path) or _new_token(path)
-            self._held[name].writing = False
+            held.writing = False
             return token
 
     def optimize(self, name: str) -> None:
@@ -357,7 +381,7 @@ class EdgeStore:
 
     def not_found_message(self, name: str) -> str:
         """The message of ``CollectionNotFoundError`` for ``name``."""
-        existing = ", ".join(self.list_collections()) or "none"
+        existing = short_list(self.list_collections())
         return (
             f"no collection {name!r} in the {self.describe()} (existing: {existing}); "
             "run `dinoseek index` first or pass --collection"
@@ -426,16 +450,17 @@ class EdgeStore:
             )
         return held.shard
 
-    def _writable(self, name: str) -> qe.EdgeShard:
-        """The shard, once the collection has a token no one has been given yet."""
-        shard = self._shard(name)
-        held = self._held[name]
-        if not held.writing:
-            with self._guard:
-                if not held.writing:
-                    _new_token(self.collection_dir(name) / STATE_FILE)
-                    held.writing = True
-        return shard
+    def _write(self, name: str, operation: qe.UpdateOperation) -> None:
+        """Apply ``operation`` once the collection has a token no one has been given yet. Under
+        the guard: a token given out meanwhile (``state_token`` on another thread) would not
+        cover a write that lands after it."""
+        with self._guard:
+            shard = self._shard(name)
+            held = self._held[name]
+            if not held.writing:
+                _new_token(self.collection_dir(name) / STATE_FILE)
+                held.writing = True
+            shard.update(operation)
 
     def _open(self, name: str) -> _Held:
         space = self.collection_space(name)

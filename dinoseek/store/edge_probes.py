@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dinoseek.errors import CollectionNotFoundError, ProbeNotFoundError
+from dinoseek.messages import short_list
 from dinoseek.settings import validate_collection_name
 from dinoseek.store.files import write_bytes_atomic, write_json_atomic
 from dinoseek.store.records import StoredProbe
@@ -81,7 +82,7 @@ class EdgeProbes:
         return self._directory(collection) / f"{name}.safetensors"
 
     def _missing(self, collection: str, name: str) -> str:
-        names = ", ".join(p.name for p in self.list(collection)) or "none"
+        names = short_list(p.name for p in self.list(collection))
         return (
             f"no probe {name!r} for collection {collection!r} (existing: {names}); "
             "train one with `dinoseek probe train`"

@@ -18,7 +18,7 @@ from typing import Any
 
 import qdrant_edge as qe
 
-from dinoseek.errors import PointRefusedError, StoreError
+from dinoseek.errors import StoreError
 from dinoseek.regions import REGION_VECTOR
 from dinoseek.store.edge_requests import vector_list
 
@@ -107,20 +107,18 @@ def _cls_params(entry: dict[str, Any], path: Path) -> qe.EdgeVectorParams:
     )
 
 
-def set_region_vectors(shard: qe.EdgeShard, regions: Mapping[str, Any]) -> None:
-    """Set the region vectors of the points of ``regions`` that are still stored."""
+def region_vectors_update(
+    shard: qe.EdgeShard, regions: Mapping[str, Any]
+) -> qe.UpdateOperation | None:
+    """The operation that sets the region vectors of the points of ``regions`` still stored
+    (None when none is)."""
     stored = {str(r.id) for r in shard.retrieve(list(regions), False, False)}
     vectors = [
         qe.PointVectors(point_id, {REGION_VECTOR: vector_list(value)})
         for point_id, value in regions.items()
         if point_id in stored
     ]
-    if not vectors:
-        return
-    try:
-        shard.update(qe.UpdateOperation.update_vectors(vectors))
-    except Exception as exc:  # noqa: BLE001 - Qdrant Edge raises plain Exception
-        raise PointRefusedError(f"region vectors refused: {exc}") from None
+    return qe.UpdateOperation.update_vectors(vectors) if vectors else None
 
 
 _WITHOUT_REGIONS = qe.Filter(must_not=[qe.HasVectorCondition(REGION_VECTOR)])

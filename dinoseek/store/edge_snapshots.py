@@ -100,6 +100,7 @@ class EdgeSnapshots:
         check_kind(read_manifest(source), "edge", source)
         if not replace and self._exists(name):
             raise CollectionExistsError(self._exists_message(name))
+        self._refuse_if_held_elsewhere(name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         staging = self.data_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         with self._restore_lock():
@@ -128,6 +129,12 @@ class EdgeSnapshots:
 
     def _exists(self, name: str) -> bool:
         return (self.store.collection_dir(name) / METADATA_FILE).exists()
+
+    def _refuse_if_held_elsewhere(self, name: str) -> None:
+        """``StoreLockedError`` now, before the archive is unpacked, while another process
+        (``dinoseek serve``) holds the collection; the swap takes the lock again."""
+        if self._exists(name) and not self.store.is_held(name):
+            release(self.store.take_for_swap(name))
 
     def _exists_message(self, name: str) -> str:
         return (

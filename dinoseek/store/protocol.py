@@ -21,6 +21,7 @@ from dinoseek.regions import RegionSpec
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store.records import (
     CollectionInfo,
+    CollectionRename,
     FilterValue,
     PointRecord,
     SearchHit,
@@ -122,6 +123,12 @@ class VectorStore(Protocol):
 
     def delete_collection(self, name: str) -> None:
         """Remove a collection, its data and its probes (``CollectionNotFoundError``)."""
+        ...
+
+    def rename_collection(self, name: str, new_name: str) -> CollectionRename:
+        """Give a collection, with its data and its probes, the name ``new_name``
+        (``CollectionNotFoundError``; ``CollectionExistsError`` when the name is taken;
+        ``StoreLockedError`` while another process holds an embedded collection)."""
         ...
 
     def collection_regions(self, name: str) -> RegionSpec | None:

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -159,6 +159,19 @@ class CollectionInfo:
     points: int
     indexed_vectors: int | None
     space: EmbeddingSpace | None
+
+
+@dataclass(frozen=True)
+class CollectionRename:
+    """What ``rename_collection`` did. ``method``: ``moved``, the same data under the new
+    name (the embedded store); ``copied``, the points and probes copied to a new collection,
+    then the old one deleted (a Qdrant server, which cannot rename a collection)."""
+
+    name: str
+    new_name: str
+    points: int
+    probes: int
+    method: Literal["moved", "copied"]
 
 
 @dataclass(frozen=True)

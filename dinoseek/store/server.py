@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from qdrant_client import QdrantClient, models
 
 from dinoseek.errors import (
@@ -38,6 +39,7 @@ from dinoseek.store.records import (
     PAYLOAD_INDEXES,
     QUANTIZATION_OVERSAMPLING,
     CollectionInfo,
+    CollectionRename,
     FilterValue,
     PointRecord,
     SearchHit,
@@ -55,8 +57,10 @@ from dinoseek.store.server_regions import (
     query_vector,
     recorded_spec,
     region_vectors,
+    regions_of,
     stored_point,
 )
+from dinoseek.store.server_rename import copy_server_collection
 from dinoseek.store.server_snapshots import ServerSnapshots
 
 METADATA_KEY = "dinoseek"
@@ -208,6 +212,58 @@ class ServerStore:
         metadata = {METADATA_KEY: {**(self._metadata(name) or {}), "regions": spec.to_metadata()}}
         self._call(self.client.update_collection, name, metadata=metadata)
 
+    def rename_collection(self, name: str, new_name: str) -> CollectionRename:
+        """A Qdrant server cannot rename a collection: a copy, then a delete
+        (``server_rename``)."""
+        validate_collection_name(new_name)
+        return copy_server_collection(self, name, new_name)
+
+    def collection_metadata(self, name: str) -> dict[str, Any]:
+        """The collection's Qdrant metadata, whole (dinoseek's key and any other)."""
+        return dict(self._collection(name).config.metadata or {})
+
+    def create_collection_like(self, name: str, like: str, *, metadata: Mapping[str, Any]) -> None:
+        """Create ``name`` with the vector, index and shard configuration of ``like``, its
+        payload indexes, and ``metadata``."""
+        config = self._collection(like).config
+        hnsw = config.hnsw_config
+        vectors = config.params.vectors
+        regions = vectors.get(REGION_VECTOR) if isinstance(vectors, dict) else None
+        if isinstance(vectors, dict):  # the CLS vector, unnamed; the regions added below
+            vectors = vectors[""]
+        self._call(
+            self.client.create_collection,
+            name,
+            vectors_config=vectors,
+            hnsw_config=models.HnswConfigDiff(m=hnsw.m, ef_construct=hnsw.ef_construct),
+            quantization_config=config.quantization_config,
+            shard_number=config.params.shard_number,
+            replication_factor=config.params.replication_factor,
+            write_consistency_factor=config.params.write_consistency_factor,
+            metadata=dict(metadata),
+        )
+        if regions is not None:  # as ``ensure_regions`` adds them
+            add_region_vector(
+                self.client, self._call, name, regions.size, regions.quantization_config
+            )
+        self._create_payload_indexes(name)
+
+    def set_space(
+        self,
+        name: str,
+        space: EmbeddingSpace,
+        *,
+        clear: str,
+        regions: RegionSpec | None = None,
+    ) -> None:
+        """Record ``space`` (and ``regions``, the layout of its region vectors) as the
+        collection's (from then on it is listed), and remove the metadata key ``clear``."""
+        recorded = space.to_metadata()
+        if regions is not None:
+            recorded = {**recorded, "regions": regions.to_metadata()}
+        metadata = {METADATA_KEY: recorded, clear: None}
+        self._call(self.client.update_collection, name, metadata=metadata)
+
     def acquire(self, name: str) -> None:
         """Check that the collection exists; then this process may use its points."""
         if name in self._acquired:
@@ -223,11 +279,13 @@ class ServerStore:
 
     # -- points -----------------------------------------------------------------------------
 
-    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
-        """Acknowledged by the server (``wait=True``), in requests under the size limit."""
+    def upsert(self, name: str, points: Sequence[PointRecord], *, named: bool = False) -> None:
+        """Acknowledged by the server (``wait=True``), in requests under the size limit.
+        ``named``: every CLS vector under its name, for a collection created with both
+        vectors (``create_collection_like``)."""
         self._check_acquired(name)
         for chunk in _chunks_by_size(points):
-            structs = [point_struct(p) for p in chunk]
+            structs = [point_struct(p, named) for p in chunk]
             self._call(self.client.upsert, name, points=structs, wait=True)
 
     def set_regions(self, name: str, regions: Mapping[str, Any]) -> None:
@@ -236,6 +294,16 @@ class ServerStore:
         vectors = [region_vectors(i, value) for i, value in regions.items() if i in stored]
         if vectors:
             self._call(self.client.update_vectors, name, points=vectors, wait=True)
+
+    def regions_of(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The region vectors of the points of ``ids`` that have them, by id."""
+        self._check_acquired(name)
+        if not ids:
+            return {}
+        records = self._call(
+            self.client.retrieve, name, list(ids), with_payload=False, with_vectors=[REGION_VECTOR]
+        )
+        return regions_of(records)
 
     def ids_without_regions(self, name: str) -> Iterator[str]:
         """Scrolled by Qdrant's ``has_vector`` condition."""

@@ -14,6 +14,7 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 
 from dinoseek.errors import ProbeNotFoundError
+from dinoseek.messages import short_list
 from dinoseek.settings import validate_collection_name
 from dinoseek.store.records import POINT_NAMESPACE, StoredProbe
 from dinoseek.store.server_calls import QdrantCalls
@@ -102,7 +103,7 @@ class ServerProbes:
                 with_payload=True if with_data else ["name"],
             )
         if not found or not found[0].payload:
-            existing = ", ".join(p.name for p in self.list(collection)) or "none"
+            existing = short_list(p.name for p in self.list(collection))
             raise ProbeNotFoundError(
                 f"no probe {name!r} for collection {collection!r} (existing: {existing}); "
                 "train one with `dinoseek probe train`"

@@ -4,7 +4,7 @@ that carry them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,11 +54,14 @@ def recorded_spec(metadata: Mapping[str, Any] | None) -> RegionSpec | None:
     return RegionSpec.from_metadata(recorded) if isinstance(recorded, dict) else None
 
 
-def point_struct(point: PointRecord) -> models.PointStruct:
-    """The point of a record, with its region vectors when it has them."""
+def point_struct(point: PointRecord, named: bool = False) -> models.PointStruct:
+    """The point of a record, with its region vectors when it has them. ``named``: the CLS
+    vector under its name (""), which a collection created with both vectors needs."""
     vector: Any = _as_list(point.vector)
     if point.regions is not None:
         vector = {"": vector, REGION_VECTOR: _as_list(point.regions)}
+    elif named:
+        vector = {"": vector}
     return models.PointStruct(id=point.id, vector=vector, payload=point.payload)
 
 
@@ -72,6 +75,15 @@ def query_vector(vector: np.ndarray, regions: bool) -> Any:
     if regions:
         return _as_list(np.atleast_2d(np.asarray(vector, dtype=np.float32)))
     return _as_list(vector)
+
+
+def regions_of(records: Sequence[models.Record]) -> dict[str, np.ndarray]:
+    """The region vectors of the records that have them, by id."""
+    found = {}
+    for record in records:
+        if isinstance(record.vector, dict) and REGION_VECTOR in record.vector:
+            found[str(record.id)] = np.asarray(record.vector[REGION_VECTOR], dtype=np.float32)
+    return found
 
 
 def hit(point: models.ScoredPoint) -> SearchHit:

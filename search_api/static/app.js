@@ -124,7 +124,7 @@ function explain(error) {
 
 // -- the state in the URL -----------------------------------------------------------------
 
-const CONTROL_PARAMS = ["top_k", "threshold", "label", "root", "collection", "labels"];
+const CONTROL_PARAMS = ["top_k", "threshold", "label", "root", "collection", "labels", "collapse"];
 
 function controls() {
   return {
@@ -134,6 +134,7 @@ function controls() {
     root: $("root").value.trim(),
     collection: $("collection").value,
     labels: $("with-labels").checked ? "1" : "0",
+    collapse: $("collapse").checked ? "1" : "",
   };
 }
 
@@ -148,6 +149,8 @@ function setControls(params) {
   }
   $("collection").value = collection;
   $("with-labels").checked = params.get("labels") !== "0";
+  $("collapse").checked = params.get("collapse") === "1";
+  showCollectionStatus();
 }
 
 function pageParams(view, extra = {}) {
@@ -169,6 +172,7 @@ function searchQuery(params, { withLabels = true } = {}) {
     if (params.get(name)) query.set(name, params.get(name));
   }
   if (params.get("threshold")) query.set("score_threshold", params.get("threshold"));
+  if (params.get("collapse") === "1") query.set("collapse_duplicates", "true");
   if (withLabels) query.set("with_labels", params.get("labels") === "0" ? "false" : "true");
   return query;
 }
@@ -221,6 +225,14 @@ function card(result, params) {
   return item;
 }
 
+// How many results a view shows (a grid alone does not say it).
+function resultCount(count, noun = "result") {
+  const line = document.createElement("p");
+  line.className = "count";
+  line.textContent = `${count.toLocaleString()} ${noun}${count === 1 ? "" : "s"}`;
+  return line;
+}
+
 function grid(results, params) {
   const list = document.createElement("ul");
   list.className = "grid";
@@ -246,7 +258,7 @@ function queryCard({ preview, name, labels, error }) {
     labels.forEach((predicted) => {
       const entry = document.createElement("li");
       const percent = (predicted.probability * 100).toFixed(1);
-      entry.textContent = `${predicted.label}: ${percent}% (${predicted.method})`;
+      entry.textContent = `${predicted.label}: ${percent}% (${labelMethod(predicted)})`;
       list.append(entry);
     });
     article.querySelector(".predicted").hidden = false;
@@ -257,6 +269,15 @@ function queryCard({ preview, name, labels, error }) {
     box.hidden = false;
   }
   return article;
+}
+
+// What a predicted label came from: a vote is taken over the nearest images of the whole
+// collection, whatever the filters and top-k of the results shown.
+function labelMethod(predicted) {
+  if (predicted.method === "knn") {
+    return `knn: vote of the ${predicted.neighbours} nearest images, whatever the filters`;
+  }
+  return predicted.probe ? `probe ${predicted.probe}` : predicted.method;
 }
 
 function setTitle(text) {
@@ -327,7 +348,11 @@ async function showSimilar(params, ticket) {
   if (ticket !== showing) return;
   const name = point.payload.path || id;
   setTitle(`Similar to ${name}`);
-  replaceView(queryCard({ preview: imageUrl(id, params, THUMBNAIL_SIZE), name }), grid(found.results, params));
+  replaceView(
+    queryCard({ preview: imageUrl(id, params, THUMBNAIL_SIZE), name }),
+    resultCount(found.results.length),
+    grid(found.results, params),
+  );
 }
 
 async function showBrowse(params, ticket) {
@@ -342,7 +367,7 @@ async function showBrowse(params, ticket) {
   setTitle("Browse");
   const heading = document.createElement("h2");
   heading.textContent = "Browse the collection";
-  replaceView(heading, grid(page.points, params));
+  replaceView(heading, resultCount(page.points.length, "image"), grid(page.points, params));
   if (page.next) {
     $("more").hidden = false;
     $("more").onclick = () => navigate(pageParams("browse", { start: page.next }));
@@ -359,9 +384,8 @@ async function showDuplicates(params, ticket) {
   if (ticket !== showing) return;
   setTitle("Duplicates");
   const heading = document.createElement("h2");
-  heading.textContent = page.groups.length
-    ? "Near-duplicates (the kept image first)"
-    : "No near-duplicates are marked: run `dinoseek dedup`.";
+  if (page.groups.length) heading.textContent = "Near-duplicates (the kept image first)";
+  else heading.append("No near-duplicates are marked: run ", command("dinoseek dedup"), ".");
   const nodes = [heading];
   for (const group of page.groups) {
     const members = [
@@ -370,6 +394,12 @@ async function showDuplicates(params, ticket) {
     ];
     const list = grid(members, params);
     list.classList.add("duplicate-group");
+    if (group.reason) {
+      const reason = document.createElement("p");
+      reason.className = "keep-reason";
+      reason.textContent = `Kept: ${group.reason}`;
+      nodes.push(reason);
+    }
     nodes.push(list);
   }
   replaceView(...nodes);
@@ -377,6 +407,12 @@ async function showDuplicates(params, ticket) {
     $("more").hidden = false;
     $("more").onclick = () => navigate(pageParams("duplicates", { start: page.next }));
   }
+}
+
+function command(text) {
+  const code = document.createElement("code");
+  code.textContent = text;
+  return code;
 }
 
 function showUpload(params, data) {
@@ -391,7 +427,7 @@ function showUpload(params, data) {
   for (const group of data.groups) {
     const article = queryCard(group);
     nodes.push(article);
-    if (group.results) nodes.push(grid(group.results, params));
+    if (group.results) nodes.push(resultCount(group.results.length), grid(group.results, params));
     const file = uploads.get(group.upload);
     if (file && !group.error) {
       if (data.groups.length === 1) {
@@ -481,22 +517,42 @@ async function loadStatus(attempt = 0) {
   }
   $("status-model").textContent = ready.model;
   $("status-device").textContent = ready.device;
-  $("status-collection").textContent = ready.collection;
-  $("status-points").textContent =
-    ready.points === null ? "no collection yet" : ready.points.toLocaleString();
+  service = { collection: ready.collection, points: ready.points };
+  showCollectionStatus();
   await loadCollections(ready.collection);
+}
+
+// The service's collection and its size (from /ready), and every collection's (/collections).
+let service = null;
+let listedCollections = [];
+
+// The header names the collection the page shows, the service's or the one picked.
+function showCollectionStatus() {
+  if (service === null) return;
+  const picked = $("collection").value;
+  const name = picked || service.collection;
+  const listed = listedCollections.find((collection) => collection.name === name);
+  const points = listed ? listed.points : picked ? undefined : service.points;
+  $("status-collection").textContent = name;
+  if (points === null) {
+    $("status-points").textContent = picked ? "in use by another process" : "no collection yet";
+  } else {
+    $("status-points").textContent = points === undefined ? "…" : points.toLocaleString();
+  }
 }
 
 async function loadCollections(serviceCollection) {
   const select = $("collection");
   const chosen = new URLSearchParams(location.search).get("collection") || "";
   const listed = await getJson("/collections");
+  listedCollections = listed.collections;
   const options = [new Option(`${serviceCollection} (the service's)`, "")];
   for (const collection of listed.collections) {
     if (collection.name !== serviceCollection) options.push(new Option(collection.name, collection.name));
   }
   select.replaceChildren(...options);
   select.value = chosen;
+  showCollectionStatus();
   loadLabels().catch(() => {});
 }
 
@@ -567,7 +623,7 @@ function wireInput() {
     loadLabels().catch(() => {});
   });
   // A change of a filter reruns a view that needs no upload.
-  for (const id of ["top-k", "threshold", "label", "root", "with-labels"]) {
+  for (const id of ["top-k", "threshold", "label", "root", "with-labels", "collapse"]) {
     $(id).addEventListener("change", () => {
       const params = new URLSearchParams(location.search);
       const view = params.get("view") || "browse";
@@ -583,7 +639,9 @@ async function start() {
   const params = new URLSearchParams(location.search);
   setControls(params);
   await loadStatus().catch((error) => showMessage(explain(error)));
-  show(new URLSearchParams(location.search), history.state);
+  // An image dropped while the page was loading is the view: the first one must not
+  // replace its results (it would, being newer).
+  if (showing === 0) show(new URLSearchParams(location.search), history.state);
 }
 
 start();

@@ -227,7 +227,7 @@ def test_an_upload_shows_its_top_k_with_the_exact_copy_first(page: Page, served:
     assert thumbnails_loaded(page)
     labels = page.inner_text(".query-card .labels")
     assert "cats" in labels
-    assert "(knn)" in labels
+    assert "(knn: vote of the 10 nearest images, whatever the filters)" in labels
     assert "%" in labels
     screenshot(page, "1-upload")
 
@@ -420,8 +420,12 @@ def test_the_duplicates_view_shows_each_group_kept_image_first(page: Page, serve
     groups = page.query_selector_all(".duplicate-group")
     assert len(groups) == 1
     paths = [e.inner_text() for e in groups[0].query_selector_all(".path")]
-    assert paths == [str(served.photos[5]), str(served.photos[5].parent / DUPLICATE_NAME)]
+    # The lossless PNG copy has the pixels of the JPEG in a larger file: kept by quality.
+    copy = served.photos[5].parent / DUPLICATE_NAME
+    assert paths == [str(copy), str(served.photos[5])]
     assert groups[0].query_selector_all(".score")[0].inner_text() == "1.0000"
+    sizes = f"{copy.stat().st_size:,} bytes against {served.photos[5].stat().st_size:,} bytes"
+    assert page.inner_text(".keep-reason") == f"Kept: larger file: {sizes}"
     screenshot(page, "11-duplicates")
 
 
