@@ -25,6 +25,10 @@ import numpy as np
 import torch
 
 from dinoseek.embedding import (
+    CPU_BATCH_SIZE,
+    GPU_BATCH_SIZE,
+    LARGE_GPU_BATCH_SIZE,
+    LARGE_GPU_BYTES,
     PatchEmbeddings,
     Pixels,
     PooledOrError,
@@ -53,7 +57,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 # are padded up to one of BATCH_BUCKETS and each bucket is captured once (at warm-up).
 COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-LARGE_GPU_BYTES = 40 * 1024**3
 
 
 def resolve_device(name: str) -> torch.device:
@@ -226,12 +229,12 @@ class Embedder:
         }
 
     def default_batch_size(self) -> int:
-        """16 on a CPU (throughput is flat from 8 to 32); on a GPU 256 with 40 GB or more of
-        memory, else 128."""
+        """``CPU_BATCH_SIZE`` on a CPU (throughput is flat from 8 to 32); on a GPU the large
+        batch with ``LARGE_GPU_BYTES`` or more of memory, else ``GPU_BATCH_SIZE``."""
         if self.torch_device.type != "cuda":
-            return 16
+            return CPU_BATCH_SIZE
         total = torch.cuda.get_device_properties(self.torch_device).total_memory
-        return 256 if total >= LARGE_GPU_BYTES else 128
+        return LARGE_GPU_BATCH_SIZE if total >= LARGE_GPU_BYTES else GPU_BATCH_SIZE
 
     def embed_pixels(self, pixels: Pixels) -> np.ndarray:
         """Embed preprocessed uint8 pixels (N, H, W, 3) in one forward pass.

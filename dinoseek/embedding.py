@@ -27,6 +27,13 @@ Pixels = Any
 # One image's vector (dim,), or the reason it could not be embedded.
 VectorOrError = np.ndarray | EmbeddingError
 
+# The default batch (images per forward pass), by device: the embedder picks it, help texts
+# say it. On a GPU with LARGE_GPU_BYTES of memory or more, the large one.
+CPU_BATCH_SIZE = 16
+GPU_BATCH_SIZE = 128
+LARGE_GPU_BATCH_SIZE = 256
+LARGE_GPU_BYTES = 40 * 1024**3
+
 
 @dataclass(frozen=True)
 class PatchEmbeddings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -88,16 +88,25 @@ class Settings(BaseSettings):
         description="torch.compile the model: default or max-autotune (throughput), "
         "reduce-overhead (CUDA graphs: low-latency queries); slower start",
     )
-    batch_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="how long the service waits to fill a batch, in ms"
-    )
     max_queue: int = Field(
-        256, gt=0, description="queries the service holds before answering 503 (overload)"
+        256,
+        gt=0,
+        description="queries past their upload the service holds before answering 503 (overload)",
     )
     max_inflight_bytes: int = Field(
         256 * 1024 * 1024,
         gt=0,
-        description="upload bytes the service's model routes hold at once before answering 503",
+        description="upload bytes the queries past their upload hold at once before answering 503",
+    )
+    max_reading_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description="upload bytes still arriving the service accepts at once before answering 503",
+    )
+    min_upload_rate: int = Field(
+        10_000,
+        ge=0,
+        description="bytes/s an upload must average after its first 2 s, else 408 (0: no minimum)",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="deadline of a query (upload, decode, model, search), in seconds"
@@ -107,6 +116,12 @@ class Settings(BaseSettings):
     )
     max_connections: int = Field(
         1024, gt=0, description="open connections the server accepts before answering 503"
+    )
+    max_client_connections: int = Field(
+        128,
+        ge=0,
+        description="open connections from one client address before answering 429 "
+        "(0: no cap, e.g. behind a proxy)",
     )
     shutdown_timeout_s: float = Field(
         10.0, gt=0, description="time requests in flight get to finish at shutdown, in seconds"
@@ -157,3 +172,9 @@ class Settings(BaseSettings):
     def uses_server(self) -> bool:
         """True when a Qdrant server is configured (server mode), False for the embedded store."""
         return self.qdrant_url is not None
+
+
+def default_of(name: str) -> Any:
+    """The default of setting ``name``: written once, in ``Settings``, and read from here by
+    the option types and help texts that repeat it."""
+    return Settings.model_fields[name].default

@@ -29,13 +29,15 @@ from dinoseek.commandline import (
     store_owner,
 )
 from dinoseek.errors import StoreLockedError
+from dinoseek.labels_csv import read_labels_csv
 from dinoseek.runtime import ModelPolicy, Runtime
-from indexer.catalog import LabelSource, read_labels_csv
+from dinoseek.scan import DEFAULT_EXCLUDES, ScanOptions
+from dinoseek.settings import default_of
+from indexer.catalog import LabelSource
 from indexer.catalog_cache import catalog_cache_path
 from indexer.pipeline import IndexOptions, IndexSummary, ModelOnDemand, index_folders
 from indexer.ray_engine import RayEngine, RayOptions, import_ray
 from indexer.report import failures_report_path
-from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
 
 
 @click.command(epilog=EPILOG)
@@ -108,20 +110,21 @@ from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
     help="int8: search int8 copies of the vectors, held in memory, then rescore the best "
     "with the original vectors: a faster index build and search at the same recall (see "
     "bench/scale.py). none: the float vectors only. For a new collection "
-    "[default: DINOSEEK_QUANTIZATION, else int8].",
+    f"[default: DINOSEEK_QUANTIZATION, else {default_of('quantization')}].",
 )
 @click.option(
     "--hnsw-m",
     type=click.IntRange(4, 128),
     default=None,
-    help="HNSW links per vector, for a new collection [default: DINOSEEK_HNSW_M, else 16].",
+    help="HNSW links per vector, for a new collection "
+    f"[default: DINOSEEK_HNSW_M, else {default_of('hnsw_m')}].",
 )
 @click.option(
     "--hnsw-ef-construct",
     type=click.IntRange(4, 4096),
     default=None,
     help="HNSW build candidates, for a new collection [default: DINOSEEK_HNSW_EF_CONSTRUCT, "
-    "else 100].",
+    f"else {default_of('hnsw_ef_construct')}].",
 )
 @click.option(
     "--engine",

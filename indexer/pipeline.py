@@ -34,14 +34,16 @@ import numpy as np
 
 from dinoseek.embedding import ImageEmbedder, Pixels, available_cores
 from dinoseek.errors import EmbeddingError, PointRefusedError
+from dinoseek.progress import Progress
 from dinoseek.regions import RegionSpec
 from dinoseek.runtime import default_decode_workers
+from dinoseek.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
+from dinoseek.settings import default_of
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload, content_of
 from indexer.catalog_cache import load_catalog, save_catalog
 from indexer.decode import DecodePool, GpuDecodeStage
-from indexer.progress import Progress
 from indexer.ray_engine import RETRIED_NEXT_RUN, EmbedJob, RayEngine, RayStage
 from indexer.regions import (
     Embedded,
@@ -51,7 +53,6 @@ from indexer.regions import (
     run_regions,
 )
 from indexer.report import FailureRecord, load_failures, write_failures
-from indexer.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
 from indexer.workers import FailedFile, PreparedFile, WorkerConfig, prepare_file
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,9 @@ class IndexOptions:
     failures_report: Path
     batch_size: int | None = 16  # None: the model's default
     workers: int | None = 1  # None: the default for the model's device
-    max_image_pixels: int = 40_000_000
-    max_file_bytes: int = 256 * 1024 * 1024
-    decode_timeout_s: float = 60.0
+    max_image_pixels: int = default_of("max_image_pixels")
+    max_file_bytes: int = default_of("max_file_bytes")
+    decode_timeout_s: float = default_of("decode_timeout_s")
     labels: LabelSource = field(default_factory=LabelSource)
     scan: ScanOptions = field(default_factory=ScanOptions)
     prune: bool = True

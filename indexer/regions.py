@@ -26,9 +26,9 @@ import numpy as np
 from dinoseek.embedding import ImageEmbedder, Pixels
 from dinoseek.errors import ConfigError, EmbeddingError
 from dinoseek.regions import RegionSpec
+from dinoseek.scan import ScannedFile
 from dinoseek.store import VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog
-from indexer.scan import ScannedFile
 from indexer.workers import FailedFile, PreparedFile
 
 log = logging.getLogger(__name__)

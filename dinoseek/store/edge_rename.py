@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dinoseek.errors import CollectionExistsError, CollectionNotFoundError, StoreLockedError
+from dinoseek.store.edge_collections import EdgeCollections
 from dinoseek.store.edge_locks import RESTORE_LOCK_FILE, release, try_flock
 from dinoseek.store.edge_probes import METADATA_FILE
 from dinoseek.store.files import fsync_directory
 from dinoseek.store.records import CollectionRename
 
-if TYPE_CHECKING:
-    from dinoseek.store.edge import EdgeStore
 
-
-def rename_edge_collection(store: EdgeStore, name: str, new_name: str) -> CollectionRename:
+def rename_edge_collection(store: EdgeCollections, name: str, new_name: str) -> CollectionRename:
     """Move ``DATA_DIR/name`` to ``DATA_DIR/new_name`` (see the module doc)."""
     source = store.collection_dir(name)
     target = store.collection_dir(new_name)
@@ -54,7 +51,7 @@ def rename_edge_collection(store: EdgeStore, name: str, new_name: str) -> Collec
     return CollectionRename(name, new_name, info.points, probes, "moved")
 
 
-def _check_free(store: EdgeStore, new_name: str, target: Path) -> None:
+def _check_free(store: EdgeCollections, new_name: str, target: Path) -> None:
     if (target / METADATA_FILE).exists():
         raise CollectionExistsError(
             f"collection {new_name!r} already exists in the {store.describe()}; choose another "

@@ -26,7 +26,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dinoseek.errors import CollectionExistsError, SnapshotError, StoreError, StoreLockedError
 from dinoseek.settings import validate_collection_name
@@ -44,14 +43,12 @@ from dinoseek.store.archive import (
     write_snapshot,
 )
 from dinoseek.store.archive_read import check_kind, extract_archive, read_manifest
+from dinoseek.store.edge_collections import EdgeCollections
 from dinoseek.store.edge_locks import RESTORE_LOCK_FILE, release, try_flock
 from dinoseek.store.edge_probes import METADATA_FILE, PROBES_DIR
 from dinoseek.store.edge_shards import SHARD_DIR, count_points
 from dinoseek.store.files import fsync_directory, fsync_tree
 from dinoseek.store.records import SnapshotInfo
-
-if TYPE_CHECKING:
-    from dinoseek.store.edge import EdgeStore
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +60,7 @@ OLD_SUFFIX = ".restore-old"
 class EdgeSnapshots:
     """``SnapshotStore`` of an ``EdgeStore``."""
 
-    def __init__(self, store: EdgeStore) -> None:
+    def __init__(self, store: EdgeCollections) -> None:
         self.store = store
         self.data_dir = store.data_dir
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dinoseek.errors import InvalidPointIdError
+from dinoseek.settings import default_of
 from dinoseek.space import EmbeddingSpace
 
 # Namespace of dinoseek's point ids: uuid5(POINT_NAMESPACE, sha256 of the file's content).
@@ -130,10 +131,10 @@ class VectorIndex:
     candidate list of a query (more: better recall, slower).
     """
 
-    hnsw_m: int = 16
-    hnsw_ef_construct: int = 100
-    quantization: str = "int8"
-    hnsw_ef: int = 256
+    hnsw_m: int = default_of("hnsw_m")
+    hnsw_ef_construct: int = default_of("hnsw_ef_construct")
+    quantization: str = default_of("quantization")
+    hnsw_ef: int = default_of("hnsw_ef")
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:

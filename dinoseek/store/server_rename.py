@@ -21,20 +21,17 @@ writers (``dinoseek index``, ``dedup``) first.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 from dinoseek.errors import CollectionExistsError
 from dinoseek.store.records import CollectionRename, PointRecord
-
-if TYPE_CHECKING:
-    from dinoseek.store.server import ServerStore
+from dinoseek.store.server_collections import ServerCollections
 
 RENAME_KEY = "dinoseek-rename-from"
 METADATA_KEY = "dinoseek"  # as in dinoseek.store.server
 COPY_BATCH = 256
 
 
-def copy_server_collection(store: ServerStore, name: str, new_name: str) -> CollectionRename:
+def copy_server_collection(store: ServerCollections, name: str, new_name: str) -> CollectionRename:
     """Copy ``name`` to ``new_name``, then delete ``name`` (see the module doc)."""
     space = store.collection_space(name)  # CollectionNotFoundError, or not dinoseek's
     if store.exists(new_name):
@@ -55,13 +52,13 @@ def copy_server_collection(store: ServerStore, name: str, new_name: str) -> Coll
     return CollectionRename(name, new_name, points, len(probes), "copied")
 
 
-def _left_by_a_rename_of(store: ServerStore, new_name: str, name: str) -> bool:
+def _left_by_a_rename_of(store: ServerCollections, new_name: str, name: str) -> bool:
     """Whether ``new_name`` is the unfinished copy of ``name`` (step 3 never reached)."""
     metadata = store.collection_metadata(new_name)
     return metadata.get(RENAME_KEY) == name and metadata.get(METADATA_KEY) is None
 
 
-def _copy_points(store: ServerStore, name: str, new_name: str, *, with_regions: bool) -> int:
+def _copy_points(store: ServerCollections, name: str, new_name: str, *, with_regions: bool) -> int:
     store.acquire(name)
     store.acquire(new_name)
     copied = 0
@@ -80,7 +77,7 @@ def _copy_points(store: ServerStore, name: str, new_name: str, *, with_regions: 
 
 
 def _write(
-    store: ServerStore, name: str, new_name: str, batch: list[PointRecord], with_regions: bool
+    store: ServerCollections, name: str, new_name: str, batch: list[PointRecord], with_regions: bool
 ) -> None:
     """``batch`` written to ``new_name``, each point with its region vectors in ``name``
     when the collection has them (one read for the batch)."""

@@ -16,7 +16,6 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dinoseek.errors import (
     CollectionExistsError,
@@ -42,10 +41,8 @@ from dinoseek.store.archive import (
 from dinoseek.store.archive_read import check_kind, extract_archive, read_manifest
 from dinoseek.store.qdrant_rest import SNAPSHOTS_DOCS, QdrantRest
 from dinoseek.store.records import SnapshotInfo
+from dinoseek.store.server_collections import ServerCollections
 from dinoseek.store.server_probes import PROBES_COLLECTION
-
-if TYPE_CHECKING:
-    from dinoseek.store.server import ServerStore
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +50,7 @@ log = logging.getLogger(__name__)
 class ServerSnapshots:
     """``SnapshotStore`` of a ``ServerStore``."""
 
-    def __init__(self, store: ServerStore, rest: QdrantRest | None = None) -> None:
+    def __init__(self, store: ServerCollections, rest: QdrantRest | None = None) -> None:
         """``rest`` overrides the snapshot endpoints derived from the store's client (tests)."""
         self.store = store
         self._rest_override = rest
