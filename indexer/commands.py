@@ -149,6 +149,14 @@ from indexer.report import failures_report_path
     help="Embedding actors with --engine ray [default: one per GPU of the cluster, else 1].",
 )
 @click.option(
+    "--regions",
+    is_flag=True,
+    help="Also store region vectors, for search by region (`dinoseek search --regions`): "
+    "29 per image (patch tokens pooled over 2x2, 3x3 and 4x4 grids), from the same forward pass. "
+    "An existing collection gets them for every image it holds (each read and embedded "
+    "once more); a collection with regions keeps making them.",
+)
+@click.option(
     "--log-every",
     type=FiniteFloat(min=0.1),
     default=10.0,
@@ -181,6 +189,7 @@ def index(
     engine: str,
     ray_address: str | None,
     ray_actors: int | None,
+    regions: bool,
     log_every: float,
     as_json: bool,
     quiet: bool,
@@ -254,6 +263,7 @@ def index(
             gpu_decode=gpu_decode,
             ray=ray,
             catalog_cache=catalog_cache_path(settings.data_dir, settings.collection),
+            regions=regions,
         )
         if existed and _names_another_model(runtime):
             runtime.load_model(model_loader())  # refused now, not once a file needs it
@@ -320,6 +330,15 @@ def render_summary(summary: IndexSummary, *, brief: bool = False) -> str:
     ]
     if summary.relabelled:
         lines.append(f"  relabelled  {summary.relabelled:>8,}")
+    if summary.regions_added or summary.regions_missing:
+        lines.append(
+            f"  regions     {summary.regions_added:>8,}   (stored images given region vectors"
+            + (
+                f"; {summary.regions_missing:,} could not be read again)"
+                if summary.regions_missing
+                else ")"
+            )
+        )
     reasons = ", ".join(f"{code} {count}" for code, count in summary.failed_by_reason.items())
     lines.append(f"  failed      {summary.failed:>8,}" + (f"   ({reasons})" if reasons else ""))
     if summary.known_failures_skipped:

@@ -27,6 +27,7 @@ from search_api.admission import Admission
 from search_api.auth import ApiKeyCheck
 from search_api.errors import install_error_handlers
 from search_api.limits import BodySizeLimit
+from search_api.match_routes import match_routes
 from search_api.metrics import RequestMetrics, ServiceMetrics
 from search_api.page import (
     ASSETS_PREFIX,
@@ -119,6 +120,7 @@ def create_app(
     app.mount(DOCS_ASSETS_PREFIX, docs_assets(), name="docs-assets")
     app.mount(ASSETS_PREFIX, assets(), name="assets")
     app.include_router(routes, dependencies=[Depends(API_KEY_HEADER)])
+    app.include_router(match_routes, dependencies=[Depends(API_KEY_HEADER)])
     # Middleware wraps in reverse order of addition: the security headers see a request
     # first, then CORS, the metrics, the shutdown's cut-off, the upload limit, the API key
     # and the admission, which alone reads the body (of the model routes, once the key and

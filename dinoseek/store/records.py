@@ -69,11 +69,13 @@ def validate_point_id(text: str) -> str:
 
 @dataclass(frozen=True)
 class PointRecord:
-    """A point to write: id, L2-normalised float32 vector, and payload."""
+    """A point to write: id, L2-normalised float32 vector, and payload; in a collection with
+    regions (``VectorStore.ensure_regions``), also its region vectors (windows, dim)."""
 
     id: str
     vector: np.ndarray
     payload: dict[str, Any]
+    regions: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -87,17 +89,21 @@ class StoredPoint:
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One neighbour: its id, cosine similarity and payload."""
+    """One neighbour: its id, cosine similarity and payload; for a region query, also its
+    region vectors (windows, dim), in the order of the collection's ``RegionSpec``."""
 
     id: str
     score: float
     payload: dict[str, Any]
+    regions: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class SearchQuery:
     """A nearest-neighbour query. ``filters`` are exact matches on payload fields that
-    must hold; ``exclude`` are exact matches that must not."""
+    must hold; ``exclude`` are exact matches that must not. With ``regions``, ``vector`` is
+    matched against each point's region vectors, a point scoring as its best window (MaxSim),
+    and the hits bring their region vectors."""
 
     vector: np.ndarray
     top_k: int = 10
@@ -106,6 +112,7 @@ class SearchQuery:
     filters: Mapping[str, FilterValue] = field(default_factory=dict)
     exclude_ids: tuple[str, ...] = ()
     exclude: Mapping[str, FilterValue] = field(default_factory=dict)
+    regions: bool = False
 
 
 QUANTIZATIONS = ("none", "int8")
