@@ -26,6 +26,12 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from pydantic import ValidationError
 
+from dinoseek.embedding import (
+    CPU_BATCH_SIZE,
+    GPU_BATCH_SIZE,
+    LARGE_GPU_BATCH_SIZE,
+    LARGE_GPU_BYTES,
+)
 from dinoseek.errors import ConfigError, DinoseekError, StoreLockedError, StoreUnavailableError
 from dinoseek.runtime import ModelLoader
 from dinoseek.settings import Settings, validate_collection_name
@@ -155,8 +161,9 @@ def batch_size_option(function: Callable[P, R]) -> Callable[P, R]:
         "--batch-size",
         type=click.IntRange(min=1),
         default=None,
-        help="Images per forward pass [env: DINOSEEK_BATCH_SIZE; default: 16 on cpu; on cuda "
-        "256 with 40 GB of memory or more, else 128].",
+        help=f"Images per forward pass [env: DINOSEEK_BATCH_SIZE; default: {CPU_BATCH_SIZE} on "
+        f"cpu; on cuda {LARGE_GPU_BATCH_SIZE} with {LARGE_GPU_BYTES // 1024**3} GiB of memory or "
+        f"more, else {GPU_BATCH_SIZE}].",
     )(function)
 
 

@@ -25,12 +25,19 @@ import numpy as np
 import torch
 
 from dinoseek.embedding import (
+    CPU_BATCH_SIZE,
+    GPU_BATCH_SIZE,
+    LARGE_GPU_BATCH_SIZE,
+    LARGE_GPU_BYTES,
     PatchEmbeddings,
     Pixels,
+    PooledOrError,
     VectorOrError,
     available_cores,
+    check_pooling,
     fingerprint_pixels,
     non_finite_rows,
+    pooled_or_error,
     recorded_model_id,
 )
 from dinoseek.errors import ConfigError, EmbeddingError, ModelLoadError
@@ -50,7 +57,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 # are padded up to one of BATCH_BUCKETS and each bucket is captured once (at warm-up).
 COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-LARGE_GPU_BYTES = 40 * 1024**3
 
 
 def resolve_device(name: str) -> torch.device:
@@ -194,6 +200,12 @@ class Embedder:
         """(height, width) of the model input."""
         return self.preprocessing.output_size
 
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, columns) of patch tokens: the input size in patches."""
+        height, width = self.input_size
+        return height // self.patch_size, width // self.patch_size
+
     @cached_property
     def space(self) -> EmbeddingSpace:
         """The embedding space of this model, with its fingerprint (one forward pass)."""
@@ -217,12 +229,12 @@ class Embedder:
         }
 
     def default_batch_size(self) -> int:
-        """16 on a CPU (throughput is flat from 8 to 32); on a GPU 256 with 40 GB or more of
-        memory, else 128."""
+        """``CPU_BATCH_SIZE`` on a CPU (throughput is flat from 8 to 32); on a GPU the large
+        batch with ``LARGE_GPU_BYTES`` or more of memory, else ``GPU_BATCH_SIZE``."""
         if self.torch_device.type != "cuda":
-            return 16
+            return CPU_BATCH_SIZE
         total = torch.cuda.get_device_properties(self.torch_device).total_memory
-        return 256 if total >= LARGE_GPU_BYTES else 128
+        return LARGE_GPU_BATCH_SIZE if total >= LARGE_GPU_BYTES else GPU_BATCH_SIZE
 
     def embed_pixels(self, pixels: Pixels) -> np.ndarray:
         """Embed preprocessed uint8 pixels (N, H, W, 3) in one forward pass.
@@ -239,6 +251,12 @@ class Embedder:
     def embed_with_patches(self, pixels: Pixels) -> PatchEmbeddings:
         """Like ``embed_pixels``, plus the raw patch tokens (N, patches, dim), float32."""
         return self._on_torch_thread(self._embed_with_patches, pixels)
+
+    def embed_each_pooled(self, pixels: Pixels, pooling: np.ndarray) -> list[PooledOrError]:
+        """CLS and pooled patch tokens per image (see ``ImageEmbedder.embed_each_pooled``);
+        the pooling is one matrix product on the model's device."""
+        matrix = check_pooling(pooling, self.patch_grid)
+        return self._on_torch_thread(self._embed_each_pooled, pixels, matrix)
 
     def stack(self, pixels: Sequence[Pixels]) -> Pixels:
         """One (N, H, W, 3) batch: numpy on the host, or a tensor on the device when any image
@@ -316,9 +334,34 @@ class Embedder:
     def _embed_with_patches(self, pixels: Pixels) -> PatchEmbeddings:
         hidden = self._forward(pixels)
         patches = hidden[:, 1 + self.num_register_tokens :].float().cpu().numpy()
-        height, width = self.input_size
-        grid = (height // self.patch_size, width // self.patch_size)
-        return PatchEmbeddings(cls=self._normalised_cls(hidden), patch_tokens=patches, grid=grid)
+        return PatchEmbeddings(
+            cls=self._normalised_cls(hidden), patch_tokens=patches, grid=self.patch_grid
+        )
+
+    def _embed_each_pooled(self, pixels: Pixels, matrix: np.ndarray) -> list[PooledOrError]:
+        count = len(pixels)
+        if count == 0:
+            return []
+        try:
+            hidden = self._forward(pixels)
+            patches = hidden[:, 1 + self.num_register_tokens :].float()
+            weights = torch.as_tensor(matrix, device=patches.device)
+            pooled = torch.einsum("rp,npd->nrd", weights, patches)
+            cls = hidden[:, 0].float()
+            return pooled_or_error(self.model_id, cls.cpu().numpy(), pooled.cpu().numpy())
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            if count == 1:
+                message = f"not enough memory to embed this image on {self.device}"
+                return [EmbeddingError(message, code="out_of_memory")]
+            log.warning("out of memory at batch size %d; retrying in halves", count)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        middle = count // 2
+        return self._embed_each_pooled(pixels[:middle], matrix) + self._embed_each_pooled(
+            pixels[middle:], matrix
+        )
 
     def _forward(self, pixels: Pixels) -> torch.Tensor:
         batch = torch.as_tensor(pixels)

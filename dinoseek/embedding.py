@@ -27,6 +27,13 @@ Pixels = Any
 # One image's vector (dim,), or the reason it could not be embedded.
 VectorOrError = np.ndarray | EmbeddingError
 
+# The default batch (images per forward pass), by device: the embedder picks it, help texts
+# say it. On a GPU with LARGE_GPU_BYTES of memory or more, the large one.
+CPU_BATCH_SIZE = 16
+GPU_BATCH_SIZE = 128
+LARGE_GPU_BATCH_SIZE = 256
+LARGE_GPU_BYTES = 40 * 1024**3
+
 
 @dataclass(frozen=True)
 class PatchEmbeddings:
@@ -36,6 +43,19 @@ class PatchEmbeddings:
     cls: np.ndarray
     patch_tokens: np.ndarray
     grid: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PooledEmbedding:
+    """One image's CLS vector (dim,) and its patch tokens pooled by the rows of a pooling
+    matrix (rows, dim), every vector L2-normalised, from one forward pass."""
+
+    cls: np.ndarray
+    pooled: np.ndarray
+
+
+# One image's pooled embedding, or the reason it could not be embedded.
+PooledOrError = PooledEmbedding | EmbeddingError
 
 
 @runtime_checkable
@@ -73,6 +93,11 @@ class ImageEmbedder(Protocol):
         """The embedding space of this model, with its fingerprint."""
         ...
 
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, columns) of the patch tokens of one model input."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """Model id, dim, device, dtype and preprocessing, for logs and ``info``."""
         ...
@@ -93,6 +118,14 @@ class ImageEmbedder(Protocol):
 
     def embed_with_patches(self, pixels: Pixels) -> PatchEmbeddings:
         """Like ``embed_pixels``, plus the raw patch tokens."""
+        ...
+
+    def embed_each_pooled(self, pixels: Pixels, pooling: np.ndarray) -> list[PooledOrError]:
+        """Per image, its CLS vector and its patch tokens pooled by ``pooling`` (float32,
+        (rows, patches): each row weighs the ``patch_grid`` patches in row-major order), or
+        its ``EmbeddingError``; a batch that runs out of memory is split as in
+        ``embed_each``. The pooling runs where the model does: only (rows, dim) per image
+        leaves the device."""
         ...
 
     def stack(self, pixels: Sequence[Pixels]) -> Pixels:
@@ -120,6 +153,32 @@ def fingerprint_pixels(size: tuple[int, int]) -> np.ndarray:
     green = 255.0 * (x + y) / (height + width)
     blue = np.where(((x // 28) + (y // 28)) % 2 == 0, 230.0, 25.0)
     return np.stack([red, green, blue], axis=-1).round().astype(np.uint8)
+
+
+def check_pooling(pooling: np.ndarray, patch_grid: tuple[int, int]) -> np.ndarray:
+    """``pooling`` as float32 (rows, rows * columns of ``patch_grid``), or ``ValueError``."""
+    matrix = np.asarray(pooling, dtype=np.float32)
+    patches = patch_grid[0] * patch_grid[1]
+    if matrix.ndim != 2 or matrix.shape[1] != patches or matrix.shape[0] < 1:
+        raise ValueError(f"pooling must be (rows, {patches}), got {matrix.shape}")
+    return matrix
+
+
+def pooled_or_error(model_id: str, cls: np.ndarray, pooled: np.ndarray) -> list[PooledOrError]:
+    """Per image, its normalised CLS and pooled vectors, or an ``EmbeddingError`` for an
+    image with a non-finite value in either."""
+    results: list[PooledOrError] = []
+    for one_cls, one_pooled in zip(cls, pooled, strict=True):
+        if not (np.isfinite(one_cls).all() and np.isfinite(one_pooled).all()):
+            results.append(EmbeddingError(f"{model_id} produced a non-finite embedding"))
+            continue
+        results.append(PooledEmbedding(_unit(one_cls), _unit(one_pooled)))
+    return results
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.asarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
 def non_finite_rows(vectors: np.ndarray) -> list[int]:

@@ -119,6 +119,19 @@ class CollectionMismatchError(StoreError):
     code = "collection_mismatch"
 
 
+class RegionsNotIndexedError(CollectionMismatchError):
+    """A region search or a region write on a collection without region vectors, or with
+    region vectors of another layout (``dinoseek.regions.RegionSpec``)."""
+
+    code = "regions_not_indexed"
+
+
+class InvalidRegionError(DinoseekError):
+    """A region box is malformed, outside the image, or too small for the model to see."""
+
+    code = "invalid_region"
+
+
 class PointRefusedError(StoreError):
     """The store refused the data of a request (a point or payload it cannot hold), as
     opposed to failing itself."""

@@ -26,9 +26,12 @@ import numpy as np
 from dinoseek.embedding import (
     PatchEmbeddings,
     Pixels,
+    PooledOrError,
     VectorOrError,
+    check_pooling,
     fingerprint_pixels,
     non_finite_rows,
+    pooled_or_error,
 )
 from dinoseek.errors import EmbeddingError
 from dinoseek.images import DINOV2_PREPROCESSING, Preprocessing
@@ -78,6 +81,12 @@ class FakeEmbedder:
     def input_size(self) -> tuple[int, int]:
         """(height, width) of the model input."""
         return self.preprocessing.output_size
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, columns): one token per 14-pixel patch of the input."""
+        height, width = self.input_size
+        return height // PATCH, width // PATCH
 
     @cached_property
     def space(self) -> EmbeddingSpace:
@@ -133,6 +142,14 @@ class FakeEmbedder:
             patch_tokens=tokens.astype(np.float32),
             grid=(height, width),
         )
+
+    def embed_each_pooled(self, pixels: Pixels, pooling: np.ndarray) -> list[PooledOrError]:
+        """CLS vectors, and the patch tokens of ``embed_with_patches`` pooled by
+        ``pooling``."""
+        matrix = check_pooling(pooling, self.patch_grid)
+        embedded = self.embed_with_patches(pixels)
+        pooled = np.einsum("rp,npd->nrd", matrix, embedded.patch_tokens)
+        return pooled_or_error(self.model_id, embedded.cls, pooled)
 
     def stack(self, pixels: Sequence[Pixels]) -> Pixels:
         """``np.stack``."""

@@ -7,7 +7,7 @@ batches; a file that cannot be used is counted, not fatal.
 
 from __future__ import annotations
 
-import os
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,10 @@ import numpy as np
 
 from dinoseek.embedding import ImageEmbedder
 from dinoseek.errors import ConfigError, DinoseekError
-from dinoseek.images import image_extensions, prepare_image, read_image_bytes
+from dinoseek.images import prepare_image, read_image_bytes
+from dinoseek.scan import ScannedFile, ScanOptions, scan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,18 +32,22 @@ class FolderVectors:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files under ``folder``, in name order (``ConfigError`` when there are none)."""
+    """The image files under ``folder`` as `dinoseek index` lists them (the same excludes,
+    links not followed), in name order (``ConfigError`` when there are none)."""
     if not folder.is_dir():
         raise ConfigError(f"{folder}: not a folder")
-    suffixes = image_extensions()
-    found = [
-        Path(directory) / name
-        for directory, _, names in os.walk(folder)
-        for name in names
-        if Path(name).suffix.lower() in suffixes
-    ]
+    options = ScanOptions()
+    found = []
+    for item in scan([folder], options):
+        if isinstance(item, ScannedFile):
+            found.append(Path(item.path))
+        else:
+            log.warning("%s: %s", item.path, item.message)
     if not found:
-        raise ConfigError(f"{folder}: no image files ({', '.join(sorted(suffixes))}) under it")
+        suffixes = ", ".join(sorted(options.extensions))
+        raise ConfigError(
+            f"{folder}: no image files ({suffixes}) under it, hidden folders and links aside"
+        )
     return sorted(found)
 
 

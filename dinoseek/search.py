@@ -16,10 +16,11 @@ The service runs the steps on its own threads (decode pool, micro-batcher); the 
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from itertools import islice
@@ -39,6 +40,7 @@ from dinoseek.errors import (
 from dinoseek.images import PreparedImage, prepare_image
 from dinoseek.labels import LabelMethod, PredictedLabel, knn_vote
 from dinoseek.probe import ProbeCache
+from dinoseek.regions import Box
 from dinoseek.store import (
     UNSET,
     FilterValue,
@@ -175,13 +177,15 @@ class LabelRequest:
 
 @dataclass(frozen=True)
 class Neighbour:
-    """One result: the point, its similarity, and where it came from."""
+    """One result: the point, its similarity, and where it came from; for a region search,
+    ``region`` is where in it the match lies (fractions of the original image)."""
 
     id: str
     score: float
     path: str | None
     label: str | None
     payload: dict[str, Any]
+    region: Box | None = None
 
     @classmethod
     def from_hit(cls, hit: SearchHit) -> Neighbour:
@@ -373,14 +377,21 @@ class Searcher:
         return results
 
     def predict_labels(
-        self, collection: str, vector: np.ndarray, request: LabelRequest
+        self,
+        collection: str,
+        vector: np.ndarray,
+        request: LabelRequest,
+        vote: Callable[[], list[PredictedLabel]] | None = None,
     ) -> list[PredictedLabel] | None:
         """The label policy: a probe when there is one (or ``method`` asks for it), else the
-        kNN vote of the nearest points; nothing when not asked for and there is no probe."""
+        kNN vote of the nearest points (``vote``: another way to find them, for a search by
+        region); nothing when not asked for and there is no probe."""
         if request.with_labels is False:
             return None
+        if vote is None:
+            vote = functools.partial(self.vote, collection, vector, request)
         if request.method == "knn":
-            return self.vote(collection, vector, request)
+            return vote()
         probe = self.probe_cache.get(collection, request.probe)
         if probe is not None:
             return probe.predict(np.asarray(vector, dtype=np.float32)[None], request.top_k)[0]
@@ -389,7 +400,7 @@ class Searcher:
                 f"collection {collection!r} has no probe; train one with `dinoseek probe "
                 "train`, or use the vote of the neighbours (label_method=knn)"
             )
-        return self.vote(collection, vector, request) if request.with_labels else None
+        return vote() if request.with_labels else None
 
     def vote(
         self, collection: str, vector: np.ndarray, request: LabelRequest

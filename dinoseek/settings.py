@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -172,3 +172,9 @@ class Settings(BaseSettings):
     def uses_server(self) -> bool:
         """True when a Qdrant server is configured (server mode), False for the embedded store."""
         return self.qdrant_url is not None
+
+
+def default_of(name: str) -> Any:
+    """The default of setting ``name``: written once, in ``Settings``, and read from here by
+    the option types and help texts that repeat it."""
+    return Settings.model_fields[name].default

@@ -50,12 +50,12 @@ from dinoseek.embedder import Dinov2Checkpoint, load_dinov2
 from dinoseek.embedding import available_cores
 from dinoseek.errors import ConfigError
 from dinoseek.folder_vectors import embed_files, image_files
+from dinoseek.labels_csv import read_labels_csv
 from dinoseek.messages import short_list
+from dinoseek.progress import Progress
 from dinoseek.runtime import load_embedder
 from dinoseek.settings import Settings
 from dinoseek_cli.adapt_report import ImageCounts, check_text, summary_document, summary_text
-from indexer.catalog import read_labels_csv
-from indexer.progress import Progress
 
 log = logging.getLogger(__name__)
 

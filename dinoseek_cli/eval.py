@@ -43,12 +43,13 @@ from dinoseek.evaluation import (
     labelled_set,
     retrieval_metrics,
 )
+from dinoseek.labels_csv import read_labels_csv
 from dinoseek.messages import short_list
 from dinoseek.runtime import ModelPolicy, Runtime
+from dinoseek.scan import ScannedFile, ScanOptions, scan
 from dinoseek.settings import Settings
-from indexer.catalog import LabelSource, read_labels_csv
+from indexer.catalog import LabelSource
 from indexer.pipeline import IndexOptions, index_folders
-from indexer.scan import ScannedFile, ScanOptions, scan
 
 KNN_KS = (10, 20)
 MODEL_COLUMN = 40  # the widest the model column grows; longer names lose their start

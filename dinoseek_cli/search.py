@@ -27,6 +27,8 @@ from dinoseek.commandline import (
 )
 from dinoseek.errors import DinoseekError, StoreLockedError
 from dinoseek.images import read_image_bytes
+from dinoseek.region_search import search_image_regions
+from dinoseek.regions import parse_box
 from dinoseek.runtime import Runtime
 from dinoseek.search import FILTER_FIELDS, Filters, LabelRequest, NeighbourQuery, SearchResult
 from dinoseek.settings import Settings
@@ -62,6 +64,21 @@ from search_api.client import ServiceClient
     metavar="NAME=VALUE",
     help=f"Exact match on {', '.join(FILTER_FIELDS)}; repeatable (all must match).",
 )
+@click.option(
+    "--regions",
+    is_flag=True,
+    help="Search by region: the images that contain something like IMAGE (or its --region), "
+    "each with the box where it matches. Needs a collection indexed with --regions.",
+)
+@click.option(
+    "--region",
+    "region_text",
+    metavar="X,Y,W,H",
+    default=None,
+    help="Search by this box of IMAGE (fractions of its width and height, e.g. "
+    "0.25,0.25,0.5,0.5); implies --regions. The model sees the centre of a non-square image: "
+    "a box in its cropped-off ends is refused.",
+)
 @model_options
 @store_options
 @output_options
@@ -73,12 +90,16 @@ def search(
     threshold: float | None,
     collapse_duplicates: bool,
     filters: tuple[str, ...],
+    regions: bool,
+    region_text: str | None,
     as_json: bool,
     quiet: bool,
     **flags: Any,
 ) -> None:
     """Find the images most similar to IMAGE in the collection."""
     configure_logging(quiet=True)
+    box = parse_box(region_text) if region_text is not None else None
+    regions = regions or box is not None
     settings = load_settings(**flags)
     query = NeighbourQuery(
         top_k=top_k,
@@ -101,16 +122,28 @@ def search(
         click.echo(f"note: the server at {url} holds {settings.collection!r}; asking it", err=True)
         with ServiceClient(url, api_key=_secret(settings)) as client:
             model, result = client.search(
-                data, image.name, collection=settings.collection, query=query, labels=labels
+                data,
+                image.name,
+                collection=settings.collection,
+                query=query,
+                labels=labels,
+                regions=regions,
+                box=box,
             )
     else:
         with runtime:
-            (outcome,) = runtime.searcher.search_images(
-                settings.collection, [(data, str(image))], query, labels
-            )
-            if isinstance(outcome, DinoseekError):
-                raise outcome
-            model, result = runtime.require_embedder().model_id, outcome
+            model = runtime.require_embedder().model_id
+            if regions:
+                result = search_image_regions(
+                    runtime.searcher, settings.collection, (data, str(image)), box, query, labels
+                )
+            else:
+                (outcome,) = runtime.searcher.search_images(
+                    settings.collection, [(data, str(image))], query, labels
+                )
+                if isinstance(outcome, DinoseekError):
+                    raise outcome
+                result = outcome
     if as_json:
         click.echo(json.dumps(search_document(settings, image, model, result)))
     else:
@@ -158,10 +191,15 @@ def render_result(result: SearchResult) -> str:
         lines.append("no results")
         return "\n".join(lines)
     label_width = max(5, *(len(n.label or "") for n in result.neighbours))
-    lines.append(f"{'rank':>4}  {'score':>6}  {'label':<{label_width}}  path")
+    regions = any(n.region is not None for n in result.neighbours)
+    where = f"  {'region (x,y,w,h)':<23}" if regions else ""
+    lines.append(f"{'rank':>4}  {'score':>6}  {'label':<{label_width}}{where}  path")
     for rank, neighbour in enumerate(result.neighbours, start=1):
+        box = neighbour.region
+        shown = f"{box.x:.2f},{box.y:.2f},{box.w:.2f},{box.h:.2f}" if box else "-"
+        where = f"  {shown:<23}" if regions else ""
         lines.append(
-            f"{rank:>4}  {neighbour.score:6.4f}  {neighbour.label or '-':<{label_width}}  "
-            f"{neighbour.path or '?'}"
+            f"{rank:>4}  {neighbour.score:6.4f}  {neighbour.label or '-':<{label_width}}"
+            f"{where}  {neighbour.path or '?'}"
         )
     return "\n".join(lines)

@@ -15,9 +15,9 @@ from dinoseek.collection_vectors import CollectionVectors, read_vectors
 from dinoseek.commandline import model_loader, store_owner
 from dinoseek.errors import CollectionNotFoundError
 from dinoseek.folder_vectors import embed_folder
+from dinoseek.progress import Progress
 from dinoseek.runtime import ModelPolicy, Runtime
 from dinoseek.settings import Settings
-from indexer.progress import Progress
 
 
 def open_runtime(settings: Settings, command: str, *, with_model: bool) -> Runtime:

@@ -29,13 +29,15 @@ from dinoseek.commandline import (
     store_owner,
 )
 from dinoseek.errors import StoreLockedError
+from dinoseek.labels_csv import read_labels_csv
 from dinoseek.runtime import ModelPolicy, Runtime
-from indexer.catalog import LabelSource, read_labels_csv
+from dinoseek.scan import DEFAULT_EXCLUDES, ScanOptions
+from dinoseek.settings import default_of
+from indexer.catalog import LabelSource
 from indexer.catalog_cache import catalog_cache_path
 from indexer.pipeline import IndexOptions, IndexSummary, ModelOnDemand, index_folders
 from indexer.ray_engine import RayEngine, RayOptions, import_ray
 from indexer.report import failures_report_path
-from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
 
 
 @click.command(epilog=EPILOG)
@@ -114,20 +116,21 @@ from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
     help="int8: search int8 copies of the vectors, held in memory, then rescore the best "
     "with the original vectors: a faster index build and search at the same recall (see "
     "bench/scale.py). none: the float vectors only. For a new collection "
-    "[default: DINOSEEK_QUANTIZATION, else int8].",
+    f"[default: DINOSEEK_QUANTIZATION, else {default_of('quantization')}].",
 )
 @click.option(
     "--hnsw-m",
     type=click.IntRange(4, 128),
     default=None,
-    help="HNSW links per vector, for a new collection [default: DINOSEEK_HNSW_M, else 16].",
+    help="HNSW links per vector, for a new collection "
+    f"[default: DINOSEEK_HNSW_M, else {default_of('hnsw_m')}].",
 )
 @click.option(
     "--hnsw-ef-construct",
     type=click.IntRange(4, 4096),
     default=None,
     help="HNSW build candidates, for a new collection [default: DINOSEEK_HNSW_EF_CONSTRUCT, "
-    "else 100].",
+    f"else {default_of('hnsw_ef_construct')}].",
 )
 @click.option(
     "--engine",
@@ -150,6 +153,14 @@ from indexer.scan import DEFAULT_EXCLUDES, ScanOptions
     type=click.IntRange(min=1),
     default=None,
     help="Embedding actors with --engine ray [default: one per GPU of the cluster, else 1].",
+)
+@click.option(
+    "--regions",
+    is_flag=True,
+    help="Also store region vectors, for search by region (`dinoseek search --regions`): "
+    "29 per image (patch tokens pooled over 2x2, 3x3 and 4x4 grids), from the same forward pass. "
+    "An existing collection gets them for every image it holds (each read and embedded "
+    "once more); a collection with regions keeps making them.",
 )
 @click.option(
     "--log-every",
@@ -185,6 +196,7 @@ def index(
     engine: str,
     ray_address: str | None,
     ray_actors: int | None,
+    regions: bool,
     log_every: float,
     as_json: bool,
     quiet: bool,
@@ -264,6 +276,7 @@ def index(
             gpu_decode=gpu_decode,
             ray=ray,
             catalog_cache=catalog_cache_path(settings.data_dir, settings.collection),
+            regions=regions,
         )
         if existed and _names_another_model(runtime):
             runtime.load_model(model_loader())  # refused now, not once a file needs it
@@ -333,6 +346,15 @@ def render_summary(summary: IndexSummary, *, brief: bool = False) -> str:
     if summary.labels_kept:
         lines.append(
             f"  labels kept {summary.labels_kept:>8,}   (set in the page; --relabel replaces them)"
+        )
+    if summary.regions_added or summary.regions_missing:
+        lines.append(
+            f"  regions     {summary.regions_added:>8,}   (stored images given region vectors"
+            + (
+                f"; {summary.regions_missing:,} could not be read again)"
+                if summary.regions_missing
+                else ")"
+            )
         )
     reasons = ", ".join(f"{code} {count}" for code, count in summary.failed_by_reason.items())
     lines.append(f"  failed      {summary.failed:>8,}" + (f"   ({reasons})" if reasons else ""))

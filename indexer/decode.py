@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, TypeVar
 from dinoseek.errors import ImageError
 from dinoseek.file_read import FileContent
 from dinoseek.images import ImageHeader, inspect_image
-from indexer.scan import ScannedFile
+from dinoseek.scan import ScannedFile
 from indexer.workers import (
     DECODE_TIMEOUT,
     FailedFile,

@@ -34,16 +34,25 @@ import numpy as np
 
 from dinoseek.embedding import ImageEmbedder, Pixels, available_cores
 from dinoseek.errors import EmbeddingError, PointRefusedError
+from dinoseek.progress import Progress
+from dinoseek.regions import RegionSpec
 from dinoseek.runtime import default_decode_workers
+from dinoseek.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
+from dinoseek.settings import default_of
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload, content_of
 from indexer.catalog_cache import load_catalog, save_catalog
 from indexer.decode import DecodePool, GpuDecodeStage
-from indexer.progress import Progress
 from indexer.ray_engine import RETRIED_NEXT_RUN, EmbedJob, RayEngine, RayStage
+from indexer.regions import (
+    Embedded,
+    add_missing_regions,
+    embed_batch,
+    files_lacking_regions,
+    run_regions,
+)
 from indexer.report import FailureRecord, load_failures, write_failures
-from indexer.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
 from indexer.workers import FailedFile, PreparedFile, WorkerConfig, prepare_file
 
 log = logging.getLogger(__name__)
@@ -58,9 +67,9 @@ class IndexOptions:
     failures_report: Path
     batch_size: int | None = 16  # None: the model's default
     workers: int | None = 1  # None: the default for the model's device
-    max_image_pixels: int = 40_000_000
-    max_file_bytes: int = 256 * 1024 * 1024
-    decode_timeout_s: float = 60.0
+    max_image_pixels: int = default_of("max_image_pixels")
+    max_file_bytes: int = default_of("max_file_bytes")
+    decode_timeout_s: float = default_of("decode_timeout_s")
     labels: LabelSource = field(default_factory=LabelSource)
     relabel: bool = False  # ``labels`` replace the labels set over HTTP (the page)
     scan: ScanOptions = field(default_factory=ScanOptions)
@@ -73,6 +82,7 @@ class IndexOptions:
     gpu_decode: bool = False  # decode JPEGs with nvJPEG (CUDA only; see dinoseek.gpu_decode)
     ray: RayEngine | None = None  # decode and embed on a Ray cluster (indexer.ray_engine)
     catalog_cache: Path | None = None  # a saved copy of the catalog (indexer.catalog_cache)
+    regions: bool = False  # give the collection region vectors (indexer.regions)
 
 
 @dataclass
@@ -100,6 +110,8 @@ class IndexSummary:
     embed_elapsed_s: float = 0.0
     optimize_s: float = 0.0
     images_per_s: float = 0.0
+    regions_added: int = 0  # points given region vectors after they were stored
+    regions_missing: int = 0  # points left without them (their file unreadable or changed)
     interrupted: bool = False
     failures_report: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -277,12 +289,20 @@ class IndexRun:
         self._embedded_ids: set[str] = set()
         self._labels_kept: set[str] = set()  # points whose label set over HTTP was kept
         self._writer: StoreWriter | None = None
+        self.regions: RegionSpec | None = None
 
     def run(self) -> IndexSummary:
         """Scan, plan, process, flush, optimise; always returns a summary unless the store fails."""
         started = time.perf_counter()
         options = self.options
         self.store.ensure_collection(options.collection, self._space())
+        self.regions = run_regions(
+            self.store,
+            options.collection,
+            options.regions,
+            lambda: self.embedder,
+            ray=options.ray is not None,
+        )
         token = self.store.state_token(options.collection)
         self.catalog = self._load_catalog(token)
         previous_failures = load_failures(options.failures_report)
@@ -304,6 +324,8 @@ class IndexRun:
         if self._writer.stale:  # kept its old payload: removed, its files reported below
             self.store.delete(options.collection, self._writer.stale)
         self._report_rejected(self._writer.rejected)
+        if self.regions is not None and not self.stop.is_set():
+            self._add_missing_regions(self.regions)
         self.summary.interrupted = self.stop.is_set()
         mirrored = not (self.summary.interrupted or self._writer.rejected or self._writer.stale)
         write_failures(options.failures_report, self.failures.values())
@@ -321,6 +343,25 @@ class IndexRun:
             self.summary.images_per_s = round(rate, 2)
         self.summary.failed = sum(self.summary.failed_by_reason.values())
         return self.summary
+
+    def _add_missing_regions(self, spec: RegionSpec) -> None:
+        """Region vectors for the stored points without them (``indexer.regions``)."""
+        files = files_lacking_regions(self.store, self.options.collection, self.catalog)
+        if not files:
+            return
+        stage = self._decode_stage([file for _, file in files])
+        counts = add_missing_regions(
+            files,
+            stage,
+            self.embedder,
+            self.store,
+            self.options.collection,
+            spec,
+            batch_size=self.batch_size,
+            stop=self.stop,
+        )
+        self.summary.regions_added += counts.added
+        self.summary.regions_missing += counts.missing
 
     # -- the model --------------------------------------------------------------------------
 
@@ -612,23 +653,28 @@ class IndexRun:
         if not batch:
             return
         records = []
-        for pending, vector in self._embed(batch):
+        for pending, embedded in self._embed(batch):
             point = self.catalog.points.get(pending.point_id)
             if point is not None:
-                records.append(PointRecord(pending.point_id, vector, build_payload(point)))
+                payload = build_payload(point)
+                records.append(
+                    PointRecord(pending.point_id, embedded.vector, payload, embedded.regions)
+                )
         if records:
             self._put(Upsert(records))  # one write per batch keeps the writer far ahead
             self.summary.embedded += len(records)
             self._embedded_ids.update(r.id for r in records)
 
-    def _embed(self, batch: list[_Pending]) -> list[tuple[_Pending, np.ndarray]]:
-        """Embed a batch; images that cannot be embedded are reported, not fatal (the
-        embedder splits a batch that runs out of memory). Vectors already made are kept."""
-        done = [(p, p.vector) for p in batch if p.vector is not None]
+    def _embed(self, batch: list[_Pending]) -> list[tuple[_Pending, Embedded]]:
+        """Embed a batch (with region vectors in a run with regions); images that cannot be
+        embedded are reported, not fatal (the embedder splits a batch that runs out of
+        memory). Vectors already made are kept."""
+        done = [(p, Embedded(p.vector)) for p in batch if p.vector is not None]
         todo = [p for p in batch if p.vector is None and self._has_pixels(p)]
         if not todo:
             return done
-        vectors = self.embedder.embed_each(self.embedder.stack([p.pixels for p in todo]))
+        pixels = self.embedder.stack([p.pixels for p in todo])
+        vectors = embed_batch(self.embedder, pixels, self.regions)
         for pending, vector in zip(todo, vectors, strict=True):
             if isinstance(vector, EmbeddingError):
                 self._fail_point(pending.point_id, vector.code, vector.message)

@@ -37,10 +37,10 @@ import numpy as np
 
 from dinoseek.errors import ConfigError, EmbeddingError, ImageErrorCode, PointRefusedError
 from dinoseek.runtime import ModelLoader, Runtime
+from dinoseek.scan import ScannedFile
 from dinoseek.settings import Settings
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import FileEntry, PointEntry, build_payload, content_of
-from indexer.scan import ScannedFile
 from indexer.workers import DECODE_TIMEOUT, FailedFile, PreparedFile, WorkerConfig, prepare_file
 
 if TYPE_CHECKING:

@@ -25,6 +25,7 @@ from dinoseek.errors import FileReadError, ImageError
 from dinoseek.file_read import FileContent, ReadLimits
 from dinoseek.file_read import read_file as read_regular_file
 from dinoseek.images import Preprocessing, prepare_image
+from dinoseek.settings import default_of
 
 DECODE_TIMEOUT = "decode_timeout"
 
@@ -35,8 +36,8 @@ class WorkerConfig:
 
     preprocessing: Preprocessing
     max_image_pixels: int
-    max_file_bytes: int = 256 * 1024 * 1024
-    decode_timeout_s: float = 60.0
+    max_file_bytes: int = default_of("max_file_bytes")
+    decode_timeout_s: float = default_of("decode_timeout_s")
     follow_links: bool = False  # as the scan's option: a link swapped in later is refused
 
 

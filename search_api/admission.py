@@ -47,9 +47,18 @@ MODEL_ROUTES = frozenset(
 
 
 def is_admitted_route(method: str, path: str) -> bool:
-    """The routes that decode images: the model routes and the thumbnails
+    """The routes that decode images: the model routes, the matches and the thumbnails
     (``GET /points/{id}/image``)."""
-    return (method, path) in MODEL_ROUTES or is_image_read(method, path)
+    return (method, path) in MODEL_ROUTES or is_image_read(method, path) or is_match(method, path)
+
+
+def is_match(method: str, path: str) -> bool:
+    """``GET /points/{a}/match/{b}`` and ``POST /points/{b}/match``: two images through the
+    model."""
+    parts = path.split("/")
+    if len(parts) < 4 or parts[1] != "points" or parts[3] != "match":
+        return False
+    return (method == "GET" and len(parts) == 5) or (method == "POST" and len(parts) == 4)
 
 
 def is_image_read(method: str, path: str) -> bool:

@@ -30,6 +30,7 @@ from search_api.errors import install_error_handlers
 from search_api.label_routes import label_routes
 from search_api.labelling_service import LabellingService
 from search_api.limits import BodySizeLimit
+from search_api.match_routes import match_routes
 from search_api.metrics import RequestMetrics, ServiceMetrics
 from search_api.page import (
     ASSETS_PREFIX,
@@ -129,6 +130,7 @@ def create_app(
     app.mount(DOCS_ASSETS_PREFIX, docs_assets(), name="docs-assets")
     app.mount(ASSETS_PREFIX, assets(), name="assets")
     app.include_router(routes, dependencies=[Depends(API_KEY_HEADER)])
+    app.include_router(match_routes, dependencies=[Depends(API_KEY_HEADER)])
     app.include_router(label_routes, dependencies=[Depends(API_KEY_HEADER)])
     app.include_router(cluster_routes, dependencies=[Depends(API_KEY_HEADER)])
     writes = WriteRoutes(app.routes)

@@ -15,6 +15,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from dinoseek.errors import DinoseekError, StoreUnavailableError
+from dinoseek.regions import Box
 from dinoseek.search import LabelRequest, NeighbourQuery, SearchResult
 from search_api.schemas import CollectionsResponse, ErrorBody, SearchResponse
 
@@ -57,9 +58,11 @@ class ServiceClient:
         collection: str,
         query: NeighbourQuery,
         labels: LabelRequest,
+        regions: bool = False,
+        box: Box | None = None,
     ) -> tuple[str, SearchResult]:
-        """``POST /search`` with an image's bytes (``name`` is its file name): the model's id
-        and the result."""
+        """``POST /search`` with an image's bytes (``name`` is its file name), by region
+        when asked (by ``box`` of it when given): the model's id and the result."""
         params: dict[str, Any] = {
             "top_k": query.top_k,
             "offset": query.offset,
@@ -76,6 +79,10 @@ class ServiceClient:
             params["label_method"] = labels.method
         if labels.probe is not None:
             params["probe"] = labels.probe
+        if regions or box is not None:
+            params["regions"] = True
+        if box is not None:
+            params["region"] = f"{box.x!r},{box.y!r},{box.w!r},{box.h!r}"
         response = self._request("POST", "/search", params=params, files={"image": (name, data)})
         body = self._parse(SearchResponse, response)
         return body.model, SearchResult(list(body.results), body.labels)

@@ -23,6 +23,7 @@ from dinoseek.errors import (
     ImageError,
     ImageErrorCode,
     InvalidPointIdError,
+    InvalidRegionError,
     ModelLoadError,
     PointNotFoundError,
     ProbeMismatchError,
@@ -92,7 +93,14 @@ def status_for(error: DinoseekError) -> int:
         return 409
     if isinstance(error, StoreLockedError | StoreUnavailableError | ModelLoadError):
         return 503
-    if isinstance(error, InvalidPointIdError | ConfigError | EmbeddingError | ProbeTrainingError):
+    if isinstance(
+        error,
+        InvalidPointIdError
+        | InvalidRegionError
+        | ConfigError
+        | EmbeddingError
+        | ProbeTrainingError,
+    ):
         return 422
     return 500
 

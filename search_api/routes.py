@@ -20,6 +20,7 @@ from dinoseek.store import POINT_ID_PATTERN, StoredPoint
 from search_api.auth import has_key
 from search_api.batching import OverloadedError
 from search_api.errors import RETRY_AFTER_S, ApiError
+from search_api.region_params import RegionBox, Regions, search_by_region
 from search_api.schemas import (
     BatchItem,
     BatchSearchResponse,
@@ -52,10 +53,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         400: "a malformed request body (a multipart upload that cannot be parsed)",
         401: "missing or wrong X-API-Key",
         404: "unknown collection or point",
-        409: "the collection was built with another model",
+        409: "the collection was built with another model (or has no region vectors)",
         413: "upload or image too large",
         415: "unsupported image format",
-        422: "corrupt image or invalid parameters",
+        422: "corrupt image, invalid parameters or region",
         503: "overloaded or store unreachable (see Retry-After)",
     }.items()
 }
@@ -168,7 +169,8 @@ class Labelling:
         )
 
 
-def _collection(service: SearchService, collection: str | None) -> str:
+def collection_of(service: SearchService, collection: str | None) -> str:
+    """The collection a request names (the service's by default), checked."""
     try:
         return validate_collection_name(
             service.settings.collection if collection is None else collection
@@ -191,13 +193,21 @@ async def search(
     image: ImageUpload,
     neighbours: Annotated[Neighbours, Depends()],
     labelling: Annotated[Labelling, Depends()],
+    regions: Regions = False,
+    region: RegionBox = None,
 ) -> SearchResponse:
     """Nearest neighbours of an uploaded image in the collection, and its predicted labels
-    (by default when the collection has a probe)."""
+    (by default when the collection has a probe). With `regions=true` (or a `region` box),
+    the images that contain something like it, each hit with its `region`: one forward pass
+    and a scan of every image's 29 region vectors."""
     clock = StageClock()
-    name = _collection(service, neighbours.collection)
-    vector = await _vector(service, image, clock)
-    (result,) = await service.search(name, [vector], neighbours.query(), labelling.request(), clock)
+    name = collection_of(service, neighbours.collection)
+    query, labels = neighbours.query(), labelling.request()
+    if regions or region is not None:
+        result = await search_by_region(service, image, name, region, query, labels, clock)
+    else:
+        vector = await _vector(service, image, clock)
+        (result,) = await service.search(name, [vector], query, labels, clock)
     return SearchResponse(
         model=service.embedder.model_id,
         collection=name,
@@ -225,7 +235,7 @@ async def search_batch(
             f"{len(images)} images in one request; at most {MAX_BATCH_IMAGES}",
         )
     clock = StageClock()
-    name = _collection(service, neighbours.collection)
+    name = collection_of(service, neighbours.collection)
     items = [BatchItem(index=i, filename=upload.filename) for i, upload in enumerate(images)]
     contents = [await upload.read() for upload in images]
     decoded = await asyncio.gather(
@@ -288,7 +298,7 @@ async def similar(
 ) -> SimilarResponse:
     """Neighbours of an already indexed image (itself excluded), with no model call."""
     clock = StageClock()
-    name = _collection(service, neighbours.collection)
+    name = collection_of(service, neighbours.collection)
     found = await service.similar(name, point_id, neighbours.query(), clock)
     return SimilarResponse(
         collection=name, id=point_id, timings_ms=Timings(**clock.as_dict()), results=found
@@ -313,7 +323,7 @@ async def browse(
 ) -> BrowseResponse:
     """A page of stored points in id order, which is a random sample since ids are hashes
     (`start=random`: from a random place), and where the next page starts."""
-    name = _collection(service, collection)
+    name = collection_of(service, collection)
     filters = Filters(label=label, root=root)
     page = await service.browse(name, limit, start, filters, unlabelled=unlabelled)
     return BrowseResponse(collection=name, points=page.points, next=page.next)
@@ -335,7 +345,7 @@ async def duplicates(
     """The groups of near-duplicates marked by `dinoseek dedup`: each kept image, why it is
     the one kept (`reason`, by the rule of `dinoseek dedup --keep`), and the others, a page at
     a time (largest groups are not first: the order is the kept ids')."""
-    name = _collection(service, collection)
+    name = collection_of(service, collection)
     page = await service.duplicates(name, limit, start)
     return DuplicatesResponse(collection=name, groups=page.groups, next=page.next)
 
@@ -349,7 +359,7 @@ async def point(
     service: Service, point_id: PointId, collection: Collection = None
 ) -> PointResponse:
     """The payload stored for a point."""
-    name = _collection(service, collection)
+    name = collection_of(service, collection)
     stored = await service.point(name, point_id)
     return PointResponse(id=stored.id, collection=name, payload=stored.payload)
 
@@ -374,7 +384,7 @@ async def point_image(
 ) -> Response:
     """The file behind a point, found by id only (never by a path from the request), and
     served only while its content is the one indexed (its sha256 is checked first)."""
-    name = _collection(service, collection)
+    name = collection_of(service, collection)
     stored = await service.point(name, point_id)
     # Behind a key, shared caches must not keep a copy for other clients.
     caching = {
@@ -476,7 +486,7 @@ async def classify(
 ) -> ClassifyResponse:
     """Predicted labels only: the collection's probe, or a kNN vote when it has none."""
     clock = StageClock()
-    name = _collection(service, collection)
+    name = collection_of(service, collection)
     vector = await _vector(service, image, clock)
     request = LabelRequest(with_labels=True, method=label_method, probe=probe, top_k=labels)
     predicted = await service.classify(name, vector, top_k, request)
@@ -491,7 +501,7 @@ async def classify(
 @routes.get("/probes", response_model=ProbesResponse, summary="Trained probes")
 async def probes(service: Service, collection: Collection = None) -> ProbesResponse:
     """The linear probes trained on the collection (`dinoseek probe train`)."""
-    name = _collection(service, collection)
+    name = collection_of(service, collection)
     stored = await service.probes(name)
     return ProbesResponse(
         collection=name,

@@ -11,7 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dinoseek.correspondence import PatchPair
 from dinoseek.labels import PredictedLabel
+from dinoseek.regions import Box
 from dinoseek.search import DuplicateGroupView, ListedPoint, Neighbour
 
 EXAMPLE_ID = "6b1c1f6e-3d0e-5b8e-9c55-2d1b0e8f4a11"
@@ -58,6 +60,47 @@ class SearchResponse(BaseModel):
     timings_ms: Timings
     results: list[Neighbour]
     labels: list[PredictedLabel] | None = None
+
+
+class MatchedRegions(BaseModel):
+    """The pair of region windows (2x2, 3x3 and 4x4 grids) that match best as a whole: a box of
+    each original image (None where the window lies in the padding of a tiny image)."""
+
+    a: Box | None
+    b: Box | None
+    score: float
+
+
+class MatchResponse(BaseModel):
+    """Why two images match: their corresponding patches (mutual nearest neighbours of their
+    patch tokens), strongest first, positions as fractions of each original image; ``a`` is
+    the upload in ``POST /points/{b}/match``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "collection": "images",
+                "a": EXAMPLE_ID,
+                "b": "0c0f5a52-8f3e-5e1b-a7d2-6f54d7b4c0e9",
+                "pairs": [
+                    {"a": {"x": 0.12, "y": 0.40}, "b": {"x": 0.55, "y": 0.31}, "score": 0.83}
+                ],
+                "regions": {
+                    "a": {"x": 0.0, "y": 0.33, "w": 0.44, "h": 0.33},
+                    "b": {"x": 0.42, "y": 0.17, "w": 0.33, "h": 0.44},
+                    "score": 0.91,
+                },
+                "timings_ms": {"decode": 4.1, "embed": 38.0, "total": 45.2},
+            }
+        }
+    )
+
+    collection: str
+    a: str | None
+    b: str
+    pairs: list[PatchPair]
+    regions: MatchedRegions
+    timings_ms: Timings
 
 
 class ClassifyResponse(BaseModel):

@@ -23,11 +23,14 @@ import numpy as np
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from dinoseek.correspondence import Correspondence, match_images
 from dinoseek.embedding import ImageEmbedder, PatchEmbeddings, VectorOrError
 from dinoseek.errors import CollectionNotFoundError, StoreUnavailableError
 from dinoseek.images import PreparedImage, decode_image
 from dinoseek.labels import PredictedLabel
 from dinoseek.patch_pca import patch_picture
+from dinoseek.region_search import collection_spec, pooling_for, region_query, search_regions
+from dinoseek.regions import Box
 from dinoseek.runtime import Runtime
 from dinoseek.search import (
     BrowsePage,
@@ -174,6 +177,55 @@ class SearchService:
         )
         self._timed(clock, "search", started)
         return results
+
+    async def search_regions(
+        self,
+        collection: str,
+        prepared: PreparedImage,
+        box: Box | None,
+        query: NeighbourQuery,
+        labels: LabelRequest,
+        clock: StageClock,
+    ) -> SearchResult:
+        """Neighbours by region of one image (of ``box`` of it): refused before the model
+        runs when the collection has no regions or the model would see too little of the
+        box; then one forward pass on the model's thread (not micro-batched: its pooling is
+        the query's own) and one store call."""
+        await run_in_threadpool(collection_spec, self.searcher, collection)
+        pooling_for(self.embedder, prepared, box)
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(
+            self.embedder.executor, region_query, self.embedder, prepared, box
+        )
+        self._timed(clock, "embed", started)
+        started = time.perf_counter()
+        (result,) = await run_in_threadpool(
+            search_regions, self.searcher, collection, [vectors], query, labels
+        )
+        self._timed(clock, "search", started)
+        return result
+
+    async def match(
+        self, a: PreparedImage, b: PreparedImage, max_pairs: int, clock: StageClock
+    ) -> Correspondence:
+        """Corresponding patches of two prepared images: one forward pass of both."""
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(
+            self.embedder.executor,
+            lambda: match_images(self.embedder, a, b, max_pairs=max_pairs),
+        )
+        self._timed(clock, "embed", started)
+        return found
+
+    async def prepare_point(
+        self, collection: str, point_id: str, clock: StageClock
+    ) -> PreparedImage:
+        """A stored point's image, read from its checked file and prepared as a query."""
+        point = await self.point(collection, point_id)
+        content = await self.image_file(point)
+        return await self.prepare(content.data(), content.name, clock)
 
     async def classify(
         self, collection: str, vector: np.ndarray, knn_top_k: int, labels: LabelRequest

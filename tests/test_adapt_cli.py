@@ -282,6 +282,7 @@ KNN_SETTINGS = (
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a hang detector: 60 training steps on a busy 2-core machine
 @pytest.mark.parametrize("seed", [1, 3])
 def test_adaptation_raises_knn_accuracy_on_distinct_classes(
     seed: int, tiny_model_dir: Path, tmp_path: Path

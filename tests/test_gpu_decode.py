@@ -20,10 +20,10 @@ from PIL import Image
 from dinoseek.embedding import ImageEmbedder
 from dinoseek.gpu_decode import GpuJpegDecoder, JpegJob, center_crop, load_decode_jpeg, orient
 from dinoseek.images import decode_image
+from dinoseek.scan import ScannedFile, ScanOptions, scan
 from dinoseek.store import EdgeStore
 from indexer.decode import GpuDecodeStage
 from indexer.pipeline import IndexOptions, IndexRun
-from indexer.scan import ScannedFile, ScanOptions, scan
 from indexer.workers import FailedFile, PreparedFile, WorkerConfig
 from tests.helpers import encode, photo
 

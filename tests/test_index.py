@@ -13,6 +13,7 @@ from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
 from dinoseek.errors import ConfigError, EmbeddingError
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.images import DINOV2_PREPROCESSING, load_image
+from dinoseek.labels_csv import read_labels_csv
 from dinoseek.store import EdgeStore, SearchQuery, point_id_for_sha256
 from indexer.catalog import (
     Catalog,
@@ -20,7 +21,6 @@ from indexer.catalog import (
     LabelSource,
     PointEntry,
     build_payload,
-    read_labels_csv,
 )
 from indexer.pipeline import IndexOptions, IndexSummary, index_folders
 from indexer.report import load_failures

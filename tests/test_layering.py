@@ -47,7 +47,7 @@ def test_the_contracts_hold(copy_of_the_project: Path) -> None:
 @pytest.mark.parametrize(
     ("module", "line", "broken"),
     [
-        ("indexer/scan.py", "import search_api", "indexer is not allowed to import search_api"),
+        ("indexer/decode.py", "import search_api", "indexer is not allowed to import search_api"),
         ("search_api/limits.py", "import indexer", "search_api is not allowed to import indexer"),
         ("dinoseek/errors.py", "import indexer", "dinoseek is not allowed to import indexer"),
         ("dinoseek/images.py", "import dinoseek_cli", "dinoseek is not allowed to import"),

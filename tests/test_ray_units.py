@@ -14,6 +14,7 @@ from qdrant_client import QdrantClient
 
 from dinoseek.errors import ImageErrorCode
 from dinoseek.fake_embedder import FakeEmbedder
+from dinoseek.scan import ScannedFile
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, point_id_for_sha256
 from dinoseek.store.server import ServerStore
@@ -30,7 +31,6 @@ from indexer.ray_engine import (
     results_of,
 )
 from indexer.report import load_failures
-from indexer.scan import ScannedFile
 from indexer.workers import FailedFile, PreparedFile, WorkerConfig
 from tests.commands import invoke
 from tests.fakes import FAKE_LOADER

@@ -10,6 +10,12 @@ from typing import Any
 
 import pytest
 
+from dinoseek.embedding import (
+    CPU_BATCH_SIZE,
+    GPU_BATCH_SIZE,
+    LARGE_GPU_BATCH_SIZE,
+    LARGE_GPU_BYTES,
+)
 from dinoseek.settings import Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -65,7 +71,10 @@ def test_each_documented_default_is_the_real_one(
     stated = parse(ROWS[variable])
     if field == "batch_size":  # chosen by the device: see the embedder's default_batch_size
         assert actual is None
-        assert stated == "256 on a GPU of 40 GB+, 128 on smaller, 16 on cpu"
+        assert stated == (
+            f"{LARGE_GPU_BATCH_SIZE} on a GPU of {LARGE_GPU_BYTES // 1024**3} GiB+, "
+            f"{GPU_BATCH_SIZE} on smaller, {CPU_BATCH_SIZE} on cpu"
+        )
         return
     if field == "data_dir":
         assert str(actual) == stated.removeprefix("./")

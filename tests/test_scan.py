@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
+from dinoseek.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -114,3 +114,16 @@ def test_unreadable_folder_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     problems = [i for i in items if isinstance(i, ScanProblem)]
     assert [p.path for p in problems] == [locked]
     assert [i.relative_path for i in items if isinstance(i, ScannedFile)] == ["ok/a.jpg"]
+
+
+def test_the_folder_commands_list_what_index_lists(tmp_path: Path) -> None:
+    """`dedup --against`, `adapt` and `curate --reference` read a folder through
+    ``image_files``: the same files as `dinoseek index` there, excludes and links alike."""
+    from dinoseek.folder_vectors import image_files
+
+    for name in ("a.jpg", "sub/d.png", ".hidden/b.jpg", "node_modules/c.png", "notes.txt"):
+        touch(tmp_path / name)
+    os.symlink(tmp_path / "a.jpg", tmp_path / "link.jpg")
+    listed = [str(path.relative_to(tmp_path)) for path in image_files(tmp_path)]
+    assert listed == sorted(scanned_paths(tmp_path))
+    assert listed == ["a.jpg", "sub/d.png"]

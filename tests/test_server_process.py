@@ -49,6 +49,7 @@ def served(
             "--workers",
             "0",
             "--labels-from-folders",
+            "--regions",
             "-q",
         ],
     )
@@ -97,6 +98,8 @@ QUERIES: dict[str, tuple[str, ...]] = {
     "format+label": ("--filter", "format=JPEG", "--filter", "label=dogs", "-k", "5"),
     "sha256": ("--filter", "sha256=nope"),
     "threshold+offset": ("--threshold", "0.5", "--offset", "2", "-k", "3"),
+    "regions": ("--regions", "-k", "3"),
+    "box+label": ("--region", "0.25,0.2,0.5,0.5", "--filter", "label=dogs", "-k", "3"),
 }
 
 
@@ -129,6 +132,8 @@ def test_the_cli_gives_the_same_answer_with_and_without_a_server(
     assert [r["path"] for r in local["path"]["results"]] == [str(paths[5])]
     assert local["sha256"]["results"] == []
     assert {r["label"] for r in local["format+label"]["results"]} == {"dogs"}
+    assert all(r["region"] is not None for r in local["regions"]["results"])
+    assert {r["label"] for r in local["box+label"]["results"]} == {"dogs"}
 
 
 def test_search_over_http_and_the_cli_through_the_server(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
+from dinoseek.regions import RegionSpec
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store import EdgeStore, PointRecord
 from dinoseek.store.server import ServerStore
@@ -42,7 +43,15 @@ WRITES: dict[str, Callable[[EdgeStore], None]] = {
     "merge_payload": lambda s: s.merge_payload("images", IDS[:2], {"label": "c"}),
     "delete_payload_fields": lambda s: s.delete_payload_fields("images", IDS[:1], ["n"]),
     "delete": lambda s: s.delete("images", IDS[:1]),
+    "set_regions": lambda s: set_regions(s),
 }
+
+
+def set_regions(store: EdgeStore) -> None:
+    """Region vectors added to a collection that had none, for one point."""
+    spec = RegionSpec((4, 4))
+    store.ensure_regions("images", spec)
+    store.set_regions("images", {IDS[0]: unit_vectors(spec.count, DIM, seed=3)})
 
 
 def test_the_token_stays_while_nothing_is_written(store: EdgeStore) -> None:

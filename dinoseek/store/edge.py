@@ -18,7 +18,6 @@ collection this process has not acquired opens it only for that read.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import shutil
@@ -30,21 +29,39 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import qdrant_edge as qe
 
-from dinoseek.errors import CollectionNotAcquiredError, CollectionNotFoundError, StoreError
+from dinoseek.errors import (
+    CollectionNotAcquiredError,
+    CollectionNotFoundError,
+    DinoseekError,
+    PointRefusedError,
+    StoreError,
+)
 from dinoseek.messages import short_list
+from dinoseek.regions import RegionSpec
 from dinoseek.settings import validate_collection_name
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store.edge_locks import lock_collection, release
 from dinoseek.store.edge_probes import METADATA_FILE, EdgeProbes
+from dinoseek.store.edge_regions import (
+    ids_without_regions,
+    region_vectors_update,
+    with_region_vector,
+)
 from dinoseek.store.edge_rename import rename_edge_collection
+from dinoseek.store.edge_requests import (
+    CLS_ONLY,
+    edge_filter,
+    edge_point,
+    query_request,
+    search_hit,
+    stored_point,
+)
 from dinoseek.store.edge_shards import SHARD_DIR, open_or_create_shard
 from dinoseek.store.edge_snapshots import EdgeSnapshots
 from dinoseek.store.files import write_bytes_atomic, write_json_atomic
 from dinoseek.store.records import (
-    QUANTIZATION_OVERSAMPLING,
     CollectionInfo,
     CollectionRename,
     FilterValue,
@@ -52,7 +69,6 @@ from dinoseek.store.records import (
     SearchHit,
     SearchQuery,
     StoredPoint,
-    Unset,
     VectorIndex,
 )
 
@@ -126,14 +142,33 @@ class EdgeStore:
 
     def collection_space(self, name: str) -> EmbeddingSpace:
         """Read from ``collection.json``; needs no lock."""
-        path = self.collection_dir(name) / METADATA_FILE
-        try:
-            metadata = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CollectionNotFoundError(self.not_found_message(name)) from None
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{path} is unreadable ({exc}); restore it from a backup") from None
-        return EmbeddingSpace.from_metadata(metadata)
+        return EmbeddingSpace.from_metadata(self._metadata(name))
+
+    def collection_regions(self, name: str) -> RegionSpec | None:
+        """Read from ``collection.json``; needs no lock."""
+        recorded = self._metadata(name).get("regions")
+        return RegionSpec.from_metadata(recorded) if isinstance(recorded, dict) else None
+
+    def ensure_regions(self, name: str, spec: RegionSpec) -> None:
+        """Add and configure the region multivector (``edge_regions``), then record ``spec``
+        in ``collection.json``: a crash in between leaves a vector that the next call
+        configures again, never a recorded layout without its vector."""
+        with self._guard:
+            self._shard(name)
+            recorded = self.collection_regions(name)
+            if recorded is not None:
+                spec.check_same(name, recorded)
+                return
+            held = self._held[name]
+            shard_dir = self.collection_dir(name) / SHARD_DIR
+            try:
+                held.shard = with_region_vector(held.shard, shard_dir, held.space.dim)
+            except BaseException:
+                self._held.pop(name, None)
+                release(held.lock_file)
+                raise
+            metadata = {**self._metadata(name), "regions": spec.to_metadata()}
+            write_json_atomic(self.collection_dir(name) / METADATA_FILE, metadata)
 
     def collection_info(self, name: str) -> CollectionInfo:
         """From the held shard, or from one opened just for this read."""
@@ -219,10 +254,24 @@ class EdgeStore:
         """Written to Edge's write-ahead log: replayed after a crash."""
         if not points:
             return
-        operation = qe.UpdateOperation.upsert_points(
-            [qe.Point(p.id, _vector_list(p.vector), p.payload) for p in points]
-        )
+        operation = qe.UpdateOperation.upsert_points([edge_point(p) for p in points])
         self._write(name, operation)
+
+    def set_regions(self, name: str, regions: Mapping[str, Any]) -> None:
+        """One update-vectors operation for the points still stored."""
+        operation = region_vectors_update(self._shard(name), regions)
+        if operation is None:
+            return
+        try:
+            self._write(name, operation)
+        except DinoseekError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Qdrant Edge raises plain Exception
+            raise PointRefusedError(f"region vectors refused: {exc}") from None
+
+    def ids_without_regions(self, name: str) -> Iterator[str]:
+        """Scrolled by Edge's ``has_vector`` condition."""
+        return ids_without_regions(self._shard(name))
 
     def set_payload(self, name: str, point_id: str, payload: Mapping[str, Any]) -> None:
         """Overwrite one point's payload."""
@@ -250,8 +299,9 @@ class EdgeStore:
         shard = self._shard(name)
         if not ids:
             return []
-        records = shard.retrieve(list(ids), with_payload=True, with_vector=with_vectors)
-        by_id = {str(r.id): _stored_point(r, with_vectors) for r in records}
+        with_vector = CLS_ONLY if with_vectors else False
+        records = shard.retrieve(list(ids), with_payload=True, with_vector=with_vector)
+        by_id = {str(r.id): stored_point(r, with_vectors) for r in records}
         return [by_id[i] for i in ids if i in by_id]
 
     def search(self, name: str, queries: Sequence[SearchQuery]) -> list[list[SearchHit]]:
@@ -259,8 +309,8 @@ class EdgeStore:
         shard = self._shard(name)
         if not queries:
             return []
-        batch = qe.QueryBatchRequest([_query_request(q, self.index.hnsw_ef) for q in queries])
-        return [[_hit(h) for h in hits] for hits in shard.query_batch(batch)]
+        batch = qe.QueryBatchRequest([query_request(q, self.index.hnsw_ef) for q in queries])
+        return [[search_hit(h) for h in hits] for hits in shard.query_batch(batch)]
 
     def scroll(
         self,
@@ -279,13 +329,13 @@ class EdgeStore:
                 qe.ScrollRequest(
                     offset=offset,
                     limit=batch_size,
-                    filter=_filter(filters or {}, ()),
+                    filter=edge_filter(filters or {}, ()),
                     with_payload=True,
-                    with_vector=with_vectors,
+                    with_vector=CLS_ONLY if with_vectors else False,
                 )
             )
             for record in records:
-                yield _stored_point(record, with_vectors)
+                yield stored_point(record, with_vectors)
             if offset is None:
                 return
 
@@ -379,6 +429,18 @@ class EdgeStore:
 
     # -- internals --------------------------------------------------------------------------
 
+    def _metadata(self, name: str) -> dict[str, Any]:
+        path = self.collection_dir(name) / METADATA_FILE
+        try:
+            metadata = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CollectionNotFoundError(self.not_found_message(name)) from None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path} is unreadable ({exc}); restore it from a backup") from None
+        if not isinstance(metadata, dict):
+            raise StoreError(f"{path} is not a JSON object; restore it from a backup")
+        return metadata
+
     def _shard(self, name: str) -> qe.EdgeShard:
         held = self._held.get(name)
         if held is None:
@@ -449,63 +511,3 @@ def _close(name: str, held: _Held) -> None:
         log.exception("closing collection %s failed", name)
     finally:
         release(held.lock_file)
-
-
-def _vector_list(vector: np.ndarray) -> list[float]:
-    return np.asarray(vector, dtype=np.float32).tolist()  # type: ignore[no-any-return]
-
-
-def _filter(
-    filters: Mapping[str, FilterValue],
-    exclude_ids: Sequence[str],
-    exclude: Mapping[str, FilterValue] | None = None,
-) -> qe.Filter | None:
-    must: list[Any] = [_condition(key, value) for key, value in filters.items()]
-    must_not: list[Any] = [qe.HasIdCondition(set(exclude_ids))] if exclude_ids else []
-    must_not += [_condition(key, value) for key, value in (exclude or {}).items()]
-    if not must and not must_not:
-        return None
-    return qe.Filter(must=must or None, must_not=must_not or None)
-
-
-def _condition(key: str, value: FilterValue) -> Any:
-    """An exact match, or for ``UNSET`` a field that is missing, null or empty."""
-    if isinstance(value, Unset):
-        return qe.IsEmptyCondition(key)
-    return qe.FieldCondition(key, match=qe.MatchValue(value))
-
-
-def _query_request(query: SearchQuery, hnsw_ef: int) -> qe.QueryRequest:
-    return qe.QueryRequest(
-        limit=query.top_k,
-        offset=query.offset,
-        query=qe.Query.Nearest(_vector_list(query.vector)),
-        filter=_filter(query.filters, query.exclude_ids, query.exclude),
-        score_threshold=query.score_threshold,
-        with_payload=True,
-        with_vector=False,
-        params=_search_params(hnsw_ef),
-    )
-
-
-@functools.cache
-def _search_params(hnsw_ef: int) -> qe.SearchParams:
-    """``hnsw_ef`` candidates per query; a quantized collection's candidates are rescored with
-    the original vectors (ignored by a collection without quantization)."""
-    return qe.SearchParams(
-        hnsw_ef=hnsw_ef,
-        quantization=qe.QuantizationSearchParams(
-            rescore=True, oversampling=QUANTIZATION_OVERSAMPLING
-        ),
-    )
-
-
-def _hit(point: qe.ScoredPoint) -> SearchHit:
-    return SearchHit(id=str(point.id), score=float(point.score), payload=dict(point.payload or {}))
-
-
-def _stored_point(record: qe.Record, with_vectors: bool) -> StoredPoint:
-    vector = None
-    if with_vectors and record.vector is not None:
-        vector = np.asarray(record.vector, dtype=np.float32)
-    return StoredPoint(id=str(record.id), payload=dict(record.payload or {}), vector=vector)

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from dinoseek.regions import RegionSpec
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store.records import (
     CollectionInfo,
@@ -128,6 +129,26 @@ class VectorStore(Protocol):
         """Give a collection, with its data and its probes, the name ``new_name``
         (``CollectionNotFoundError``; ``CollectionExistsError`` when the name is taken;
         ``StoreLockedError`` while another process holds an embedded collection)."""
+        ...
+
+    def collection_regions(self, name: str) -> RegionSpec | None:
+        """How the collection's region vectors are made, or None when it has none."""
+        ...
+
+    def ensure_regions(self, name: str, spec: RegionSpec) -> None:
+        """Give an acquired collection region vectors of ``spec`` (their multivector, not
+        searched through HNSW, quantized as the collection's vectors are), recorded with
+        its embedding space; a no-op when it has them, ``RegionsNotIndexedError`` when it
+        has another layout's."""
+        ...
+
+    def set_regions(self, name: str, regions: Mapping[str, Any]) -> None:
+        """Set the region vectors (windows, dim) of existing points, by id, keeping their
+        vector and payload (an id no longer stored is skipped)."""
+        ...
+
+    def ids_without_regions(self, name: str) -> Iterator[str]:
+        """The points of a collection with regions that have no region vectors yet."""
         ...
 
     def acquire(self, name: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dinoseek.errors import InvalidPointIdError
+from dinoseek.settings import default_of
 from dinoseek.space import EmbeddingSpace
 
 # Namespace of dinoseek's point ids: uuid5(POINT_NAMESPACE, sha256 of the file's content).
@@ -78,11 +79,13 @@ def validate_point_id(text: str) -> str:
 
 @dataclass(frozen=True)
 class PointRecord:
-    """A point to write: id, L2-normalised float32 vector, and payload."""
+    """A point to write: id, L2-normalised float32 vector, and payload; in a collection with
+    regions (``VectorStore.ensure_regions``), also its region vectors (windows, dim)."""
 
     id: str
     vector: np.ndarray
     payload: dict[str, Any]
+    regions: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -96,17 +99,21 @@ class StoredPoint:
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One neighbour: its id, cosine similarity and payload."""
+    """One neighbour: its id, cosine similarity and payload; for a region query, also its
+    region vectors (windows, dim), in the order of the collection's ``RegionSpec``."""
 
     id: str
     score: float
     payload: dict[str, Any]
+    regions: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class SearchQuery:
     """A nearest-neighbour query. ``filters`` are exact matches on payload fields that
-    must hold; ``exclude`` are exact matches that must not."""
+    must hold; ``exclude`` are exact matches that must not. With ``regions``, ``vector`` is
+    matched against each point's region vectors, a point scoring as its best window (MaxSim),
+    and the hits bring their region vectors."""
 
     vector: np.ndarray
     top_k: int = 10
@@ -115,6 +122,7 @@ class SearchQuery:
     filters: Mapping[str, FilterValue] = field(default_factory=dict)
     exclude_ids: tuple[str, ...] = ()
     exclude: Mapping[str, FilterValue] = field(default_factory=dict)
+    regions: bool = False
 
 
 QUANTIZATIONS = ("none", "int8")
@@ -133,10 +141,10 @@ class VectorIndex:
     candidate list of a query (more: better recall, slower).
     """
 
-    hnsw_m: int = 16
-    hnsw_ef_construct: int = 100
-    quantization: str = "int8"
-    hnsw_ef: int = 256
+    hnsw_m: int = default_of("hnsw_m")
+    hnsw_ef_construct: int = default_of("hnsw_ef_construct")
+    quantization: str = default_of("quantization")
+    hnsw_ef: int = default_of("hnsw_ef")
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:

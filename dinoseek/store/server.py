@@ -31,6 +31,7 @@ from dinoseek.errors import (
     CollectionNotFoundError,
     StoreError,
 )
+from dinoseek.regions import REGION_VECTOR, RegionSpec
 from dinoseek.settings import validate_collection_name
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store.qdrant_rest import QdrantRest
@@ -49,6 +50,17 @@ from dinoseek.store.records import (
 )
 from dinoseek.store.server_calls import RETRY_DELAYS_S, QdrantCalls
 from dinoseek.store.server_probes import ServerProbes
+from dinoseek.store.server_regions import (
+    WITHOUT_REGIONS,
+    add_region_vector,
+    hit,
+    point_struct,
+    query_vector,
+    recorded_spec,
+    region_vectors,
+    regions_of,
+    stored_point,
+)
 from dinoseek.store.server_rename import copy_server_collection
 from dinoseek.store.server_snapshots import ServerSnapshots
 
@@ -182,6 +194,25 @@ class ServerStore:
         self._probes.delete_all(name)
         self.release(name)
 
+    def collection_regions(self, name: str) -> RegionSpec | None:
+        """Read from the collection's metadata."""
+        return recorded_spec(self._metadata(name))
+
+    def ensure_regions(self, name: str, spec: RegionSpec) -> None:
+        """Add and configure the region multivector, then record ``spec`` in the metadata
+        (a failure in between leaves a vector the next call configures again)."""
+        self._check_acquired(name)
+        recorded = self.collection_regions(name)
+        if recorded is not None:
+            spec.check_same(name, recorded)
+            return
+        space = self.collection_space(name)
+        add_region_vector(
+            self.client, self._call, name, space.dim, _quantization_config(self.index)
+        )
+        metadata = {METADATA_KEY: {**(self._metadata(name) or {}), "regions": spec.to_metadata()}}
+        self._call(self.client.update_collection, name, metadata=metadata)
+
     def rename_collection(self, name: str, new_name: str) -> CollectionRename:
         """A Qdrant server cannot rename a collection: a copy, then a delete
         (``server_rename``)."""
@@ -197,10 +228,14 @@ class ServerStore:
         payload indexes, and ``metadata``."""
         config = self._collection(like).config
         hnsw = config.hnsw_config
+        vectors = config.params.vectors
+        regions = vectors.get(REGION_VECTOR) if isinstance(vectors, dict) else None
+        if isinstance(vectors, dict):  # the CLS vector, unnamed; the regions added below
+            vectors = vectors[""]
         self._call(
             self.client.create_collection,
             name,
-            vectors_config=config.params.vectors,
+            vectors_config=vectors,
             hnsw_config=models.HnswConfigDiff(m=hnsw.m, ef_construct=hnsw.ef_construct),
             quantization_config=config.quantization_config,
             shard_number=config.params.shard_number,
@@ -208,12 +243,26 @@ class ServerStore:
             write_consistency_factor=config.params.write_consistency_factor,
             metadata=dict(metadata),
         )
+        if regions is not None:  # as ``ensure_regions`` adds them
+            add_region_vector(
+                self.client, self._call, name, regions.size, regions.quantization_config
+            )
         self._create_payload_indexes(name)
 
-    def set_space(self, name: str, space: EmbeddingSpace, *, clear: str) -> None:
-        """Record ``space`` as the collection's (from then on it is listed), and remove the
-        metadata key ``clear``."""
-        metadata = {METADATA_KEY: space.to_metadata(), clear: None}
+    def set_space(
+        self,
+        name: str,
+        space: EmbeddingSpace,
+        *,
+        clear: str,
+        regions: RegionSpec | None = None,
+    ) -> None:
+        """Record ``space`` (and ``regions``, the layout of its region vectors) as the
+        collection's (from then on it is listed), and remove the metadata key ``clear``."""
+        recorded = space.to_metadata()
+        if regions is not None:
+            recorded = {**recorded, "regions": regions.to_metadata()}
+        metadata = {METADATA_KEY: recorded, clear: None}
         self._call(self.client.update_collection, name, metadata=metadata)
 
     def acquire(self, name: str) -> None:
@@ -231,15 +280,43 @@ class ServerStore:
 
     # -- points -----------------------------------------------------------------------------
 
-    def upsert(self, name: str, points: Sequence[PointRecord]) -> None:
-        """Acknowledged by the server (``wait=True``), in requests under the size limit."""
+    def upsert(self, name: str, points: Sequence[PointRecord], *, named: bool = False) -> None:
+        """Acknowledged by the server (``wait=True``), in requests under the size limit.
+        ``named``: every CLS vector under its name, for a collection created with both
+        vectors (``create_collection_like``)."""
         self._check_acquired(name)
         for chunk in _chunks_by_size(points):
-            structs = [
-                models.PointStruct(id=p.id, vector=_vector_list(p.vector), payload=p.payload)
-                for p in chunk
-            ]
+            structs = [point_struct(p, named) for p in chunk]
             self._call(self.client.upsert, name, points=structs, wait=True)
+
+    def set_regions(self, name: str, regions: Mapping[str, Any]) -> None:
+        """One update-vectors call for the points still stored."""
+        stored = {point.id for point in self.get(name, list(regions))}
+        vectors = [region_vectors(i, value) for i, value in regions.items() if i in stored]
+        if vectors:
+            self._call(self.client.update_vectors, name, points=vectors, wait=True)
+
+    def regions_of(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The region vectors of the points of ``ids`` that have them, by id."""
+        self._check_acquired(name)
+        if not ids:
+            return {}
+        records = self._call(
+            self.client.retrieve, name, list(ids), with_payload=False, with_vectors=[REGION_VECTOR]
+        )
+        return regions_of(records)
+
+    def ids_without_regions(self, name: str) -> Iterator[str]:
+        """Scrolled by Qdrant's ``has_vector`` condition."""
+        self._check_acquired(name)
+        offset: Any = None
+        while True:
+            records, offset = self._call(
+                self.client.scroll, name, scroll_filter=WITHOUT_REGIONS, limit=1024, offset=offset
+            )
+            yield from (str(record.id) for record in records)
+            if offset is None:
+                return
 
     def set_payload(self, name: str, point_id: str, payload: Mapping[str, Any]) -> None:
         """Overwrite one point's payload."""
@@ -293,7 +370,7 @@ class ServerStore:
         records = self._call(
             self.client.retrieve, name, list(ids), with_payload=True, with_vectors=with_vectors
         )
-        by_id = {str(r.id): _stored_point(r.id, r.payload, r.vector) for r in records}
+        by_id = {str(r.id): stored_point(r.id, r.payload, r.vector) for r in records}
         return [by_id[i] for i in ids if i in by_id]
 
     def search(self, name: str, queries: Sequence[SearchQuery]) -> list[list[SearchHit]]:
@@ -303,7 +380,9 @@ class ServerStore:
             return []
         requests = [
             models.QueryRequest(
-                query=_vector_list(q.vector),
+                query=query_vector(q.vector, q.regions),
+                using=REGION_VECTOR if q.regions else None,
+                with_vector=[REGION_VECTOR] if q.regions else False,
                 limit=q.top_k,
                 offset=q.offset,
                 filter=_filter(q.filters, q.exclude_ids, q.exclude),
@@ -314,7 +393,7 @@ class ServerStore:
             for q in queries
         ]
         responses = self._call(self.client.query_batch_points, name, requests=requests)
-        return [[_hit(p) for p in response.points] for response in responses]
+        return [[hit(p) for p in response.points] for response in responses]
 
     def scroll(
         self,
@@ -339,7 +418,7 @@ class ServerStore:
                 with_vectors=with_vectors,
             )
             for record in records:
-                yield _stored_point(record.id, record.payload, record.vector)
+                yield stored_point(record.id, record.payload, record.vector)
             if offset is None:
                 return
 
@@ -403,17 +482,14 @@ def _chunks_by_size(points: Sequence[PointRecord]) -> Iterator[Sequence[PointRec
     start, size = 0, 0
     for index, point in enumerate(points):
         # JSON floats take about 12 bytes each; payloads are measured as JSON.
-        estimate = 12 * int(point.vector.size) + len(json.dumps(point.payload)) + 64
+        values = int(point.vector.size) + (0 if point.regions is None else int(point.regions.size))
+        estimate = 12 * values + len(json.dumps(point.payload)) + 64
         if index > start and size + estimate > MAX_REQUEST_BYTES:
             yield points[start:index]
             start, size = index, 0
         size += estimate
     if start < len(points):
         yield points[start:]
-
-
-def _vector_list(vector: np.ndarray) -> list[float]:
-    return np.asarray(vector, dtype=np.float32).tolist()  # type: ignore[no-any-return]
 
 
 def _filter(
@@ -436,17 +512,6 @@ def _condition(key: str, value: FilterValue) -> models.Condition:
     if isinstance(value, Unset):
         return models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
-
-
-def _hit(point: models.ScoredPoint) -> SearchHit:
-    return SearchHit(id=str(point.id), score=float(point.score), payload=dict(point.payload or {}))
-
-
-def _stored_point(point_id: Any, payload: Any, vector: Any) -> StoredPoint:
-    array = None
-    if isinstance(vector, list):
-        array = np.asarray(vector, dtype=np.float32)
-    return StoredPoint(id=str(point_id), payload=dict(payload or {}), vector=array)
 
 
 def _hnsw_config(index: VectorIndex) -> models.HnswConfigDiff | None:

@@ -4,13 +4,16 @@ not import the store that imports them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+import numpy as np
 from qdrant_client import QdrantClient
 
+from dinoseek.regions import RegionSpec
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store.protocol import VectorStore
+from dinoseek.store.records import PointRecord
 
 
 class ServerCollections(VectorStore, Protocol):
@@ -27,4 +30,15 @@ class ServerCollections(VectorStore, Protocol):
         self, name: str, like: str, *, metadata: Mapping[str, Any]
     ) -> None: ...
 
-    def set_space(self, name: str, space: EmbeddingSpace, *, clear: str) -> None: ...
+    def set_space(
+        self,
+        name: str,
+        space: EmbeddingSpace,
+        *,
+        clear: str,
+        regions: RegionSpec | None = None,
+    ) -> None: ...
+
+    def upsert(self, name: str, points: Sequence[PointRecord], *, named: bool = False) -> None: ...
+
+    def regions_of(self, name: str, ids: Sequence[str]) -> dict[str, np.ndarray]: ...

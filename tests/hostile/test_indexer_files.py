@@ -15,10 +15,10 @@ import pytest
 
 from dinoseek.embedding import ImageEmbedder
 from dinoseek.images import DINOV2_PREPROCESSING
+from dinoseek.scan import ScannedFile, ScanOptions
 from dinoseek.store import EdgeStore
 from indexer.decode import DecodePool, _result, _StoppedError
 from indexer.pipeline import IndexOptions, index_folders
-from indexer.scan import ScannedFile, ScanOptions
 from indexer.workers import FailedFile, PreparedFile, WorkerConfig, prepare_file, read_file
 from tests.helpers import encode, photo
 

@@ -32,7 +32,14 @@ SEED = 20261201
 MAX_EXAMPLES = 25
 MIN_CASES = 400  # what this seed and cap generate is well above; fewer means a broken run
 TIME_LIMIT_S = 240  # a hang detector within pytest-timeout's 300 s, not a speed limit
-UPLOAD_PATHS = ("/search", "/search/batch", "/classify", "/embed", "/embed/pca")
+UPLOAD_PATHS = (
+    "/search",
+    "/search/batch",
+    "/classify",
+    "/embed",
+    "/embed/pca",
+    "/points/{point_id}/match",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +48,9 @@ def served(
 ) -> Iterator[tuple[LiveServer, Path]]:
     """(the server, one of the photos it has indexed)."""
     root = tmp_path_factory.mktemp("schemathesis")
-    _, photos = indexed_tree(root, embedder, per_class=6, classes=("cats", "dogs", "birds"))
+    _, photos = indexed_tree(
+        root, embedder, per_class=6, classes=("cats", "dogs", "birds"), regions=True
+    )
     with EdgeStore(root / "data") as store:
         store.acquire("images")
         train_collection_probe(store, "images", min_per_class=2, holdout=0.25)
@@ -82,9 +91,10 @@ headers = {{ "X-API-Key" = "{API_KEY}" }}
 [generation]
 max-examples = {MAX_EXAMPLES}
 
-# The point operations get a point that exists, not only 404s.
+# The point operations get a point that exists, not only 404s (the match routes two).
 [parameters]
 point_id = "{point_id}"
+other_id = "{point_id}"
 
 # 413 is how the service refuses too much: more than {MAX_BATCH_IMAGES} images, too large an upload.
 [checks]

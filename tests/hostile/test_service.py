@@ -125,6 +125,33 @@ def test_thumbnails_are_admitted_like_queries(data_dir: Path, embedder: ImageEmb
     assert query.status_code == 200
 
 
+def test_matches_are_admitted_like_queries(data_dir: Path, embedder: ImageEmbedder) -> None:
+    """A match decodes two images and runs the model: it counts against the same limit."""
+    settings = Settings(model=embedder.model_id, data_dir=data_dir, max_queue=1)
+    gated = Gated(embedder)
+    app = create_app(settings, embedder=gated, store=EdgeStore(data_dir))
+    point = "00000000-0000-5000-8000-000000000000"
+
+    async def during_a_query() -> tuple[httpx.Response, ...]:
+        async with serving(app) as http:
+            files = {"image": ("q.jpg", encode(photo(2)))}
+            running = asyncio.create_task(http.post("/search", files=files))
+            await gated.wait_entered()
+            refused_get = await http.get(f"/points/{point}/match/{point}")
+            refused_post = await http.post(f"/points/{point}/match", files=files)
+            gated.gate.set()
+            await running
+            after = await http.get(f"/points/{point}/match/{point}")
+            return refused_get, refused_post, after, await running
+
+    refused_get, refused_post, after, query = asyncio.run(during_a_query())
+    for refused in (refused_get, refused_post):
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "overloaded"
+    assert after.status_code == 404  # admitted once the place is free: no such point
+    assert query.status_code == 200
+
+
 def test_a_query_past_its_deadline_is_a_503_and_frees_its_place(
     data_dir: Path, embedder: ImageEmbedder
 ) -> None:
