@@ -49,21 +49,21 @@ class FailingWrites:
     fail_at: int | None = None
     writes: list[str]
 
-    def _write(self, kind: str) -> None:
+    def _count_write(self, kind: str) -> None:
         self.writes.append(kind)
         if len(self.writes) == self.fail_at:
             raise ValueError(REFUSAL)
 
     def merge_payload(self, name: str, ids: Sequence[str], fields: Mapping[str, Any]) -> None:
-        self._write("merge")
+        self._count_write("merge")
         super().merge_payload(name, ids, fields)  # type: ignore[misc]
 
     def delete_payload_fields(self, name: str, ids: Sequence[str], keys: Sequence[str]) -> None:
-        self._write("delete")
+        self._count_write("delete")
         super().delete_payload_fields(name, ids, keys)  # type: ignore[misc]
 
     def set_payload(self, name: str, point_id: str, payload: Mapping[str, Any]) -> None:
-        self._write("set")
+        self._count_write("set")
         super().set_payload(name, point_id, payload)  # type: ignore[misc]
 
 
