@@ -95,16 +95,25 @@ class Settings(BaseSettings):
         description="torch.compile the model: default or max-autotune (throughput), "
         "reduce-overhead (CUDA graphs: low-latency queries); slower start",
     )
-    batch_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="how long the service waits to fill a batch, in ms"
-    )
     max_queue: int = Field(
-        256, gt=0, description="queries the service holds before answering 503 (overload)"
+        256,
+        gt=0,
+        description="queries past their upload the service holds before answering 503 (overload)",
     )
     max_inflight_bytes: int = Field(
         256 * 1024 * 1024,
         gt=0,
-        description="upload bytes the service's model routes hold at once before answering 503",
+        description="upload bytes the queries past their upload hold at once before answering 503",
+    )
+    max_reading_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description="upload bytes still arriving the service accepts at once before answering 503",
+    )
+    min_upload_rate: int = Field(
+        10_000,
+        ge=0,
+        description="bytes/s an upload must average after its first 2 s, else 408 (0: no minimum)",
     )
     request_timeout_s: float = Field(
         30.0, gt=0, description="deadline of a query (upload, decode, model, search), in seconds"
@@ -114,6 +123,12 @@ class Settings(BaseSettings):
     )
     max_connections: int = Field(
         1024, gt=0, description="open connections the server accepts before answering 503"
+    )
+    max_client_connections: int = Field(
+        128,
+        ge=0,
+        description="open connections from one client address before answering 429 "
+        "(0: no cap, e.g. behind a proxy)",
     )
     shutdown_timeout_s: float = Field(
         10.0, gt=0, description="time requests in flight get to finish at shutdown, in seconds"

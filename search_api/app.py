@@ -38,10 +38,14 @@ from search_api.page import (
 )
 from search_api.routes import open_routes, routes
 from search_api.service import SearchService
+from search_api.shutdown import RequestsInFlight, ShutdownCutoff
 
 log = logging.getLogger(__name__)
 
 SERVING = ModelPolicy(purpose="serve")
+# At shutdown, how long the requests the server cut off get to send their 503 before the
+# store is closed.
+CUTOFF_ANSWER_S = 2.0
 
 DESCRIPTION = """\
 Image similarity search on DINOv2 features. Upload an image to `/search` and get its nearest
@@ -65,6 +69,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app. ``owner`` describes this server in an embedded store's locks."""
     metrics = ServiceMetrics()
+    in_flight = RequestsInFlight()
 
     def open_runtime() -> Runtime:
         return Runtime.open(
@@ -92,6 +97,7 @@ def create_app(
             )
             yield
         finally:
+            await in_flight.settle(CUTOFF_ANSWER_S)
             await service.stop()
 
     app = FastAPI(
@@ -114,18 +120,22 @@ def create_app(
     app.mount(ASSETS_PREFIX, assets(), name="assets")
     app.include_router(routes, dependencies=[Depends(API_KEY_HEADER)])
     # Middleware wraps in reverse order of addition: the security headers see a request
-    # first, then CORS, the metrics, the upload limit, the API key and the admission; none
-    # of them reads the body.
+    # first, then CORS, the metrics, the shutdown's cut-off, the upload limit, the API key
+    # and the admission, which alone reads the body (of the model routes, once the key and
+    # the limits let it).
     app.add_middleware(
         Admission,
         limit=settings.max_queue,
         max_bytes=settings.max_inflight_bytes,
+        max_reading_bytes=settings.max_reading_bytes,
         unknown_length_bytes=settings.max_upload_bytes,
+        min_upload_rate=settings.min_upload_rate,
         timeout_s=settings.request_timeout_s,
     )
     if settings.api_key is not None:
         app.add_middleware(ApiKeyCheck, key=settings.api_key.get_secret_value())
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(ShutdownCutoff, in_flight=in_flight)
     app.add_middleware(RequestMetrics, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(

@@ -14,17 +14,18 @@ An ``<img>`` cannot send a header, so the page's thumbnails carry the key in a c
 from __future__ import annotations
 
 import hmac
-import json
 from urllib.parse import unquote
 
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from search_api.admission import is_image_read
+from search_api.asgi_errors import send_error
 from search_api.page import is_page_path
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc", "/openapi.json"})
 HEADER = b"x-api-key"
+AUTHENTICATE = (b"www-authenticate", b"X-API-Key")
 KEY_COOKIE = "dinoseek_key"
 
 
@@ -39,22 +40,8 @@ class ApiKeyCheck:
         if scope["type"] != "http" or _is_open(scope["path"]) or self._allowed(scope):
             await self.app(scope, receive, send)
             return
-        body = json.dumps(
-            {"error": {"code": "unauthorized", "message": "missing or wrong X-API-Key header"}}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"X-API-Key"),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        message = "missing or wrong X-API-Key header"
+        await send_error(send, 401, "unauthorized", message, headers=[AUTHENTICATE])
 
     def _allowed(self, scope: Scope) -> bool:
         given = next((value for name, value in scope["headers"] if name == HEADER), None)

@@ -1,13 +1,16 @@
 """Micro-batching: concurrent queries share one forward pass.
 
 Each request puts its preprocessed pixels on a bounded queue and awaits its vector. One task
-takes the first waiting item, gathers more until ``max_batch`` items or ``max_wait_s`` have
-passed, runs one forward pass on the model's own thread (``ImageEmbedder.executor``: no other
-hop), and answers every request of the batch with its vector or its ``EmbeddingError``.
+runs the forward passes, one at a time, on the model's own thread (``ImageEmbedder.executor``:
+no other hop). When the model is idle, a request is run at once, with whatever else is
+already waiting; while a forward pass runs, the requests that arrive wait for it, and the next
+pass takes them all together (up to ``max_batch``). No request ever waits for company: on a
+GPU a forward pass can take less time than any wait would. Every request of a batch is
+answered with its vector or its ``EmbeddingError``.
 
-The service admits at most ``max_queue`` requests to the model routes before reading their
-bodies (``search_api.admission``), and each waits here with at most one item, so the queue
-cannot overflow in practice; if it ever does, the request is refused at once
+The service admits at most ``max_queue`` requests to the model routes once their bodies are in
+(``search_api.admission``), and each waits here with at most one item, so the queue cannot
+overflow in practice; if it ever does, the request is refused at once
 (``OverloadedError``: 503 + Retry-After).
 """
 
@@ -46,14 +49,12 @@ class MicroBatcher:
         embedder: ImageEmbedder,
         *,
         max_batch: int,
-        max_wait_s: float,
         max_queue: int,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         """``on_batch(size, seconds)`` is called after each forward pass (for metrics)."""
         self.embedder = embedder
         self.max_batch = max(1, max_batch)
-        self.max_wait_s = max(0.0, max_wait_s)
         self.max_queue = max(1, max_queue)
         self.on_batch = on_batch
         self._queue: asyncio.Queue[_Request] | None = None
@@ -98,23 +99,11 @@ class MicroBatcher:
 
     async def _loop(self) -> None:
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            deadline = loop.time() + self.max_wait_s
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except (TimeoutError, asyncio.TimeoutError):  # one class from Python 3.11 on
-                    break
+            # Those that arrived while the model was busy, and no more: nothing waits.
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             live = [r for r in batch if not r.future.done()]  # a client may have gone
             if live:
                 await self._run(live)

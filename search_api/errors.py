@@ -55,6 +55,11 @@ class ApiError(Exception):
         self.retry_after_s = retry_after_s
 
 
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The one error body: ``{"error": {"code": ..., "message": ...}}``."""
+    return {"error": {"code": code, "message": message}}
+
+
 def error_response(
     status: int,
     code: str,
@@ -67,9 +72,7 @@ def error_response(
     sent = dict(headers or {})
     if retry_after_s is not None:
         sent["Retry-After"] = str(retry_after_s)
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=sent or None
-    )
+    return JSONResponse(error_body(code, message), status_code=status, headers=sent or None)
 
 
 def status_for(error: DinoseekError) -> int:

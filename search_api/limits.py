@@ -8,10 +8,10 @@ body is never buffered here.
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from search_api.asgi_errors import send_error
 
 
 class BodyTooLargeError(HTTPException):
@@ -69,19 +69,7 @@ class BodySizeLimit:
     async def _reject(self, send: Send, declared: int | None) -> None:
         size = f"{declared:,} bytes" if declared is not None else "the upload"
         message = too_large_message(size, self.max_bytes)
-        body = json.dumps({"error": {"code": "upload_too_large", "message": message}}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, "upload_too_large", message)
 
 
 def declared_length(scope: Scope) -> int | None:

@@ -1,9 +1,11 @@
 """Run the app with uvicorn (``dinoseek serve``, ``python -m search_api``).
 
 The server's own limits: ``DINOSEEK_MAX_CONNECTIONS`` connections and requests in flight
-(503 beyond), ``DINOSEEK_HEADER_TIMEOUT_S`` for a request head (``search_api.connections``),
+(503 beyond), ``DINOSEEK_MAX_CLIENT_CONNECTIONS`` connections from one address (429 beyond),
+``DINOSEEK_HEADER_TIMEOUT_S`` for a request head (``search_api.connections``),
 5 s for an idle keep-alive connection, and ``DINOSEEK_SHUTDOWN_TIMEOUT_S`` (whole seconds) for
-requests in flight at shutdown, after which they are cut off and the store is closed anyway.
+requests in flight at shutdown, after which they are cut off with 503 (``search_api.shutdown``)
+and the store is closed anyway.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import uvicorn
 from dinoseek.runtime import Runtime
 from dinoseek.settings import Settings
 from search_api.app import create_app
-from search_api.connections import with_header_timeout
+from search_api.connections import server_protocol
 
 KEEP_ALIVE_S = 5
 
@@ -40,7 +42,10 @@ def server_config(
         log_level=log_level,
         proxy_headers=False,
         access_log=False,
-        http=with_header_timeout(settings.header_timeout_s),
+        http=server_protocol(
+            header_timeout_s=settings.header_timeout_s,
+            max_per_client=settings.max_client_connections,
+        ),
         timeout_keep_alive=KEEP_ALIVE_S,
         limit_concurrency=settings.max_connections,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),  # whole seconds

@@ -83,7 +83,6 @@ class SearchService:
         self.batcher = MicroBatcher(
             self.embedder,
             max_batch=runtime.max_batch,
-            max_wait_s=self.settings.batch_wait_ms / 1000,
             max_queue=self.settings.max_queue,
             on_batch=self.metrics.observe_batch,
         )

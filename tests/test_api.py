@@ -8,7 +8,7 @@ import hashlib
 import io
 import json
 import shutil
-import time
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -341,18 +341,6 @@ async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield http
 
 
-class SlowEmbedder(FakeEmbedder):
-    """The stand-in model, slowed down so that requests pile up (no GPU here to saturate)."""
-
-    def __init__(self, delay_s: float) -> None:
-        super().__init__(model_id="fake/dinov2", seed=_seed_of("fake/dinov2"))
-        self.delay_s = delay_s
-
-    def embed_each(self, pixels: Pixels) -> list[VectorOrError]:
-        time.sleep(self.delay_s)
-        return super().embed_each(pixels)
-
-
 def _seed_of(model_id: str) -> int:
     from tests.fakes import fake_model
 
@@ -360,51 +348,93 @@ def _seed_of(model_id: str) -> int:
 
 
 def test_overload_is_a_503_with_retry_after(indexed: tuple[Path, Path]) -> None:
-    slow = SlowEmbedder(delay_s=0.3)
+    held = HeldEmbedder()
     settings = Settings(
-        model=slow.model_id, device="cpu", data_dir=indexed[0], max_queue=2, batch_size=1
+        model=held.model_id, device="cpu", data_dir=indexed[0], max_queue=2, batch_size=1
     )
-    app = create_app(settings, embedder=slow, store=EdgeStore(indexed[0]))
+    app = create_app(settings, embedder=held, store=EdgeStore(indexed[0]))
     data = photo_paths(indexed)[0].read_bytes()
 
-    async def burst() -> list[httpx.Response]:
+    async def burst() -> tuple[httpx.Response, list[httpx.Response]]:
         async with serving(app) as http:
-            return await asyncio.gather(
-                *(http.post("/search", files=upload(data)) for _ in range(10))
-            )
+            queries = [
+                asyncio.create_task(http.post("/search", files=upload(data))) for _ in range(10)
+            ]
+            try:
+                # The model holds every query it takes: the first to answer was refused.
+                done, _ = await asyncio.wait(queries, return_when=asyncio.FIRST_COMPLETED)
+                first = next(iter(done)).result()
+            finally:
+                held.release.set()
+            return first, await asyncio.gather(*queries)
 
-    responses = asyncio.run(burst())
+    first, responses = asyncio.run(burst())
+    assert first.status_code == 503
     statuses = sorted(r.status_code for r in responses)
     assert 200 in statuses
-    assert 503 in statuses
     refused = next(r for r in responses if r.status_code == 503)
     assert refused.headers["retry-after"] == "1"
     assert refused.json()["error"]["code"] == "overloaded"
 
 
+class HeldEmbedder(FakeEmbedder):
+    """The stand-in model whose forward passes wait for ``release`` (60 s at most), so that
+    queries pile up behind the first whatever the machine's speed; ``entered`` is set when a
+    forward pass begins."""
+
+    def __init__(self) -> None:
+        super().__init__(model_id="fake/dinov2", seed=_seed_of("fake/dinov2"))
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.sizes: list[int] = []
+
+    def embed_each(self, pixels: Pixels) -> list[VectorOrError]:
+        self.sizes.append(len(pixels))
+        self.entered.set()
+        self.release.wait(60)
+        return super().embed_each(pixels)
+
+    async def wait_entered(self) -> None:
+        """Until a query is in the model (60 s bounds a hang)."""
+        assert await asyncio.to_thread(self.entered.wait, 60), "no query reached the model"
+
+
 def test_concurrent_queries_are_batched_and_each_gets_its_answer(
-    embedder: ImageEmbedder, indexed: tuple[Path, Path]
+    indexed: tuple[Path, Path],
 ) -> None:
-    settings = Settings(
-        model=embedder.model_id, device="cpu", data_dir=indexed[0], batch_wait_ms=20
-    )
+    embedder = HeldEmbedder()
+    settings = Settings(model=embedder.model_id, device="cpu", data_dir=indexed[0])
     app = create_app(settings, embedder=embedder, store=EdgeStore(indexed[0]))
     paths = photo_paths(indexed)[:8]
 
     async def concurrent() -> tuple[list[httpx.Response], str]:
         async with serving(app) as http:
-            responses = await asyncio.gather(
-                *(http.post("/search", files=upload(p.read_bytes())) for p in paths)
-            )
+            queries = [
+                asyncio.create_task(http.post("/search", files=upload(p.read_bytes())))
+                for p in paths
+            ]
+            batcher = app.state.service.batcher
+            for _ in range(12000):  # until all eight are in the model's hands or queue
+                if embedder.sizes and embedder.sizes[0] + batcher.queue_depth == len(paths):
+                    break
+                await asyncio.sleep(0.01)
+            embedder.release.set()
+            responses = await asyncio.gather(*queries)
             return responses, (await http.get("/metrics")).text
 
-    responses, metrics = asyncio.run(concurrent())
+    try:
+        responses, metrics = asyncio.run(concurrent())
+    finally:
+        embedder.release.set()
     for path, response in zip(paths, responses, strict=True):
         assert response.status_code == 200
         assert response.json()["results"][0]["path"] == str(path)
-    # Eight queries, fewer forward passes: some were batched together.
+    # Eight queries in two forward passes: the one that found the model idle (with any that
+    # came with it), then every one that arrived while it ran.
+    assert len(embedder.sizes) == 2
+    assert sum(embedder.sizes) == len(paths)
     forward_passes = float(metrics.split("dinoseek_batch_size_count ")[1].split()[0])
-    assert forward_passes < 8
+    assert forward_passes == 2
 
 
 class WatchedBody:
@@ -426,17 +456,20 @@ MULTIPART = {"content-type": "multipart/form-data; boundary=abc"}
 
 
 def test_a_busy_service_answers_503_before_reading_the_upload(indexed: tuple[Path, Path]) -> None:
-    slow = SlowEmbedder(delay_s=0.5)
-    settings = Settings(model=slow.model_id, device="cpu", data_dir=indexed[0], max_queue=1)
-    app = create_app(settings, embedder=slow, store=EdgeStore(indexed[0]))
+    held = HeldEmbedder()
+    settings = Settings(model=held.model_id, device="cpu", data_dir=indexed[0], max_queue=1)
+    app = create_app(settings, embedder=held, store=EdgeStore(indexed[0]))
     data = photo_paths(indexed)[0].read_bytes()
     watched = WatchedBody(data)
 
     async def two() -> tuple[httpx.Response, httpx.Response]:
         async with serving(app) as http:
             first = asyncio.create_task(http.post("/search", files=upload(data)))
-            await asyncio.sleep(0.2)  # the first one is in the model now
-            second = await http.post("/search", content=watched, headers=MULTIPART)
+            try:
+                await held.wait_entered()  # the first one is in the model now
+                second = await http.post("/search", content=watched, headers=MULTIPART)
+            finally:
+                held.release.set()
             return await first, second
 
     first, second = asyncio.run(two())

@@ -591,6 +591,12 @@ def test_lb_overlay_lets_the_api_scale_behind_nginx() -> None:
     assert re.search(r"set \$(\w+) http://search-api:8000;\s+proxy_pass \$\1;", text)
     assert "client_max_body_size 0;" in text  # nginx's default (1 MB) would refuse uploads
     assert "$$" not in text
+    # The replicas see only nginx's address: their per-client cap is off, and nginx's is on.
+    assert environment(config["search-api"])["DINOSEEK_MAX_CLIENT_CONNECTIONS"] == "0"
+    assert re.search(
+        r"limit_conn_zone \$binary_remote_addr zone=(\w+):.*limit_conn \1 \d+;", text, re.S
+    )
+    assert "limit_conn_status 429;" in text
 
 
 # -- compose: the host-network overlay ------------------------------------------------------

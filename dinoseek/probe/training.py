@@ -368,9 +368,8 @@ def _training_label(label: str | None, row: int) -> str:
 
 
 HOW_TO_LABEL = (
-    "To label images, index them again with labels: `dinoseek index FOLDER "
-    "--labels-from-folders` (one sub-folder per class: its name is the label) or `--labels-csv "
-    "FILE` (path,label rows); only the labels are written, nothing is embedded again"
+    "To label, run `dinoseek index FOLDER --labels-from-folders` (sub-folder names) or "
+    "`--labels-csv FILE` (path,label rows) again: only labels are written"
 )
 
 

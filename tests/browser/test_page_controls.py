@@ -135,24 +135,27 @@ def test_the_empty_duplicates_view_names_the_command_as_code(
 
 
 def test_collapse_duplicates_shows_one_image_per_group(page: Page, served: Served) -> None:
-    kept = served.photos[5]  # its lossless copy is marked its duplicate (see test_page)
+    # The photo's lossless copy is kept by quality and the photo marked its duplicate (see
+    # test_page): collapsed, the group shows its kept image only.
+    query = served.photos[5]
+    kept, duplicate = DUPLICATE_NAME, query.name
     page.goto(f"{served.url}/?top_k={TOP_K}")
     page.wait_for_selector(".card")
-    page.set_input_files("#file", str(kept))
-    page.wait_for_selector(f".query-card .name:text-is('{kept.name}')")
+    page.set_input_files("#file", str(query))
+    page.wait_for_selector(f".query-card .name:text-is('{query.name}')")
     names = [Path(path).name for path in card_paths(page)]
-    assert {kept.name, DUPLICATE_NAME} <= set(names)
+    assert {kept, duplicate} <= set(names)
     page.check("#collapse")
-    page.set_input_files("#file", str(kept))  # a new search, with the toggle on
+    page.set_input_files("#file", str(query))  # a new search, with the toggle on
     page.wait_for_url("**collapse=1**")
     page.wait_for_function(
         "name => [...document.querySelectorAll('.card .path')].every("
         "p => !p.textContent.endsWith(name))",
-        arg=DUPLICATE_NAME,
+        arg=duplicate,
     )
     names = [Path(path).name for path in card_paths(page)]
-    assert names[0] == kept.name
-    assert DUPLICATE_NAME not in names
+    assert names[0] == kept
+    assert duplicate not in names
     assert len(names) == TOP_K
     assert page.inner_text(".count") == f"{TOP_K} results"
     screenshot(page, "16-collapsed")

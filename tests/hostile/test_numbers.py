@@ -60,7 +60,7 @@ FLOAT_SETTINGS = sorted(
 
 
 def test_the_float_settings_are_found() -> None:
-    assert {"decode_timeout_s", "batch_wait_ms", "request_timeout_s"} <= set(FLOAT_SETTINGS)
+    assert {"decode_timeout_s", "header_timeout_s", "request_timeout_s"} <= set(FLOAT_SETTINGS)
 
 
 @pytest.mark.parametrize("value", NOT_NUMBERS)

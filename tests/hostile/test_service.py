@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,28 +21,25 @@ from tests.helpers import encode, photo
 from tests.test_api import serving
 
 
-class Slow(FakeEmbedder):
-    """The stand-in model, taking ``delay_s`` per forward pass."""
-
-    def __init__(self, model: ImageEmbedder, delay_s: float) -> None:
-        super().__init__(model_id=model.model_id, seed=model.seed)  # type: ignore[attr-defined]
-        self.delay_s = delay_s
-
-    def embed_each(self, pixels: Pixels) -> list[VectorOrError]:
-        time.sleep(self.delay_s)
-        return super().embed_each(pixels)
-
-
 class Gated(FakeEmbedder):
-    """The stand-in model, whose forward pass waits until ``gate`` is set (30 s at most)."""
+    """The stand-in model, whose forward pass waits until ``gate`` is set (60 s at most):
+    ``entered`` is set when a forward pass begins, ``finished`` when one ends."""
 
     def __init__(self, model: ImageEmbedder) -> None:
         super().__init__(model_id=model.model_id, seed=model.seed)  # type: ignore[attr-defined]
         self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.finished = threading.Event()
 
     def embed_each(self, pixels: Pixels) -> list[VectorOrError]:
-        self.gate.wait(timeout=30)
+        self.entered.set()
+        self.gate.wait(timeout=60)
+        self.finished.set()
         return super().embed_each(pixels)
+
+    async def wait_entered(self) -> None:
+        """Until a query is in the model (60 s bounds a hang)."""
+        assert await asyncio.to_thread(self.entered.wait, 60), "no query reached the model"
 
 
 @pytest.fixture
@@ -78,7 +74,8 @@ def test_uploads_in_flight_are_bounded_in_bytes(data_dir: Path, embedder: ImageE
     settings = Settings(
         model=embedder.model_id, data_dir=data_dir, max_inflight_bytes=len(image) + 1000
     )
-    app = create_app(settings, embedder=Slow(embedder, 0.5), store=EdgeStore(data_dir))
+    gated = Gated(embedder)
+    app = create_app(settings, embedder=gated, store=EdgeStore(data_dir))
     first, second = Body(image), Body(image)
 
     async def two() -> tuple[httpx.Response, httpx.Response]:
@@ -86,8 +83,11 @@ def test_uploads_in_flight_are_bounded_in_bytes(data_dir: Path, embedder: ImageE
             running = asyncio.create_task(
                 http.post("/search", content=first, headers=multipart(first))
             )
-            await asyncio.sleep(0.2)
-            refused = await http.post("/search", content=second, headers=multipart(second))
+            try:
+                await gated.wait_entered()
+                refused = await http.post("/search", content=second, headers=multipart(second))
+            finally:
+                gated.gate.set()
             return await running, refused
 
     done, refused = asyncio.run(two())
@@ -110,9 +110,11 @@ def test_thumbnails_are_admitted_like_queries(data_dir: Path, embedder: ImageEmb
         async with serving(app) as http:
             files = {"image": ("q.jpg", encode(photo(2)))}
             running = asyncio.create_task(http.post("/search", files=files))
-            await asyncio.sleep(0.3)
-            refused = await http.get(thumbnail, params={"size": 64})
-            gated.gate.set()
+            try:
+                await gated.wait_entered()
+                refused = await http.get(thumbnail, params={"size": 64})
+            finally:
+                gated.gate.set()
             await running
             return refused, await http.get(thumbnail, params={"size": 64}), await running
 
@@ -135,13 +137,12 @@ def test_a_query_past_its_deadline_is_a_503_and_frees_its_place(
 
     async def late_then_in_time() -> tuple[httpx.Response, httpx.Response]:
         async with serving(app) as http:
-            started = time.perf_counter()
-            late = await http.post("/search", files=upload)
-            waited = time.perf_counter() - started
-            gated.gate.set()
-            await asyncio.sleep(0.2)  # the abandoned forward pass finishes meanwhile
-            # At the deadline, not when the model was done (its gate would have held 30 s).
-            assert waited < 10, f"answered after {waited:.1f} s"
+            try:
+                late = await http.post("/search", files=upload)
+                # At the deadline, while the model still held the query (its gate was shut).
+                assert not gated.finished.is_set(), "answered only when the model was done"
+            finally:
+                gated.gate.set()
             return late, await http.post("/search", files=upload)
 
     late, in_time = asyncio.run(late_then_in_time())
@@ -156,23 +157,25 @@ def test_a_trickled_upload_is_cut_off_at_the_deadline(
     settings = Settings(model=embedder.model_id, data_dir=data_dir, request_timeout_s=0.3)
     app = create_app(settings, embedder=embedder, store=EdgeStore(data_dir))
 
+    chunks = 600  # a body that would take a minute to arrive
+    sent: list[int] = []
+
     async def trickle() -> AsyncIterator[bytes]:
         yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n\r\n'
-        for _ in range(50):
+        for _ in range(chunks):
             await asyncio.sleep(0.1)
+            sent.append(1)
             yield b"\xff"
 
-    async def slowloris() -> tuple[httpx.Response, float]:
+    async def slowloris() -> httpx.Response:
         async with serving(app) as http:
-            started = time.perf_counter()
             headers = {"content-type": "multipart/form-data; boundary=b"}
-            response = await http.post("/search", content=trickle(), headers=headers)
-            return response, time.perf_counter() - started
+            return await http.post("/search", content=trickle(), headers=headers)
 
-    response, waited = asyncio.run(slowloris())
+    response = asyncio.run(slowloris())
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "timeout"
-    assert waited < 2.0
+    assert len(sent) < chunks, "the whole trickled body was read"
 
 
 def test_client_chosen_methods_and_paths_do_not_grow_the_metrics(
