@@ -57,7 +57,7 @@ from common import (
     resolve_device,
     write_results,
 )
-from curation_data import Generator, fill, open_store, pairs_at, point_id, sample_pairs
+from curation_data import Generator, fill, pairs_at, point_id, runtime_store, sample_pairs
 
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.dedup import UnionFind, plan_dedup
@@ -216,7 +216,7 @@ def curate_rows(
     directory: Path, vectors: np.ndarray, references: np.ndarray, duplicates: set[int], args: Any
 ) -> list[dict[str, Any]]:
     """``dinoseek curate`` with the references, and exact retrieval extrapolated."""
-    with open_store(directory) as store:
+    with runtime_store(directory) as store:
         fill(store, "reference", references)
     result = run_command(
         ["curate", "--reference", "reference", "--per-image", str(PER_IMAGE), "-c", "bench",
@@ -298,7 +298,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="dinoseek-bench-curation-"))
     rows: list[dict[str, Any]] = []
     try:
-        store = open_store(workdir / "data")
+        store = runtime_store(workdir / "data")
         fill(store, "bench", vectors)
         rows.append(exact_baseline(vectors, min(args.exact_points, count), count))
         build_s = None
@@ -315,7 +315,7 @@ def main() -> None:
         sampled, sample_rows = sample_pairs(vectors, min(count, args.sample_points), THRESHOLD, 1)
         ours.update(recall_planted=recall(links, planted), recall_exact=recall(links, sampled))
         rows.append(ours)
-        with open_store(workdir / "data") as store:
+        with runtime_store(workdir / "data") as store:
             fill(store, "bench", added.vectors, first_row=count)
         again = run_command(["dedup", "--method", args.method, *common], args.timeout)
         everything = np.concatenate([vectors, added.vectors])

@@ -95,7 +95,7 @@ def point_id(row: int) -> str:
     return str(uuid.UUID(int=row + 1))
 
 
-def open_store(directory: Path) -> VectorStore:
+def runtime_store(directory: Path) -> VectorStore:
     """dinoseek's embedded store, opened by the runtime as a command opens it."""
     settings = Settings(data_dir=directory, collection="bench")
     return Runtime.open(settings, collection="none", model=False).store
