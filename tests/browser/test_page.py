@@ -235,6 +235,7 @@ def test_an_upload_shows_its_top_k_with_the_exact_copy_first(page: Page, served:
 def test_an_upload_already_there_is_said_so(page: Page, served: Served, tmp_path: Path) -> None:
     """The collection's dedup ran at 0.99999 (``index_folder``): that is the threshold."""
     upload(page, served.url, served.photos[2])
+    assert page.is_visible(".query-card .near-duplicate")
     assert page.inner_text(".query-card .near-duplicate") == (
         f"Already in the collection: {served.photos[2]} (similarity 1.0000, at or above 0.99999)"
     )
