@@ -19,7 +19,7 @@ def test_curation_quick_finds_every_planted_pair(tmp_path: Path, method: str) ->
     done = subprocess.run(
         [sys.executable, str(BENCH / "curation.py"), "--quick", "--device", "cpu", "--method",
          method, "--curate-references", "1", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=400, check=False,
+        capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "| dinoseek dedup (cpu)" in done.stdout
