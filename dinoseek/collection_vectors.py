@@ -1,7 +1,10 @@
-"""A collection's vectors in one float32 matrix, read from the store a page at a time.
+"""A collection's vectors in one matrix, read from the store a page at a time.
 
 The vectors go straight into a preallocated matrix (never a list of arrays), with the point
-ids and the few payload fields a job asks for beside them.
+ids and the few payload fields a job asks for beside them. The matrix is float32, or float16
+to halve the memory of a large collection (dedup: the store's own mapping of the vectors is
+resident beside it); a float16 matrix only finds candidates, and ``CollectionVectors.exact``
+fetches the stored float32 vectors of the rows to decide on.
 """
 
 from __future__ import annotations
@@ -19,11 +22,26 @@ PAGE = 2048
 
 @dataclass(frozen=True)
 class CollectionVectors:
-    """Point ids, their vectors (N, dim) and the chosen payload fields, in id order."""
+    """Point ids, their vectors (N, dim) and the chosen payload fields, in id order; and, for
+    a float16 matrix, how to fetch the stored float32 vectors by id."""
 
     ids: list[str]
     vectors: np.ndarray
     payloads: list[dict[str, Any]]
+    fetch: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None
+
+    def exact(self, rows: np.ndarray) -> np.ndarray:
+        """The float32 vectors of ``rows``: the matrix's own, or the stored ones for a float16
+        matrix (a point deleted since it was read keeps its float16 copy)."""
+        if self.vectors.dtype == np.float32 or self.fetch is None:
+            return np.asarray(self.vectors[rows], dtype=np.float32)
+        found = np.asarray(self.vectors[rows], dtype=np.float32)
+        stored = self.fetch([self.ids[int(row)] for row in rows])
+        for position, row in enumerate(rows.tolist()):
+            vector = stored.get(self.ids[row])
+            if vector is not None:
+                found[position] = vector
+        return found
 
 
 def read_vectors(
@@ -33,13 +51,15 @@ def read_vectors(
     *,
     derive: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     on_points: Callable[[int], None] | None = None,
+    dtype: type[np.floating[Any]] = np.float32,
 ) -> CollectionVectors:
     """Every point of an acquired collection with its vector and ``fields`` of its payload,
     plus what ``derive`` makes of the whole payload (a few facts instead of a field too
-    large to keep for every point). ``on_points(n)`` is called as pages arrive."""
+    large to keep for every point), in a matrix of ``dtype`` (float32 or float16).
+    ``on_points(n)`` is called as pages arrive."""
     dim = store.collection_space(collection).dim
     capacity = max(1, store.count(collection))
-    vectors = np.empty((capacity, dim), dtype=np.float32)
+    vectors = np.empty((capacity, dim), dtype=dtype)
     ids: list[str] = []
     payloads: list[dict[str, Any]] = []
     pending = 0
@@ -59,4 +79,19 @@ def read_vectors(
             pending = 0
     if on_points is not None and pending:
         on_points(pending)
-    return CollectionVectors(ids, vectors[: len(ids)], payloads)
+    fetch = None if dtype == np.float32 else _fetcher(store, collection)
+    return CollectionVectors(ids, vectors[: len(ids)], payloads, fetch)
+
+
+def _fetcher(
+    store: VectorStore, collection: str
+) -> Callable[[Sequence[str]], dict[str, np.ndarray]]:
+    def fetch(ids: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(ids), PAGE):
+            for point in store.get(collection, ids[start : start + PAGE], with_vectors=True):
+                if point.vector is not None:
+                    found[point.id] = np.asarray(point.vector, dtype=np.float32)
+        return found
+
+    return fetch

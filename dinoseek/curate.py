@@ -8,8 +8,17 @@ to a curated reference set.
 
 Deduplication comes first: pool points marked ``duplicate_role: duplicate`` by
 ``dinoseek dedup`` and pool points that near-duplicate a reference image are never
-selected. Balanced sampling from a hierarchical k-means ("Automatic Data Curation for
-Self-Supervised Learning") needs no reference set: ``balanced``.
+selected.
+
+The reference images are compared with the pool as ``PoolSearch`` says: with every pool point
+(``exact``), or through the pool's clusters (``clusters``, ``dinoseek.cluster_index``): a
+reference image's near-duplicates among the clusters within a margin of its nearest, its
+nearest points among its ``NEIGHBOUR_PROBES`` nearest clusters. A reference image whose
+clusters hold fewer than N eligible points is compared with the whole pool, so each gets N
+(or every eligible point when the pool has fewer).
+
+Balanced sampling from a hierarchical k-means ("Automatic Data Curation for Self-Supervised
+Learning") needs no reference set: ``balanced``.
 """
 
 from __future__ import annotations
@@ -21,12 +30,20 @@ from typing import Any
 
 import numpy as np
 
+from dinoseek.cluster_index import (
+    ClusteredBase,
+    cluster_base,
+    nearest_in_clusters,
+    pairs_in_clusters,
+    probe,
+)
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.dedup import DUPLICATE, ROLE
 from dinoseek.errors import ConfigError
 from dinoseek.kmeans import balanced_sample, hierarchical_kmeans, kmeans
+from dinoseek.pair_search import PairMethod
 from dinoseek.settings import validate_collection_name
-from dinoseek.similarity import best_matches, top_matches
+from dinoseek.similarity import best_matches, rounded, top_matches
 from dinoseek.store import PointRecord, VectorStore
 
 
@@ -48,27 +65,71 @@ class Curation:
     steps: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class PoolSearch:
+    """How reference images are compared with the pool: ``method`` (exact or clusters), and
+    the pool's clusters once built; ``comparisons`` counts the similarities computed."""
+
+    method: PairMethod
+    device: str = "cpu"
+    clustered: ClusteredBase | None = None
+    comparisons: int = 0
+
+    def clusters_of(self, pool: np.ndarray) -> ClusteredBase:
+        """The pool's clusters (built on the first call)."""
+        assert self.method.parameters is not None, "only the clusters method has clusters"
+        if self.clustered is None:
+            self.clustered = cluster_base(pool, self.method.parameters, device=self.device)
+        return self.clustered
+
+
+def exact_search(device: str = "cpu") -> PoolSearch:
+    """Every reference image compared with every pool point."""
+    return PoolSearch(PairMethod("exact", "asked for"), device)
+
+
 def eligible_rows(
     pool: CollectionVectors,
     reference: np.ndarray | None,
     near_duplicate: float,
     *,
-    device: str = "cpu",
+    search: PoolSearch | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """The pool rows that may be selected: not a marked duplicate, not a near-duplicate of a
     reference image; with the count each step removed."""
+    search = search or exact_search()
     rows = np.array(
         [i for i, payload in enumerate(pool.payloads) if payload.get(ROLE) != DUPLICATE],
         dtype=np.int64,
     )
     steps = {"pool": len(pool.ids), "marked_duplicates": len(pool.ids) - len(rows)}
     if reference is not None and len(rows):
-        _, scores = best_matches(pool.vectors[rows], reference, device=device)
-        near = scores >= near_duplicate
+        near = _near_reference(pool.vectors, rows, reference, near_duplicate, search)
         steps["near_duplicates_of_reference"] = int(near.sum())
         rows = rows[~near]
     steps["eligible"] = len(rows)
     return rows, steps
+
+
+def _near_reference(
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    reference: np.ndarray,
+    threshold: float,
+    search: PoolSearch,
+) -> np.ndarray:
+    """Which of ``rows`` are at or above ``threshold`` to some reference image (a mask)."""
+    if search.method.parameters is None:
+        _, scores = best_matches(vectors[rows], reference, device=search.device)
+        search.comparisons += len(rows) * len(reference)
+        return rounded(scores) >= threshold
+    clustered = search.clusters_of(vectors)
+    query_probes = probe(reference, clustered.centroids, search.method.parameters,
+                         device=search.device)  # fmt: skip
+    found = pairs_in_clusters(reference, query_probes, vectors, clustered, threshold,
+                              device=search.device)  # fmt: skip
+    search.comparisons += found.comparisons
+    return np.isin(rows, found.pairs.columns)
 
 
 def by_neighbours(
@@ -77,23 +138,47 @@ def by_neighbours(
     reference: np.ndarray,
     per_image: int,
     *,
-    device: str = "cpu",
-    on_rows: Callable[[int], None] | None = None,
+    search: PoolSearch | None = None,
 ) -> list[Selected]:
     """The ``per_image`` nearest eligible pool points of each reference image; a point
     chosen by several keeps its most similar reference."""
+    search = search or exact_search()
     best: dict[int, Selected] = {}
     if not len(rows):
         return []
-    index, scores = top_matches(
-        reference, pool.vectors[rows], per_image, device=device, on_rows=on_rows
-    )
+    index, scores = nearest_rows(pool.vectors, rows, reference, per_image, search)
     for ref in range(reference.shape[0]):
-        for column, score in zip(index[ref].tolist(), scores[ref].tolist(), strict=True):
-            row = int(rows[column])
+        for row, score in zip(index[ref].tolist(), scores[ref].tolist(), strict=True):
             if row not in best or (best[row].score or -2.0) < score:
                 best[row] = Selected(row, ref, round(float(score), 6))
     return sorted(best.values(), key=lambda s: s.index)
+
+
+def nearest_rows(
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    reference: np.ndarray,
+    per_image: int,
+    search: PoolSearch,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each reference image, its ``per_image`` nearest of ``rows`` (pool rows, best
+    first; fewer only when ``rows`` has fewer) and their similarities."""
+    k = min(per_image, len(rows))
+    if search.method.parameters is None:
+        index, scores = top_matches(reference, vectors[rows], k, device=search.device)
+        search.comparisons += len(reference) * len(rows)
+        return rows[index], scores
+    allowed = np.zeros(len(vectors), dtype=bool)
+    allowed[rows] = True
+    found, scores, work = nearest_in_clusters(reference, vectors, search.clusters_of(vectors), k,
+                                              allowed=allowed, device=search.device)  # fmt: skip
+    search.comparisons += work
+    short = np.flatnonzero((found < 0).any(axis=1))
+    if len(short):  # too few eligible points in its clusters: the whole pool
+        index, exact = top_matches(reference[short], vectors[rows], k, device=search.device)
+        search.comparisons += len(short) * len(rows)
+        found[short], scores[short] = rows[index], exact
+    return found, scores
 
 
 def by_clusters(
@@ -107,10 +192,12 @@ def by_clusters(
     device: str = "cpu",
 ) -> list[Selected]:
     """``per_image`` random eligible points of the pool cluster of each reference image (a
-    cluster smaller than that gives all its points)."""
+    cluster smaller than that gives all its points). The k-means is fitted on at most
+    ``KMEANS_SAMPLE_PER_CLUSTER`` points per cluster, then every eligible point assigned."""
     if not len(rows):
         return []
-    fitted = kmeans(pool.vectors[rows], clusters, seed=seed, device=device)
+    sample = min(len(rows), KMEANS_SAMPLE_PER_CLUSTER * clusters)
+    fitted = kmeans(pool.vectors[rows], clusters, seed=seed, device=device, sample=sample)
     home, _ = best_matches(reference, fitted.centroids, device=device)
     rng = np.random.default_rng(seed)
     chosen: dict[int, Selected] = {}
@@ -123,6 +210,9 @@ def by_clusters(
             if row not in chosen or (chosen[row].score or -2.0) < score:
                 chosen[row] = Selected(row, ref, score)
     return sorted(chosen.values(), key=lambda s: s.index)
+
+
+KMEANS_SAMPLE_PER_CLUSTER = 50
 
 
 def derived_clusters(count: int) -> int:

@@ -11,6 +11,10 @@ touched. The outcome is written as payload marks (``MARK_FIELDS``):
   ``duplicate_score`` (cosine similarity to the kept point);
 - every point compared: ``dedup_threshold``.
 
+The pairs are found by ``dinoseek.pair_search``: every pair compared (small collections, a
+GPU) or through clusters (large ones), each candidate decided exactly; ``DedupPlan.method``
+says which ran and why.
+
 The kept point of a group is chosen by a ``KeepRule`` (``dinoseek.dedup_keep``; by default the
 most pixels, then the larger file, then the oldest, then the path), and every run decides it
 again with the rule it is given; the kept point carries the reason (``duplicate_reason``). A
@@ -38,7 +42,15 @@ import numpy as np
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.dedup_keep import KEEP_FIELDS, KeepRule, PointFacts
 from dinoseek.errors import ConfigError
-from dinoseek.similarity import best_matches, pairs_above
+from dinoseek.pair_search import (
+    FoundPairs,
+    PairMethod,
+    StageProgress,
+    choose_method,
+    each_once,
+    find_pairs,
+)
+from dinoseek.similarity import Pairs, best_matches, exact_scores, rounded
 from dinoseek.store import VectorStore
 
 GROUP = "duplicate_group"
@@ -68,14 +80,29 @@ class DuplicateGroup:
 
 
 @dataclass(frozen=True)
+class SimilarPair:
+    """Two points between the ``similar`` and the near-duplicate threshold, in no one group:
+    listed, never marked."""
+
+    first: int
+    second: int
+    score: float
+
+
+@dataclass(frozen=True)
 class DedupPlan:
-    """What a run found and what it will write: the groups, the points it compared, and the
-    payload of each point whose marks change (point index -> new payload)."""
+    """What a run found and what it will write: the groups, the points it compared, the
+    payload of each point whose marks change (point index -> new payload), the pairs at or
+    above the threshold, how they were found (the method and the similarities it computed),
+    and the similar pairs."""
 
     groups: list[DuplicateGroup]
     compared: np.ndarray
     changes: dict[int, dict[str, Any]]
     pairs: int
+    method: PairMethod
+    comparisons: int
+    similar: list[SimilarPair]
 
 
 class UnionFind:
@@ -117,46 +144,96 @@ def plan_dedup(
     *,
     keep: KeepRule | None = None,
     device: str = "cpu",
-    on_rows: Callable[[int], None] | None = None,
+    method: str = "auto",
+    similar: float | None = None,
+    progress: StageProgress | None = None,
 ) -> DedupPlan:
     """Group the near-duplicates of ``data`` at ``threshold``, choose each group's kept point
-    by ``keep`` (the default rule when None), and say which marks change."""
+    by ``keep`` (the default rule when None), and say which marks change. The pairs are
+    found by ``method`` (``dinoseek.pair_search``). With ``similar`` (below ``threshold``),
+    the pairs between it and the threshold are listed too, never marked; they are not
+    stored, so every point is compared."""
     check_threshold(threshold)
+    if similar is not None:
+        check_similar(similar, threshold)
     rule = keep or KeepRule()
     count = len(data.ids)
-    compared = np.array(
-        [i for i, payload in enumerate(data.payloads) if payload.get(THRESHOLD) != threshold],
-        dtype=np.int64,
-    )
+    if similar is None:
+        compared = np.array(
+            [i for i, p in enumerate(data.payloads) if p.get(THRESHOLD) != threshold],
+            dtype=np.int64,
+        )
+    else:
+        compared = np.arange(count, dtype=np.int64)
     links = UnionFind(count)
-    trusted = _trusted_groups(data, threshold)
-    for members in trusted.values():
+    touched: set[int] = set()
+    for members in _trusted_groups(data, threshold).values():
+        touched.update(members)
         for other in members[1:]:
             links.union(members[0], other)
-    pairs = 0
-    if len(compared) == count:  # everything: each pair once
-        batches = pairs_above(
-            data.vectors, data.vectors, threshold, query_offset=0, device=device, on_rows=on_rows
+    lowest = threshold if similar is None else similar
+    within = len(compared) == count
+    if not len(compared):
+        chosen = PairMethod("none", "every point was compared at this threshold before")
+        found = FoundPairs(Pairs(compared, compared, np.zeros(0)), 0)
+    else:
+        chosen = choose_method(
+            method, len(compared), count, data.vectors.shape[1], lowest, device, within=within
         )
-        for found in batches:
-            pairs += len(found.rows)
-            for row, column in zip(found.rows.tolist(), found.columns.tolist(), strict=True):
-                links.union(row, column)
-    elif len(compared):
-        queries = data.vectors[compared]
-        for found in pairs_above(queries, data.vectors, threshold, device=device, on_rows=on_rows):
-            for row, column in zip(found.rows.tolist(), found.columns.tolist(), strict=True):
-                source = int(compared[row])
-                if source != column:
-                    pairs += 1
-                    links.union(source, column)
+        found = find_pairs(
+            data.vectors,
+            lowest,
+            chosen,
+            query_rows=None if within else compared,
+            exact=data.exact,
+            device=device,
+            progress=progress,
+        )
+    pairs = found.pairs if within else each_once(_in_rows(found.pairs, compared))
+    near = pairs.scores >= threshold
+    for row, column in zip(pairs.rows[near].tolist(), pairs.columns[near].tolist(), strict=True):
+        links.union(row, column)
+        touched.update((row, column))
     groups = [
         _group(data, members, rule)
-        for members in links.components(range(count)).values()
+        for members in links.components(sorted(touched)).values()
         if len(members) > 1
     ]
     groups.sort(key=lambda g: (-len(g.others), data.ids[g.keep]))
-    return DedupPlan(groups, compared, _changes(data, groups, threshold), pairs)
+    listed = _similar_pairs(data, pairs, near, links) if similar is not None else []
+    return DedupPlan(
+        groups,
+        compared,
+        _changes(data, groups, threshold),
+        int(near.sum()),
+        chosen,
+        found.comparisons,
+        listed,
+    )
+
+
+def _in_rows(pairs: Pairs, rows: np.ndarray) -> Pairs:
+    """Pairs whose first index is a position in ``rows``, with that row instead."""
+    return Pairs(rows[pairs.rows], pairs.columns, pairs.scores)
+
+
+def _similar_pairs(
+    data: CollectionVectors, pairs: Pairs, near: np.ndarray, links: UnionFind
+) -> list[SimilarPair]:
+    """The pairs below the near threshold whose points are in no one group, most similar
+    first."""
+    listed = [
+        SimilarPair(row, column, float(score))
+        for row, column, score in zip(
+            pairs.rows[~near].tolist(),
+            pairs.columns[~near].tolist(),
+            pairs.scores[~near].tolist(),
+            strict=True,
+        )
+        if links.find(row) != links.find(column)
+    ]
+    listed.sort(key=lambda p: (-p.score, data.ids[p.first], data.ids[p.second]))
+    return listed
 
 
 def _trusted_groups(data: CollectionVectors, threshold: float) -> dict[str, list[int]]:
@@ -168,6 +245,28 @@ def _trusted_groups(data: CollectionVectors, threshold: float) -> dict[str, list
         if payload.get(THRESHOLD) == threshold and isinstance(group, str):
             groups.setdefault(group, []).append(index)
     return groups
+
+
+def exact_copies(payloads: Sequence[Mapping[str, Any]]) -> list[tuple[int, list[str]]]:
+    """The points with several files of one content (the same hash: one point already), and
+    their paths."""
+    found = []
+    for index, payload in enumerate(payloads):
+        listed = payload.get("paths")
+        paths = sorted(p for p in listed if isinstance(p, str)) if isinstance(listed, list) else []
+        if len(paths) > 1:
+            found.append((index, paths))
+    return found
+
+
+def check_similar(similar: float, threshold: float) -> None:
+    """``ConfigError`` unless the ``similar`` tier's threshold lies below ``threshold``."""
+    check_threshold(similar)
+    if similar >= threshold:
+        raise ConfigError(
+            f"--similar {similar:g} must be below --threshold {threshold:g}: pairs at or "
+            "above --threshold are near-duplicates, those between the two are similar"
+        )
 
 
 def check_threshold(threshold: float) -> None:
@@ -182,8 +281,9 @@ def _group(data: CollectionVectors, members: list[int], rule: KeepRule) -> Dupli
     position, reason = rule.choose(facts)
     keep = members[position]
     others = sorted((i for i in members if i != keep), key=lambda i: data.ids[i])
-    scores = data.vectors[others] @ data.vectors[keep] if others else np.zeros(0)
-    return DuplicateGroup(keep, tuple(others), tuple(round(float(s), 6) for s in scores), reason)
+    stored = data.exact(np.array([keep, *others], dtype=np.int64))
+    scores = exact_scores(stored[1:], np.broadcast_to(stored[0], stored[1:].shape))
+    return DuplicateGroup(keep, tuple(others), tuple(float(s) for s in scores), reason)
 
 
 def marks_of(data: CollectionVectors, groups: list[DuplicateGroup]) -> dict[int, dict[str, Any]]:
@@ -345,9 +445,9 @@ def find_leaks(
     """The pool points whose most similar vector in ``other`` is at least ``threshold``."""
     check_threshold(threshold)
     best, scores = best_matches(pool, other, device=device, on_rows=on_rows)
+    shown = rounded(scores)
     return [
-        Leak(i, int(best[i]), round(float(scores[i]), 6))
-        for i in np.flatnonzero(scores >= threshold).tolist()
+        Leak(i, int(best[i]), float(shown[i])) for i in np.flatnonzero(shown >= threshold).tolist()
     ]
 
 

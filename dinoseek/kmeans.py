@@ -34,14 +34,41 @@ def kmeans(
     iterations: int = DEFAULT_ITERATIONS,
     seed: int = 0,
     device: str = "cpu",
+    sample: int | None = None,
 ) -> Clusters:
     """Spherical k-means of unit ``vectors`` into ``k`` clusters (fewer if there are fewer
-    distinct vectors); initialised with k-means++ on a sample."""
+    distinct vectors); initialised with k-means++ on a sample. With ``sample``, the
+    centroids are fitted on that many random vectors and every vector is then assigned once
+    (a million vectors cost one pass, not one per iteration)."""
+    centroids = fit_centroids(
+        vectors, k, iterations=iterations, seed=seed, device=device, sample=sample
+    )
+    labels, _ = best_matches(vectors, centroids, device=device)
+    return Clusters(centroids, labels)
+
+
+def fit_centroids(
+    vectors: np.ndarray,
+    k: int,
+    *,
+    iterations: int = DEFAULT_ITERATIONS,
+    seed: int = 0,
+    device: str = "cpu",
+    sample: int | None = None,
+    plus_plus: bool = True,
+) -> np.ndarray:
+    """The centroids (k, dim) of a spherical k-means of ``vectors``, or of ``sample`` random
+    ones of them; seeded by k-means++ or, without ``plus_plus``, by k distinct random
+    vectors (cheaper for thousands of clusters)."""
+    rng = np.random.default_rng(seed)
+    if sample is not None and sample < vectors.shape[0]:
+        vectors = vectors[np.sort(rng.choice(vectors.shape[0], sample, replace=False))]
     count = vectors.shape[0]
     k = max(1, min(k, count))
-    rng = np.random.default_rng(seed)
-    centroids = _plus_plus(vectors, k, rng)
-    labels = np.zeros(count, dtype=np.int64)
+    if plus_plus:
+        centroids = _plus_plus(vectors, k, rng)
+    else:
+        centroids = vectors[rng.choice(count, k, replace=False)].astype(np.float32)
     for _ in range(iterations):
         labels, _ = best_matches(vectors, centroids, device=device)
         updated = _cluster_sums(vectors, labels, k)
@@ -54,8 +81,7 @@ def kmeans(
         if np.allclose(updated, centroids, atol=1e-6):
             break
         centroids = updated.astype(np.float32)
-    labels, _ = best_matches(vectors, centroids, device=device)
-    return Clusters(centroids.astype(np.float32), labels)
+    return centroids.astype(np.float32)
 
 
 def _cluster_sums(vectors: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -191,6 +191,7 @@ class Runtime:
             self.require_embedder(),
             max_image_pixels=self.settings.max_image_pixels,
             keep=[self.collection],
+            duplicate_threshold=self.settings.duplicate_threshold,
         )
 
     def close(self) -> None:

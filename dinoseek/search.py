@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from dinoseek.dedup import DUPLICATE, GROUP, KEEP, REASON, ROLE
+from dinoseek.dedup import DEFAULT_THRESHOLD, DUPLICATE, GROUP, KEEP, REASON, ROLE, THRESHOLD
 from dinoseek.embedding import ImageEmbedder
 from dinoseek.errors import (
     ConfigError,
@@ -142,6 +142,15 @@ class NeighbourQuery:
             exclude={ROLE: DUPLICATE} if self.collapse_duplicates else {},
         )
 
+    @property
+    def shows_best_hit(self) -> bool:
+        """Whether the first hit is the collection's most similar point (nothing skipped,
+        filtered out or collapsed)."""
+        return (
+            not (self.offset or self.filters.conditions() or self.collapse_duplicates)
+            and self.score_threshold is None
+        )
+
     def shape(self, hits: Sequence[SearchHit]) -> list[Neighbour]:
         """The neighbours of the store's hits (one per group when ``collapses_hits``)."""
         neighbours = [Neighbour.from_hit(hit) for hit in hits]
@@ -249,11 +258,25 @@ class DuplicatesPage:
 
 
 @dataclass(frozen=True)
+class NearDuplicate:
+    """The collection's most similar point to a query, when it is at or above ``threshold``:
+    the query is already there. ``threshold`` is the one the collection's last ``dinoseek
+    dedup`` compared that point at, else the setting ``duplicate_threshold``."""
+
+    id: str
+    path: str | None
+    score: float
+    threshold: float
+
+
+@dataclass(frozen=True)
 class SearchResult:
-    """The neighbours of one query and its predicted labels (None when not asked for)."""
+    """The neighbours of one query, its predicted labels (None when not asked for), and the
+    point it near-duplicates (None when none is at the threshold)."""
 
     neighbours: list[Neighbour]
     labels: list[PredictedLabel] | None
+    near_duplicate: NearDuplicate | None = None
 
 
 class Searcher:
@@ -281,8 +304,10 @@ class Searcher:
         max_image_pixels: int,
         keep: Iterable[str] = (),
         probe_ttl_s: float = 10.0,
+        duplicate_threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         self.store = store
+        self.duplicate_threshold = duplicate_threshold
         self.embedder = embedder
         self.max_image_pixels = max_image_pixels
         self.probe_cache = ProbeCache(store.probes, embedder.space, ttl_s=probe_ttl_s)
@@ -367,14 +392,38 @@ class Searcher:
         query: NeighbourQuery,
         labels: LabelRequest,
     ) -> list[SearchResult]:
-        """Neighbours (one store call for all vectors) and labels of each vector."""
+        """Neighbours (one store call for all vectors, with each one's most similar point when
+        the neighbours may not show it), labels, and the point each near-duplicates."""
+        searches = [query.for_vector(v) for v in vectors]
+        if not query.shows_best_hit:
+            searches += [SearchQuery(vector=v, top_k=1) for v in vectors]
         with self.using(collection):
-            hits = self.store.search(collection, [query.for_vector(v) for v in vectors])
+            hits = self.store.search(collection, searches)
+            found_hits, best = hits[: len(vectors)], hits[len(vectors) :] or hits
             results = []
-            for vector, found in zip(vectors, hits, strict=True):
+            for vector, found, nearest in zip(vectors, found_hits, best, strict=True):
                 predicted = self.predict_labels(collection, vector, labels)
-                results.append(SearchResult(query.shape(found), predicted))
+                already = self.near_duplicate(nearest[:1])
+                results.append(SearchResult(query.shape(found), predicted, already))
         return results
+
+    def near_duplicate(self, best: Sequence[SearchHit]) -> NearDuplicate | None:
+        """The best hit as a ``NearDuplicate`` when its score (as shown) is at or above the
+        threshold of the last dedup that compared it, else ``duplicate_threshold``."""
+        if not best:
+            return None
+        hit = Neighbour.from_hit(best[0])
+        recorded = hit.payload.get(THRESHOLD)
+        threshold = (
+            float(recorded)
+            if isinstance(recorded, int | float)
+            and not isinstance(recorded, bool)
+            and 0 < recorded <= 1
+            else self.duplicate_threshold
+        )
+        if hit.score < threshold:
+            return None
+        return NearDuplicate(hit.id, hit.path, hit.score, threshold)
 
     def predict_labels(
         self,

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     qdrant_api_key: SecretStr | None = Field(None, description="API key of the Qdrant server")
     api_key: SecretStr | None = Field(None, description="API key the search service requires")
     collection: str = Field("images", description="collection name")
+    duplicate_threshold: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="similarity at or above which a query's best hit is reported as already "
+        "there (near_duplicate), where the collection's last dedup gave no threshold",
+    )
     max_image_pixels: int = Field(
         40_000_000, gt=0, description="largest image accepted, in pixels (checked from the header)"
     )

@@ -2,9 +2,11 @@
 
 The vectors are unit length, so a dot product is the cosine. Rows are compared a block at a
 time, so memory stays at one block of similarities (``block_rows`` x columns) whatever the
-collection's size. On a GPU the products run in bfloat16 (the pairs are then checked again
-in float32 on the CPU, so a rounding never adds a pair below the threshold); on a CPU in
-float32.
+collection's size. The products run in float32 on a CPU and in bfloat16 on a GPU, and only
+find candidates (at ``candidate_cut``, a little below the threshold); each candidate is
+then decided by ``exact_scores``: the similarity in float64, rounded to the 6 digits every
+report shows, at or above the threshold. So a pair shown at exactly the threshold is in, and
+identical vectors are at 1.0 whatever the rounding of a float32 product.
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ BLOCK_ELEMENTS = 16 * 1024 * 1024
 BLOCK_ELEMENTS_GPU = 256 * 1024 * 1024
 # A bfloat16 product is within this of the float32 one for unit vectors of DINOv2's sizes.
 BF16_MARGIN = 0.02
+# A float32 product of unit vectors is within this of the exact one, and one of their
+# float16 copies within the second.
+FLOAT32_MARGIN = 1e-5
+FLOAT16_MARGIN = 2e-3
+# Similarities are decided, and shown, at this many decimal digits.
+SCORE_DIGITS = 6
 
 
 @dataclass(frozen=True)
 class Pairs:
-    """Pairs (rows[k], columns[k]) with similarity scores[k], as arrays."""
+    """Pairs (rows[k], columns[k]) with similarity scores[k] (``exact_scores``), as arrays."""
 
     rows: np.ndarray
     columns: np.ndarray
@@ -56,7 +64,7 @@ def pairs_above(
     budget = BLOCK_ELEMENTS_GPU if use_bf16 else BLOCK_ELEMENTS
     block = max(1, min(queries.shape[0], budget // max(1, base.shape[0])))
     base_t = _tensor(base, device, use_bf16)
-    cut = threshold - BF16_MARGIN if use_bf16 else threshold
+    cut = candidate_cut(threshold, device)
     for start in range(0, queries.shape[0], block):
         stop = min(start + block, queries.shape[0])
         rows_t = _tensor(queries[start:stop], device, use_bf16)
@@ -68,11 +76,31 @@ def pairs_above(
         if found.size:
             rows = found[:, 0] + start
             columns = found[:, 1] + first_column
-            exact = np.einsum("ij,ij->i", queries[rows], base[columns]).astype(np.float32)
+            exact = exact_scores(queries[rows], base[columns])
             keep = exact >= threshold
             yield Pairs(rows[keep], columns[keep], exact[keep])
         if on_rows is not None:
             on_rows(stop - start)
+
+
+def candidate_cut(threshold: float, device: str) -> float:
+    """The similarity at which a product on ``device`` makes a pair a candidate: below the
+    threshold by more than the product's rounding."""
+    return threshold - (BF16_MARGIN if device.startswith("cuda") else FLOAT32_MARGIN)
+
+
+def exact_scores(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The similarity of each row of ``first`` with the same row of ``second``, in float64
+    and rounded to ``SCORE_DIGITS``: the number decided on and shown."""
+    products: np.ndarray = np.einsum(
+        "ij,ij->i", first.astype(np.float64), second.astype(np.float64)
+    )
+    return np.round(products, SCORE_DIGITS)
+
+
+def rounded(scores: np.ndarray) -> np.ndarray:
+    """Similarities rounded as ``exact_scores`` rounds them."""
+    return np.round(scores.astype(np.float64), SCORE_DIGITS)
 
 
 def compute_device(name: str) -> str:
@@ -84,10 +112,16 @@ def compute_device(name: str) -> str:
 
 
 def _tensor(array: np.ndarray, device: str, bf16: bool) -> torch.Tensor:
+    """``array`` (float32 or float16) on ``device`` as float32, or bfloat16."""
     import torch
 
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(device)
-    return tensor.to(torch.bfloat16) if bf16 else tensor
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    return tensor.to(torch.bfloat16 if bf16 else torch.float32)
+
+
+def as_tensor(array: np.ndarray, device: str) -> torch.Tensor:
+    """``array`` (float32 or float16) as a float32 tensor on ``device``."""
+    return _tensor(array, device, False)
 
 
 def best_matches(

@@ -29,6 +29,7 @@ from dinoseek.commandline import (
     write_output_file,
 )
 from dinoseek.curate import (
+    PoolSearch,
     Selected,
     balanced,
     by_clusters,
@@ -41,6 +42,7 @@ from dinoseek.curate import (
 )
 from dinoseek.dedup import DEFAULT_THRESHOLD, PAYLOAD_FIELDS
 from dinoseek.errors import ConfigError
+from dinoseek.pair_search import EXACT_MAX_COMPARISONS, METHODS, choose_method
 from dinoseek.runtime import Runtime
 from dinoseek.similarity import compute_device
 from dinoseek_cli.vector_sets import open_runtime, other_set, read_collection
@@ -115,6 +117,17 @@ from dinoseek_cli.vector_sets import open_runtime, other_set, read_collection
     "inside the data directory).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --manifest file.")
+@click.option(
+    "--search",
+    "search_method",
+    type=click.Choice(METHODS),
+    default="auto",
+    show_default=True,
+    help="How reference images are compared with the pool. exact: with every pool image; "
+    "clusters: with the members of the pool's nearest k-means clusters (recall measured in "
+    "bench/RESULTS.md); auto: exact on a GPU or when that is at most "
+    f"{EXACT_MAX_COMPARISONS:,} similarities, else clusters.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option(
     "--device",
@@ -138,6 +151,7 @@ def curate(
     into: str | None,
     manifest: Path | None,
     overwrite: bool,
+    search_method: str,
     seed: int,
     device: str,
     as_json: bool,
@@ -182,7 +196,7 @@ def curate(
         document: dict[str, Any] = {"pool": name}
         names: list[str] = []
         if balanced is not None:
-            rows, steps = eligible_rows(vectors_of_pool, None, near_duplicate, device=compute)
+            rows, steps = eligible_rows(vectors_of_pool, None, near_duplicate)
             sizes = level_sizes(len(rows), levels)
             outcome = balanced_selection(vectors_of_pool, rows, balanced, sizes, seed, compute)
             selected = outcome.pop("selected")
@@ -190,7 +204,13 @@ def curate(
         else:
             assert reference is not None
             vectors, names = reference_set(runtime, reference, progress_mode)
-            rows, steps = eligible_rows(vectors_of_pool, vectors, near_duplicate, device=compute)
+            pool_vectors = vectors_of_pool.vectors
+            method = choose_method(
+                search_method, len(vectors), len(pool_vectors), pool_vectors.shape[1],
+                near_duplicate, compute, within=False, seed=seed,
+            )  # fmt: skip
+            search = PoolSearch(method, compute)
+            rows, steps = eligible_rows(vectors_of_pool, vectors, near_duplicate, search=search)
             if cluster_sample is not None:
                 k = clusters or derived_clusters(len(rows))
                 selected = by_clusters(
@@ -198,9 +218,10 @@ def curate(
                 )
                 document.update(method="clusters", clusters=k, per_image=cluster_sample)
             else:
-                selected = by_neighbours(vectors_of_pool, rows, vectors, per_image, device=compute)
+                selected = by_neighbours(vectors_of_pool, rows, vectors, per_image, search=search)
                 document.update(method="neighbours", per_image=per_image)
             document.update(reference=reference, reference_images=len(names))
+            document["search"] = {**method.describe(), "comparisons": search.comparisons}
         steps["selected"] = len(selected)
         entries = [manifest_entry(vectors_of_pool, s, names) for s in selected]
         if into is not None:
@@ -300,6 +321,12 @@ def render(document: dict[str, Any]) -> str:
         lines.append(
             f"{document['reference_images']:,} reference images, {how} of each: "
             f"{document['selected']:,} selected in {document['seconds']:.1f} s"
+        )
+    if "search" in document:
+        search = document["search"]
+        lines.append(
+            f"reference images compared with the pool: {search['name']} ({search['reason']}), "
+            f"{search['comparisons']:,} similarities"
         )
     if "into" in document:
         lines.append(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.commandline import (
@@ -29,16 +30,19 @@ from dinoseek.dedup import (
     DedupPlan,
     apply_leaks,
     apply_plan,
+    check_similar,
     check_threshold,
     clear_marks,
+    exact_copies,
     find_leaks,
     plan_dedup,
 )
 from dinoseek.dedup_keep import DEFAULT_KEEP_RULE, KEEP_RULES, KeepRule, file_times, in_folder
 from dinoseek.errors import ConfigError
+from dinoseek.pair_search import EXACT_MAX_COMPARISONS, METHODS
 from dinoseek.runtime import Runtime
 from dinoseek.similarity import compute_device
-from dinoseek_cli.vector_sets import counting, open_runtime, other_set, read_collection
+from dinoseek_cli.vector_sets import Stages, counting, open_runtime, other_set, read_collection
 
 MAX_TEXT_GROUPS = 20
 
@@ -69,6 +73,23 @@ MAX_TEXT_GROUPS = 20
     metavar="FOLDER",
     help="Files under FOLDER are kept over any rule (repeat it: the first folder wins).",
 )
+@click.option(
+    "--similar",
+    type=FiniteFloat(0.0, 1.0, min_open=True),
+    default=None,
+    help="Also list the pairs at or above this similarity and below --threshold (similar "
+    "shots, not copies); they are never marked, and every point is compared.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="auto",
+    show_default=True,
+    help="How pairs are found. exact: every pair compared; clusters: each point compared with "
+    "the members of its nearest k-means clusters (recall measured in bench/RESULTS.md); auto: "
+    f"exact on a GPU or when that is at most {EXACT_MAX_COMPARISONS:,} similarities, else "
+    "clusters.",
+)
 @click.option("--clear", is_flag=True, help="Remove every mark a dedup run wrote, and stop.")
 @click.option(
     "--against",
@@ -93,6 +114,8 @@ def dedup(
     threshold: float,
     keep_rule: str,
     prefer: tuple[str, ...],
+    similar: float | None,
+    method: str,
     clear: bool,
     against: str | None,
     device: str,
@@ -112,6 +135,8 @@ def dedup(
     """
     configure_logging(quiet=quiet or as_json)
     check_threshold(threshold)  # before any work: NaN would find no pair and unmark all
+    if similar is not None:
+        check_similar(similar, threshold)
     settings = load_settings(**flags)
     progress_mode = "off" if quiet or as_json else "auto"
     started = time.perf_counter()
@@ -126,17 +151,34 @@ def dedup(
                 f"cleared the marks of {cleared:,} points",
             )
             return
-        data = read_collection(runtime, PAYLOAD_FIELDS, progress_mode, derive=file_times)
+        # Grouping finds candidates on a float16 copy and decides on the stored vectors.
+        copy = np.float32 if against is not None else np.float16
+        data = read_collection(
+            runtime, PAYLOAD_FIELDS, progress_mode, derive=file_times, dtype=copy
+        )
+        stages = {"read": time.perf_counter() - started}
         compute = compute_device(device)
         if against is not None:
             document = _against(runtime, data, against, threshold, compute, progress_mode)
         else:
             rule = KeepRule(keep_rule, _preferred_folders(data, prefer))
-            comparing = counting(len(data.ids), "comparing", progress_mode)
-            plan = plan_dedup(data, threshold, keep=rule, device=compute, on_rows=comparing.advance)
-            comparing.close()
+            with Stages(progress_mode) as bars:
+                plan = plan_dedup(
+                    data,
+                    threshold,
+                    keep=rule,
+                    device=compute,
+                    method=method,
+                    similar=similar,
+                    progress=bars.start,
+                )
+            stages["compare"] = time.perf_counter() - started - stages["read"]
             written = apply_plan(store, name, data, plan, threshold)
+            stages["write"] = time.perf_counter() - started - stages["read"] - stages["compare"]
             document = _document(name, data, plan, threshold, written, rule)
+            document["seconds_by_stage"] = {k: round(v, 2) for k, v in stages.items()}
+            if similar is not None:
+                document["similar_threshold"] = similar
     document["seconds"] = round(time.perf_counter() - started, 2)
     if as_json:
         click.echo(json.dumps(document))
@@ -188,6 +230,17 @@ def _document(
         }
         for group in plan.groups
     ]
+    similar = [
+        {
+            "paths": [path(pair.first), path(pair.second)],
+            "ids": [data.ids[pair.first], data.ids[pair.second]],
+            "score": pair.score,
+        }
+        for pair in plan.similar
+    ]
+    exact = [
+        {"id": data.ids[index], "paths": paths} for index, paths in exact_copies(data.payloads)
+    ]
     return {
         "collection": name,
         "threshold": threshold,
@@ -195,9 +248,13 @@ def _document(
         "prefer": list(rule.prefer),
         "points": len(data.ids),
         "compared": len(plan.compared),
+        "method": plan.method.describe(),
+        "comparisons": plan.comparisons,
         "pairs": plan.pairs,
         "groups": groups,
         "duplicates": sum(len(g["duplicates"]) for g in groups),
+        "exact": exact,
+        "similar": similar,
         "written": written,
     }
 
@@ -265,15 +322,44 @@ def _text(document: dict[str, Any]) -> str:
         f"{document['threshold']:g} in {seconds:.1f} s: {len(groups):,} "
         f"group{'' if len(groups) == 1 else 's'}, "
         f"{document['duplicates']:,} duplicates marked ({document['written']:,} payloads "
-        f"written); kept by {_rule_text(document)}"
+        f"written); kept by {_rule_text(document)}",
+        f"method: {_method_text(document['method'])}; {document['comparisons']:,} "
+        "similarities computed",
     ]
+    if document["exact"]:
+        lines.append(f"exact copies (one point, several files): {len(document['exact']):,} points")
     for group in groups[:MAX_TEXT_GROUPS]:
         lines.append(f"keep {group['keep']}  ({group['reason']})")
         for other, score in zip(group["duplicates"], group["scores"], strict=True):
             lines.append(f"  {score:.4f}  {other}")
     if len(groups) > MAX_TEXT_GROUPS:
         lines.append(f"... {len(groups) - MAX_TEXT_GROUPS:,} more groups (--json lists them all)")
+    for copies in document["exact"][:MAX_TEXT_GROUPS]:
+        lines.append(f"same content: {'  =  '.join(copies['paths'])}")
+    if "similar_threshold" in document:
+        similar = document["similar"]
+        lines.append(
+            f"similar (at or above {document['similar_threshold']:g}, below "
+            f"{document['threshold']:g}; not marked): {len(similar):,} pairs"
+        )
+        for pair in similar[:MAX_TEXT_GROUPS]:
+            lines.append(f"  {pair['score']:.4f}  {pair['paths'][0]}  ~  {pair['paths'][1]}")
+        if len(similar) > MAX_TEXT_GROUPS:
+            lines.append(f"  ... {len(similar) - MAX_TEXT_GROUPS:,} more (--json lists them all)")
     return "\n".join(lines)
+
+
+def _method_text(method: dict[str, Any]) -> str:
+    """How the pairs were found, in a sentence."""
+    if method["name"] != "clusters":
+        every = ", every pair compared" if method["name"] == "exact" else ""
+        return f"{method['name']}{every} ({method['reason']})"
+    p = method["parameters"]
+    return (
+        f"clusters ({method['reason']}): k-means of {p['clusters']:,} clusters fitted on "
+        f"{p['sample']:,} points; each point compared with its nearest cluster and the "
+        f"clusters within {p['margin']:.4f} of it (at most {p['max_probes']})"
+    )
 
 
 def _rule_text(document: dict[str, Any]) -> str:

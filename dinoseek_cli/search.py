@@ -165,19 +165,28 @@ def _secret(settings: Settings) -> str | None:
 def search_document(
     settings: Settings, image: Path, model: str, result: SearchResult
 ) -> dict[str, Any]:
-    """The --json output of ``search``."""
-    return {
+    """The --json output of ``search`` (``near_duplicate`` only when there is one)."""
+    document: dict[str, Any] = {
         "query": str(image),
         "collection": settings.collection,
         "model": model,
         "labels": [dataclasses.asdict(label) for label in result.labels or []],
         "results": [dataclasses.asdict(neighbour) for neighbour in result.neighbours],
     }
+    if result.near_duplicate is not None:
+        document["near_duplicate"] = dataclasses.asdict(result.near_duplicate)
+    return document
 
 
 def render_result(result: SearchResult) -> str:
-    """Predicted labels, then the table of neighbours."""
+    """The point it near-duplicates, predicted labels, then the table of neighbours."""
     lines = []
+    if result.near_duplicate is not None:
+        already = result.near_duplicate
+        lines.append(
+            f"already there: {already.path or already.id} (similarity {already.score:.4f}, "
+            f"at or above {already.threshold:g})"
+        )
     if result.labels:
         first = result.labels[0]
         how = (

@@ -38,18 +38,46 @@ def counting(total: int, description: str, mode: str) -> Progress:
     return Progress(total, description=description, mode=mode, unit="pt")
 
 
+class Stages:
+    """One progress bar per stage of a long computation (``StageProgress``): a new stage
+    closes the bar of the one before."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.current: Progress | None = None
+
+    def start(self, name: str, total: int) -> Callable[[int], None]:
+        """A bar for stage ``name`` of ``total`` points; what advances it."""
+        self.close()
+        self.current = counting(total, name, self.mode)
+        return self.current.advance
+
+    def close(self) -> None:
+        """Close the current stage's bar."""
+        if self.current is not None:
+            self.current.close()
+            self.current = None
+
+    def __enter__(self) -> Stages:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def read_collection(
     runtime: Runtime,
     fields: Sequence[str],
     progress_mode: str,
     *,
     derive: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    dtype: type[np.floating[Any]] = np.float32,
 ) -> CollectionVectors:
-    """The runtime's collection: ids, vectors and ``fields`` of the payloads (and what
-    ``derive`` makes of each, see ``read_vectors``)."""
+    """The runtime's collection: ids, vectors (a ``dtype`` matrix) and ``fields`` of the
+    payloads (and what ``derive`` makes of each, see ``read_vectors``)."""
     store, name = runtime.store, runtime.settings.collection
     reading = counting(store.count(name), "reading", progress_mode)
-    data = read_vectors(store, name, fields, derive=derive, on_points=reading.advance)
+    data = read_vectors(store, name, fields, derive=derive, on_points=reading.advance, dtype=dtype)
     reading.close()
     return data
 

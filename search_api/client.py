@@ -85,7 +85,7 @@ class ServiceClient:
             params["region"] = f"{box.x!r},{box.y!r},{box.w!r},{box.h!r}"
         response = self._request("POST", "/search", params=params, files={"image": (name, data)})
         body = self._parse(SearchResponse, response)
-        return body.model, SearchResult(list(body.results), body.labels)
+        return body.model, SearchResult(list(body.results), body.labels, body.near_duplicate)
 
     def collections(self) -> CollectionsResponse:
         """``GET /collections``."""

@@ -214,6 +214,7 @@ async def search(
         timings_ms=Timings(**clock.as_dict()),
         results=result.neighbours,
         labels=result.labels,
+        near_duplicate=result.near_duplicate,
     )
 
 
@@ -258,6 +259,7 @@ async def search_batch(
     for (index, _), result in zip(embedded, results, strict=True):
         items[index].results = result.neighbours
         items[index].labels = result.labels
+        items[index].near_duplicate = result.near_duplicate
     return BatchSearchResponse(
         model=service.embedder.model_id,
         collection=name,

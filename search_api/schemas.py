@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dinoseek.correspondence import PatchPair
 from dinoseek.labels import PredictedLabel
 from dinoseek.regions import Box
-from dinoseek.search import DuplicateGroupView, ListedPoint, Neighbour
+from dinoseek.search import DuplicateGroupView, ListedPoint, NearDuplicate, Neighbour
 
 EXAMPLE_ID = "6b1c1f6e-3d0e-5b8e-9c55-2d1b0e8f4a11"
 EXAMPLE_PAYLOAD: dict[str, Any] = {
@@ -27,6 +27,16 @@ EXAMPLE_PAYLOAD: dict[str, Any] = {
     "format": "JPEG",
     "sha256": "9f2c...",
 }
+
+
+# Present only when the query is already there.
+NEAR_DUPLICATE: Any = Field(
+    None,
+    exclude_if=lambda value: value is None,
+    description="present when the collection's most similar point is at or above the "
+    "duplicate threshold (that of the collection's last `dinoseek dedup`, else "
+    "DINOSEEK_DUPLICATE_THRESHOLD): the image is already there",
+)
 
 
 class ErrorDetail(BaseModel):
@@ -60,6 +70,7 @@ class SearchResponse(BaseModel):
     timings_ms: Timings
     results: list[Neighbour]
     labels: list[PredictedLabel] | None = None
+    near_duplicate: NearDuplicate | None = NEAR_DUPLICATE
 
 
 class MatchedRegions(BaseModel):
@@ -140,6 +151,7 @@ class BatchItem(BaseModel):
     filename: str | None
     results: list[Neighbour] | None = None
     labels: list[PredictedLabel] | None = None
+    near_duplicate: NearDuplicate | None = NEAR_DUPLICATE
     error: ErrorDetail | None = None
 
 

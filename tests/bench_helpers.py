@@ -22,7 +22,7 @@ def run_bench(script: str, cache: Path, out: Path, *options: str) -> str:
          str(cache), "--out", str(out), *options],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=900,
         env=env,
         check=False,
     )  # fmt: skip

@@ -25,6 +25,17 @@ from dinoseek.settings import Settings
 from tests.fakes import FAKE_LOADER, fake_model
 from tests.helpers import refuse_to_wait
 
+# pytest-timeout is a hang detector. A slow test (processes, servers, training) can take many
+# times its quiet time on a 2-core machine running other suites, so it gets this much unless
+# it names its own limit.
+SLOW_TEST_TIMEOUT_S = 1200
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TEST_TIMEOUT_S))
+
 
 @pytest.fixture(scope="session")
 def embedder() -> FakeEmbedder:

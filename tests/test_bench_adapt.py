@@ -23,7 +23,7 @@ def test_adapt_bench_runs_both_paths(tmp_path: Path, tiny_model_dir: Path) -> No
         [sys.executable, str(BENCH / "adapt.py"), "--models", str(tiny_model_dir), "--steps",
          "1", "--batch-size", "4", "--local-crops", "2", "--device", "cpu", "--images",
          str(images), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=240, check=False,
+        capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "| baseline: decode in the loop" in done.stdout

@@ -34,7 +34,7 @@ def test_parity_fails_below_threshold(bench_cache: Path, tmp_path: Path) -> None
          "--threshold", "1.5"],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=900,
         env=env,
         check=False,
     )  # fmt: skip

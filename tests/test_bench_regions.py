@@ -19,7 +19,7 @@ def test_regions_quick_runs_both_paths(tmp_path: Path, bench_cache: Path) -> Non
     done = subprocess.run(
         [sys.executable, str(BENCH / "regions.py"), "--quick", "--cache", str(bench_cache),
          "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=400, check=False,
+        capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "| baseline: CLS vector (whole-image search)" in done.stdout

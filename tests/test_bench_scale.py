@@ -19,7 +19,7 @@ def test_scale_quick_measures_the_store_and_the_rerun(bench_cache: Path, tmp_pat
     done = subprocess.run(
         [sys.executable, str(BENCH / "scale.py"), "--quick", "--cache", str(bench_cache),
          "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=900, check=False,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

@@ -117,10 +117,11 @@ def test_search_table_json_and_filters(indexed: tuple[Path, Path, list[Path]]) -
     table = invoke("search", paths[0], "--data-dir", data, "-k", "3")
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
-    assert lines[0].startswith(
+    assert lines[0] == f"already there: {paths[0]} (similarity 1.0000, at or above 0.95)"
+    assert lines[1].startswith(
         "labels (vote of the 6 nearest in the collection, filters aside): cats"
     )
-    first_row = lines[2]
+    first_row = lines[3]
     assert str(paths[0]) in first_row
     assert "cats" in first_row
 

@@ -227,3 +227,60 @@ def test_balanced_sampling_of_an_empty_pool_is_a_clear_error(tmp_path: Path) -> 
     empty = CollectionVectors([], np.zeros((0, 4), dtype=np.float32), [])
     with pytest.raises(ConfigError, match="no pool image is eligible"):
         balanced(empty, np.zeros(0, dtype=np.int64), 5, [2])
+
+
+@pytest.mark.parametrize("search", ["exact", "clusters"])
+def test_per_image_returns_n_per_reference_image(
+    pool: tuple[Path, list[Path], Path], search: str
+) -> None:
+    """For every N tried (the default 4 included), the selection is the N nearest eligible
+    pool images of each reference image, as a brute-force comparison of the stored vectors
+    finds them."""
+    data, _, reference = pool
+    indexed = invoke("index", reference, "-c", "ref", "--model", "fake/dinov2", "--data-dir", data)
+    assert indexed.exit_code == 0, indexed.output
+    with EdgeStore(data) as store:
+        store.acquire("images")
+        pooled = list(store.scroll("images", with_vectors=True))
+        store.acquire("ref")
+        refs = np.stack([p.vector for p in store.scroll("ref", with_vectors=True)])  # type: ignore[misc]
+    vectors = np.stack([p.vector for p in pooled])  # type: ignore[misc]
+    similar = refs.astype(np.float64) @ vectors.T.astype(np.float64)
+    eligible = np.round(similar.max(axis=0), 6) < 0.95
+    for n in (1, 2, None, 7):
+        flags = [] if n is None else ["--per-image", str(n)]
+        document = run_json("curate", "--reference", "ref", "--search", search, *flags,
+                            "--data-dir", data)  # fmt: skip
+        assert document["per_image"] == (n or 4)
+        assert document["search"]["name"] == search
+        wanted = set()
+        for row in similar:
+            order = [i for i in np.argsort(-row, kind="stable") if eligible[i]]
+            wanted |= {pooled[i].id for i in order[: n or 4]}
+        assert {entry["id"] for entry in document["selection"]} == wanted, n
+
+
+def test_each_reference_gets_n_even_when_its_clusters_hold_fewer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One cluster probed per reference, half the pool not eligible, N larger than a cluster:
+    a reference whose clusters hold fewer than N is compared with the whole pool."""
+    from dinoseek import cluster_index
+    from dinoseek.curate import PoolSearch, nearest_rows
+    from dinoseek.pair_search import choose_method
+    from tests.helpers import unit_vectors
+
+    monkeypatch.setattr(cluster_index, "NEIGHBOUR_PROBES", 1)
+    vectors = unit_vectors(3000, 16, seed=4)
+    references = unit_vectors(40, 16, seed=5)
+    rows = np.arange(0, 3000, 2)
+    method = choose_method("clusters", 40, 3000, 16, 0.95, "cpu", within=False)
+    for n in (1, 4, 60):
+        search = PoolSearch(method)
+        found, scores = nearest_rows(vectors, rows, references, n, search)
+        assert found.shape == (40, n)
+        assert all(len(set(r)) == n and set(r) <= set(rows.tolist()) for r in found.tolist())
+        assert (np.diff(scores, axis=1) <= 0).all()
+        if n == 60:  # every cluster holds fewer than 60 eligible: all exact
+            exact = np.argsort(-(references @ vectors[rows].T), axis=1)[:, :n]
+            np.testing.assert_array_equal(found, rows[exact])

@@ -110,7 +110,7 @@ def test_the_cli_says_what_the_vote_was_taken_over(labelled: tuple[Path, Path]) 
         obj=FAKE_LOADER,
     )
     assert done.exit_code == 0, done.output
-    first = done.stdout.splitlines()[0]
+    first = done.stdout.splitlines()[1]  # after "already there: ": the circle is indexed
     assert first.startswith(
         f"labels (vote of the {VOTE_NEIGHBOURS} nearest in the collection, filters aside): circles "
     )

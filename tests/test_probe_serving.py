@@ -277,7 +277,9 @@ def test_cli_search_shows_labels(trained: tuple[Path, Path]) -> None:
     data, photos = trained
     path = sorted((photos / "circles").glob("*.jpg"))[0]
     text = invoke("search", path, "--data-dir", data, "-k", "3").stdout
-    assert text.startswith("labels (probe 'default'): ")
+    already, labels = text.splitlines()[:2]  # the query is an indexed file: already there
+    assert already.startswith(f"already there: {path} (similarity 1.0000")
+    assert labels.startswith("labels (probe 'default'): ")
     document = json.loads(invoke("search", path, "--data-dir", data, "--json").stdout)
     assert sum(label["probability"] for label in document["labels"]) == pytest.approx(1.0)
 

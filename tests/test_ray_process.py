@@ -68,7 +68,7 @@ def test_the_driver_killed_then_run_again_converges(tmp_path: Path) -> None:
     # written and work left whatever the machine's speed.
     harness = {**harness_env(tmp_path / "site", REPO), **kill_env("store.upsert", 10)}
     driver = start_ray_index(photos, data, pids, harness=harness)
-    driver.communicate(timeout=300)
+    driver.communicate(timeout=600)
     assert driver.returncode == -signal.SIGKILL
     actors = [int(p.name) for p in pids.iterdir() if int(p.name) != driver.pid]
     assert actors, "no actor had started"
@@ -78,14 +78,14 @@ def test_the_driver_killed_then_run_again_converges(tmp_path: Path) -> None:
     assert not any(alive(pid) for pid in actors), "the actors outlived their driver"
 
     rerun = start_ray_index(photos, data, pids, "--json")
-    out, err = rerun.communicate(timeout=180)
+    out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     summary = json.loads(out)
     assert summary["unchanged"] >= 2 * 9, "the killed run's writes were not kept"
     assert summary["embedded"] == 80 - 2 * 9, "the rerun redid kept work"
     assert_same_collection(state_of(data), state_of(tmp_path / "local"))
     again = start_ray_index(photos, data, pids, "--json")
-    out, err = again.communicate(timeout=180)
+    out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
     assert json.loads(out)["embedded"] == 0
 
@@ -106,7 +106,7 @@ def test_ctrl_c_stops_the_cluster_work_and_the_rerun_resumes(tmp_path: Path) -> 
     partial = int(out.split("holds ")[1].split(" ")[0])
     assert 2 * 4 <= partial < 80
     rerun = start_ray_index(photos, data, pids)
-    out, err = rerun.communicate(timeout=180)
+    out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     assert f"unchanged   {partial:>8,}" in out
     assert "holds 80 images" in out

@@ -248,7 +248,7 @@ function grid(results, params) {
   return list;
 }
 
-function queryCard({ preview, name, labels, error }) {
+function queryCard({ preview, name, labels, nearDuplicate, error }) {
   const article = $("query-template").content.firstElementChild.cloneNode(true);
   const image = article.querySelector(".preview img");
   if (preview) image.src = preview;
@@ -264,6 +264,13 @@ function queryCard({ preview, name, labels, error }) {
       list.append(entry);
     });
     article.querySelector(".predicted").hidden = false;
+  }
+  if (nearDuplicate) {
+    const note = article.querySelector(".near-duplicate");
+    const where = nearDuplicate.path || nearDuplicate.id;
+    note.textContent = `Already in the collection: ${where} (similarity ` +
+      `${nearDuplicate.score.toFixed(4)}, at or above ${nearDuplicate.threshold})`;
+    note.hidden = false;
   }
   if (error) {
     const box = article.querySelector(".query-error");
@@ -479,7 +486,7 @@ async function search(files) {
       body: form,
     });
     const body = await response.json();
-    const items = single ? [{ results: body.results, labels: body.labels }] : body.items;
+    const items = single ? [body] : body.items;
     const groups = items.map((item, index) => {
       const file = files[index];
       const upload = `upload-${++uploadCount}`;
@@ -490,6 +497,7 @@ async function search(files) {
         preview: URL.createObjectURL(file),
         results: item.results || null,
         labels: item.labels || null,
+        nearDuplicate: item.near_duplicate || null,
         error: item.error || null,
       };
     });

@@ -232,6 +232,21 @@ def test_an_upload_shows_its_top_k_with_the_exact_copy_first(page: Page, served:
     screenshot(page, "1-upload")
 
 
+def test_an_upload_already_there_is_said_so(page: Page, served: Served, tmp_path: Path) -> None:
+    """The collection's dedup ran at 0.99999 (``index_folder``): that is the threshold."""
+    upload(page, served.url, served.photos[2])
+    assert page.is_visible(".query-card .near-duplicate")
+    assert page.inner_text(".query-card .near-duplicate") == (
+        f"Already in the collection: {served.photos[2]} (similarity 1.0000, at or above 0.99999)"
+    )
+    screenshot(page, "1b-already-there")
+    new = tmp_path / "new-picture.jpg"
+    new.write_bytes(encode(photo(777, (160, 120), kind="stripes")))
+    upload(page, served.url, new)
+    assert card_paths(page)
+    assert page.is_hidden(".query-card .near-duplicate")
+
+
 def test_clicking_a_result_shows_its_neighbours_and_back_forward_work(
     page: Page, served: Served
 ) -> None:
