@@ -17,6 +17,7 @@ import numpy as np
 from dinoseek.similarity import best_matches
 
 DEFAULT_ITERATIONS = 20
+SUM_BLOCK_ROWS = 65_536  # rows copied to float32 at once while summing clusters
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,16 @@ def fit_centroids(
 
 
 def _cluster_sums(vectors: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """The sum of each cluster's vectors, (k, dim) float32 (by ``index_add_``: ``np.add.at``
-    is unbuffered, many times slower)."""
+    """The sum of each cluster's vectors, (k, dim) float32, whatever the vectors' dtype (by
+    ``index_add_``: ``np.add.at`` is unbuffered, many times slower). Float32 copies are made
+    a block of rows at a time."""
     import torch  # here: the search path imports this module's callers without torch
 
     sums = torch.zeros((k, vectors.shape[1]), dtype=torch.float32)
-    sums.index_add_(0, torch.from_numpy(labels), torch.from_numpy(np.ascontiguousarray(vectors)))
+    index = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+    for start in range(0, vectors.shape[0], SUM_BLOCK_ROWS):
+        block = np.ascontiguousarray(vectors[start : start + SUM_BLOCK_ROWS], dtype=np.float32)
+        sums.index_add_(0, index[start : start + SUM_BLOCK_ROWS], torch.from_numpy(block))
     return sums.numpy()
 
 
