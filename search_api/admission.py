@@ -1,9 +1,10 @@
 """Admission before work, in two stages, and a deadline for what was admitted.
 
-ASGI middleware on the routes that decode images (those that run the model, and the
-thumbnails) and on the write routes (``search_api.writes``: labels, training). A request's
-upload is read first, here, and only a request whose body is in may take a place in the
-model's queue: a client trickling its body holds no place there.
+ASGI middleware on the routes that decode images (those that run the model, the matches and
+the thumbnails), as each declares with ``openapi_extra=ADMITTED``, and on the write routes
+(``search_api.writes``: labels, training). A request's upload is read first, here, and only a
+request whose body is in may take a place in the model's queue: a client trickling its body
+holds no place there.
 
 - **Receiving.** Uploads still arriving may hold at most ``max_reading_bytes`` together (by
   Content-Length, or the upload limit when a POST comes without one); beyond, 503 with
@@ -25,40 +26,36 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterable
+from typing import Any
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_api.asgi_errors import send_error
 from search_api.errors import RETRY_AFTER_S
 from search_api.limits import declared_length
+from search_api.route_table import api_routes
 from search_api.uploads import UploadTooSlowError, read_body, replay
 from search_api.writes import WriteRoutes
 
-# The routes that run the model: (method, path).
-MODEL_ROUTES = frozenset(
-    {
-        ("POST", "/search"),
-        ("POST", "/search/batch"),
-        ("POST", "/embed"),
-        ("POST", "/embed/pca"),
-        ("POST", "/classify"),
-    }
-)
+# A route that decodes images declares it (``openapi_extra=ADMITTED``): admission guards
+# exactly the routes that say so, read from the app's routes, and the schema shows the mark.
+ADMITTED_KEY = "x-dinoseek-admitted"
+ADMITTED: dict[str, Any] = {ADMITTED_KEY: True}
 
 
-def is_admitted_route(method: str, path: str) -> bool:
-    """The routes that decode images: the model routes, the matches and the thumbnails
-    (``GET /points/{id}/image``)."""
-    return (method, path) in MODEL_ROUTES or is_image_read(method, path) or is_match(method, path)
+class AdmittedRoutes:
+    """The routes among an app's routes that are declared with ``openapi_extra=ADMITTED``."""
 
+    def __init__(self, routes: Iterable[BaseRoute]) -> None:
+        self.routes = tuple(
+            route for route in api_routes(routes) if (route.openapi_extra or {}).get(ADMITTED_KEY)
+        )
 
-def is_match(method: str, path: str) -> bool:
-    """``GET /points/{a}/match/{b}`` and ``POST /points/{b}/match``: two images through the
-    model."""
-    parts = path.split("/")
-    if len(parts) < 4 or parts[1] != "points" or parts[3] != "match":
-        return False
-    return (method == "GET" and len(parts) == 5) or (method == "POST" and len(parts) == 4)
+    def matches(self, scope: Scope) -> bool:
+        """Whether the request is for one of them (its path and method)."""
+        return any(route.matches(scope)[0] is Match.FULL for route in self.routes)
 
 
 def is_image_read(method: str, path: str) -> bool:
@@ -74,6 +71,7 @@ class Admission:
         self,
         app: ASGIApp,
         *,
+        admitted: AdmittedRoutes,
         limit: int,
         max_bytes: int,
         max_reading_bytes: int,
@@ -86,6 +84,7 @@ class Admission:
         it arrives (the upload limit: it cannot be more); ``writes`` are admitted as the model
         routes are."""
         self.app = app
+        self.admitted = admitted
         self.limit = max(1, limit)
         self.max_bytes = max_bytes
         self.max_reading_bytes = max_reading_bytes
@@ -148,7 +147,7 @@ class Admission:
             self.bytes_in_flight -= weight
 
     def _admits(self, scope: Scope) -> bool:
-        if is_admitted_route(scope["method"], scope["path"]):
+        if self.admitted.matches(scope):
             return True
         return self.writes is not None and self.writes.matches(scope)
 

@@ -23,7 +23,7 @@ from dinoseek.embedding import ImageEmbedder
 from dinoseek.runtime import ModelLoader, ModelPolicy, Runtime
 from dinoseek.settings import Settings
 from dinoseek.store import VectorStore
-from search_api.admission import Admission
+from search_api.admission import Admission, AdmittedRoutes
 from search_api.auth import ApiKeyCheck
 from search_api.cluster_routes import cluster_routes
 from search_api.errors import install_error_handlers
@@ -140,6 +140,7 @@ def create_app(
     # once the key, the write policy and the limits let it).
     app.add_middleware(
         Admission,
+        admitted=AdmittedRoutes(app.routes),
         limit=settings.max_queue,
         max_bytes=settings.max_inflight_bytes,
         max_reading_bytes=settings.max_reading_bytes,

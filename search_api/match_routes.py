@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from search_api.admission import ADMITTED
 from search_api.region_params import MaxPairs, match_response
 from search_api.routes import (
     ERROR_RESPONSES,
@@ -32,6 +33,7 @@ match_routes = APIRouter(responses=ERROR_RESPONSES)
     "/points/{point_id}/match/{other_id}",
     response_model=MatchResponse,
     summary="Why two indexed images match",
+    openapi_extra=ADMITTED,
 )
 async def match_points(
     service: Service,
@@ -55,6 +57,7 @@ async def match_points(
     "/points/{point_id}/match",
     response_model=MatchResponse,
     summary="Why an image matches an indexed one",
+    openapi_extra=ADMITTED,
 )
 async def match_upload(
     service: Service,

@@ -17,6 +17,7 @@ from dinoseek.probe import choose_probe, probe_summary
 from dinoseek.search import Filters, LabelRequest, NeighbourQuery
 from dinoseek.settings import COLLECTION_NAME_PATTERN, validate_collection_name
 from dinoseek.store import POINT_ID_PATTERN, StoredPoint
+from search_api.admission import ADMITTED
 from search_api.auth import has_key
 from search_api.batching import OverloadedError
 from search_api.errors import RETRY_AFTER_S, ApiError
@@ -187,7 +188,12 @@ async def _vector(service: SearchService, upload: UploadFile, clock: StageClock)
         raise ApiError(503, "overloaded", str(exc), retry_after_s=RETRY_AFTER_S) from None
 
 
-@routes.post("/search", response_model=SearchResponse, summary="Search with an image")
+@routes.post(
+    "/search",
+    response_model=SearchResponse,
+    summary="Search with an image",
+    openapi_extra=ADMITTED,
+)
 async def search(
     service: Service,
     image: ImageUpload,
@@ -219,7 +225,10 @@ async def search(
 
 
 @routes.post(
-    "/search/batch", response_model=BatchSearchResponse, summary="Search with several images"
+    "/search/batch",
+    response_model=BatchSearchResponse,
+    summary="Search with several images",
+    openapi_extra=ADMITTED,
 )
 async def search_batch(
     service: Service,
@@ -376,6 +385,7 @@ async def point(
         }
     },
     summary="The indexed image or a thumbnail",
+    openapi_extra=ADMITTED,
 )
 async def point_image(
     request: Request,
@@ -420,7 +430,9 @@ def _matches(etag: str, if_none_match: str) -> bool:
     return etag in tags or "*" in tags
 
 
-@routes.post("/embed", response_model=EmbedResponse, summary="Embed an image")
+@routes.post(
+    "/embed", response_model=EmbedResponse, summary="Embed an image", openapi_extra=ADMITTED
+)
 async def embed(
     service: Service,
     image: ImageUpload,
@@ -459,6 +471,7 @@ async def embed(
         }
     },
     summary="What the model sees",
+    openapi_extra=ADMITTED,
 )
 async def embed_pca(
     service: Service,
@@ -476,7 +489,12 @@ async def embed_pca(
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
-@routes.post("/classify", response_model=ClassifyResponse, summary="Labels of an image")
+@routes.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    summary="Labels of an image",
+    openapi_extra=ADMITTED,
+)
 async def classify(
     service: Service,
     image: ImageUpload,

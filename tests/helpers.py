@@ -6,6 +6,7 @@ import io
 import random
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -105,3 +106,9 @@ def refuse_to_wait(seconds: float) -> None:
     """A ``time.sleep`` that fails: "at once" shown by what the code does (it never waits),
     not by how fast the machine ran it (the ``no_waiting`` fixture)."""
     raise AssertionError(f"waited {seconds} s where an answer was due at once")
+
+
+def admits(admitted: Any, method: str, path: str) -> bool:
+    """Whether ``admitted`` (``search_api.admission.AdmittedRoutes``) takes ``method path``."""
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+    return bool(admitted.matches(scope))

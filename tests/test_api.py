@@ -32,7 +32,7 @@ from indexer.pipeline import IndexOptions, index_folders
 from search_api.app import create_app
 from search_api.auth import has_key
 from search_api.limits import BodySizeLimit, declared_length
-from tests.helpers import bad_image_samples, encode, photo, write_tree
+from tests.helpers import admits, bad_image_samples, encode, photo, write_tree
 from tests.indexing import indexed_tree
 
 
@@ -694,3 +694,37 @@ def test_no_413_after_the_app_has_started_its_answer() -> None:
     sent = run_limited(answers_first, [b"x" * 6, b"x" * 6, b"x"], [])
     assert [m["type"] for m in sent] == ["http.response.start"]
     assert sent[0]["status"] == 202
+
+
+def test_admission_guards_exactly_the_routes_that_decode_images(
+    embedder: ImageEmbedder, tmp_path: Path
+) -> None:
+    """Read from the routes' own mark, not a list kept by hand: every route that takes an
+    upload or reads an image file is admitted, and nothing else."""
+    from search_api.admission import AdmittedRoutes
+
+    app = create_app(Settings(model=embedder.model_id, data_dir=tmp_path), embedder=embedder)
+    admitted = AdmittedRoutes(app.routes)
+    point = "6b1c1f6e-3d0e-5b8e-9c55-2d1b0e8f4a11"
+    for method, path in [
+        ("POST", "/search"),
+        ("POST", "/search/batch"),
+        ("POST", "/embed"),
+        ("POST", "/embed/pca"),
+        ("POST", "/classify"),
+        ("GET", f"/points/{point}/image"),
+        ("GET", f"/points/{point}/match/{point}"),
+        ("POST", f"/points/{point}/match"),
+    ]:
+        assert admits(admitted, method, path), (method, path)
+    for method, path in [
+        ("GET", "/search"),
+        ("GET", f"/points/{point}"),
+        ("GET", f"/points/{point}/similar"),
+        ("GET", "/points"),
+        ("GET", "/health"),
+        ("GET", "/metrics"),
+        ("POST", f"/points/{point}/image"),
+        ("GET", f"/points/{point}/image/extra"),
+    ]:
+        assert not admits(admitted, method, path), (method, path)

@@ -23,7 +23,7 @@ from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
 from indexer.catalog import LabelSource
 from indexer.pipeline import IndexOptions, index_folders
-from search_api.admission import Admission
+from search_api.admission import Admission, AdmittedRoutes
 from search_api.app import create_app
 from search_api.training import ProbeTrainer
 from search_api.writes import WRITE, WritePolicy, WriteRoutes, is_loopback_host
@@ -180,9 +180,9 @@ def test_writes_take_places_in_the_admission(embedder: ImageEmbedder) -> None:
         return {"done": "yes"}
 
     writes = WriteRoutes(app.routes)
-    admitted = Admission(app, limit=1, max_bytes=10**6, max_reading_bytes=10**6,
-                         unknown_length_bytes=100, min_upload_rate=0, timeout_s=60,
-                         writes=writes)  # fmt: skip
+    admitted = Admission(app, admitted=AdmittedRoutes(app.routes), limit=1, max_bytes=10**6,
+                         max_reading_bytes=10**6, unknown_length_bytes=100, min_upload_rate=0,
+                         timeout_s=60, writes=writes)  # fmt: skip
 
     async def two() -> tuple[int, int]:
         import httpx

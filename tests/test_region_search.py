@@ -23,10 +23,10 @@ from dinoseek.input_geometry import InputGeometry
 from dinoseek.regions import Box
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
-from search_api.admission import is_admitted_route
+from search_api.admission import AdmittedRoutes
 from search_api.app import create_app
 from tests.commands import invoke, run_json
-from tests.helpers import encode
+from tests.helpers import admits, encode
 
 MODEL = "fake/dinov2"  # the ``embedder`` fixture's id
 SIZES = [(480, 320), (320, 320), (300, 450)]  # wide, square, tall
@@ -325,10 +325,11 @@ def test_the_match_routes_bound_their_work_and_refuse_clearly(
     broken = client.post(f"/points/{a}/match", files={"image": ("x.png", b"not an image")})
     assert broken.status_code == 415
     assert set(broken.json()["error"]) == {"code", "message"}
-    assert is_admitted_route("GET", f"/points/{a}/match/{a}")
-    assert is_admitted_route("POST", f"/points/{a}/match")
-    assert not is_admitted_route("GET", f"/points/{a}")
-    assert not is_admitted_route("POST", f"/points/{a}/match/{a}")
+    admitted = AdmittedRoutes(client.app.routes)  # type: ignore[attr-defined]
+    assert admits(admitted, "GET", f"/points/{a}/match/{a}")
+    assert admits(admitted, "POST", f"/points/{a}/match")
+    assert not admits(admitted, "GET", f"/points/{a}")
+    assert not admits(admitted, "POST", f"/points/{a}/match/{a}")
 
 
 def test_the_openapi_document_states_the_region_parameters(client: TestClient) -> None:
