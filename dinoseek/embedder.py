@@ -311,12 +311,24 @@ class Embedder:
         return self._normalised_cls(self._forward(pixels))
 
     def _embed_each(self, pixels: Pixels) -> list[VectorOrError]:
+        return self._in_halves(
+            pixels, lambda part: list(self._embed_cls(part)), isolate_failures=True
+        )
+
+    def _in_halves(
+        self, pixels: Pixels, run: Callable[[Pixels], list[T]], *, isolate_failures: bool
+    ) -> list[T | EmbeddingError]:
+        """``run(pixels)``; when it runs out of memory (or, with ``isolate_failures``, raises
+        an ``EmbeddingError``) on more than one image, each half again, so that an image that
+        cannot be embedded fails alone."""
         count = len(pixels)
         if count == 0:
             return []
         try:
-            return list(self._embed_cls(pixels))
+            return list(run(pixels))
         except EmbeddingError as exc:
+            if not isolate_failures:
+                raise
             if count == 1:
                 return [exc]
         except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
@@ -329,7 +341,9 @@ class Embedder:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         middle = count // 2
-        return self._embed_each(pixels[:middle]) + self._embed_each(pixels[middle:])
+        return self._in_halves(pixels[:middle], run, isolate_failures=isolate_failures) + (
+            self._in_halves(pixels[middle:], run, isolate_failures=isolate_failures)
+        )
 
     def _embed_with_patches(self, pixels: Pixels) -> PatchEmbeddings:
         hidden = self._forward(pixels)
@@ -339,29 +353,15 @@ class Embedder:
         )
 
     def _embed_each_pooled(self, pixels: Pixels, matrix: np.ndarray) -> list[PooledOrError]:
-        count = len(pixels)
-        if count == 0:
-            return []
-        try:
-            hidden = self._forward(pixels)
+        def pooled(part: Pixels) -> list[PooledOrError]:
+            hidden = self._forward(part)
             patches = hidden[:, 1 + self.num_register_tokens :].float()
             weights = torch.as_tensor(matrix, device=patches.device)
-            pooled = torch.einsum("rp,npd->nrd", weights, patches)
+            windows = torch.einsum("rp,npd->nrd", weights, patches)
             cls = hidden[:, 0].float()
-            return pooled_or_error(self.model_id, cls.cpu().numpy(), pooled.cpu().numpy())
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            if count == 1:
-                message = f"not enough memory to embed this image on {self.device}"
-                return [EmbeddingError(message, code="out_of_memory")]
-            log.warning("out of memory at batch size %d; retrying in halves", count)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        middle = count // 2
-        return self._embed_each_pooled(pixels[:middle], matrix) + self._embed_each_pooled(
-            pixels[middle:], matrix
-        )
+            return pooled_or_error(self.model_id, cls.cpu().numpy(), windows.cpu().numpy())
+
+        return self._in_halves(pixels, pooled, isolate_failures=False)
 
     def _forward(self, pixels: Pixels) -> torch.Tensor:
         batch = torch.as_tensor(pixels)
