@@ -1,6 +1,7 @@
 """``dinoseek``: the command group above both apps.
 
-The indexer contributes ``index``, the service ``serve``; ``search``, ``info``, ``probe``,
+The indexer contributes ``index``, the service ``serve`` (composed here with the indexer's
+folder watcher for ``serve --watch``); ``search``, ``info``, ``probe``,
 ``snapshot``, ``collection``, ``dedup``, ``curate``, ``eval`` and ``adapt`` live here. Every
 command opens what it needs through ``dinoseek.runtime``.
 """
@@ -19,9 +20,9 @@ from dinoseek_cli.eval import evaluate
 from dinoseek_cli.info import info
 from dinoseek_cli.probe import probe
 from dinoseek_cli.search import search
+from dinoseek_cli.serve import serve
 from dinoseek_cli.snapshot import snapshot
 from indexer.commands import index
-from search_api.commands import serve
 
 
 @click.group(
@@ -37,6 +38,7 @@ def main() -> None:
       dinoseek index ~/Pictures --labels-from-folders   # embed every image once
       dinoseek search query.jpg                         # nearest neighbours
       dinoseek serve                                    # the search page and the API
+      dinoseek serve --watch ~/Pictures                 # and keep up with the folder
       dinoseek dedup                                    # mark near-duplicates
       dinoseek curate --reference good/ --into kept     # keep what is like good/
       dinoseek eval                                     # how well labels separate

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,12 @@ from dinoseek.commandline import (
     store_owner,
 )
 from dinoseek.errors import StoreLockedError
-from dinoseek.labels_csv import read_labels_csv
 from dinoseek.runtime import ModelPolicy, Runtime
-from dinoseek.scan import DEFAULT_EXCLUDES, ScanOptions
 from dinoseek.settings import default_of
-from indexer.catalog import LabelSource
-from indexer.catalog_cache import catalog_cache_path
-from indexer.pipeline import IndexOptions, IndexSummary, ModelOnDemand, index_folders
+from indexer.folder_options import FolderChoices, folder_options, index_options, watch_flags
+from indexer.pipeline import IndexSummary, ModelOnDemand, index_folders
 from indexer.ray_engine import RayEngine, RayOptions, import_ray
-from indexer.report import failures_report_path
+from indexer.watch import FolderWatcher, WatchOptions
 
 
 @click.command(epilog=EPILOG)
@@ -47,51 +43,8 @@ from indexer.report import failures_report_path
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
 )
-@click.option(
-    "--labels-from-folders",
-    is_flag=True,
-    help="Label each image with the name of its parent folder (relative to FOLDER).",
-)
-@click.option(
-    "--labels-csv",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="CSV of path,label rows (absolute paths or paths relative to FOLDER).",
-)
-@click.option(
-    "--relabel",
-    is_flag=True,
-    help="Labels of --labels-from-folders or --labels-csv replace labels set in the page or "
-    "over HTTP (kept otherwise).",
-)
-@click.option(
-    "--exclude",
-    "excludes",
-    multiple=True,
-    metavar="GLOB",
-    help="Skip files and folders matching GLOB (name or relative path); repeatable.",
-)
-@click.option(
-    "--no-default-excludes",
-    is_flag=True,
-    help=f"Also scan what is skipped by default: {', '.join(DEFAULT_EXCLUDES)}.",
-)
-@click.option(
-    "--follow-links", is_flag=True, help="Follow symbolic links (directory cycles are cut)."
-)
-@click.option("--no-prune", is_flag=True, help="Keep points of files that vanished from FOLDER.")
-@click.option(
-    "--retry-failed",
-    is_flag=True,
-    help="Retry files that failed before even if they have not changed.",
-)
+@folder_options
 @batch_size_option
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Decode processes (0: decode in this process) [default: all cores (at most 16) on "
-    "cuda; on cpu none up to 4 cores, else a quarter of them].",
-)
 @click.option(
     "--failures-report",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -170,6 +123,14 @@ from indexer.report import failures_report_path
     metavar="SECONDS",
     help="Progress log interval when stderr is not a terminal.",
 )
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="After indexing, keep watching FOLDERS and index what is added, changed, moved or "
+    "deleted, until Ctrl-C or SIGTERM (a file still being written waits until it is "
+    "complete; a burst of files is one pass).",
+)
+@watch_flags
 @compile_option
 @model_options
 @store_options
@@ -177,16 +138,8 @@ from indexer.report import failures_report_path
 @handle_errors
 def index(
     folders: tuple[Path, ...],
-    labels_from_folders: bool,
-    labels_csv: Path | None,
-    relabel: bool,
-    excludes: tuple[str, ...],
-    no_default_excludes: bool,
-    follow_links: bool,
-    no_prune: bool,
-    retry_failed: bool,
+    choices: FolderChoices,
     batch_size: int | None,
-    workers: int | None,
     failures_report: Path | None,
     no_optimize: bool,
     gpu_decode: bool,
@@ -198,6 +151,8 @@ def index(
     ray_actors: int | None,
     regions: bool,
     log_every: float,
+    watch: bool,
+    watching: WatchOptions,
     as_json: bool,
     quiet: bool,
     **flags: Any,
@@ -208,13 +163,18 @@ def index(
     without being read; identical files become one point listing every path; files that
     vanished are removed. Bad files are reported and never stop the run. Ctrl-C stops cleanly;
     running the command again resumes where it stopped.
+
+    With --watch the command then keeps running: each burst of changes in FOLDERS (files
+    added, changed, moved, deleted) becomes one more such pass once it has settled, until
+    Ctrl-C or SIGTERM. The first pass's summary is printed when it is done; each later pass
+    logs one line to stderr, and its failures go to the same report.
     """
     configure_logging(quiet=quiet)
-    if relabel and not (labels_from_folders or labels_csv):
-        raise click.UsageError(
-            "--relabel replaces labels set in the page with those of --labels-from-folders "
-            "or --labels-csv: give one of them"
-        )
+    choices.check()
+    if watching.poll and not watch:
+        raise click.UsageError("--poll chooses how --watch finds changes: give --watch too")
+    if watch and engine == "ray":
+        raise click.UsageError("--watch indexes with the local engine: leave out --engine ray")
     if engine != "ray" and (ray_address or ray_actors):
         raise click.UsageError("--ray-address and --ray-actors need --engine ray")
     if engine == "ray":
@@ -226,17 +186,13 @@ def index(
         hnsw_ef_construct=hnsw_ef_construct,
         **flags,
     )
-    labels = LabelSource(
-        from_folders=labels_from_folders,
-        mapping=read_labels_csv(labels_csv) if labels_csv else {},
-    )
     try:
         runtime = Runtime.open(
             settings,
             owner=store_owner("dinoseek index"),
             collection="optional",
             model=False,  # loaded once a file needs it: see ModelOnDemand
-            policy=ModelPolicy(purpose="index", decode_workers=workers),
+            policy=ModelPolicy(purpose="index", decode_workers=choices.workers),
         )
     except StoreLockedError as error:
         raise StoreLockedError(_index_locked_message(error), holder=error.holder) from None
@@ -251,31 +207,16 @@ def index(
         ray = None
         if engine == "ray":
             ray = RayEngine(RayOptions(ray_address, ray_actors), model_loader(), settings)
-        options = IndexOptions(
-            roots=tuple(Path(os.path.abspath(f)) for f in folders),
-            collection=settings.collection,
-            failures_report=failures_report
-            or failures_report_path(settings.data_dir, settings.collection),
-            batch_size=settings.batch_size,
-            workers=workers,
-            max_image_pixels=settings.max_image_pixels,
-            max_file_bytes=settings.max_file_bytes,
-            decode_timeout_s=settings.decode_timeout_s,
-            labels=labels,
-            relabel=relabel,
-            scan=ScanOptions(
-                excludes=(() if no_default_excludes else DEFAULT_EXCLUDES) + excludes,
-                follow_links=follow_links,
-                skip_dirs=(settings.data_dir,),
-            ),
-            prune=not no_prune,
-            retry_failed=retry_failed,
+        options = index_options(
+            settings,
+            folders,
+            choices,
+            failures_report=failures_report,
             optimize=not no_optimize,
             progress="off" if quiet else "auto",
             progress_interval_s=log_every,
             gpu_decode=gpu_decode,
             ray=ray,
-            catalog_cache=catalog_cache_path(settings.data_dir, settings.collection),
             regions=regions,
         )
         if existed and _names_another_model(runtime):
@@ -287,21 +228,41 @@ def index(
             ),
             load=functools.partial(runtime.load_model, model_loader()),
         )
+        if existed and index_flags:
+            flags_note = (
+                f"{' and '.join(index_flags)} apply to a new collection; "
+                f"{settings.collection!r} keeps the index it was created with (index into a "
+                "new collection to change it)"
+            )
+        else:
+            flags_note = None
+        show = functools.partial(_show_summary, as_json=as_json, quiet=quiet, note=flags_note)
         with graceful_stop() as stop:
-            summary = index_folders(model, runtime.store, options, stop=stop)
+            if watch:
+                watcher = FolderWatcher(model, runtime.store, options, watching)
+                watcher.on_first_pass = show
+                watcher.run(stop)
+                summary = watcher.first_summary
+            else:
+                summary = index_folders(model, runtime.store, options, stop=stop)
+                show(summary)
+    if watch and summary is not None and not summary.interrupted:
+        click.echo("stopped watching", err=True)  # Ctrl-C or SIGTERM: how a watch ends
+        return
+    if summary is None or summary.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _show_summary(summary: IndexSummary, *, as_json: bool, quiet: bool, note: str | None) -> None:
+    """Print a run's summary (with ``--watch``, the first pass's, as soon as it is done)."""
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     else:
         click.echo(render_summary(summary, brief=quiet))
-    if existed and index_flags:
-        summary.warnings.append(
-            f"{' and '.join(index_flags)} apply to a new collection; {settings.collection!r} "
-            "keeps the index it was created with (index into a new collection to change it)"
-        )
+    if note is not None:
+        summary.warnings.append(note)
     for warning in summary.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
-    if summary.interrupted:
-        sys.exit(EXIT_INTERRUPTED)
 
 
 def _names_another_model(runtime: Runtime) -> bool:

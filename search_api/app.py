@@ -27,6 +27,7 @@ from search_api.admission import Admission, AdmittedRoutes
 from search_api.auth import ApiKeyCheck
 from search_api.cluster_routes import cluster_routes
 from search_api.errors import install_error_handlers
+from search_api.extras import Companion, ServiceExtras
 from search_api.label_routes import label_routes
 from search_api.labelling_service import LabellingService
 from search_api.limits import BodySizeLimit
@@ -72,10 +73,13 @@ def create_app(
     loader: ModelLoader | None = None,
     owner: Mapping[str, Any] | None = None,
     allow_writes: bool = False,
+    extras: ServiceExtras | None = None,
 ) -> FastAPI:
     """Build the app. ``owner`` describes this server in an embedded store's locks;
     ``allow_writes`` lets a client on a loopback address write without a key when no key is
-    set (``search_api.writes``: ``dinoseek serve --allow-writes``, on loopback only)."""
+    set (``search_api.writes``: ``dinoseek serve --allow-writes``, on loopback only);
+    ``extras``: work run beside the service on its runtime (``search_api.extras``)."""
+    extras = extras or ServiceExtras()
     metrics = ServiceMetrics()
     in_flight = RequestsInFlight()
 
@@ -93,12 +97,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = runtime if runtime is not None else await run_in_threadpool(open_runtime)
-        service = SearchService(started, metrics=metrics)
+        service = SearchService(started, metrics=metrics, watch=extras.watch)
         labelling = LabellingService(service)
         app.state.service = service
         app.state.labelling = labelling
+        running: list[Companion] = []
         try:
             await service.start()
+            for companion in extras.companions:
+                companion.start()
+                running.append(companion)
             log.info(
                 "ready: %s on %s, %s",
                 service.embedder.model_id,
@@ -107,6 +115,8 @@ def create_app(
             )
             yield
         finally:
+            for companion in reversed(running):
+                await run_in_threadpool(companion.stop)
             await in_flight.settle(CUTOFF_ANSWER_S)
             await labelling.stop()
             await service.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -18,6 +19,7 @@ from dinoseek.commandline import (
 )
 from dinoseek.errors import ConfigError
 from dinoseek.runtime import ModelPolicy, Runtime
+from search_api.extras import ServiceExtras
 from search_api.server import ALLOW_WRITES_LOOPBACK_ONLY, public_url, run_server
 from search_api.writes import is_loopback_host
 
@@ -54,6 +56,20 @@ def serve(host: str, port: int, allow_writes: bool, quiet: bool, **flags: Any) -
     it, and `dinoseek index` asks you to stop it first (or to use a Qdrant server, which both
     can share).
     """
+    start_serving(host=host, port=port, allow_writes=allow_writes, quiet=quiet, flags=flags)
+
+
+def start_serving(
+    *,
+    host: str,
+    port: int,
+    allow_writes: bool,
+    quiet: bool,
+    flags: dict[str, Any],
+    extras_for: Callable[[Runtime], ServiceExtras] | None = None,
+) -> None:
+    """What ``serve`` does with its options; ``extras_for`` makes, from the open runtime,
+    the work the command group runs beside the service (``dinoseek serve --watch``)."""
     configure_logging(quiet=quiet)
     settings = load_settings(**flags)
     if allow_writes and not is_loopback_host(host):
@@ -66,6 +82,11 @@ def serve(host: str, port: int, allow_writes: bool, quiet: bool, **flags: Any) -
         policy=ModelPolicy(purpose="serve"),
         loader=model_loader(),
     )
+    try:
+        extras = extras_for(runtime) if extras_for is not None else None
+    except BaseException:
+        runtime.close()
+        raise
     click.echo(
         f"serving {settings.collection!r} ({runtime.store.describe()}) on {url}: "
         f"the search page at {url}/, the API docs at {url}/docs",
@@ -78,6 +99,7 @@ def serve(host: str, port: int, allow_writes: bool, quiet: bool, **flags: Any) -
             port=port,
             log_level="warning" if quiet else "info",
             allow_writes=allow_writes,
+            extras=extras,
         )
     except KeyboardInterrupt:
         # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal: done, not failed.

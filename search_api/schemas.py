@@ -7,7 +7,7 @@ running server (``search_api.client``) all speak them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -238,6 +238,22 @@ class HealthResponse(BaseModel):
     status: str = "ok"
 
 
+class WatchInfo(BaseModel):
+    """What the folder watcher beside the service is doing (``dinoseek serve --watch``):
+    ``phase`` is ``starting``, ``indexing``, ``pending`` (changes seen, waiting for them to
+    settle), ``idle`` or ``stopped``; ``pending`` counts the changed paths not indexed yet;
+    ``last_pass`` the counts of the last pass; ``last_error`` why the last pass failed."""
+
+    folders: list[str]
+    mode: Literal["events", "polling"]
+    phase: Literal["starting", "indexing", "pending", "idle", "stopped"]
+    pending: int
+    passes: int
+    last_pass_at: str | None = None
+    last_pass: dict[str, int] | None = None
+    last_error: str | None = None
+
+
 class ReadyResponse(BaseModel):
     """The service can answer queries. When the service has an API key, a request without it
     gets ``ready`` alone: the rest says where the data lives."""
@@ -249,3 +265,4 @@ class ReadyResponse(BaseModel):
     collection: str | None = None
     collection_exists: bool | None = None
     points: int | None = None
+    watch: WatchInfo | None = None  # with ``dinoseek serve --watch`` only

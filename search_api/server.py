@@ -19,6 +19,7 @@ from dinoseek.runtime import Runtime
 from dinoseek.settings import Settings
 from search_api.app import create_app
 from search_api.connections import server_protocol
+from search_api.extras import ServiceExtras
 from search_api.writes import is_loopback_host
 
 KEEP_ALIVE_S = 5
@@ -44,14 +45,16 @@ def server_config(
     port: int,
     log_level: str = "info",
     allow_writes: bool = False,
+    extras: ServiceExtras | None = None,
 ) -> uvicorn.Config:
     """uvicorn's configuration for the app on ``runtime``, with the server's limits
-    (``allow_writes``: writes without a key from this machine, on a loopback ``host`` only)."""
+    (``allow_writes``: writes without a key from this machine, on a loopback ``host`` only;
+    ``extras``: work run beside the service, ``search_api.extras``)."""
     settings: Settings = runtime.settings
     if allow_writes and not is_loopback_host(host):
         raise ConfigError(ALLOW_WRITES_LOOPBACK_ONLY.format(host=host))
     return uvicorn.Config(
-        create_app(settings, runtime=runtime, allow_writes=allow_writes),
+        create_app(settings, runtime=runtime, allow_writes=allow_writes, extras=extras),
         host=host,
         port=port,
         log_level=log_level,
@@ -74,10 +77,16 @@ def run_server(
     port: int,
     log_level: str = "info",
     allow_writes: bool = False,
+    extras: ServiceExtras | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; uvicorn then runs the lifespan's shutdown, which closes the
     runtime (the store flushed, its locks released)."""
     config = server_config(
-        runtime, host=host, port=port, log_level=log_level, allow_writes=allow_writes
+        runtime,
+        host=host,
+        port=port,
+        log_level=log_level,
+        allow_writes=allow_writes,
+        extras=extras,
     )
     uvicorn.Server(config).run()

@@ -42,6 +42,7 @@ from dinoseek.search import (
     SearchResult,
 )
 from dinoseek.store import CollectionStatus, StoredPoint, StoredProbe, collection_statuses
+from dinoseek.watch_status import WatchStatus
 from search_api.batching import MicroBatcher
 from search_api.metrics import ServiceMetrics
 from search_api.served_files import VerifiedFile, verified_file
@@ -73,8 +74,15 @@ class StageClock:
 class SearchService:
     """Everything a request needs; built once per app from a runtime, closed at shutdown."""
 
-    def __init__(self, runtime: Runtime, *, metrics: ServiceMetrics | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        metrics: ServiceMetrics | None = None,
+        watch: WatchStatus | None = None,
+    ) -> None:
         self.runtime = runtime
+        self.watch = watch  # a folder watcher's status, when one runs beside the service
         self.settings = runtime.settings
         self.store = runtime.store
         self.embedder: ImageEmbedder = runtime.require_embedder()
@@ -341,6 +349,7 @@ class SearchService:
             "collection": self.settings.collection,
             "collection_exists": exists,
             "points": points,
+            "watch": self.watch.snapshot().to_dict() if self.watch is not None else None,
         }
 
     async def in_thread(self, function: Callable[..., T], *args: Any) -> T:
