@@ -176,6 +176,11 @@ class FolderWatcher:
         first pass's errors are the command's (a model that does not fit the collection...);
         a later pass that fails is said, and its changes are retried after ``retry_s``."""
         options = self._pass_options(settled.waiting, first=first)
+        log.debug(
+            "watch: a pass for %d changed paths, %d left out",
+            len(settled.paths),
+            len(settled.waiting),
+        )
         self.status.update(phase="indexing", pending=self.tracker.pending)
         started = time.perf_counter()
         try:
@@ -238,11 +243,14 @@ def _started(
     return observer
 
 
-def choose_mode(roots: tuple[Path, ...], poll: bool | None) -> WatchMode:
-    """``polling`` when asked, or (auto) when a root is on a network file system."""
+def choose_mode(
+    roots: tuple[Path, ...], poll: bool | None, mounts: dict[str, str] | None = None
+) -> WatchMode:
+    """``polling`` when asked, or (auto) when a root is on a network file system
+    (``mounts``: mount point -> type, this system's by default)."""
     if poll is not None:
         return "polling" if poll else "events"
-    mounts = mount_types()
+    mounts = mount_types() if mounts is None else mounts
     for root in roots:
         kind = file_system_of(str(root), mounts)
         if kind in NETWORK_FILE_SYSTEMS:

@@ -5,13 +5,14 @@ when a writer is done), or its polling observer where events do not arrive (netw
 or ``--poll``). Each event that concerns an image file (or a folder) of a watched root puts
 its path in the ``ChangeTracker``; the watcher asks it which paths have *settled*:
 
-- a path whose file is gone, or was renamed into place, is settled at once;
-- a file is still being written while a writer has it open after a change (inotify: a
-  create or modify event not yet followed by close-write); one that stays so for
-  ``open_wait_s`` without changing size or mtime is taken anyway (a hard link, a writer
-  that never closes);
+- every path waits ``settle_s`` after its last event;
+- a path whose file is gone, or a folder, is then settled;
+- a file is still being written while a writer has it open after writing to it (inotify:
+  a modify event not yet followed by close-write); one that stays so for ``open_wait_s``
+  without changing size or mtime is taken anyway (a writer that never closes);
 - every file's size and mtime must be the same at two looks ``settle_s`` apart (the only
-  test the polling observer has).
+  test the polling observer has, and the one for files whose writes were not seen: those
+  created in a folder just made, before its watch was added, come as bare create events).
 
 A burst of events is one set of paths, however many events: a pass covers all of them.
 """
@@ -164,15 +165,14 @@ class ChangeTracker:
         return Settled(tuple(taken), tuple(waiting), lost)
 
     def _is_settled(self, item: _Pending, stat: Stat, now: float) -> bool:
+        if now - item.changed_at < self.settle_s:
+            return False  # its last event is too recent: more may come
         if item.folder or stat is None:
             return True  # nothing left to be written
         if stat != item.stat:
             item.stat, item.changed_at = stat, now
             return False
-        still = now - item.changed_at
-        if item.writing:
-            return still >= self.open_wait_s
-        return still >= self.settle_s
+        return not item.writing or now - item.changed_at >= self.open_wait_s
 
     def give_back(self, paths: Iterable[str]) -> None:
         """Pending again (a pass that failed): they are looked at afresh next time."""
@@ -236,10 +236,10 @@ class ChangeHandler(FileSystemEventHandler):
             return
         if isinstance(event, FileClosedEvent):
             self.tracker.changed(source, writing=False)
-        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+        elif isinstance(event, FileModifiedEvent):
             self.tracker.changed(source, writing=True if self.closes_known else None)
-        else:
-            self.tracker.changed(source, writing=False)
+        else:  # created (a hard link, a file moved in from a new folder...) or deleted
+            self.tracker.changed(source)
 
 
 class RelevantPaths:

@@ -533,7 +533,45 @@ async function loadStatus(attempt = 0) {
   $("status-device").textContent = ready.device;
   service = { collection: ready.collection, points: ready.points };
   showCollectionStatus();
+  showWatch(ready.watch);
   await loadCollections(ready.collection);
+}
+
+// With `dinoseek serve --watch`, the folder watcher's state, and the collection's size kept
+// current while it changes (one /ready every few seconds).
+const WATCH_REFRESH_MS = 3000;
+let watchTimer = null;
+
+function describeWatch(watch) {
+  let text = watch.phase === "pending" ? `${watch.pending.toLocaleString()} pending` : watch.phase;
+  if (watch.phase === "indexing" && watch.pending) {
+    text += ` (${watch.pending.toLocaleString()} more pending)`;
+  }
+  if (watch.last_error) text += `; last pass failed: ${watch.last_error}`;
+  return text;
+}
+
+function showWatch(watch) {
+  $("status-watch-item").hidden = !watch;
+  if (!watch) return;
+  const line = $("status-watch");
+  line.textContent = describeWatch(watch);
+  line.className = watch.last_error || watch.phase === "stopped" ? "bad" : "good";
+  line.title = `${watch.folders.join(", ")} (${watch.mode}), ${watch.passes} passes`;
+  if (watchTimer === null) watchTimer = setInterval(refreshWatch, WATCH_REFRESH_MS);
+}
+
+async function refreshWatch() {
+  try {
+    const ready = await getJson("/ready");
+    if (service !== null) service.points = ready.points;
+    const listed = listedCollections.find((collection) => collection.name === ready.collection);
+    if (listed) listed.points = ready.points;
+    showCollectionStatus();
+    showWatch(ready.watch);
+  } catch {
+    // The next refresh tries again; loadStatus reports an unreachable server.
+  }
 }
 
 // The service's collection and its size (from /ready), and every collection's (/collections).
