@@ -557,7 +557,7 @@ function showWatch(watch) {
   const line = $("status-watch");
   line.textContent = describeWatch(watch);
   line.className = watch.last_error || watch.phase === "stopped" ? "bad" : "good";
-  line.title = `${watch.folders.join(", ")} (${watch.mode}), ${watch.passes} passes`;
+  line.title = `${watch.folders.join(", ")} (${watch.mode}); passes: ${watch.passes}`;
   if (watchTimer === null) watchTimer = setInterval(refreshWatch, WATCH_REFRESH_MS);
 }
 

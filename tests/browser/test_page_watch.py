@@ -5,6 +5,7 @@ model, is under test."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -31,10 +32,12 @@ def test_the_header_follows_the_watched_folder(
         page.goto(url)
         expect(page.locator("#status-watch")).to_have_text("idle", timeout=HANG_S * 1000)
         expect(page.locator("#status-points")).to_have_text("1")
+        expect(page.locator("#status-watch")).to_have_attribute("title", re.compile("passes: 1$"))
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "watch-idle.png"))
         shutil.copyfile(pool[1], folder / "cats" / pool[1].name)
         expect(page.locator("#status-points")).to_have_text("2", timeout=HANG_S * 1000)
-        expect(page.locator("#status-watch")).to_have_text("idle", timeout=HANG_S * 1000)
-        assert "photos" in (page.locator("#status-watch").get_attribute("title") or "")
+        watch = page.locator("#status-watch")
+        expect(watch).to_have_attribute("title", re.compile(r"photos \(events\); passes: [2-9]"))
+        expect(watch).to_have_text("idle", timeout=HANG_S * 1000)
         page.close()
