@@ -26,6 +26,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from dinoseek.store import EdgeStore
 from dinoseek_cli.main import main
 from tests.fakes import FAKE_LOADER
 from tests.helpers import write_tree
@@ -35,6 +36,7 @@ from tests.live_server import free_port
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).parent.parent
 MODEL = "fake/dinov2"
+LABELLED_JSON = ("--labels-from-folders", "--json")
 HANG_S = 240  # a hang detector: a busy 2-core machine is slow, not stuck
 
 
@@ -274,10 +276,45 @@ def test_a_kill_in_a_watch_pass_is_repaired_by_the_next_start(
         assert ready(url)["points"] == 6
     rerun = CliRunner().invoke(
         main,
-        ["index", str(folder), "--model", MODEL, "--data-dir", str(data)]
-        + ["--labels-from-folders", "--json"],
+        ["index", str(folder), "--model", MODEL, "--data-dir", str(data), *LABELLED_JSON],
         obj=FAKE_LOADER,
     )
     assert rerun.exit_code == 0, rerun.output
     summary = json.loads(rerun.stdout)
     assert (summary["embedded"], summary["unchanged"], summary["points"]) == (0, 6, 6)
+
+
+def test_index_watch_indexes_changes_until_sigterm(tmp_path: Path, pool: list[Path]) -> None:
+    """``dinoseek index --watch``: the first pass's summary on stdout, a line per later pass
+    on stderr, and SIGTERM a clean stop (exit 0) with the store released."""
+    folder = tmp_path / "photos"
+    copy_in(pool[:1], folder)
+    data = tmp_path / "data"
+    stderr = tmp_path / "index.err"
+    command = [sys.executable, "-m", "tests.fake_cli", "index", str(folder), "--watch"]
+    command += ["--model", MODEL, "--data-dir", str(data), "--json"]
+    with stderr.open("w") as err:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            assert process.stdout is not None
+            first = json.loads(process.stdout.readline())
+            assert (first["embedded"], first["points"]) == (1, 1)
+            copy_in(pool[1:3], folder)
+            wait_until(lambda: "2 embedded; 3 images" in stderr.read_text(), "a pass", process)
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=HANG_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, stderr.read_text()
+    assert "stopped watching" in stderr.read_text()
+    with EdgeStore(data) as store:
+        assert store.collection_info("images").points == 3

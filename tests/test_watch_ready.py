@@ -1,12 +1,14 @@
 """The service with work beside it (``search_api.extras``): companions start after the
 service and stop before its store closes, and ``/ready`` shows the watcher's status it was
-handed (with the key only, when a key is set)."""
+handed (with the key only, when a key is set). And the watch flags that make no sense
+without ``--watch`` are refused."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from dinoseek.embedding import ImageEmbedder
@@ -14,8 +16,10 @@ from dinoseek.errors import DinoseekError
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
 from dinoseek.watch_status import WatchStatus
+from dinoseek_cli.main import main
 from search_api.app import create_app
 from search_api.extras import ServiceExtras
+from tests.fakes import FAKE_LOADER
 
 
 class Recorder:
@@ -78,3 +82,23 @@ def test_with_a_key_the_watcher_is_shown_to_key_holders_only(
         assert client.get("/ready").json() == {"ready": True}
         shown = client.get("/ready", headers={"X-API-Key": "k3y"}).json()
         assert shown["watch"]["mode"] == "polling"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["index", "{folder}", "--poll"],
+        ["serve", "--labels-from-folders"],
+        ["serve", "--poll"],
+        ["index", "{folder}", "--watch", "--engine", "ray"],
+    ],
+)
+def test_watch_flags_without_a_watch_are_refused(tmp_path: Path, arguments: list[str]) -> None:
+    """Refused before anything is opened or loaded (exit 2, a message naming the flag)."""
+    given = [a.format(folder=tmp_path) for a in arguments]
+    result = CliRunner().invoke(
+        main, [*given, "--data-dir", str(tmp_path / "data")], obj=FAKE_LOADER
+    )
+    assert result.exit_code == 2, result.output
+    assert "--watch" in result.output
+    assert not (tmp_path / "data").exists()
