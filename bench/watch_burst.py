@@ -2,10 +2,13 @@
 
 Measures the seconds from the start of the copy until the collection holds every file (and a
 sample of them is found by its own image through the API), how many passes the watcher made
-of the burst, and the server's peak resident memory (VmHWM). The server runs as a user would
-run it, with the stand-in model by default (``--model fake``: the events, the settling, the
-scan, decoding, the catalog, the writer and the index build are real; the forward pass is a
-numpy stand-in), or a random-weight DINOv2 (``--model random:tiny``).
+of the burst, and the server's peak resident memory (VmHWM). The baseline is one
+`dinoseek index` of the same files (its own scan-to-summary time), run afterwards.
+
+The server runs as a user would run it, with the stand-in model by default (``--model
+fake``: the events, the settling, the scan, decoding, the catalog, the writer and the index
+build are real; the forward pass is a numpy stand-in), or a random-weight DINOv2
+(``--model random:tiny``).
 
     python bench/watch_burst.py --files 10000
 """
@@ -58,19 +61,23 @@ def serve_child(argv: list[str]) -> None:
     main(argv, prog_name="dinoseek", obj=loader)
 
 
+def one_shot_index(folder: Path, data: Path, model: str) -> dict[str, Any]:
+    """The baseline: `dinoseek index` of the same files, once, in a process of its own."""
+    arguments = ["index", str(folder), "--data-dir", str(data), "--json", "-q"]
+    if model == "fake":
+        command = [sys.executable, __file__, "--child", *arguments, "--model", "fake/dinov2"]
+    else:
+        command = [sys.executable, "-m", "dinoseek_cli", *arguments, "--model", model]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=child_env())
+    summary = json.loads(done.stdout)
+    return {"wall_s": time.perf_counter() - started, "elapsed_s": summary["elapsed_s"]}
+
+
 def start_server(
     watched: Path, data: Path, model: str, port: int, log: Path
 ) -> subprocess.Popen[bytes]:
-    arguments = [
-        "serve",
-        "--watch",
-        str(watched),
-        "--data-dir",
-        str(data),
-        "--port",
-        str(port),
-        "-q",
-    ]
+    arguments = ["serve", "--watch", str(watched), "--data-dir", str(data), "--port", str(port)]
     if model == "fake":
         command = [sys.executable, __file__, "--child", *arguments, "--model", "fake/dinov2"]
     else:
@@ -157,9 +164,12 @@ def measure(files: int, model: str, workdir: Path) -> dict[str, Any]:
         missing = [p for p in sample if not found_by_own_image(url, p)]
         if missing:
             raise RuntimeError(f"{len(missing)} of {SAMPLE} sampled files not found: {missing[:3]}")
+        baseline = one_shot_index(staging, workdir / "baseline-data", model)
         return {
             "files": files,
             "model": model,
+            "index_once_s": baseline["elapsed_s"],
+            "index_once_wall_s": baseline["wall_s"],
             "copy_s": copied_s,
             "searchable_s": searchable_s,
             "passes": state["watch"]["passes"] - 1,  # the burst's, the first pass left out
@@ -167,6 +177,7 @@ def measure(files: int, model: str, workdir: Path) -> dict[str, Any]:
             "rss_before_mib": rss_before,
             "load_before": load_before,
             "load_after": load_average(),
+            "passes_log": [line for line in log.read_text().splitlines() if "watch:" in line],
         }
     except BaseException:
         print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
@@ -206,12 +217,14 @@ def main() -> None:
     columns = [
         ("model", "model", fmt_text),
         ("files", "files", fmt_float(0)),
+        ("index_once_s", "baseline: `index` once, s", fmt_float(1)),
         ("copy_s", "copy s", fmt_float(1)),
         ("searchable_s", "s until all searchable", fmt_float(1)),
         ("passes", "passes", fmt_float(0)),
         ("peak_rss_mib", "server peak RSS MiB", fmt_float(0)),
     ]
     print(format_table([row], columns))
+    print("\n".join(row["passes_log"]))
     print(json.dumps({"load_before": row["load_before"], "load_after": row["load_after"]}))
     write_results(
         args.out, "watch_burst", {"command": command_line(), "machine": info, "rows": [row]}

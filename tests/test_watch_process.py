@@ -30,7 +30,7 @@ from dinoseek.store import EdgeStore
 from dinoseek_cli.main import main
 from tests.fakes import FAKE_LOADER
 from tests.helpers import write_tree
-from tests.kill_points import harness_env, kill_env
+from tests.kill_points import Pause, harness_env, kill_env
 from tests.live_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -318,3 +318,24 @@ def test_index_watch_indexes_changes_until_sigterm(tmp_path: Path, pool: list[Pa
     assert "stopped watching" in stderr.read_text()
     with EdgeStore(data) as store:
         assert store.collection_info("images").points == 3
+
+
+def test_queries_are_answered_while_a_pass_writes(tmp_path: Path, pool: list[Path]) -> None:
+    """The watcher held inside a pass, just before its first write (a pause of the harness):
+    the service answers searches and /ready meanwhile, then the pass completes."""
+    folder = tmp_path / "photos"
+    copy_in(pool[:2], folder)
+    pause = Pause(tmp_path / "pause", "store.upsert", 2)  # the first pass writes once
+    env = {**harness_env(tmp_path / "site", REPO), **pause.env()}
+    with watching(folder, tmp_path / "data", env=env) as (url, server):
+        added = copy_in(pool[2:4], folder)
+        pause.wait(server)
+        state = ready(url)
+        assert state["watch"]["phase"] == "indexing"
+        assert state["points"] == 2
+        for path in pool[:2]:
+            assert found(url, folder / path.parent.name / path.name) is not None
+        assert found(url, added[0]) is None  # not written yet
+        pause.release()
+        for path in added:
+            wait_until(lambda p=path: found(url, p) is not None, f"{path} found", server)
