@@ -31,6 +31,7 @@ from watchdog.events import (
     DirDeletedEvent,
     DirMovedEvent,
     EventsLostEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -47,6 +48,7 @@ WATCHED_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
     FileModifiedEvent,
     FileClosedEvent,
+    FileAttribEvent,  # an mtime set after the close (cp -p, copy2, touch): looked at again
     FileDeletedEvent,
     FileMovedEvent,
     DirCreatedEvent,
