@@ -154,9 +154,11 @@ class FolderWatcher:
             closes_known=self.mode == "events" and sys.platform.startswith("linux"),
         )
         if self.mode == "events":
+            observer = Observer()
             try:
-                return _started(Observer(), handler, self.options.roots)
-            except OSError as exc:
+                return _started(observer, handler, self.options.roots)
+            except OSError as exc:  # e.g. no inotify watches left (fs.inotify.max_user_watches)
+                _stop_quietly(observer)
                 log.warning("file-system events unavailable (%s): polling instead", exc)
                 self.mode = "polling"
                 self.status.update(mode="polling")
@@ -241,6 +243,14 @@ def _started(
         observer.schedule(handler, str(root), recursive=True, event_filter=WATCHED_EVENTS)
     observer.start()
     return observer
+
+
+def _stop_quietly(observer: BaseObserver) -> None:
+    """Stop an observer that failed to start (some of its watches may have)."""
+    try:
+        observer.stop()
+    except Exception:  # it is being replaced, and why was logged
+        log.debug("stopping the failed observer", exc_info=True)
 
 
 def choose_mode(

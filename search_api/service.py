@@ -119,6 +119,12 @@ class SearchService:
         try:
             self.searcher.keep(self.settings.collection)
         except CollectionNotFoundError:
+            if self.watch is not None:
+                log.info(
+                    "collection %r does not exist yet: the folder watcher's first pass makes it",
+                    self.settings.collection,
+                )
+                return
             log.warning(
                 "collection %r does not exist yet in the %s; run `dinoseek index`",
                 self.settings.collection,

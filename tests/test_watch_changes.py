@@ -16,10 +16,22 @@ from watchdog.events import (
     FileModifiedEvent,
     FileMovedEvent,
 )
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
 
+from dinoseek.embedding import ImageEmbedder
 from dinoseek.scan import DEFAULT_EXCLUDES, ScanOptions, exclusion_matcher
+from dinoseek.store import EdgeStore
 from dinoseek.watch_status import WatchStatus
-from indexer.watch import choose_mode, file_system_of, left_out, mount_types
+from indexer.pipeline import IndexOptions
+from indexer.watch import (
+    FolderWatcher,
+    WatchOptions,
+    choose_mode,
+    file_system_of,
+    left_out,
+    mount_types,
+)
 from indexer.watch_changes import ChangeHandler, ChangeTracker
 
 SETTLE_S = 1.0
@@ -241,3 +253,28 @@ def test_the_status_says_what_the_watcher_does() -> None:
     assert status.snapshot().describe() == "3 pending; last pass failed: the disk is full"
     assert status.snapshot().to_dict()["last_error"] == "the disk is full"
     assert status.snapshot().to_dict()["folders"] == ["/photos"]
+
+
+class NoInotify(Observer):  # type: ignore[misc,valid-type]
+    """The event observer of a machine whose inotify watches have run out (a stand-in: the
+    limit is the whole machine's, not a test's to lower)."""
+
+    def start(self) -> None:
+        raise OSError(28, "inotify watch limit reached")
+
+
+def test_without_events_the_watcher_polls(
+    tmp_path: Path, embedder: ImageEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("indexer.watch.Observer", NoInotify)
+    options = IndexOptions(roots=(tmp_path,), collection="images", failures_report=tmp_path / "f")
+    with EdgeStore(tmp_path / "data") as store:
+        watcher = FolderWatcher(embedder, store, options, WatchOptions(poll=False))
+        assert watcher.mode == "events"
+        observer = watcher._observe()
+        try:
+            assert isinstance(observer, PollingObserver)
+            assert watcher.mode == watcher.status.snapshot().mode == "polling"
+        finally:
+            observer.stop()
+            observer.join()
