@@ -49,6 +49,7 @@ from dinoseek.synthetic import save_random_dinov2
 
 HANG_S = 1800  # a hang detector for each wait, not a limit on the measurement
 SAMPLE = 20
+POLL_S = 0.1  # how often /ready is asked
 
 
 def serve_child(argv: list[str]) -> None:
@@ -108,7 +109,7 @@ def wait_for(
             raise RuntimeError(f"the server ended (rc {server.returncode}) before {what}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"not within {HANG_S} s: {what}")
-        time.sleep(0.1)
+        time.sleep(POLL_S)
 
 
 def peak_rss_mib(pid: int) -> float | None:
