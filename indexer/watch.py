@@ -90,7 +90,6 @@ class FolderWatcher:
         # Called with the first pass's summary as soon as it is done (the command prints it).
         self.on_first_pass: Callable[[IndexSummary], None] | None = None
         self._thread: threading.Thread | None = None
-        self._error: Exception | None = None
 
     # -- on a thread (serve) -----------------------------------------------------------------
 
@@ -110,7 +109,6 @@ class FolderWatcher:
         try:
             self.run(self.stop_event)
         except Exception as exc:  # logged, and shown in /ready: a server keeps serving
-            self._error = exc
             log.exception("the folder watcher stopped")
             self.status.update(phase="stopped", last_error=str(exc) or type(exc).__name__)
 
