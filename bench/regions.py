@@ -60,7 +60,7 @@ from PIL import Image
 from regions_store import bench_store, store_rows
 
 from dinoseek.correspondence import match_images
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.images import DINOV2_PREPROCESSING, prepare_image
 from dinoseek.input_geometry import InputGeometry
 from dinoseek.region_search import search_image_regions

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dinoseek.embedding import (
+from dinoseek.embedder_protocol import (
     PatchEmbeddings,
     Pixels,
     PooledOrError,

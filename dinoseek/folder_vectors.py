@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.errors import ConfigError, DinoseekError
 from dinoseek.images import prepare_image, read_image_bytes
 from dinoseek.scan import ScannedFile, ScanOptions, scan

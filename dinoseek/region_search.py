@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.errors import ConfigError, EmbeddingError, RegionsNotIndexedError
 from dinoseek.images import PreparedImage
 from dinoseek.input_geometry import InputGeometry

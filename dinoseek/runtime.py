@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from dinoseek.embedding import ImageEmbedder, available_cores, recorded_model_id
+from dinoseek.embedder_protocol import ImageEmbedder, available_cores, recorded_model_id
 from dinoseek.errors import CollectionNotFoundError, ConfigError, StoreUnavailableError
 from dinoseek.search import Searcher
 from dinoseek.settings import Settings
@@ -42,7 +42,7 @@ def load_embedder(model_id: str, settings: Settings) -> ImageEmbedder:
     from dinoseek.hub import model_source
 
     source = model_source(model_id)
-    from dinoseek.embedder import Embedder
+    from dinoseek.torch_embedder import Embedder
 
     return Embedder.from_pretrained(
         model_id, device=settings.device, dtype=settings.dtype, source=source
@@ -225,7 +225,7 @@ class Runtime:
         self.embedder = embedder
         workers = self.decode_workers if self.policy.purpose == "index" else 0
         if workers and embedder.device_type == "cpu":
-            from dinoseek.embedder import share_cpu_with_workers
+            from dinoseek.torch_embedder import share_cpu_with_workers
 
             share_cpu_with_workers(workers)
         _ = embedder.space  # the fingerprint's batch of 1 runs before any compilation

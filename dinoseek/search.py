@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from dinoseek.dedup import DEFAULT_THRESHOLD, DUPLICATE, GROUP, KEEP, REASON, ROLE, THRESHOLD
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.errors import (
     ConfigError,
     DinoseekError,

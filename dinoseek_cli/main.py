@@ -20,8 +20,8 @@ from dinoseek_cli.info import info
 from dinoseek_cli.probe import probe
 from dinoseek_cli.search import search
 from dinoseek_cli.snapshot import snapshot
-from indexer.commands import index
-from search_api.commands import serve
+from indexer.index_command import index
+from search_api.serve_command import serve
 
 
 @click.group(

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from dinoseek.embedding import ImageEmbedder, Pixels, available_cores
+from dinoseek.embedder_protocol import ImageEmbedder, Pixels, available_cores
 from dinoseek.errors import EmbeddingError, PointRefusedError
 from dinoseek.progress import Progress
 from dinoseek.regions import RegionSpec

@@ -324,7 +324,7 @@ class EmbedActor:
         self.job = job
         self.embedder = job.loader.load(job.model_id, job.settings)
         if self.embedder.device_type == "cpu" and "torch" in sys.modules:  # a torch model
-            from dinoseek.embedder import use_cpu_threads
+            from dinoseek.torch_embedder import use_cpu_threads
 
             use_cpu_threads(job.cpu_threads or os.cpu_count() or 1)
         if store is None and job.write_to_server:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dinoseek.embedding import ImageEmbedder, Pixels
+from dinoseek.embedder_protocol import ImageEmbedder, Pixels
 from dinoseek.errors import ConfigError, EmbeddingError
 from dinoseek.regions import RegionSpec
 from dinoseek.scan import ScannedFile

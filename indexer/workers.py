@@ -20,7 +20,7 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from dinoseek.embedding import Pixels
+from dinoseek.embedder_protocol import Pixels
 from dinoseek.errors import FileReadError, ImageError
 from dinoseek.file_read import FileContent, ReadLimits
 from dinoseek.file_read import read_file as read_regular_file

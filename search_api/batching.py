@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.errors import EmbeddingError
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from dinoseek.correspondence import Correspondence, match_images
-from dinoseek.embedding import ImageEmbedder, PatchEmbeddings, VectorOrError
+from dinoseek.embedder_protocol import ImageEmbedder, PatchEmbeddings, VectorOrError
 from dinoseek.errors import CollectionNotFoundError, StoreUnavailableError
 from dinoseek.images import PreparedImage, decode_image
 from dinoseek.labels import PredictedLabel

@@ -30,10 +30,10 @@ from dinoseek.adapt.training import (
     TrainingStoppedError,
     train,
 )
-from dinoseek.embedder import load_dinov2
 from dinoseek.errors import ConfigError
 from dinoseek.images import DINOV2_PREPROCESSING
 from dinoseek.synthetic import write_image_folder
+from dinoseek.torch_embedder import load_dinov2
 
 pytestmark = pytest.mark.model
 

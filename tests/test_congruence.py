@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.search import Filters, LabelRequest, NeighbourQuery, Searcher
 from dinoseek.store import EdgeStore, SearchHit, SearchQuery, ServerStore, VectorStore
 from tests.helpers import encode, photo, unit_vectors

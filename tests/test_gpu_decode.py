@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.gpu_decode import GpuJpegDecoder, JpegJob, center_crop, load_decode_jpeg, orient
 from dinoseek.images import decode_image
 from dinoseek.scan import ScannedFile, ScanOptions, scan

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
+from dinoseek.embedder_protocol import ImageEmbedder, Pixels, VectorOrError
 from dinoseek.errors import ConfigError, EmbeddingError
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.images import DINOV2_PREPROCESSING, load_image

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.errors import ProbeMismatchError
 from dinoseek.probe import LinearProbe, ProbeCache, choose_probe
 from dinoseek.probe.collection import train_collection_probe

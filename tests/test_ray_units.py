@@ -32,7 +32,7 @@ from indexer.ray_engine import (
 )
 from indexer.report import load_failures
 from indexer.workers import FailedFile, PreparedFile, WorkerConfig
-from tests.commands import invoke
+from tests.cli_runner import invoke
 from tests.fakes import FAKE_LOADER
 from tests.helpers import write_bad_files, write_tree
 

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.images import DINOV2_PREPROCESSING
 from dinoseek.input_geometry import InputGeometry
 from dinoseek.regions import Box
@@ -25,7 +25,7 @@ from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
 from search_api.admission import AdmittedRoutes
 from search_api.app import create_app
-from tests.commands import invoke, run_json
+from tests.cli_runner import invoke, run_json
 from tests.helpers import admits, encode
 
 MODEL = "fake/dinov2"  # the ``embedder`` fixture's id

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dinoseek.embedding import EmbeddingError, ImageEmbedder
+from dinoseek.embedder_protocol import EmbeddingError, ImageEmbedder
 from dinoseek.region_search import search_image_regions
 from dinoseek.regions import RegionSpec
 from dinoseek.search import LabelRequest, NeighbourQuery, Searcher

@@ -14,8 +14,8 @@ import torch
 
 from dinoseek.adapt.model import Network, merged_backbone
 from dinoseek.adapt.training import AdaptConfig, StepMetrics
-from dinoseek.embedder import ADAPTATION_KEY
 from dinoseek.synthetic import quiet_transformers
+from dinoseek.torch_embedder import ADAPTATION_KEY
 
 LOG = "adapt-log.jsonl"
 SUMMARY = "adapt-summary.json"

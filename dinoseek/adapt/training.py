@@ -47,9 +47,9 @@ from dinoseek.adapt.model import (
     update_teacher,
 )
 from dinoseek.adapt.schedules import linear_warmup, warmup_cosine
-from dinoseek.embedder import Dinov2Checkpoint, load_dinov2, resolve_device
 from dinoseek.errors import ConfigError, DinoseekError
 from dinoseek.images import Preprocessing
+from dinoseek.torch_embedder import Dinov2Checkpoint, load_dinov2, resolve_device
 
 log = logging.getLogger(__name__)
 

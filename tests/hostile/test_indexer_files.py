@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.images import DINOV2_PREPROCESSING
 from dinoseek.scan import ScannedFile, ScanOptions
 from dinoseek.store import EdgeStore

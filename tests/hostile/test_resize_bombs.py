@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.images import DINOV2_PREPROCESSING, MAX_RESIZE_FACTOR, prepare_image
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore

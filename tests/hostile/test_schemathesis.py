@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.probe.collection import train_collection_probe
 from dinoseek.runtime import ModelPolicy, Runtime
 from dinoseek.settings import Settings

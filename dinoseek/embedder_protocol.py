@@ -1,9 +1,9 @@
 """What dinoseek needs from an image embedder, without importing torch.
 
 ``ImageEmbedder`` is the interface that the runtime, the search path, the indexer and the
-service use. ``dinoseek.embedder.Embedder`` (DINOv2 through transformers and torch) is the real
-one; ``dinoseek.fake_embedder.FakeEmbedder`` (numpy only) stands in where a test is not about
-the model.
+service use. ``dinoseek.torch_embedder.Embedder`` (DINOv2 through transformers and torch) is
+the real one; ``dinoseek.fake_embedder.FakeEmbedder`` (numpy only) stands in where a test is
+not about the model.
 """
 
 from __future__ import annotations

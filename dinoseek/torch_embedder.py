@@ -7,7 +7,7 @@ Pillow wherever the image is decoded (see ``images.Preprocessing``); rescaling a
 normalisation run batched on the model's device.
 
 Only ``dinoseek.runtime`` loads an embedder (``load_embedder``); everything else receives one
-through the ``ImageEmbedder`` interface (``dinoseek.embedding``) and never sees torch.
+through the ``ImageEmbedder`` interface (``dinoseek.embedder_protocol``) and never sees torch.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from dinoseek.embedding import (
+from dinoseek.embedder_protocol import (
     CPU_BATCH_SIZE,
     GPU_BATCH_SIZE,
     LARGE_GPU_BATCH_SIZE,
