@@ -65,7 +65,8 @@ from dinoseek.images import DINOV2_PREPROCESSING, prepare_image
 from dinoseek.input_geometry import InputGeometry
 from dinoseek.region_search import search_image_regions
 from dinoseek.regions import Box, RegionSpec, normalised, pooling_rows
-from dinoseek.search import LabelRequest, NeighbourQuery, Searcher
+from dinoseek.search import Searcher
+from dinoseek.search_types import LabelRequest, NeighbourQuery
 from dinoseek.store import VectorStore
 from dinoseek.synthetic import CLASS_NAMES, draw_image
 from indexer.pipeline import IndexOptions, index_folders

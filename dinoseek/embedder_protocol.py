@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -56,6 +56,24 @@ class PooledEmbedding:
 
 # One image's pooled embedding, or the reason it could not be embedded.
 PooledOrError = PooledEmbedding | EmbeddingError
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def split_embedded(
+    items: Sequence[Item], results: Sequence[Result | EmbeddingError]
+) -> tuple[list[tuple[Item, Result]], list[tuple[Item, EmbeddingError]]]:
+    """Pair each item with its result from ``embed_each`` or ``embed_each_pooled`` (in
+    order): those that were embedded, and those with the reason they were not."""
+    embedded: list[tuple[Item, Result]] = []
+    failed: list[tuple[Item, EmbeddingError]] = []
+    for item, result in zip(items, results, strict=True):
+        if isinstance(result, EmbeddingError):
+            failed.append((item, result))
+        else:
+            embedded.append((item, result))
+    return embedded, failed
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dinoseek.embedder_protocol import ImageEmbedder, Pixels
+from dinoseek.embedder_protocol import ImageEmbedder, Pixels, split_embedded
 from dinoseek.errors import ConfigError, EmbeddingError
 from dinoseek.regions import RegionSpec
 from dinoseek.scan import ScannedFile
@@ -168,11 +168,8 @@ def _write(
     if not batch:
         return
     embedded = embed_batch(embedder, embedder.stack([pixels for _, pixels in batch]), spec)
-    regions = {}
-    for (point_id, _), result in zip(batch, embedded, strict=True):
-        if isinstance(result, EmbeddingError) or result.regions is None:
-            counts.missing += 1
-        else:
-            regions[point_id] = result.regions
+    made, failed = split_embedded([point_id for point_id, _ in batch], embedded)
+    regions = {point_id: e.regions for point_id, e in made if e.regions is not None}
+    counts.missing += len(failed) + len(made) - len(regions)
     store.set_regions(collection, regions)
     counts.added += len(regions)

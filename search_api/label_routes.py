@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request
 
 from dinoseek.labelling import MAX_CANDIDATES
 from dinoseek.probe import probe_summary
-from dinoseek.search import ListedPoint
+from dinoseek.search_types import ListedPoint
 from dinoseek.settings import COLLECTION_NAME_PATTERN, validate_collection_name
 from dinoseek.store import POINT_ID_PATTERN
 from search_api.errors import ApiError

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
 from fastapi.responses import Response
@@ -14,7 +14,8 @@ from fastapi.responses import Response
 from dinoseek.errors import DinoseekError, StoreLockedError, StoreUnavailableError
 from dinoseek.labels import LabelMethod
 from dinoseek.probe import choose_probe, probe_summary
-from dinoseek.search import Filters, LabelRequest, NeighbourQuery
+from dinoseek.search import QueryBatch
+from dinoseek.search_types import Filters, LabelRequest, NeighbourQuery, SearchResult
 from dinoseek.settings import COLLECTION_NAME_PATTERN, validate_collection_name
 from dinoseek.store import POINT_ID_PATTERN, StoredPoint
 from search_api.admission import ADMITTED
@@ -46,7 +47,6 @@ from search_api.served_files import content_response
 from search_api.service import THUMBNAIL_QUALITY, SearchService, StageClock
 
 MAX_BATCH_IMAGES = 64
-T = TypeVar("T")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
@@ -77,7 +77,7 @@ routes = APIRouter(responses=ERROR_RESPONSES)
 
 
 # Query parameters shared by the search endpoints. The filter names are those of
-# dinoseek.search.Filters, as on the command line (--filter root=/photos).
+# dinoseek.search_types.Filters, as on the command line (--filter root=/photos).
 TopK = Annotated[int, Query(ge=1, le=1000, description="number of neighbours")]
 Offset = Annotated[int, Query(ge=0, le=10_000, description="skip the first N neighbours")]
 Threshold = Annotated[float | None, Query(ge=-1.0, le=1.0, description="minimum cosine similarity")]
@@ -246,7 +246,7 @@ async def search_batch(
         )
     clock = StageClock()
     name = collection_of(service, neighbours.collection)
-    items = [BatchItem(index=i, filename=upload.filename) for i, upload in enumerate(images)]
+    batch = QueryBatch(len(images))
     contents = [await upload.read() for upload in images]
     decoded = await asyncio.gather(
         *(
@@ -255,37 +255,36 @@ async def search_batch(
         ),
         return_exceptions=True,
     )
-    ready = [(i, p) for i, outcome in enumerate(decoded) if (p := _or_error(items[i], outcome))]
-    vectors = await service.embed_many([p.pixels for _, p in ready], clock)
-    embedded = [
-        (i, v)
-        for (i, _), outcome in zip(ready, vectors, strict=True)
-        if (v := _or_error(items[i], outcome)) is not None
-    ]
-    results = await service.search(
-        name, [v for _, v in embedded], neighbours.query(), labelling.request(), clock
-    )
-    for (index, _), result in zip(embedded, results, strict=True):
-        items[index].results = result.neighbours
-        items[index].labels = result.labels
-        items[index].near_duplicate = result.near_duplicate
+    ready = batch.prepared(decoded)
+    vectors = batch.embedded(await service.embed_many([p.pixels for p in ready], clock))
+    results = await service.search(name, vectors, neighbours.query(), labelling.request(), clock)
     return BatchSearchResponse(
         model=service.embedder.model_id,
         collection=name,
         timings_ms=Timings(**clock.as_dict()),
-        items=items,
+        items=[
+            _batch_item(index, upload.filename, outcome)
+            for index, (upload, outcome) in enumerate(
+                zip(images, batch.searched(results), strict=True)
+            )
+        ],
     )
 
 
-def _or_error(item: BatchItem, outcome: T | BaseException) -> T | None:
-    """The outcome, or None with its domain error recorded on the item (anything else is
-    re-raised: a bug, not a bad image)."""
+def _batch_item(
+    index: int, filename: str | None, outcome: SearchResult | DinoseekError
+) -> BatchItem:
+    """One image's item: its neighbours and labels, or its error."""
     if isinstance(outcome, DinoseekError):
-        item.error = ErrorDetail(code=outcome.code, message=outcome.message)
-        return None
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
+        error = ErrorDetail(code=outcome.code, message=outcome.message)
+        return BatchItem(index=index, filename=filename, error=error)
+    return BatchItem(
+        index=index,
+        filename=filename,
+        results=outcome.neighbours,
+        labels=outcome.labels,
+        near_duplicate=outcome.near_duplicate,
+    )
 
 
 PointId = Annotated[

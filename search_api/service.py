@@ -32,7 +32,7 @@ from dinoseek.patch_pca import patch_picture
 from dinoseek.region_search import collection_spec, pooling_for, region_query, search_regions
 from dinoseek.regions import Box
 from dinoseek.runtime import Runtime
-from dinoseek.search import (
+from dinoseek.search_types import (
     BrowsePage,
     DuplicatesPage,
     Filters,

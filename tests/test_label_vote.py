@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from dinoseek.embedder_protocol import ImageEmbedder
-from dinoseek.search import VOTE_NEIGHBOURS
+from dinoseek.search_types import VOTE_NEIGHBOURS
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
 from dinoseek.synthetic import write_image_folder
