@@ -61,8 +61,9 @@ from regions_store import bench_store, store_rows
 
 from dinoseek.correspondence import match_images
 from dinoseek.embedder_protocol import ImageEmbedder
-from dinoseek.images import DINOV2_PREPROCESSING, prepare_image
+from dinoseek.images import prepare_image
 from dinoseek.input_geometry import InputGeometry
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from dinoseek.region_search import search_image_regions
 from dinoseek.regions import Box, RegionSpec, normalised, pooling_rows
 from dinoseek.search import Searcher

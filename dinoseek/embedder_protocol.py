@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import numpy as np
 
 from dinoseek.errors import EmbeddingError
-from dinoseek.images import Preprocessing
+from dinoseek.preprocessing import Preprocessing
 from dinoseek.space import EmbeddingSpace
 
 # Model-ready uint8 pixels (N, H, W, 3): a numpy array on the host, or a tensor already on the

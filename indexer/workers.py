@@ -24,7 +24,8 @@ from dinoseek.embedder_protocol import Pixels
 from dinoseek.errors import FileReadError, ImageError
 from dinoseek.file_read import FileContent, ReadLimits
 from dinoseek.file_read import read_file as read_regular_file
-from dinoseek.images import Preprocessing, prepare_image
+from dinoseek.images import prepare_image
+from dinoseek.preprocessing import Preprocessing
 from dinoseek.settings import default_of
 
 DECODE_TIMEOUT = "decode_timeout"

@@ -31,7 +31,7 @@ from dinoseek.adapt.training import (
     train,
 )
 from dinoseek.errors import ConfigError
-from dinoseek.images import DINOV2_PREPROCESSING
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from dinoseek.synthetic import write_image_folder
 from dinoseek.torch_embedder import load_dinov2
 

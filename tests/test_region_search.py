@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dinoseek.embedder_protocol import ImageEmbedder
-from dinoseek.images import DINOV2_PREPROCESSING
 from dinoseek.input_geometry import InputGeometry
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from dinoseek.regions import Box
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore

@@ -48,7 +48,7 @@ from dinoseek.adapt.model import (
 )
 from dinoseek.adapt.schedules import linear_warmup, warmup_cosine
 from dinoseek.errors import ConfigError, DinoseekError
-from dinoseek.images import Preprocessing
+from dinoseek.preprocessing import Preprocessing
 from dinoseek.torch_embedder import Dinov2Checkpoint, load_dinov2, resolve_device
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dinoseek.embedder_protocol import ImageEmbedder
-from dinoseek.images import DINOV2_PREPROCESSING
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from dinoseek.scan import ScannedFile, ScanOptions
 from dinoseek.store import EdgeStore
 from indexer.decode import DecodePool, _result, _StoppedError
