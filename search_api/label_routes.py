@@ -28,7 +28,7 @@ from search_api.label_schemas import (
     UncertainResponse,
 )
 from search_api.labelling_service import LabellingService
-from search_api.routes import ERROR_RESPONSES, Collection, Service
+from search_api.route_params import ERROR_RESPONSES, Collection, Service
 from search_api.schemas import ErrorBody, ErrorDetail, PointResponse, ProbeSummary
 from search_api.service import SearchService
 from search_api.training import TrainingRequest
