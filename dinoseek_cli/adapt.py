@@ -27,17 +27,11 @@ from dinoseek.adapt.compare import (
     knn_agreement,
     labelled_scores,
 )
+from dinoseek.adapt.config import AdaptConfig, RunOptions, StepMetrics
 from dinoseek.adapt.data import DecodeLimits, check_images, fitted_batch_size
 from dinoseek.adapt.model import DEFAULT_TRAINED_BLOCKS, HeadSpec, Trainable
 from dinoseek.adapt.output import CARD, model_card, save_model, write_log, write_summary
-from dinoseek.adapt.training import (
-    AdaptConfig,
-    RunOptions,
-    StepMetrics,
-    Trained,
-    TrainingStoppedError,
-    train,
-)
+from dinoseek.adapt.training import Trained, TrainingStoppedError, train
 from dinoseek.commandline import (
     EXIT_INTERRUPTED,
     FiniteFloat,

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from dinoseek.adapt.config import AdaptConfig, StepMetrics
 from dinoseek.adapt.model import Network, merged_backbone
-from dinoseek.adapt.training import AdaptConfig, StepMetrics
 from dinoseek.synthetic import quiet_transformers
 from dinoseek.torch_embedder import ADAPTATION_KEY
 
