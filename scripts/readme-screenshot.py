@@ -1,5 +1,6 @@
-"""Make the README's pictures of the page, docs/search-page.png and docs/labelling-page.png,
-from the screenshots the browser tests take (run `python -m pytest tests/browser` first)."""
+"""Make the pictures of the page, docs/search-page.png (in the README) and
+docs/labelling-page.png (in docs/api-and-page.md), from the screenshots the browser tests take
+(run `python -m pytest tests/browser` first)."""
 
 from pathlib import Path
 

@@ -1,6 +1,6 @@
-"""The layering (README, "Layout"): import-linter's contracts hold, and break when they
-should; one place loads an embedder and one place opens a store; no module of the packages
-is over 500 lines."""
+"""The layering (docs/development.md, "Layout"): import-linter's contracts hold, and break when
+they should; one place loads an embedder and one place opens a store; no module of the
+packages is over 500 lines."""
 
 from __future__ import annotations
 

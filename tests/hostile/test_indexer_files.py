@@ -99,7 +99,7 @@ def test_waiting_for_a_decode_stops_when_asked() -> None:
 
 STUCK = """
 import threading, time
-from dinoseek.images import DINOV2_PREPROCESSING
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from indexer.decode import _DecodeThread
 from indexer.workers import WorkerConfig
 blocked = threading.Event()
