@@ -117,15 +117,17 @@ def dialog_screenshot(page: Page, name: str) -> None:
 
 
 def content_rect(page: Page, selector: str) -> dict[str, float]:
-    """Where an object-fit: contain image's pixels are on screen (its box less the
-    letterbox), from its box and natural size."""
-    box, natural = page.eval_on_selector(
+    """Where an image's pixels are on screen, from its box, its natural size and its
+    object-fit: its box less the letterbox (contain), or more than its box (cover)."""
+    box, natural, fit = page.eval_on_selector(
         selector,
         "i => { const r = i.getBoundingClientRect();"
-        " return [[r.x, r.y, r.width, r.height], [i.naturalWidth, i.naturalHeight]]; }",
+        " return [[r.x, r.y, r.width, r.height], [i.naturalWidth, i.naturalHeight],"
+        " getComputedStyle(i).objectFit]; }",
     )
+    assert fit in ("contain", "cover"), fit
     x, y, width, height = box
-    scale = min(width / natural[0], height / natural[1])
+    scale = (max if fit == "cover" else min)(width / natural[0], height / natural[1])
     shown_w, shown_h = natural[0] * scale, natural[1] * scale
     return {
         "x": x + (width - shown_w) / 2,
