@@ -359,6 +359,7 @@ def test_why_joins_the_matched_patches_of_an_upload_and_a_hit(
     assert found["b"] == hit
     assert_match_drawn(page, found, QUERY_SIZE)
     dialog_screenshot(page, "region-3-why-upload")
+    page.locator("#why").screenshot(path=str(SCREENSHOTS / "region-3b-why-dialog.png"))
     page.click("#why .why-close")
     assert page.is_hidden("#why")
 
