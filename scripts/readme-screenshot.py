@@ -1,7 +1,8 @@
-"""Make the README's pictures of the page (docs/search-page.png, docs/labelling-page.png,
-docs/region-page.png and docs/region-why.png) from the screenshots the browser tests take
-(run `python -m pytest tests/browser` first). Arguments: the pictures to make (all by
-default), e.g. `python scripts/readme-screenshot.py region-page.png`."""
+"""Make the pictures of the page, docs/search-page.png (in the README),
+docs/labelling-page.png (in docs/api-and-page.md), docs/region-page.png and
+docs/region-why.png (in docs/regions.md), from the screenshots the browser tests take (run
+`python -m pytest tests/browser` first). Arguments: the pictures to make (all by default),
+e.g. `python scripts/readme-screenshot.py region-page.png`."""
 
 import sys
 from pathlib import Path
