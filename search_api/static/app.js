@@ -378,7 +378,10 @@ async function showSimilar(params, ticket) {
   if (collectionHasRegions()) {
     attachBoxDrawing(article, {
       box: null,
-      onBox: (box) => storedFile(id, params, name).then((file) => search([file], { region: box })),
+      onBox: (box) =>
+        storedFile(id, params, name)
+          .then((file) => search([file], { region: box }))
+          .catch((error) => showMessage(explain(error))),
       onClear: () => {},
     });
   }

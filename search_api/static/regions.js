@@ -88,6 +88,9 @@ function attachBoxDrawing(article, { box, onBox, onClear }) {
   if (!image) return;
   const tools = article.querySelector(".region-tools");
   tools.hidden = false;
+  const clear = tools.querySelector(".whole-image");
+  clear.hidden = !box;
+  clear.addEventListener("click", onClear);
   const layer = overlayOn(image, "draw-layer");
   layer.removeAttribute("aria-hidden");
   layer.setAttribute("tabindex", "0");
@@ -96,101 +99,128 @@ function attachBoxDrawing(article, { box, onBox, onClear }) {
   const help = tools.querySelector(".region-help");
   help.id = `region-help-${++drawings}`;
   layer.setAttribute("aria-describedby", help.id);
-  const rect = svgElement("rect", { class: "drawn-box", "vector-effect": "non-scaling-stroke" });
-  rect.style.display = "none";
-  layer.append(rect);
-  const clear = tools.querySelector(".whole-image");
-  clear.hidden = !box;
-  clear.addEventListener("click", onClear);
-
-  let shown = box;
-  const show = (shape) => {
-    rect.style.display = shape ? "" : "none";
-    if (shape) placeRect(rect, layer, shape);
-  };
-  whenLoaded(image, () => show(shown));
-
-  const toFraction = (event) => {
-    const [, , width, height] = layer.getAttribute("viewBox").split(" ").map(Number);
-    const point = layer.createSVGPoint();
-    point.x = event.clientX;
-    point.y = event.clientY;
-    const inside = point.matrixTransform(layer.getScreenCTM().inverse());
-    return { x: clamp(inside.x / width), y: clamp(inside.y / height) };
-  };
-  const between = (a, b) => ({
-    x: Math.min(a.x, b.x),
-    y: Math.min(a.y, b.y),
-    w: Math.abs(a.x - b.x),
-    h: Math.abs(a.y - b.y),
-  });
-
-  let start = null;
-  let dragged = null;
-  layer.addEventListener("pointerdown", (event) => {
-    if (event.button !== 0 || !layer.getAttribute("viewBox")) return;
-    event.preventDefault();
-    layer.setPointerCapture(event.pointerId);
-    start = toFraction(event);
-    dragged = null;
-  });
-  layer.addEventListener("pointermove", (event) => {
-    if (start === null) return;
-    dragged = between(start, toFraction(event));
-    show(dragged);
-  });
-  layer.addEventListener("pointerup", (event) => {
-    if (start === null) return;
-    dragged = between(start, toFraction(event));
-    start = null;
-    if (dragged.w >= MIN_BOX && dragged.h >= MIN_BOX) {
-      shown = dragged;
-      show(shown);
-      onBox(shown);
-    } else {
-      show(shown);
-    }
-  });
-  layer.addEventListener("pointercancel", () => {
-    start = null;
-    show(shown);
-  });
-
-  // The keyboard: Enter starts a box in the middle (or takes the one shown), arrow keys move
-  // it, Shift+arrow keys resize it, Enter searches by it, Escape puts back the searched one.
-  let editing = null;
-  layer.addEventListener("keydown", (event) => {
-    const moves = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
-    if (event.key === "Enter" || event.key === " ") {
-      event.preventDefault();
-      if (editing === null) {
-        editing = shown ? { ...shown } : { x: 0.25, y: 0.25, w: 0.5, h: 0.5 };
-        show(editing);
-      } else {
-        shown = editing;
-        editing = null;
-        onBox(shown);
-      }
-    } else if (event.key === "Escape" && editing !== null) {
-      event.preventDefault();
-      editing = null;
-      show(shown);
-    } else if (moves[event.key] && editing !== null) {
-      event.preventDefault();
-      const [dx, dy] = moves[event.key].map((step) => step * KEY_STEP);
-      if (event.shiftKey) {
-        editing.w = Math.min(1 - editing.x, Math.max(MIN_BOX, editing.w + dx));
-        editing.h = Math.min(1 - editing.y, Math.max(MIN_BOX, editing.h + dy));
-      } else {
-        editing.x = clamp(Math.min(1 - editing.w, editing.x + dx));
-        editing.y = clamp(Math.min(1 - editing.h, editing.y + dy));
-      }
-      show(editing);
-    }
-  });
+  const drawing = new BoxDrawing(layer, box, onBox);
+  whenLoaded(image, () => drawing.show(drawing.searched));
+  layer.addEventListener("pointerdown", (event) => drawing.press(event));
+  layer.addEventListener("pointermove", (event) => drawing.drag(event));
+  layer.addEventListener("pointerup", (event) => drawing.release(event));
+  layer.addEventListener("pointercancel", () => drawing.cancel());
+  layer.addEventListener("keydown", (event) => drawing.key(event));
 }
 
 let drawings = 0;
+
+const KEY_MOVES = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+
+// The box on one query image: the one searched, and the one being drawn with a pointer
+// (a drag from corner to corner) or with the keyboard (Enter starts a box in the middle or
+// takes the one searched, arrow keys move it, Shift+arrow keys resize it, Enter searches by
+// it, Escape puts back the searched one).
+class BoxDrawing {
+  constructor(layer, searched, onBox) {
+    this.layer = layer;
+    this.searched = searched;
+    this.onBox = onBox;
+    this.rect = svgElement("rect", { class: "drawn-box", "vector-effect": "non-scaling-stroke" });
+    this.rect.style.display = "none";
+    layer.append(this.rect);
+    this.start = null; // where a drag began
+    this.editing = null; // the box the keyboard moves
+  }
+
+  show(box) {
+    this.rect.style.display = box ? "" : "none";
+    if (box) placeRect(this.rect, this.layer, box);
+  }
+
+  // A pointer's position as fractions of the image (its letterbox clamped away).
+  fraction(event) {
+    const [, , width, height] = this.layer.getAttribute("viewBox").split(" ").map(Number);
+    const point = this.layer.createSVGPoint();
+    point.x = event.clientX;
+    point.y = event.clientY;
+    const inside = point.matrixTransform(this.layer.getScreenCTM().inverse());
+    return { x: clamp(inside.x / width), y: clamp(inside.y / height) };
+  }
+
+  spanned(event) {
+    const end = this.fraction(event);
+    return {
+      x: Math.min(this.start.x, end.x),
+      y: Math.min(this.start.y, end.y),
+      w: Math.abs(this.start.x - end.x),
+      h: Math.abs(this.start.y - end.y),
+    };
+  }
+
+  press(event) {
+    if (event.button !== 0 || !this.layer.getAttribute("viewBox")) return;
+    event.preventDefault();
+    this.layer.setPointerCapture(event.pointerId);
+    this.start = this.fraction(event);
+  }
+
+  drag(event) {
+    if (this.start !== null) this.show(this.spanned(event));
+  }
+
+  release(event) {
+    if (this.start === null) return;
+    const box = this.spanned(event);
+    this.start = null;
+    if (box.w >= MIN_BOX && box.h >= MIN_BOX) this.search(box);
+    else this.show(this.searched);
+  }
+
+  cancel() {
+    this.start = null;
+    this.show(this.searched);
+  }
+
+  search(box) {
+    this.searched = box;
+    this.editing = null;
+    this.show(box);
+    this.onBox(box);
+  }
+
+  key(event) {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      if (this.editing === null) {
+        this.editing = this.searched ? { ...this.searched } : { x: 0.25, y: 0.25, w: 0.5, h: 0.5 };
+        this.show(this.editing);
+      } else {
+        this.search(this.editing);
+      }
+    } else if (event.key === "Escape" && this.editing !== null) {
+      event.preventDefault();
+      this.editing = null;
+      this.show(this.searched);
+    } else if (KEY_MOVES[event.key] && this.editing !== null) {
+      event.preventDefault();
+      const [dx, dy] = KEY_MOVES[event.key].map((step) => step * KEY_STEP);
+      this.editing = event.shiftKey ? resized(this.editing, dx, dy) : moved(this.editing, dx, dy);
+      this.show(this.editing);
+    }
+  }
+}
+
+function moved(box, dx, dy) {
+  return {
+    ...box,
+    x: clamp(Math.min(1 - box.w, box.x + dx)),
+    y: clamp(Math.min(1 - box.h, box.y + dy)),
+  };
+}
+
+function resized(box, dx, dy) {
+  return {
+    ...box,
+    w: Math.min(1 - box.x, Math.max(MIN_BOX, box.w + dx)),
+    h: Math.min(1 - box.y, Math.max(MIN_BOX, box.h + dy)),
+  };
+}
 
 // -- "Why?": the corresponding patches of the query and a hit -----------------------------
 
@@ -256,7 +286,7 @@ async function loadImage(url) {
   try {
     await image.decode();
   } catch (_) {
-    throw new ApiError(0, "image_unreadable", `the image at ${url} could not be shown`);
+    throw new Error("an image could not be shown (it may have changed on disk)");
   }
   return { url, width: image.naturalWidth, height: image.naturalHeight };
 }

@@ -231,6 +231,44 @@ def test_a_box_drawn_on_the_query_searches_by_it_and_each_hit_shows_its_box(
     assert page.is_hidden(".query-card .drawn-box")
 
 
+def test_a_box_on_a_stored_query_searches_with_its_original_file(
+    page: Page, region_served: RegionServed
+) -> None:
+    page.goto(f"{region_served.url}/?view=browse")
+    page.wait_for_selector(".card")
+    query_id = page.get_attribute(".card:nth-child(1)", "data-id")
+    page.click(".card:nth-child(1) .thumb")
+    page.wait_for_url(f"**id={query_id}**")
+    page.wait_for_selector(".query-card .draw-layer")
+    stored = page.evaluate(f"() => fetch('/points/{query_id}').then(r => r.json())")
+    original = Path(stored["payload"]["path"])
+    # Playwright does not see a multipart body made of a Blob: the page's fetch is watched.
+    page.evaluate(
+        """() => {
+            const fetched = window.fetch;
+            window.fetch = async (url, options = {}) => {
+                if (String(url).startsWith('/search') && options.body instanceof FormData) {
+                    const file = options.body.get('image');
+                    window.sentImage = {
+                        name: file.name,
+                        bytes: Array.from(new Uint8Array(await file.arrayBuffer())),
+                    };
+                }
+                return fetched(url, options);
+            };
+        }"""
+    )
+    preview = content_rect(page, ".query-card .frame img")
+    with page.expect_request("**/search?*") as sent:
+        drag(page, on_screen(preview, 0.2, 0.3), on_screen(preview, 0.7, 0.9))
+    assert_near(region_of(sent.value), {"x": 0.2, "y": 0.3, "w": 0.5, "h": 0.6}, 1 / preview["h"])
+    image = page.evaluate("() => window.sentImage")
+    assert image["name"] == original.name
+    assert bytes(image["bytes"]) == original.read_bytes()  # the stored file, not a thumbnail
+    page.wait_for_selector(f".query-card .name:text-is('{original.name}')")
+    assert page.is_visible(".query-card .whole-image")
+
+
 def test_the_keyboard_draws_and_moves_a_box(page: Page, region_served: RegionServed) -> None:
     upload(page, region_served)
     page.focus(".query-card .draw-layer")
