@@ -155,10 +155,18 @@ def _size_text(point: PointFacts) -> str:
     return "unknown" if point.size is None else f"{point.size:,} bytes"
 
 
-def _time_text(ns: int | None) -> str:
+def _time_text(ns: int | None, *, fraction: bool = False) -> str:
     if ns is None:
         return "unknown"
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    stamp = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{stamp}.{ns % 1_000_000_000:09d} UTC" if fraction else f"{stamp} UTC"
+
+
+def _times_text(kept: int | None, other: int | None) -> str:
+    """Both times, to the nanosecond where they differ by less than a second (copies made in
+    one go often do), so the reason never reads "x against x"."""
+    fraction = _time_text(kept) == _time_text(other) and kept != other
+    return f"{_time_text(kept, fraction=fraction)} against {_time_text(other, fraction=fraction)}"
 
 
 def _negated(value: int | None) -> float:
@@ -182,12 +190,12 @@ _SIZE = Criterion(
 _OLDEST = Criterion(
     "oldest",
     lambda p: _ascending(p.oldest_ns),
-    lambda k, o: f"older file: {_time_text(k.oldest_ns)} against {_time_text(o.oldest_ns)}",
+    lambda k, o: f"older file: {_times_text(k.oldest_ns, o.oldest_ns)}",
 )
 _NEWEST = Criterion(
     "newest",
     lambda p: _negated(p.newest_ns),
-    lambda k, o: f"newer file: {_time_text(k.newest_ns)} against {_time_text(o.newest_ns)}",
+    lambda k, o: f"newer file: {_times_text(k.newest_ns, o.newest_ns)}",
 )
 _SHORTEST_PATH = Criterion(
     "path",

@@ -45,6 +45,7 @@ from dinoseek.similarity import compute_device
 from dinoseek_cli.vector_sets import Stages, counting, open_runtime, other_set, read_collection
 
 MAX_TEXT_GROUPS = 20
+MIN_WARNED_GROUP = 5  # a pair or a triple of copies in a tiny collection is no warning
 
 
 @click.command()
@@ -256,7 +257,22 @@ def _document(
         "exact": exact,
         "similar": similar,
         "written": written,
+        "warnings": _warnings(groups, len(data.ids), threshold),
     }
+
+
+def _warnings(groups: list[dict[str, Any]], points: int, threshold: float) -> list[str]:
+    """A warning when one group holds most of the collection: groups are chains of pairs, so
+    a threshold too low for the collection joins images that are not copies of each other."""
+    largest = max((1 + len(group["duplicates"]) for group in groups), default=0)
+    if largest < MIN_WARNED_GROUP or 2 * largest <= points:
+        return []
+    return [
+        f"one group holds {largest:,} of the {points:,} points: a group is a chain of pairs at "
+        f"or above the threshold, so {threshold:g} may be too low for this collection and join "
+        "images that are not copies of each other. Look at the group, and rerun with a higher "
+        "--threshold (the marks are decided again) or --clear"
+    ]
 
 
 def _against(
@@ -326,6 +342,7 @@ def _text(document: dict[str, Any]) -> str:
         f"method: {_method_text(document['method'])}; {document['comparisons']:,} "
         "similarities computed",
     ]
+    lines.extend(f"warning: {warning}" for warning in document["warnings"])
     if document["exact"]:
         lines.append(f"exact copies (one point, several files): {len(document['exact']):,} points")
     for group in groups[:MAX_TEXT_GROUPS]:

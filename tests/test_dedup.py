@@ -90,6 +90,23 @@ def test_planted_copies_are_grouped_with_their_source(
     distinct = [by_path[str(p)] for p in paths if p not in copies.values()]
     assert not any(key in p.payload for p in distinct for key in MARK_FIELDS[:-1])
     assert all(p.payload["dedup_threshold"] == 0.95 for p in by_path.values())
+    assert report["warnings"] == []
+
+
+def test_a_group_holding_most_of_the_collection_is_warned_of(
+    planted: tuple[Path, list[Path], dict[Path, Path]],
+) -> None:
+    data, paths, copies = planted
+    points = len(paths) + len(copies)
+    chained = run_json("dedup", "--data-dir", data, "--threshold", "0.05")
+    largest = max(1 + len(group["duplicates"]) for group in chained["groups"])
+    assert 2 * largest > points
+    assert [w.split(":")[0] for w in chained["warnings"]] == [
+        f"one group holds {largest:,} of the {points:,} points"
+    ]
+    text = invoke("dedup", "--data-dir", data, "--threshold", "0.05").output
+    assert f"warning: one group holds {largest:,} of the {points:,} points" in text
+    assert "--threshold (the marks are decided again)" in " ".join(text.split())
 
 
 def test_searches_collapse_duplicates(planted: tuple[Path, list[Path], dict[Path, Path]]) -> None:

@@ -51,6 +51,11 @@ def test_quality_keeps_most_pixels_then_the_larger_file_then_the_oldest_then_the
     position, reason = rule.choose([newer, older])
     assert position == 1
     assert reason == "older file: 1970-01-01 00:00:00 UTC against 1970-01-02 00:00:00 UTC"
+    quick_copy = facts("a", path="/a.jpg", width=1, height=1, size=5,
+                       files=[file_entry("/a.jpg", 250_000_000)])  # fmt: skip
+    assert rule.choose([quick_copy, older])[1] == (
+        "older file: 1970-01-01 00:00:00.000000000 UTC against 1970-01-01 00:00:00.250000000 UTC"
+    )
     same = {"width": 1, "height": 1, "size": 5, "files": [file_entry("/x", 7)]}
     assert rule.choose([facts("a", path="/long.jpg", **same), facts("b", path="/s.jpg", **same)])[
         1

@@ -155,6 +155,7 @@ def test_training_on_an_unlabelled_collection_says_how_to_label(tmp_path: Path) 
     assert "no labelled vectors to train on (none has a 'label')" in message
     assert "`dinoseek index FOLDER --labels-from-folders`" in message
     assert "`--labels-csv FILE` (path,label rows)" in message
+    assert "the search page of `dinoseek serve`" in message
 
 
 @pytest.fixture
