@@ -75,8 +75,8 @@ class _Generation:
             started = [self.executor.submit(worker_started) for _ in range(workers)]
             for future in started:
                 try:
-                    answered.add(_result(future, stop, max(0.0, deadline - time.monotonic())))
-                except (_StoppedError, BrokenProcessPool, TimeoutError):
+                    answered.add(result_within(future, stop, max(0.0, deadline - time.monotonic())))
+                except (StoppedError, BrokenProcessPool, TimeoutError):
                     return  # stopping, or a pool that cannot start: the decodes will say so
 
     def submit(self, file: ScannedFile) -> tuple[int, Future[FileInSlot | FailedFile]]:
@@ -177,8 +177,8 @@ class DecodePool:
                 return
             file, slot, future = in_flight.popleft()
             try:
-                raw = _result(future, stop, self.config.decode_timeout_s)
-            except _StoppedError:
+                raw = result_within(future, stop, self.config.decode_timeout_s)
+            except StoppedError:
                 return
             except (BrokenProcessPool, TimeoutError) as exc:
                 if not isolating:
@@ -190,7 +190,7 @@ class DecodePool:
                 # It ran alone and its worker died or hung again: this file is the cause.
                 isolating -= 1
                 self._restart()
-                yield file, _failure(file, exc, self.config.decode_timeout_s)
+                yield file, decode_failure(file, exc, self.config.decode_timeout_s)
                 fill()
                 continue
             isolating = max(0, isolating - 1)
@@ -214,15 +214,15 @@ class DecodePool:
                     return
                 file, future = in_flight.popleft()
                 try:
-                    result = _result(future, stop, self.config.decode_timeout_s)
-                except _StoppedError:
+                    result = result_within(future, stop, self.config.decode_timeout_s)
+                except StoppedError:
                     return
                 except TimeoutError as exc:
                     decoder.abandon()
                     decoder = _DecodeThread(self.config)
                     waiting = [queued for queued, _ in in_flight]
                     in_flight = deque((f, decoder.submit(f.path)) for f in waiting)
-                    yield file, _failure(file, exc, self.config.decode_timeout_s)
+                    yield file, decode_failure(file, exc, self.config.decode_timeout_s)
                     continue
                 yield file, result
         finally:
@@ -251,12 +251,12 @@ class DecodePool:
         self._close_generation()
 
 
-class _StoppedError(Exception):
+class StoppedError(Exception):
     """``stop`` was set while waiting for a result."""
 
 
-def _result(future: Future[T], stop: threading.Event, timeout_s: float) -> T:
-    """The future's result, checking ``stop`` every moment (``_StoppedError``) and giving up after
+def result_within(future: Future[T], stop: threading.Event, timeout_s: float) -> T:
+    """The future's result, checking ``stop`` every moment (``StoppedError``) and giving up after
     ``timeout_s`` (``TimeoutError``)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -264,12 +264,13 @@ def _result(future: Future[T], stop: threading.Event, timeout_s: float) -> T:
             return future.result(timeout=min(POLL_S, max(0.0, deadline - time.monotonic())))
         except FutureTimeoutError:
             if stop.is_set():
-                raise _StoppedError from None
+                raise StoppedError from None
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"no result within {timeout_s:g} s") from None
 
 
-def _failure(file: ScannedFile, exc: BaseException, timeout_s: float) -> FailedFile:
+def decode_failure(file: ScannedFile, exc: BaseException, timeout_s: float) -> FailedFile:
+    """The failure of a file whose decode hung (``TimeoutError``) or killed its worker, alone."""
     if isinstance(exc, TimeoutError):
         return FailedFile(
             file.path,

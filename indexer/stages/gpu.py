@@ -15,7 +15,7 @@ from dinoseek.errors import ImageError
 from dinoseek.file_read import FileContent
 from dinoseek.images import ImageHeader, inspect_image
 from dinoseek.scan import ScannedFile
-from indexer.decode import _failure, _result, _StoppedError
+from indexer.decode import StoppedError, decode_failure, result_within
 from indexer.stages.base import Model, StageResult
 from indexer.stages.batches import embed_decoded
 from indexer.workers import DecodedFile, FailedFile, WorkerConfig, prepare_bytes, read_for_index
@@ -69,11 +69,11 @@ class GpuDecodePool:
                     break
                 file, future = in_flight.popleft()
                 try:
-                    outcome = _result(future, stop, timeout_s)
-                except _StoppedError:
+                    outcome = result_within(future, stop, timeout_s)
+                except StoppedError:
                     return
                 except TimeoutError as exc:  # its thread is left to finish on its own
-                    yield file, _failure(file, exc, timeout_s)
+                    yield file, decode_failure(file, exc, timeout_s)
                     continue
                 if isinstance(outcome, _ReadJpeg):
                     jobs.append((file, outcome))

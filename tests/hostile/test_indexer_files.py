@@ -17,7 +17,7 @@ from dinoseek.embedding import ImageEmbedder
 from dinoseek.images import DINOV2_PREPROCESSING
 from dinoseek.scan import ScannedFile, ScanOptions
 from dinoseek.store import EdgeStore
-from indexer.decode import DecodePool, _result, _StoppedError
+from indexer.decode import DecodePool, StoppedError, result_within
 from indexer.pipeline import IndexOptions, index_folders
 from indexer.workers import DecodedFile, FailedFile, WorkerConfig, prepare_file, read_file
 from tests.helpers import encode, photo
@@ -93,8 +93,8 @@ def test_waiting_for_a_decode_stops_when_asked() -> None:
     never: Future[DecodedFile | FailedFile] = Future()
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()
-    with pytest.raises(_StoppedError):  # not the TimeoutError of a wait that ignored the stop
-        _result(never, stop, timeout_s=60)
+    with pytest.raises(StoppedError):  # not the TimeoutError of a wait that ignored the stop
+        result_within(never, stop, timeout_s=60)
 
 
 STUCK = """
