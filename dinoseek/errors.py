@@ -100,6 +100,12 @@ class StoreUnavailableError(StoreError):
     code = "store_unavailable"
 
 
+class UploadNotWrittenError(StoreUnavailableError):
+    """An added image could not be written to the data directory (a full disk, say)."""
+
+    code = "upload_not_written"
+
+
 class CollectionNotAcquiredError(StoreError):
     """Points of a collection were read or written before the collection was acquired (a bug
     in the caller: see ``dinoseek.store.protocol``)."""
@@ -155,6 +161,13 @@ class ProbeNotFoundError(StoreError):
     """No probe of that name is stored for the collection."""
 
     code = "probe_not_found"
+
+
+class PointInFolderError(StoreError):
+    """A point is the image of a file in an indexed folder: only ``dinoseek index`` (the
+    file's own removal) takes it out; the API deletes only the images added over HTTP."""
+
+    code = "point_in_folder"
 
 
 class CollectionExistsError(StoreError):

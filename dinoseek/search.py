@@ -360,6 +360,16 @@ class Searcher:
         finally:
             self._give_back(name)
 
+    @contextmanager
+    def holding(self, name: str) -> Iterator[None]:
+        """``name`` acquired for the duration of the block, as ``using`` does but without
+        checking its space: for reading payloads of any collection (whatever its model)."""
+        self._take(name)
+        try:
+            yield
+        finally:
+            self._give_back(name)
+
     def _take(self, name: str) -> None:
         with self._lock:
             if name in self._kept:

@@ -1,16 +1,12 @@
-"""``dinoseek collection``: delete or rename a collection, with everything that goes with it.
-
-What goes with a collection: its points and probes, which the store deletes or renames
-(``VectorStore.delete_collection``, ``rename_collection``), and two files of the data
-directory that follow here: its saved catalog (``DATA_DIR/catalogs/NAME.npz``, which spares a
-rerun of ``index`` from reading the store) and its failures report
-(``DATA_DIR/reports/NAME.failures.jsonl``).
+"""``dinoseek collection``: delete or rename a collection, with everything that goes with it
+(``dinoseek.collection_admin``, which ``DELETE /collections/{name}`` and ``POST
+/collections/{name}/rename`` use too): its points and probes, its saved catalog and failures
+report, and on deletion the images added to it over HTTP that no other collection lists.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +14,7 @@ from typing import Any
 
 import click
 
+from dinoseek.collection_admin import delete_collection, rename_collection
 from dinoseek.commandline import (
     EPILOG,
     configure_logging,
@@ -31,8 +28,7 @@ from dinoseek.errors import StoreLockedError
 from dinoseek.runtime import Runtime
 from dinoseek.settings import Settings, validate_collection_name
 from dinoseek.store import CollectionRename
-from indexer.catalog_cache import catalog_cache_path
-from indexer.report import failures_report_path
+from dinoseek.uploads import lookup_releasing
 
 
 @click.group()
@@ -56,7 +52,8 @@ def collection() -> None:
 @output_options
 @handle_errors
 def delete(name: str, yes: bool, as_json: bool, quiet: bool, **flags: Any) -> None:
-    """Delete the collection NAME: its points, probes, saved catalog and failures report.
+    """Delete the collection NAME: its points, probes, saved catalog and failures report,
+    and the images added to it over HTTP (POST /points) that no other collection lists.
 
     Asks first, unless --yes. Refused (exit 3) while another process, such as `dinoseek
     serve`, holds a collection of the embedded store. A service using a collection on a
@@ -76,13 +73,16 @@ def delete(name: str, yes: bool, as_json: bool, quiet: bool, **flags: Any) -> No
                 abort=True,
                 err=True,
             )
-        store.delete_collection(name)
-    removed = [str(path) for path in _data_files(settings.data_dir, name) if _remove(path)]
+        deleted = delete_collection(store, settings.data_dir, name, lookup_releasing(store))
+    removed = deleted.files_removed
     if as_json:
         document = {"action": "delete", "collection": name, "store": where}
         click.echo(json.dumps({**document, "points": info.points, "probes": probes,
-                               "files_removed": removed}))  # fmt: skip
+                               "files_removed": removed,
+                               "uploads_removed": deleted.uploads_removed}))  # fmt: skip
         return
+    added = len(deleted.uploads_removed)
+    removed = [*removed, *([f"{added} added image{'' if added == 1 else 's'}"] if added else [])]
     also = f"; removed {', '.join(removed)}" if removed else ""
     click.echo(
         f"deleted collection {name!r} ({_contents(info.points, probes)}) from the {where}{also}"
@@ -112,9 +112,8 @@ def rename(name: str, new_name: str, as_json: bool, quiet: bool, **flags: Any) -
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     with _held_elsewhere(name, "rename"), _runtime(settings, "rename") as runtime:
-        done = runtime.store.rename_collection(name, new_name)
+        done, moved = rename_collection(runtime.store, settings.data_dir, name, new_name)
         where = runtime.store.describe()
-    moved = _move_data_files(settings.data_dir, name, new_name)
     if as_json:
         document = {"action": "rename", "collection": name, "new_name": new_name}
         click.echo(json.dumps({**document, "store": where, "points": done.points,
@@ -167,32 +166,6 @@ def _held_elsewhere(name: str, action: str) -> Iterator[None]:
             f"then {action} the collection",
             holder=holder,
         ) from None
-
-
-def _data_files(data_dir: Path, name: str) -> tuple[Path, Path]:
-    """The collection's files in the data directory: the saved catalog, the failures report."""
-    return catalog_cache_path(data_dir, name), failures_report_path(data_dir, name)
-
-
-def _remove(path: Path) -> bool:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _move_data_files(data_dir: Path, name: str, new_name: str) -> list[tuple[Path, Path]]:
-    """Give the collection's files their new names (a stale file under the new name, left by
-    a collection of that name deleted before, is replaced or removed)."""
-    moved = []
-    for old, new in zip(_data_files(data_dir, name), _data_files(data_dir, new_name), strict=True):
-        if old.exists():
-            os.replace(old, new)
-            moved.append((old, new))
-        else:
-            _remove(new)
-    return moved
 
 
 def _contents(points: int, probes: int) -> str:

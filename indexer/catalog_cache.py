@@ -35,6 +35,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from dinoseek.collection_admin import catalog_file
 from indexer.catalog import CONTENT_KEYS, ApiLabel, Catalog, FileEntry, PointEntry
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ COLUMNS: dict[str, tuple[np.dtype[Any], int]] = {
 
 
 def catalog_cache_path(data_dir: Path, collection: str) -> Path:
-    """Where the copy of ``collection``'s catalog lives."""
-    return data_dir / "catalogs" / f"{collection}.npz"
+    """Where the copy of ``collection``'s catalog lives (``dinoseek.collection_admin``, which
+    deletes and renames it with the collection)."""
+    return catalog_file(data_dir, collection)
 
 
 def load_catalog(path: Path, token: str | None) -> Catalog | None:

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dinoseek.collection_admin import failures_file
+
 
 @dataclass(frozen=True)
 class FailureRecord:
@@ -27,8 +29,9 @@ class FailureRecord:
 
 
 def failures_report_path(data_dir: Path, collection: str) -> Path:
-    """Where ``dinoseek index`` keeps ``collection``'s report unless told otherwise."""
-    return data_dir / "reports" / f"{collection}.failures.jsonl"
+    """Where ``dinoseek index`` keeps ``collection``'s report unless told otherwise
+    (``dinoseek.collection_admin``, which deletes and renames it with the collection)."""
+    return failures_file(data_dir, collection)
 
 
 def load_failures(path: Path) -> dict[str, FailureRecord]:

@@ -40,6 +40,8 @@ from search_api.page import (
     docs_assets,
     page_routes,
 )
+from search_api.point_routes import point_routes
+from search_api.point_writes import PointWriter
 from search_api.routes import open_routes, routes
 from search_api.service import SearchService
 from search_api.shutdown import RequestsInFlight, ShutdownCutoff
@@ -97,6 +99,7 @@ def create_app(
         labelling = LabellingService(service)
         app.state.service = service
         app.state.labelling = labelling
+        app.state.point_writer = PointWriter(service)
         try:
             await service.start()
             log.info(
@@ -133,6 +136,7 @@ def create_app(
     app.include_router(match_routes, dependencies=[Depends(API_KEY_HEADER)])
     app.include_router(label_routes, dependencies=[Depends(API_KEY_HEADER)])
     app.include_router(cluster_routes, dependencies=[Depends(API_KEY_HEADER)])
+    app.include_router(point_routes, dependencies=[Depends(API_KEY_HEADER)])
     writes = WriteRoutes(app.routes)
     # Middleware wraps in reverse order of addition: the security headers see a request
     # first, then CORS, the metrics, the shutdown's cut-off, the upload limit, the API key,
@@ -164,7 +168,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["X-API-Key"],
         )
     app.add_middleware(SecurityHeaders)

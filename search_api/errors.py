@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dinoseek.errors import (
     ClusterNotFoundError,
     ClustersChangedError,
+    CollectionExistsError,
     CollectionMismatchError,
     CollectionNotFoundError,
     ConfigError,
@@ -25,6 +26,7 @@ from dinoseek.errors import (
     InvalidPointIdError,
     InvalidRegionError,
     ModelLoadError,
+    PointInFolderError,
     PointNotFoundError,
     ProbeMismatchError,
     ProbeNotFoundError,
@@ -89,7 +91,7 @@ def status_for(error: DinoseekError) -> int:
         return 404
     if isinstance(error, CollectionMismatchError | ProbeMismatchError):
         return 409
-    if isinstance(error, ClustersChangedError):
+    if isinstance(error, ClustersChangedError | CollectionExistsError | PointInFolderError):
         return 409
     if isinstance(error, StoreLockedError | StoreUnavailableError | ModelLoadError):
         return 503

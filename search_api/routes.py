@@ -532,7 +532,8 @@ async def probes(service: Service, collection: Collection = None) -> ProbesRespo
 
 @routes.get("/collections", response_model=CollectionsResponse, summary="Collections")
 async def collections(service: Service) -> CollectionsResponse:
-    """Every collection: its size and the model it was built with."""
+    """Every collection: its size, the model it was built with and whether it holds region
+    vectors."""
     summaries = [
         CollectionSummary(
             name=status.name,
@@ -540,6 +541,7 @@ async def collections(service: Service) -> CollectionsResponse:
             indexed_vectors=status.indexed_vectors,
             model=status.space.model_id if status.space else None,
             dim=status.space.dim if status.space else None,
+            regions=status.regions,
         )
         for status in await service.collections()
     ]

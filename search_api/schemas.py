@@ -223,6 +223,9 @@ class CollectionSummary(BaseModel):
     indexed_vectors: int | None
     model: str | None
     dim: int | None
+    regions: bool = Field(
+        False, description="it holds region vectors: search by region (regions=true) works on it"
+    )
 
 
 class CollectionsResponse(BaseModel):

@@ -23,9 +23,9 @@ from search_api.writes import is_loopback_host
 
 KEEP_ALIVE_S = 5
 ALLOW_WRITES_LOOPBACK_ONLY = (
-    "--allow-writes lets anyone who reaches the server change labels and probes without a "
-    "key, so it is refused with --host {host}: bind a loopback address (127.0.0.1, ::1), or "
-    "set DINOSEEK_API_KEY instead (writes then need the key)"
+    "--allow-writes lets anyone who reaches the server change labels, probes, points and "
+    "collections without a key, so it is refused with --host {host}: bind a loopback address "
+    "(127.0.0.1, ::1), or set DINOSEEK_API_KEY instead (writes then need the key)"
 )
 
 

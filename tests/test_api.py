@@ -715,6 +715,7 @@ def test_admission_guards_exactly_the_routes_that_decode_images(
         ("GET", f"/points/{point}/image"),
         ("GET", f"/points/{point}/match/{point}"),
         ("POST", f"/points/{point}/match"),
+        ("POST", "/points"),
     ]:
         assert admits(admitted, method, path), (method, path)
     for method, path in [
@@ -726,5 +727,7 @@ def test_admission_guards_exactly_the_routes_that_decode_images(
         ("GET", "/metrics"),
         ("POST", f"/points/{point}/image"),
         ("GET", f"/points/{point}/image/extra"),
+        ("DELETE", f"/points/{point}"),
+        ("DELETE", "/collections/images"),
     ]:
         assert not admits(admitted, method, path), (method, path)

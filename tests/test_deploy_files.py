@@ -50,7 +50,8 @@ LB = "docker-compose.lb.yml"
 RAY = "docker-compose.ray.yml"
 HOST_NETWORK = "deploy/docker-compose.host-network.yml"
 COMPOSE_FILES = (BASE, CPU, CLUSTER, LB, RAY, HOST_NETWORK)
-# The combinations README.md documents, each as compose would stack them.
+# The combinations docs/deployment.md and docs/scale-out.md document, each as compose would
+# stack them.
 STACKS = {
     "gpu": (BASE,),
     "cpu": (BASE, CPU),

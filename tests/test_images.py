@@ -85,7 +85,7 @@ def test_exif_orientation_is_applied() -> None:
 
 def test_an_upright_image_is_not_copied(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each full copy of a decoded image is as large as the image: an upright RGB one takes
-    none (memory per decode is what the README states)."""
+    none (memory per decode is what docs/security.md states)."""
     copies: list[tuple[int, int]] = []
     copy = Image.Image.copy
 

@@ -134,8 +134,12 @@ def test_the_write_routes_are_the_routes_declared_writes(client: TestClient) -> 
         for method in route.methods
     )
     assert declared == [
+        ("DELETE", "/collections/{name}"),
+        ("DELETE", "/points/{point_id}"),
         ("PATCH", "/points/{point_id}"),
         ("POST", "/clusters/{cluster_id}/labels"),
+        ("POST", "/collections/{name}/rename"),
+        ("POST", "/points"),
         ("POST", "/points/labels"),
         ("POST", "/probes/{name}/train"),
     ]

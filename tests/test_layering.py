@@ -1,5 +1,5 @@
-"""The layering (README, "Layout"): import-linter's contracts hold, and break when they
-should; one place loads an embedder and one place opens a store."""
+"""The layering (docs/development.md, "Layout"): import-linter's contracts hold, and break when
+they should; one place loads an embedder and one place opens a store."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""README promises that had no test of their own (issue 17): the collection's own model
-when ``--model`` is not given, flags over environment variables, and exit code 3 for an
-unreachable store. The real CLI, the real embedded store, the stand-in models."""
+"""Documented promises (README and docs/) that had no test of their own (issue 17): the
+collection's own model when ``--model`` is not given, flags over environment variables, and
+exit code 3 for an unreachable store. The real CLI, the real embedded store, the stand-in models."""
 
 from __future__ import annotations
 

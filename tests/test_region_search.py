@@ -259,6 +259,8 @@ def test_the_api_refuses_region_search_on_a_collection_without_regions(
     )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "regions_not_indexed"
+    listed = {c["name"]: c["regions"] for c in client.get("/collections").json()["collections"]}
+    assert listed == {"images": True, "bare": False}  # what the page offers drawing a box on
     too_many = client.post(
         "/search", params={"regions": True, "top_k": 500}, files={"image": ("q.png", data)}
     )

@@ -370,7 +370,7 @@ def _training_label(label: str | None, row: int) -> str:
 HOW_TO_LABEL = (
     "To label, run `dinoseek index FOLDER --labels-from-folders` (sub-folder names) or "
     "`--labels-csv FILE` (path,label rows) again: only labels are written; or label them on "
-    "the search page of `dinoseek serve` (Clusters, Select, Apply label; writes need the API key)"
+    "the search page of `dinoseek serve`"
 )
 
 
