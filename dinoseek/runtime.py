@@ -82,6 +82,20 @@ def default_decode_workers(device_type: str, cores: int) -> int:
     return 0 if cores <= 4 else cores // 4
 
 
+def batch_size_for(asked: int | None, embedder: ImageEmbedder) -> int:
+    """Images per forward pass: the one asked for (``--batch-size``, ``DINOSEEK_BATCH_SIZE``),
+    else the embedder's default for its device."""
+    return asked or embedder.default_batch_size()
+
+
+def decode_workers_for(asked: int | None, embedder: ImageEmbedder) -> int:
+    """Decode processes beside the model: the number asked for (``--workers``), else the
+    default for the embedder's device (``default_decode_workers``)."""
+    if asked is not None:
+        return asked
+    return default_decode_workers(embedder.device_type, available_cores())
+
+
 @dataclass
 class Runtime:
     """An open store, the acquired collection, and (when asked for) the loaded embedder."""
@@ -167,14 +181,12 @@ class Runtime:
     @property
     def batch_size(self) -> int:
         """Images per forward pass: the setting, else the embedder's default for its device."""
-        return self.settings.batch_size or self.require_embedder().default_batch_size()
+        return batch_size_for(self.settings.batch_size, self.require_embedder())
 
     @property
     def decode_workers(self) -> int:
         """Decode processes beside the model (indexing)."""
-        if self.policy.decode_workers is not None:
-            return self.policy.decode_workers
-        return default_decode_workers(self.require_embedder().device_type, available_cores())
+        return decode_workers_for(self.policy.decode_workers, self.require_embedder())
 
     @property
     def max_batch(self) -> int:

@@ -29,7 +29,7 @@ from dinoseek.regions import RegionSpec
 from dinoseek.scan import ScannedFile
 from dinoseek.store import VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog
-from indexer.workers import FailedFile, PreparedFile
+from indexer.workers import DecodedFile, FailedFile
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def embed_batch(
 
 
 class DecodeStage(Protocol):
-    """What decodes files in a run (``indexer.decode``)."""
+    """What decodes files in a run (``indexer.decode``, ``indexer.stages.gpu``)."""
 
     def results(
         self, files: Sequence[ScannedFile], stop: threading.Event
@@ -138,7 +138,7 @@ def add_missing_regions(
     batch: list[tuple[str, Pixels]] = []
     try:
         for file, result in stage.results([file for _, file in files], stop):
-            if not isinstance(result, PreparedFile) or result.pixels is None:
+            if not isinstance(result, DecodedFile):
                 reason = result.message if isinstance(result, FailedFile) else "no pixels"
                 log.warning("no region vectors for %s: %s", file.path, reason)
                 counts.missing += 1
