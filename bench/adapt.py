@@ -57,9 +57,10 @@ def run_one(
     import time
 
     from dinoseek.adapt.augment import CropSpec
+    from dinoseek.adapt.config import AdaptConfig, RunOptions
     from dinoseek.adapt.data import DecodeLimits
     from dinoseek.adapt.model import HeadSpec, Trainable
-    from dinoseek.adapt.training import AdaptConfig, RunOptions, train
+    from dinoseek.adapt.training import train
     from dinoseek.folder_vectors import image_files
 
     config = AdaptConfig(

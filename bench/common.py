@@ -38,7 +38,7 @@ RANDOM_PREFIX = "random:"
 
 # Run in a fresh interpreter when a GPU may be there: what torch sees (threads, CUDA) without
 # this process importing torch or creating a CUDA context.
-_PROBE = r"""
+_WHAT_TORCH_SEES = r"""
 import json
 info = {}
 try:
@@ -152,10 +152,10 @@ def package_version(distribution: str) -> str | None:
         return None
 
 
-def probe_torch() -> dict[str, Any]:
+def what_torch_sees() -> dict[str, Any]:
     """What torch sees in a fresh interpreter: default threads, CUDA and the GPU."""
-    probe = subprocess.run(
-        [sys.executable, "-c", _PROBE],
+    child = subprocess.run(
+        [sys.executable, "-c", _WHAT_TORCH_SEES],
         capture_output=True,
         text=True,
         timeout=300,
@@ -163,16 +163,16 @@ def probe_torch() -> dict[str, Any]:
         check=False,
     )
     try:
-        found: dict[str, Any] = json.loads(probe.stdout.strip().splitlines()[-1])
+        found: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        found = {"torch_error": probe.stderr.strip()[-500:] or "the probe printed nothing"}
+        found = {"torch_error": child.stderr.strip()[-500:] or "the torch check printed nothing"}
     return found
 
 
 def machine_info(device: str = "auto") -> dict[str, Any]:
     """Platform, CPU, cores, memory, load, library versions and the GPU, as JSON-able data.
 
-    torch is probed in a subprocess (a few seconds) only where a GPU may be: ``device`` is
+    torch is asked in a subprocess (a few seconds) only where a GPU may be: ``device`` is
     cuda, or it is auto and nvidia-smi exists. Elsewhere there is no CUDA to find.
     """
     info: dict[str, Any] = {
@@ -191,7 +191,7 @@ def machine_info(device: str = "auto") -> dict[str, Any]:
     if gpu:
         info["nvidia_smi"] = gpu
     if device == "cuda" or (device == "auto" and shutil.which("nvidia-smi")):
-        info.update(probe_torch())
+        info.update(what_torch_sees())
     else:
         info["cuda_available"] = False
     return info
@@ -226,7 +226,7 @@ def describe_machine(info: Mapping[str, Any]) -> str:
 
 
 def resolve_device(name: str, info: Mapping[str, Any]) -> str:
-    """``auto`` becomes cuda when the probe saw a GPU, else cpu."""
+    """``auto`` becomes cuda when torch saw a GPU, else cpu."""
     if name == "auto":
         return "cuda" if info.get("cuda_available") else "cpu"
     if name == "cuda" and not info.get("cuda_available"):

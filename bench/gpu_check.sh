@@ -155,7 +155,7 @@ if ! "$PYTHON" - "$DEVICE" <<'EOF' 2>&1 | tee -a "$SUMMARY"; then
 import sys
 
 import fastapi, httpx, pydantic, qdrant_edge, torch, transformers, uvicorn  # noqa: F401
-import dinoseek.embedder, dinoseek_cli.main, search_api.app  # noqa: F401
+import dinoseek.torch_embedder, dinoseek_cli.main, search_api.app  # noqa: F401
 
 print(f"   python {sys.version.split()[0]}, torch {torch.__version__}, transformers "
       f"{transformers.__version__}, fastapi {fastapi.__version__}, pydantic {pydantic.__version__}")

@@ -60,12 +60,14 @@ from PIL import Image
 from regions_store import bench_store, store_rows
 
 from dinoseek.correspondence import match_images
-from dinoseek.embedding import ImageEmbedder
-from dinoseek.images import DINOV2_PREPROCESSING, prepare_image
+from dinoseek.embedder_protocol import ImageEmbedder
+from dinoseek.images import prepare_image
 from dinoseek.input_geometry import InputGeometry
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from dinoseek.region_search import search_image_regions
 from dinoseek.regions import Box, RegionSpec, normalised, pooling_rows
-from dinoseek.search import LabelRequest, NeighbourQuery, Searcher
+from dinoseek.search import Searcher
+from dinoseek.search_types import LabelRequest, NeighbourQuery
 from dinoseek.store import VectorStore
 from dinoseek.synthetic import CLASS_NAMES, draw_image
 from indexer.pipeline import IndexOptions, index_folders

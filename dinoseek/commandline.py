@@ -26,7 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from pydantic import ValidationError
 
-from dinoseek.embedding import (
+from dinoseek.embedder_protocol import (
     CPU_BATCH_SIZE,
     GPU_BATCH_SIZE,
     LARGE_GPU_BATCH_SIZE,

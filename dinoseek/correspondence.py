@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.images import PreparedImage
 from dinoseek.input_geometry import InputGeometry
 from dinoseek.regions import Box, RegionSpec, normalised

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dinoseek.embedding import (
+from dinoseek.embedder_protocol import (
     PatchEmbeddings,
     Pixels,
     PooledOrError,
@@ -34,7 +34,7 @@ from dinoseek.embedding import (
     pooled_or_error,
 )
 from dinoseek.errors import EmbeddingError
-from dinoseek.images import DINOV2_PREPROCESSING, Preprocessing
+from dinoseek.preprocessing import DINOV2_PREPROCESSING, Preprocessing
 from dinoseek.space import EmbeddingSpace
 
 POOL = 8  # the image is pooled to POOL x POOL cells before the projection

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder, split_embedded
 from dinoseek.errors import ConfigError, DinoseekError
 from dinoseek.images import prepare_image, read_image_bytes
 from dinoseek.scan import ScannedFile, ScanOptions, scan
@@ -96,12 +96,14 @@ def embed_files(
             ready.append((path, prepared.pixels))
         if ready:
             stacked = embedder.stack([pixels for _, pixels in ready])
-            for (path, _), vector in zip(ready, embedder.embed_each(stacked), strict=True):
-                if isinstance(vector, DinoseekError):
-                    failed[path] = vector.code
-                else:
-                    paths.append(path)
-                    vectors.append(np.asarray(vector, dtype=np.float32))
+            embedded, not_embedded = split_embedded(
+                [path for path, _ in ready], embedder.embed_each(stacked)
+            )
+            for path, reason in not_embedded:
+                failed[path] = reason.code
+            for path, vector in embedded:
+                paths.append(path)
+                vectors.append(np.asarray(vector, dtype=np.float32))
         if on_images is not None:
             on_images(min(batch_size, len(files) - start))
     dim = embedder.dim

@@ -3,7 +3,7 @@
 On a GPU host, decoding JPEGs with Pillow on the CPU can cap indexing below what the model
 sustains; nvJPEG decodes on the GPU itself (figures: bench/RESULTS.md). ``GpuJpegDecoder``
 decodes a batch of JPEGs on the device, applies the EXIF orientation, resizes the shortest
-edge and centre-crops exactly as ``images.Preprocessing`` does, and returns model-ready uint8
+edge and centre-crops exactly as ``preprocessing.Preprocessing`` does, and returns model-ready uint8
 pixels (H, W, 3) on the device.
 
 Deviation from the reference pipeline, hence opt-in (``--gpu-decode``): the resize is torch's
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from dinoseek.images import Preprocessing
+from dinoseek.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The model sees an image resized (shortest edge to 256 for DINOv2) and centre-cro
 224 x 224): a non-square image loses its two ends along its long side. ``InputGeometry``
 maps a box or a point between fractions of the original image (what users and the API
 speak) and fractions of the model input (where patch tokens live), the same way
-``images.Preprocessing.to_pixels`` cropped it. A box near the edges of a non-square image may
+``preprocessing.Preprocessing.to_pixels`` cropped it. A box near the edges of a non-square image may
 lie partly or wholly in the part the model never saw.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dinoseek.errors import InvalidRegionError
-from dinoseek.images import Preprocessing
+from dinoseek.preprocessing import Preprocessing
 from dinoseek.regions import MIN_BOX_PATCHES, Box
 
 

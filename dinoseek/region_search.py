@@ -22,20 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.errors import ConfigError, EmbeddingError, RegionsNotIndexedError
 from dinoseek.images import PreparedImage
 from dinoseek.input_geometry import InputGeometry
 from dinoseek.labels import PredictedLabel
 from dinoseek.regions import Box, RegionSpec, best_window, pooling_rows
-from dinoseek.search import (
-    LabelRequest,
-    Neighbour,
-    NeighbourQuery,
-    Searcher,
-    SearchResult,
-    knn_labels,
-)
+from dinoseek.search import Searcher, knn_labels
+from dinoseek.search_types import LabelRequest, Neighbour, NeighbourQuery, SearchResult
 from dinoseek.store import SearchHit, SearchQuery
 
 # A region search brings each hit's region vectors back; this bounds that transfer.

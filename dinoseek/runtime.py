@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from dinoseek.embedding import ImageEmbedder, available_cores, recorded_model_id
+from dinoseek.embedder_protocol import ImageEmbedder, available_cores, recorded_model_id
 from dinoseek.errors import CollectionNotFoundError, ConfigError, StoreUnavailableError
 from dinoseek.search import Searcher
 from dinoseek.settings import Settings
@@ -42,7 +42,7 @@ def load_embedder(model_id: str, settings: Settings) -> ImageEmbedder:
     from dinoseek.hub import model_source
 
     source = model_source(model_id)
-    from dinoseek.embedder import Embedder
+    from dinoseek.torch_embedder import Embedder
 
     return Embedder.from_pretrained(
         model_id, device=settings.device, dtype=settings.dtype, source=source
@@ -80,6 +80,20 @@ def default_decode_workers(device_type: str, cores: int) -> int:
     if device_type == "cuda":
         return min(16, cores)
     return 0 if cores <= 4 else cores // 4
+
+
+def batch_size_for(asked: int | None, embedder: ImageEmbedder) -> int:
+    """Images per forward pass: the one asked for (``--batch-size``, ``DINOSEEK_BATCH_SIZE``),
+    else the embedder's default for its device."""
+    return asked or embedder.default_batch_size()
+
+
+def decode_workers_for(asked: int | None, embedder: ImageEmbedder) -> int:
+    """Decode processes beside the model: the number asked for (``--workers``), else the
+    default for the embedder's device (``default_decode_workers``)."""
+    if asked is not None:
+        return asked
+    return default_decode_workers(embedder.device_type, available_cores())
 
 
 @dataclass
@@ -167,14 +181,12 @@ class Runtime:
     @property
     def batch_size(self) -> int:
         """Images per forward pass: the setting, else the embedder's default for its device."""
-        return self.settings.batch_size or self.require_embedder().default_batch_size()
+        return batch_size_for(self.settings.batch_size, self.require_embedder())
 
     @property
     def decode_workers(self) -> int:
         """Decode processes beside the model (indexing)."""
-        if self.policy.decode_workers is not None:
-            return self.policy.decode_workers
-        return default_decode_workers(self.require_embedder().device_type, available_cores())
+        return decode_workers_for(self.policy.decode_workers, self.require_embedder())
 
     @property
     def max_batch(self) -> int:
@@ -225,7 +237,7 @@ class Runtime:
         self.embedder = embedder
         workers = self.decode_workers if self.policy.purpose == "index" else 0
         if workers and embedder.device_type == "cpu":
-            from dinoseek.embedder import share_cpu_with_workers
+            from dinoseek.torch_embedder import share_cpu_with_workers
 
             share_cpu_with_workers(workers)
         _ = embedder.space  # the fingerprint's batch of 1 runs before any compilation

@@ -1,17 +1,12 @@
 """The one search path: image bytes -> pixels -> vector -> neighbours -> labels.
 
 ``Searcher`` is used by ``dinoseek search`` and by every HTTP route of the service, and the
-client that goes through a running server speaks the same types, so the answer to a query
-does not depend on where it is asked:
-
-- ``Filters``: exact matches, named the same in the CLI (``--filter root=/photos``), the HTTP
-  API (``?root=/photos``) and the client;
-- ``NeighbourQuery``: how many neighbours, from where, above which score;
-- ``LabelRequest``: whether and how to predict labels (the label policy lives here only);
-- ``Neighbour`` and ``PredictedLabel``: the results, one shape everywhere.
+client that goes through a running server speaks the same types (``dinoseek.search_types``),
+so the answer to a query does not depend on where it is asked. The label policy lives here
+only.
 
 The service runs the steps on its own threads (decode pool, micro-batcher); the CLI calls
-``search_images``, which runs them in order.
+``search_images``, which runs them in order. Both follow one ``QueryBatch``.
 """
 
 from __future__ import annotations
@@ -22,25 +17,30 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
 from itertools import islice
 from typing import Any
 
 import numpy as np
 
-from dinoseek.dedup import DEFAULT_THRESHOLD, DUPLICATE, GROUP, KEEP, REASON, ROLE, THRESHOLD
-from dinoseek.embedding import ImageEmbedder
-from dinoseek.errors import (
-    ConfigError,
-    DinoseekError,
-    EmbeddingError,
-    PointNotFoundError,
-    ProbeNotFoundError,
-)
+from dinoseek.dedup import DEFAULT_THRESHOLD, GROUP, KEEP, REASON, ROLE, THRESHOLD
+from dinoseek.embedder_protocol import ImageEmbedder, VectorOrError, split_embedded
+from dinoseek.errors import DinoseekError, PointNotFoundError, ProbeNotFoundError
 from dinoseek.images import PreparedImage, prepare_image
-from dinoseek.labels import LabelMethod, PredictedLabel, knn_vote
+from dinoseek.labels import PredictedLabel, knn_vote
 from dinoseek.probe import ProbeCache
-from dinoseek.regions import Box
+from dinoseek.search_types import (
+    FILTER_FIELDS,
+    BrowsePage,
+    DuplicateGroupView,
+    DuplicatesPage,
+    Filters,
+    LabelRequest,
+    ListedPoint,
+    NearDuplicate,
+    Neighbour,
+    NeighbourQuery,
+    SearchResult,
+)
 from dinoseek.store import (
     UNSET,
     FilterValue,
@@ -52,231 +52,8 @@ from dinoseek.store import (
     validate_point_id,
 )
 
-# Filter names users write -> the payload field they match. ``path`` and ``root`` match any
-# of a point's files, since one content can live in several.
-FILTER_FIELDS: dict[str, str] = {
-    "label": "label",
-    "root": "roots",
-    "path": "paths",
-    "format": "format",
-    "sha256": "sha256",
-}
-
-
 # The others listed with each group of near-duplicates (a page must stay small).
 MAX_GROUP_LISTED = 100
-# Hits fetched to collapse duplicates under filters (the store's own top-k limit).
-MAX_COLLAPSE_FETCH = 1000
-# The nearest points of the whole collection that a kNN vote of labels is taken over.
-VOTE_NEIGHBOURS = 10
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Exact-match filters on the indexed images; None means "any"."""
-
-    label: str | None = None
-    root: str | None = None
-    path: str | None = None
-    format: str | None = None
-    sha256: str | None = None
-
-    @classmethod
-    def parse(cls, expressions: Iterable[str]) -> Filters:
-        """``["label=cats", "root=/photos"]`` (``ConfigError`` naming the bad one)."""
-        values: dict[str, str] = {}
-        for expression in expressions:
-            name, sep, wanted = expression.partition("=")
-            name = name.strip()
-            if not sep or name not in FILTER_FIELDS:
-                raise ConfigError(
-                    f"invalid filter {expression!r}: use NAME=VALUE with NAME one of "
-                    f"{', '.join(FILTER_FIELDS)}"
-                )
-            values[name] = wanted
-        return cls(**values)
-
-    def as_params(self) -> dict[str, str]:
-        """The filters that are set, by their user-facing names."""
-        return {f.name: value for f in fields(self) if (value := getattr(self, f.name)) is not None}
-
-    def conditions(self) -> dict[str, str]:
-        """The filters that are set, by the payload field they match."""
-        return {FILTER_FIELDS[name]: value for name, value in self.as_params().items()}
-
-
-@dataclass(frozen=True)
-class NeighbourQuery:
-    """What neighbours to return."""
-
-    top_k: int = 10
-    offset: int = 0
-    score_threshold: float | None = None
-    filters: Filters = field(default_factory=Filters)
-    collapse_duplicates: bool = False
-
-    @property
-    def collapses_hits(self) -> bool:
-        """Collapsing under filters happens on the hits: a group's kept point may not match
-        the filters, and then the group's best matching member stands for it."""
-        return self.collapse_duplicates and bool(self.filters.conditions())
-
-    def for_vector(self, vector: np.ndarray, *, exclude: Sequence[str] = ()) -> SearchQuery:
-        """The store query for ``vector``."""
-        if self.collapses_hits:  # more hits, collapsed and paged by ``shape``
-            return SearchQuery(
-                vector=vector,
-                top_k=min(MAX_COLLAPSE_FETCH, (self.offset + self.top_k) * 3),
-                score_threshold=self.score_threshold,
-                filters=self.filters.conditions(),
-                exclude_ids=tuple(exclude),
-            )
-        return SearchQuery(
-            vector=vector,
-            top_k=self.top_k,
-            offset=self.offset,
-            score_threshold=self.score_threshold,
-            filters=self.filters.conditions(),
-            exclude_ids=tuple(exclude),
-            # One hit per group of near-duplicates: its kept point (``dinoseek dedup``).
-            exclude={ROLE: DUPLICATE} if self.collapse_duplicates else {},
-        )
-
-    @property
-    def shows_best_hit(self) -> bool:
-        """Whether the first hit is the collection's most similar point (nothing skipped,
-        filtered out or collapsed)."""
-        return (
-            not (self.offset or self.filters.conditions() or self.collapse_duplicates)
-            and self.score_threshold is None
-        )
-
-    def shape(self, hits: Sequence[SearchHit]) -> list[Neighbour]:
-        """The neighbours of the store's hits (one per group when ``collapses_hits``)."""
-        neighbours = [Neighbour.from_hit(hit) for hit in hits]
-        if not self.collapses_hits:
-            return neighbours
-        seen: set[str] = set()
-        collapsed = []
-        for neighbour in neighbours:
-            group = str(neighbour.payload.get(GROUP) or neighbour.id)
-            if group not in seen:
-                seen.add(group)
-                collapsed.append(neighbour)
-        return collapsed[self.offset : self.offset + self.top_k]
-
-
-@dataclass(frozen=True)
-class LabelRequest:
-    """Whether and how to predict labels.
-
-    ``with_labels`` None means "when the collection has a probe"; ``method`` None means "the
-    probe when there is one, else the kNN vote of the neighbours"; ``probe`` names one
-    (default: ``default``, else the newest). A kNN vote is taken over the ``vote_neighbours``
-    nearest points of the whole collection, never over the neighbours a query shows: its
-    filters, threshold, offset and top-k choose what to show, not what the image is.
-    """
-
-    with_labels: bool | None = None
-    method: LabelMethod | None = None
-    probe: str | None = None
-    top_k: int = 5
-    vote_neighbours: int = VOTE_NEIGHBOURS
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    """One result: the point, its similarity, and where it came from; for a region search,
-    ``region`` is where in it the match lies (fractions of the original image)."""
-
-    id: str
-    score: float
-    path: str | None
-    label: str | None
-    payload: dict[str, Any]
-    region: Box | None = None
-
-    @classmethod
-    def from_hit(cls, hit: SearchHit) -> Neighbour:
-        """Shape a store hit (the score rounded to 6 digits)."""
-        path, label = hit.payload.get("path"), hit.payload.get("label")
-        return cls(
-            id=hit.id,
-            score=round(hit.score, 6),
-            path=None if path is None else str(path),
-            label=None if label in (None, "") else str(label),
-            payload=hit.payload,
-        )
-
-
-@dataclass(frozen=True)
-class ListedPoint:
-    """A stored point as a listing shows it: its id, path and label."""
-
-    id: str
-    path: str | None
-    label: str | None
-    payload: dict[str, Any]
-
-    @classmethod
-    def from_stored(cls, point: StoredPoint) -> ListedPoint:
-        """Shape a stored point."""
-        path, label = point.payload.get("path"), point.payload.get("label")
-        return cls(
-            id=point.id,
-            path=None if path is None else str(path),
-            label=None if label in (None, "") else str(label),
-            payload=point.payload,
-        )
-
-
-@dataclass(frozen=True)
-class BrowsePage:
-    """A page of points in id order; ``next`` starts the following page (None at the end)."""
-
-    points: list[ListedPoint]
-    next: str | None
-
-
-@dataclass(frozen=True)
-class DuplicateGroupView:
-    """A group of near-duplicates marked by ``dinoseek dedup``: the kept point, the others
-    (each with its ``duplicate_score`` in its payload), and why that point is the one kept
-    (None for marks written before dedup recorded it)."""
-
-    keep: ListedPoint
-    duplicates: list[ListedPoint]
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class DuplicatesPage:
-    """A page of groups in the id order of their kept points, and where the next starts."""
-
-    groups: list[DuplicateGroupView]
-    next: str | None
-
-
-@dataclass(frozen=True)
-class NearDuplicate:
-    """The collection's most similar point to a query, when it is at or above ``threshold``:
-    the query is already there. ``threshold`` is the one the collection's last ``dinoseek
-    dedup`` compared that point at, else the setting ``duplicate_threshold``."""
-
-    id: str
-    path: str | None
-    score: float
-    threshold: float
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """The neighbours of one query, its predicted labels (None when not asked for), and the
-    point it near-duplicates (None when none is at the threshold)."""
-
-    neighbours: list[Neighbour]
-    labels: list[PredictedLabel] | None
-    near_duplicate: NearDuplicate | None = None
 
 
 class Searcher:
@@ -483,25 +260,19 @@ class Searcher:
         """The whole path for (bytes, name) images, in order: each gets its result, or the
         error that stopped it (not an image, cannot be embedded)."""
         self.check(collection)
-        outcomes: list[SearchResult | DinoseekError | None] = [None] * len(images)
-        ready: list[tuple[int, PreparedImage]] = []
-        for index, (data, name) in enumerate(images):
-            try:
-                ready.append((index, self.prepare(data, name)))
-            except DinoseekError as error:
-                outcomes[index] = error
-        vectors: list[tuple[int, np.ndarray]] = []
-        if ready:
-            pixels = self.embedder.stack([image.pixels for _, image in ready])
-            for (index, _), vector in zip(ready, self.embedder.embed_each(pixels), strict=True):
-                if isinstance(vector, EmbeddingError):
-                    outcomes[index] = vector
-                else:
-                    vectors.append((index, vector))
-        found = self.search_vectors(collection, [v for _, v in vectors], query, labels)
-        for (index, _), result in zip(vectors, found, strict=True):
-            outcomes[index] = result
-        return [outcome for outcome in outcomes if outcome is not None]
+        batch = QueryBatch(len(images))
+        ready = batch.prepared([self._prepared_or_error(data, name) for data, name in images])
+        pixels = [image.pixels for image in ready]
+        vectors = batch.embedded(
+            self.embedder.embed_each(self.embedder.stack(pixels)) if pixels else []
+        )
+        return batch.searched(self.search_vectors(collection, vectors, query, labels))
+
+    def _prepared_or_error(self, data: bytes, name: str) -> PreparedImage | DinoseekError:
+        try:
+            return self.prepare(data, name)
+        except DinoseekError as error:
+            return error
 
     def similar(self, collection: str, point_id: str, query: NeighbourQuery) -> list[Neighbour]:
         """Neighbours of a stored point (itself excluded), without a model call."""
@@ -600,3 +371,42 @@ def _reason(payload: Mapping[str, Any]) -> str | None:
 def knn_labels(neighbours: Sequence[Neighbour], top_k: int = 5) -> list[PredictedLabel]:
     """The similarity-weighted vote of the neighbours' labels."""
     return knn_vote([n.label for n in neighbours], [n.score for n in neighbours], top_k=top_k)
+
+
+class QueryBatch:
+    """The images of one search with several images, from first step to last: each ends
+    with its result or the error that stopped it (not an image, cannot be embedded), and the
+    others are still answered. ``Searcher.search_images`` and the service's batch route run
+    the steps where each runs them, and hand each step's outcomes here in order."""
+
+    def __init__(self, count: int) -> None:
+        self._outcomes: list[SearchResult | DinoseekError | None] = [None] * count
+        self._live = list(range(count))
+
+    def prepared(self, outcomes: Sequence[PreparedImage | BaseException]) -> list[PreparedImage]:
+        """The images that decoded; the others keep their domain error (any other exception
+        is raised: a bug, not a bad image)."""
+        ready: list[tuple[int, PreparedImage]] = []
+        for index, outcome in zip(self._live, outcomes, strict=True):
+            if isinstance(outcome, DinoseekError):
+                self._outcomes[index] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                ready.append((index, outcome))
+        self._live = [index for index, _ in ready]
+        return [image for _, image in ready]
+
+    def embedded(self, outcomes: Sequence[VectorOrError]) -> list[np.ndarray]:
+        """The vectors of the images that were embedded; the others keep their error."""
+        embedded, failed = split_embedded(self._live, outcomes)
+        for index, error in failed:
+            self._outcomes[index] = error
+        self._live = [index for index, _ in embedded]
+        return [vector for _, vector in embedded]
+
+    def searched(self, results: Sequence[SearchResult]) -> list[SearchResult | DinoseekError]:
+        """Each image's result or error, in the order of the images."""
+        for index, result in zip(self._live, results, strict=True):
+            self._outcomes[index] = result
+        return [outcome for outcome in self._outcomes if outcome is not None]

@@ -106,7 +106,7 @@ def rounded(scores: np.ndarray) -> np.ndarray:
 def compute_device(name: str) -> str:
     """``auto``, ``cpu`` or ``cuda`` -> the device the products run on (``ConfigError`` for
     cuda without one)."""
-    from dinoseek.embedder import resolve_device
+    from dinoseek.torch_embedder import resolve_device
 
     return resolve_device(name).type
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from dinoseek.images import DINOV2_PROCESSOR
+from dinoseek.preprocessing import DINOV2_PROCESSOR
 
 # Architectures of the DINOv2 checkpoints (ViT-S/B/L/g, patch 14), plus a tiny one for tests.
 MODEL_SIZES: dict[str, dict[str, Any]] = {

@@ -27,17 +27,11 @@ from dinoseek.adapt.compare import (
     knn_agreement,
     labelled_scores,
 )
+from dinoseek.adapt.config import AdaptConfig, RunOptions, StepMetrics
 from dinoseek.adapt.data import DecodeLimits, check_images, fitted_batch_size
 from dinoseek.adapt.model import DEFAULT_TRAINED_BLOCKS, HeadSpec, Trainable
 from dinoseek.adapt.output import CARD, model_card, save_model, write_log, write_summary
-from dinoseek.adapt.training import (
-    AdaptConfig,
-    RunOptions,
-    StepMetrics,
-    Trained,
-    TrainingStoppedError,
-    train,
-)
+from dinoseek.adapt.training import Trained, TrainingStoppedError, train
 from dinoseek.commandline import (
     EXIT_INTERRUPTED,
     FiniteFloat,
@@ -46,8 +40,7 @@ from dinoseek.commandline import (
     handle_errors,
     load_settings,
 )
-from dinoseek.embedder import Dinov2Checkpoint, load_dinov2
-from dinoseek.embedding import available_cores
+from dinoseek.embedder_protocol import available_cores
 from dinoseek.errors import ConfigError
 from dinoseek.folder_vectors import embed_files, image_files
 from dinoseek.labels_csv import read_labels_csv
@@ -55,6 +48,7 @@ from dinoseek.messages import short_list
 from dinoseek.progress import Progress
 from dinoseek.runtime import load_embedder
 from dinoseek.settings import Settings
+from dinoseek.torch_embedder import Dinov2Checkpoint, load_dinov2
 from dinoseek_cli.adapt_report import ImageCounts, check_text, summary_document, summary_text
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from dinoseek.adapt.config import AdaptConfig
 from dinoseek.adapt.output import LOG, SUMMARY
-from dinoseek.adapt.training import AdaptConfig, Trained
+from dinoseek.adapt.training import Trained
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dinoseek_cli.probe import probe
 from dinoseek_cli.search import search
 from dinoseek_cli.serve import serve
 from dinoseek_cli.snapshot import snapshot
-from indexer.commands import index
+from indexer.index_command import index
 
 
 @click.group(

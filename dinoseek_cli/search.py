@@ -30,7 +30,7 @@ from dinoseek.images import read_image_bytes
 from dinoseek.region_search import search_image_regions
 from dinoseek.regions import parse_box
 from dinoseek.runtime import Runtime
-from dinoseek.search import FILTER_FIELDS, Filters, LabelRequest, NeighbourQuery, SearchResult
+from dinoseek.search_types import FILTER_FIELDS, Filters, LabelRequest, NeighbourQuery, SearchResult
 from dinoseek.settings import Settings
 from search_api.client import ServiceClient
 

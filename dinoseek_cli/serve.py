@@ -15,9 +15,9 @@ from dinoseek.runtime import Runtime
 from dinoseek.watch_status import WatchStatus
 from indexer.folder_options import FolderChoices, folder_options, index_options, watch_flags
 from indexer.watch import FolderWatcher, WatchOptions
-from search_api.commands import serve as service_serve
-from search_api.commands import start_serving
 from search_api.extras import ServiceExtras
+from search_api.serve_command import serve as service_serve
+from search_api.serve_command import start_serving
 
 SERVICE_OPTIONS = ("host", "port", "allow_writes", "quiet")
 

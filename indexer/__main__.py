@@ -1,5 +1,5 @@
 """``python -m indexer FOLDER...``: the same as ``dinoseek index FOLDER...``."""
 
-from indexer.commands import index
+from indexer.index_command import index
 
 index(prog_name="python -m indexer")

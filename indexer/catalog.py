@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dinoseek.store import VectorStore
-from indexer.workers import PreparedFile
+from indexer.workers import FileFacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +128,7 @@ class PointEntry:
         self._files = tuple(f for f in self._files if f.path != path)
 
 
-def content_of(prepared: PreparedFile, model_id: str, indexed_at: str) -> dict[str, Any]:
+def content_of(prepared: FileFacts, model_id: str, indexed_at: str) -> dict[str, Any]:
     """What a point's payload records about its content (``CONTENT_KEYS``)."""
     return {
         "sha256": prepared.sha256,

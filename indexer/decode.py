@@ -1,5 +1,4 @@
-"""The decode stage: worker processes, a bounded window of files in flight, shared memory;
-or, with ``--gpu-decode``, JPEGs decoded in batches on the GPU (``GpuDecodeStage``).
+"""Decoding on the CPU: worker processes, a bounded window of files in flight, shared memory.
 
 Files are decoded in submission order by a pool of spawned processes (fork is unsafe once
 torch runs threads). At most ``window`` files are in flight, each owning one shared-memory
@@ -11,7 +10,6 @@ are retried one at a time, and a file that kills its worker again is reported as
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import queue
@@ -19,35 +17,27 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.shared_memory import SharedMemory
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-from dinoseek.errors import ImageError
-from dinoseek.file_read import FileContent
-from dinoseek.images import ImageHeader, inspect_image
 from dinoseek.scan import ScannedFile
 from indexer.workers import (
     DECODE_TIMEOUT,
+    DecodedFile,
     FailedFile,
-    PreparedFile,
+    FileInSlot,
     WorkerConfig,
     init_worker,
-    prepare_bytes,
     prepare_file,
     prepare_into_slot,
-    read_for_index,
     shared_buffer,
     slot_view,
     worker_started,
 )
-
-if TYPE_CHECKING:  # torch: imported only where --gpu-decode is asked for
-    from dinoseek.gpu_decode import GpuJpegDecoder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,7 +46,7 @@ POLL_S = 0.25  # how often a wait for a decode looks at the stop event
 WORKER_START_S = 120.0  # how long new workers may take to start (not a decode's deadline)
 WORKER_EXIT_S = 2.0  # how long closing waits for busy workers before killing them
 
-Result = PreparedFile | FailedFile
+Result = DecodedFile | FailedFile
 
 
 class _Generation:
@@ -85,21 +75,31 @@ class _Generation:
             started = [self.executor.submit(worker_started) for _ in range(workers)]
             for future in started:
                 try:
-                    answered.add(_result(future, stop, max(0.0, deadline - time.monotonic())))
-                except (_StoppedError, BrokenProcessPool, TimeoutError):
+                    answered.add(result_within(future, stop, max(0.0, deadline - time.monotonic())))
+                except (StoppedError, BrokenProcessPool, TimeoutError):
                     return  # stopping, or a pool that cannot start: the decodes will say so
 
-    def submit(self, file: ScannedFile) -> tuple[int, Future[Result]]:
+    def submit(self, file: ScannedFile) -> tuple[int, Future[FileInSlot | FailedFile]]:
         slot = self.free.popleft()
         return slot, self.executor.submit(prepare_into_slot, file.path, slot)
 
-    def collect(self, slot: int, result: Result) -> Result:
+    def collect(self, slot: int, result: FileInSlot | FailedFile) -> Result:
         """Copy the pixels out of ``slot`` and free it."""
-        if isinstance(result, PreparedFile) and result.slot is not None:
-            pixels = slot_view(shared_buffer(self.shared), slot, self.shape).copy()
-            result = dataclasses.replace(result, pixels=pixels, slot=None)
+        if isinstance(result, FailedFile):
+            self.free.append(slot)
+            return result
+        pixels = slot_view(shared_buffer(self.shared), slot, self.shape).copy()
         self.free.append(slot)
-        return result
+        return DecodedFile(
+            path=result.path,
+            size=result.size,
+            mtime_ns=result.mtime_ns,
+            sha256=result.sha256,
+            width=result.width,
+            height=result.height,
+            format=result.format,
+            pixels=pixels,
+        )
 
     def close(self) -> None:
         """Stop the workers (killing any still busy after a moment) and free the memory."""
@@ -138,7 +138,7 @@ class DecodePool:
         self._stop = stop
         self._generation = self._new_generation()
         upcoming: Iterator[ScannedFile] = iter(files)
-        in_flight: deque[tuple[ScannedFile, int, Future[Result]]] = deque()
+        in_flight: deque[tuple[ScannedFile, int, Future[FileInSlot | FailedFile]]] = deque()
         isolating = 0  # after a worker death: files still to run one at a time
         broken = False  # a worker died; everything in flight is lost
 
@@ -177,8 +177,8 @@ class DecodePool:
                 return
             file, slot, future = in_flight.popleft()
             try:
-                raw = _result(future, stop, self.config.decode_timeout_s)
-            except _StoppedError:
+                raw = result_within(future, stop, self.config.decode_timeout_s)
+            except StoppedError:
                 return
             except (BrokenProcessPool, TimeoutError) as exc:
                 if not isolating:
@@ -190,7 +190,7 @@ class DecodePool:
                 # It ran alone and its worker died or hung again: this file is the cause.
                 isolating -= 1
                 self._restart()
-                yield file, _failure(file, exc, self.config.decode_timeout_s)
+                yield file, decode_failure(file, exc, self.config.decode_timeout_s)
                 fill()
                 continue
             isolating = max(0, isolating - 1)
@@ -214,15 +214,15 @@ class DecodePool:
                     return
                 file, future = in_flight.popleft()
                 try:
-                    result = _result(future, stop, self.config.decode_timeout_s)
-                except _StoppedError:
+                    result = result_within(future, stop, self.config.decode_timeout_s)
+                except StoppedError:
                     return
                 except TimeoutError as exc:
                     decoder.abandon()
                     decoder = _DecodeThread(self.config)
                     waiting = [queued for queued, _ in in_flight]
                     in_flight = deque((f, decoder.submit(f.path)) for f in waiting)
-                    yield file, _failure(file, exc, self.config.decode_timeout_s)
+                    yield file, decode_failure(file, exc, self.config.decode_timeout_s)
                     continue
                 yield file, result
         finally:
@@ -251,12 +251,12 @@ class DecodePool:
         self._close_generation()
 
 
-class _StoppedError(Exception):
+class StoppedError(Exception):
     """``stop`` was set while waiting for a result."""
 
 
-def _result(future: Future[T], stop: threading.Event, timeout_s: float) -> T:
-    """The future's result, checking ``stop`` every moment (``_StoppedError``) and giving up after
+def result_within(future: Future[T], stop: threading.Event, timeout_s: float) -> T:
+    """The future's result, checking ``stop`` every moment (``StoppedError``) and giving up after
     ``timeout_s`` (``TimeoutError``)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -264,12 +264,13 @@ def _result(future: Future[T], stop: threading.Event, timeout_s: float) -> T:
             return future.result(timeout=min(POLL_S, max(0.0, deadline - time.monotonic())))
         except FutureTimeoutError:
             if stop.is_set():
-                raise _StoppedError from None
+                raise StoppedError from None
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"no result within {timeout_s:g} s") from None
 
 
-def _failure(file: ScannedFile, exc: BaseException, timeout_s: float) -> FailedFile:
+def decode_failure(file: ScannedFile, exc: BaseException, timeout_s: float) -> FailedFile:
+    """The failure of a file whose decode hung (``TimeoutError``) or killed its worker, alone."""
     if isinstance(exc, TimeoutError):
         return FailedFile(
             file.path,
@@ -322,109 +323,3 @@ class _DecodeThread:
 def _chain(first: Sequence[ScannedFile], rest: Iterator[ScannedFile]) -> Iterator[ScannedFile]:
     yield from first
     yield from rest
-
-
-@dataclass(frozen=True)
-class _ReadJpeg:
-    """A JPEG read and checked, waiting for the GPU."""
-
-    read: FileContent
-    header: ImageHeader
-
-
-class GpuDecodeStage:
-    """Decodes JPEGs in batches on the GPU (nvJPEG), everything else with Pillow.
-
-    Threads read, hash and check each file's header (format, pixel limit, EXIF orientation);
-    non-JPEG files are decoded by the same threads with Pillow; JPEGs are decoded a batch at a
-    time on the device, and any JPEG that nvJPEG cannot take falls back to Pillow, alone.
-    Results come in completion order, pixels as tensors on the device.
-    """
-
-    def __init__(
-        self, decoder: GpuJpegDecoder, config: WorkerConfig, *, threads: int, batch: int
-    ) -> None:
-        self.decoder = decoder
-        self.config = config
-        self.threads = max(1, threads)
-        self.batch = max(1, batch)
-
-    def results(
-        self, files: Sequence[ScannedFile], stop: threading.Event
-    ) -> Iterator[tuple[ScannedFile, Result]]:
-        """Decode ``files`` until done or ``stop`` is set."""
-        window = 4 * self.batch
-        upcoming = iter(files)
-        jobs: list[tuple[ScannedFile, _ReadJpeg]] = []
-        timeout_s = self.config.decode_timeout_s
-        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="read")
-        try:
-            in_flight: deque[tuple[ScannedFile, Future[Result | _ReadJpeg]]] = deque()
-            while not stop.is_set():
-                while len(in_flight) < window and (file := next(upcoming, None)) is not None:
-                    in_flight.append((file, pool.submit(self._read, file.path)))
-                if not in_flight:
-                    break
-                file, future = in_flight.popleft()
-                try:
-                    outcome = _result(future, stop, timeout_s)
-                except _StoppedError:
-                    return
-                except TimeoutError as exc:  # its thread is left to finish on its own
-                    yield file, _failure(file, exc, timeout_s)
-                    continue
-                if isinstance(outcome, _ReadJpeg):
-                    jobs.append((file, outcome))
-                    if len(jobs) >= self.batch:
-                        yield from self._decode(jobs)
-                        jobs = []
-                else:
-                    yield file, outcome
-            if jobs and not stop.is_set():
-                yield from self._decode(jobs)
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)  # a stuck read never holds a stop
-
-    def close(self) -> None:
-        """Nothing to release: the threads end with each ``results`` call."""
-
-    def _read(self, path: str) -> Result | _ReadJpeg:
-        read = read_for_index(path, self.config)
-        if isinstance(read, FailedFile):
-            return read
-        try:
-            header = inspect_image(read.data, max_pixels=self.config.max_image_pixels, name=path)
-        except ImageError as exc:
-            return FailedFile(path, exc.code, exc.message)
-        if header.format not in ("JPEG", "MPO"):
-            return prepare_bytes(read, self.config)
-        return _ReadJpeg(read, header)
-
-    def _decode(
-        self, jobs: list[tuple[ScannedFile, _ReadJpeg]]
-    ) -> Iterator[tuple[ScannedFile, Result]]:
-        from dinoseek.gpu_decode import JpegJob
-
-        decoded = self.decoder.decode_batch(
-            [JpegJob(job.read.data, job.header.orientation) for _, job in jobs]
-        )
-        for (file, job), pixels in zip(jobs, decoded, strict=True):
-            if pixels is None:  # nvJPEG could not: Pillow decides, and reports why if it fails
-                yield file, prepare_bytes(job.read, self.config)
-                continue
-            width, height = job.header.width, job.header.height
-            if job.header.orientation >= 5:  # rotated by 90 degrees: the axes swap
-                width, height = height, width
-            yield (
-                file,
-                PreparedFile(
-                    path=job.read.path,
-                    size=job.read.size,
-                    mtime_ns=job.read.mtime_ns,
-                    sha256=job.read.sha256,
-                    width=width,
-                    height=height,
-                    format=job.header.format,
-                    pixels=pixels,
-                ),
-            )

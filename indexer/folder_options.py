@@ -23,7 +23,7 @@ from dinoseek.scan import DEFAULT_EXCLUDES, ScanOptions
 from dinoseek.settings import Settings
 from indexer.catalog import LabelSource
 from indexer.catalog_cache import catalog_cache_path
-from indexer.pipeline import IndexOptions
+from indexer.options import IndexOptions
 from indexer.report import failures_report_path
 from indexer.watch import WatchOptions
 

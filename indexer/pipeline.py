@@ -1,16 +1,15 @@
-"""The indexing pipeline: scan -> plan -> decode (processes) -> embed (batches) -> upsert (thread).
+"""An index run: scan -> plan -> embedding stage -> writes.
 
 - Plan: compare the scan with the catalog (the store's own payloads, or their saved copy),
   file by file as the scan finds them. Unchanged files (same path, size, mtime) are skipped
   without being read, and the model is loaded only if some file needs it; files that
   failed before and have not changed are skipped unless ``retry_failed``; files gone from a
   scanned root are pruned.
-- Decode: worker processes read, hash, decode and preprocess files (see ``indexer.decode``);
-  memory stays bounded on any folder size, and a dying worker loses nothing.
-- Embed: the main thread embeds full batches. A batch that fails for lack of memory is split
-  and retried; a single image that still fails is reported, not fatal.
-- Upsert: a writer thread applies the store operations in order, through a bounded queue,
-  and builds the index every ``optimize_every`` points.
+- Embed: the engine's stage (``indexer.stages``: local processes, GPU decode or Ray) turns
+  the files to process into vectors or failures; memory stays bounded on any folder size.
+- Write: the run keeps the catalog, records the failures, and hands its store operations to
+  the writer thread (``indexer.writer``), which builds the index every ``optimize_every``
+  points.
 
 Every operation is idempotent and the plan is rebuilt from the store on each run, so killing
 the indexer at any moment and running it again converges to the state of one clean run.
@@ -20,246 +19,48 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from dinoseek.embedding import ImageEmbedder, Pixels, available_cores
-from dinoseek.errors import EmbeddingError, PointRefusedError
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.progress import Progress
 from dinoseek.regions import RegionSpec
-from dinoseek.runtime import default_decode_workers
-from dinoseek.scan import ScanCounts, ScannedFile, ScanOptions, ScanProblem, scan
-from dinoseek.settings import default_of
+from dinoseek.runtime import batch_size_for, decode_workers_for
+from dinoseek.scan import ScanCounts, ScannedFile, ScanProblem, scan
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
-from indexer.catalog import Catalog, FileEntry, LabelSource, build_payload, content_of
+from indexer.catalog import Catalog, FileEntry, build_payload, content_of
 from indexer.catalog_cache import load_catalog, save_catalog
-from indexer.decode import DecodePool, GpuDecodeStage
-from indexer.ray_engine import RETRIED_NEXT_RUN, EmbedJob, RayEngine, RayStage
-from indexer.regions import (
-    Embedded,
-    add_missing_regions,
-    embed_batch,
-    files_lacking_regions,
-    run_regions,
+from indexer.options import IndexOptions, IndexSummary, ModelOnDemand
+from indexer.ray_engine import RETRIED_NEXT_RUN
+from indexer.regions import Embedded, add_missing_regions, files_lacking_regions, run_regions
+from indexer.report import (
+    FailureRecord,
+    is_utf8,
+    load_failures,
+    not_utf8_message,
+    write_failures,
 )
-from indexer.report import FailureRecord, load_failures, write_failures
-from indexer.workers import FailedFile, PreparedFile, WorkerConfig, prepare_file
+from indexer.stages import Engine, open_decoder, open_stage
+from indexer.stages.base import EmbeddedFile, Model, StoredContent, WrittenFile
+from indexer.workers import FailedFile, WorkerConfig
+from indexer.writer import Delete, Operation, SetPayload, StoreWriter, Upsert
+
+__all__ = ["IndexOptions", "IndexRun", "IndexSummary", "ModelOnDemand", "index_folders"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class IndexOptions:
-    """What to index and how."""
-
-    roots: tuple[Path, ...]
-    collection: str
-    failures_report: Path
-    batch_size: int | None = 16  # None: the model's default
-    workers: int | None = 1  # None: the default for the model's device
-    max_image_pixels: int = default_of("max_image_pixels")
-    max_file_bytes: int = default_of("max_file_bytes")
-    decode_timeout_s: float = default_of("decode_timeout_s")
-    labels: LabelSource = field(default_factory=LabelSource)
-    relabel: bool = False  # ``labels`` replace the labels set over HTTP (the page)
-    scan: ScanOptions = field(default_factory=ScanOptions)
-    prune: bool = True
-    retry_failed: bool = False
-    optimize: bool = True
-    optimize_every: int = 100_000  # points written between index builds during the run
-    progress: str = "auto"  # bar, log, off or auto
-    progress_interval_s: float = 10.0
-    gpu_decode: bool = False  # decode JPEGs with nvJPEG (CUDA only; see dinoseek.gpu_decode)
-    ray: RayEngine | None = None  # decode and embed on a Ray cluster (indexer.ray_engine)
-    catalog_cache: Path | None = None  # a saved copy of the catalog (indexer.catalog_cache)
-    regions: bool = False  # give the collection region vectors (indexer.regions)
-
-
-@dataclass
-class IndexSummary:
-    """What a run did. ``to_dict`` is the ``--json`` output."""
-
-    collection: str
-    store: str
-    model: str
-    scanned: int = 0
-    embedded: int = 0
-    unchanged: int = 0
-    duplicates: int = 0
-    relabelled: int = 0
-    labels_kept: int = 0  # set over HTTP, other than ``labels`` says, and kept (no relabel)
-    removed: int = 0
-    failed: int = 0
-    failed_by_reason: dict[str, int] = field(default_factory=dict)
-    known_failures_skipped: int = 0
-    excluded: int = 0
-    links_skipped: int = 0
-    points: int = 0
-    catalog_source: str = "store"  # or "saved copy": where the catalog was read from
-    elapsed_s: float = 0.0
-    embed_elapsed_s: float = 0.0
-    optimize_s: float = 0.0
-    images_per_s: float = 0.0
-    regions_added: int = 0  # points given region vectors after they were stored
-    regions_missing: int = 0  # points left without them (their file unreadable or changed)
-    interrupted: bool = False
-    failures_report: str | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able."""
-        return dict(self.__dict__)
-
-
-# Store operations, applied in order by the writer thread.
-@dataclass(frozen=True)
-class Upsert:
-    """Insert or replace points."""
-
-    points: list[PointRecord]
-
-
-@dataclass(frozen=True)
-class SetPayload:
-    """Replace one point's payload."""
-
-    point_id: str
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Delete:
-    """Delete points."""
-
-    ids: list[str]
-
-
-Operation = Upsert | SetPayload | Delete
-
-
-class StoreWriter:
-    """Applies operations on a thread, in order, through a bounded queue.
-
-    A write that the store refuses for its data (``REFUSED_DATA``) is retried one point at a
-    time; the points still refused are collected in ``rejected`` (id, reason), so that one
-    bad point never ends a run. A payload update refused leaves its point stale: its id is
-    also in ``stale``. Any other failure is the store's (unreachable, locked, a full disk, a
-    deleted collection...): the run ends with it.
-
-    Every ``optimize_every`` points written (0: never), it builds the index of what it wrote
-    so far: a long run's collection is searchable at speed even if the run stops, and the
-    build at its end covers only the last points.
-    """
-
-    REFUSED_DATA = (PointRefusedError, TypeError, ValueError)
-
-    def __init__(
-        self, store: VectorStore, collection: str, *, depth: int = 4, optimize_every: int = 0
-    ) -> None:
-        self.store = store
-        self.collection = collection
-        self.optimize_every = optimize_every
-        self._written_since_optimize = 0
-        self.rejected: list[tuple[str, str]] = []
-        self.stale: list[str] = []
-        self._queue: queue.Queue[Operation | None] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="dinoseek-writer", daemon=True)
-        self._thread.start()
-
-    def put(self, operation: Operation) -> None:
-        """Queue an operation (blocks while the queue is full); re-raise a writer failure."""
-        self._raise_if_failed()
-        while True:
-            try:
-                self._queue.put(operation, timeout=0.5)
-                return
-            except queue.Full:
-                self._raise_if_failed()
-
-    def close(self) -> None:
-        """Apply everything queued, stop the thread, re-raise a writer failure."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        self._raise_if_failed()
-
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        while True:
-            operation = self._queue.get()
-            if operation is None:
-                return
-            if self._error is not None:
-                continue  # drain without applying: the run is failing
-            try:
-                self._apply_isolating(operation)
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                self._error = exc
-
-    def _apply_isolating(self, operation: Operation) -> None:
-        try:
-            self._apply(operation)
-        except self.REFUSED_DATA as exc:  # one refused point must not end the run
-            if isinstance(operation, Delete):
-                raise
-            if isinstance(operation, Upsert) and len(operation.points) > 1:
-                for point in operation.points:
-                    self._apply_isolating(Upsert([point]))
-                return
-            reason = first_line(exc)
-            if isinstance(operation, Upsert):
-                self.rejected += [(p.id, reason) for p in operation.points]
-            else:
-                self.rejected.append((operation.point_id, reason))
-                self.stale.append(operation.point_id)
-
-    def _apply(self, operation: Operation) -> None:
-        if isinstance(operation, Upsert):
-            self.store.upsert(self.collection, operation.points)
-            self._written_since_optimize += len(operation.points)
-            if self.optimize_every and self._written_since_optimize >= self.optimize_every:
-                self.store.optimize(self.collection)
-                self._written_since_optimize = 0
-        elif isinstance(operation, SetPayload):
-            self.store.set_payload(self.collection, operation.point_id, operation.payload)
-        else:
-            self.store.delete(self.collection, operation.ids)
-
-
-@dataclass
 class _Pending:
-    """A new point waiting for its batch to be embedded (or only written: the Ray engine
-    brings its ``vector``; it brings neither for content it expected to be stored already)."""
+    """A new point waiting for its batch's write."""
 
     point_id: str
-    path: str
-    pixels: Pixels | None = None
-    vector: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class ModelOnDemand:
-    """The model of a run, loaded only once a file needs embedding: a run with nothing new
-    never imports torch. Known before loading: its id and, when the collection exists, the
-    collection's embedding space (``load`` checks the model against it)."""
-
-    model_id: str
-    collection_space: EmbeddingSpace | None
-    load: Callable[[], ImageEmbedder]
+    embedded: Embedded
 
 
 class IndexRun:
@@ -349,15 +150,16 @@ class IndexRun:
         files = files_lacking_regions(self.store, self.options.collection, self.catalog)
         if not files:
             return
-        stage = self._decode_stage([file for _, file in files])
+        model = self._stage_model()
+        decoder = open_decoder(self._engine(), model, warn=self.summary.warnings.append)
         counts = add_missing_regions(
             files,
-            stage,
+            decoder,
             self.embedder,
             self.store,
             self.options.collection,
             spec,
-            batch_size=self.batch_size,
+            batch_size=model.batch_size,
             stop=self.stop,
         )
         self.summary.regions_added += counts.added
@@ -381,17 +183,23 @@ class IndexRun:
             return self._model.collection_space
         return self.embedder.space
 
-    @property
-    def batch_size(self) -> int:
-        """Images per forward pass: the option, else the model's default."""
-        return self.options.batch_size or self.embedder.default_batch_size()
+    def _engine(self) -> Engine:
+        """The engine the options ask for, with the decode workers the runtime decides."""
+        workers = decode_workers_for(self.options.workers, self.embedder)
+        return Engine(workers=workers, gpu_decode=self.options.gpu_decode, ray=self.options.ray)
 
-    @property
-    def workers(self) -> int:
-        """Decode processes: the option, else the default for the model's device."""
-        if self.options.workers is not None:
-            return self.options.workers
-        return default_decode_workers(self.embedder.device_type, available_cores())
+    def _stage_model(self) -> Model:
+        """What the stage embeds with; ``stored`` is the catalog's own live set of ids."""
+        options = self.options
+        config = WorkerConfig(
+            self.embedder.preprocessing,
+            options.max_image_pixels,
+            max_file_bytes=options.max_file_bytes,
+            decode_timeout_s=options.decode_timeout_s,
+            follow_links=options.scan.follow_links,
+        )
+        batch_size = batch_size_for(options.batch_size, self.embedder)
+        return Model(self.embedder, self.regions, batch_size, config, self.catalog.points.keys())
 
     # -- catalog ----------------------------------------------------------------------------
 
@@ -478,7 +286,7 @@ class IndexRun:
             self.failures[path] = known
             self.summary.known_failures_skipped += 1
         elif not is_utf8(path):
-            self._record_failure(path, "file_name_not_utf8", _not_utf8_message(path), file)
+            self._record_failure(path, "file_name_not_utf8", not_utf8_message(path), file)
         else:
             to_process.append(file)
         return path
@@ -532,8 +340,14 @@ class IndexRun:
 
     def _process(self, files: list[ScannedFile]) -> None:
         options = self.options
-        pool = self._decode_stage(files)
-        batch_size = self.batch_size
+        model = self._stage_model()
+        stage = open_stage(
+            self._engine(),
+            model,
+            collection=options.collection,
+            labels=options.labels,
+            warn=self.summary.warnings.append,
+        )
         progress = Progress(
             len(files),
             description="indexing",
@@ -541,7 +355,7 @@ class IndexRun:
             interval_s=options.progress_interval_s,
         )
         try:
-            for file, result in pool.results(files, self.stop):
+            for file, result in stage.results(files, self.stop):
                 if isinstance(result, FailedFile):
                     self._forget_path(file.path)
                     retried = result.code in RETRIED_NEXT_RUN  # so not recorded with a stat
@@ -549,7 +363,7 @@ class IndexRun:
                     self._record_failure(result.path, result.code, result.message, stat)
                 else:
                     self._accept(file, result)
-                if len(self._batch) >= batch_size:
+                if len(self._batch) >= model.batch_size:
                     self._flush_batch()
                 progress.advance()
                 if self.on_progress is not None:
@@ -557,59 +371,14 @@ class IndexRun:
             if not self.stop.is_set():
                 self._flush_batch()
         finally:
-            pool.close()
+            stage.close()
             progress.close()
 
-    def _decode_stage(self, files: list[ScannedFile]) -> DecodePool | GpuDecodeStage | RayStage:
-        options = self.options
-        config = self._worker_config()
-        if options.ray is not None:
-            return self._ray_stage(options.ray, config, files)
-        if options.gpu_decode:
-            from dinoseek.gpu_decode import GpuJpegDecoder  # torch, only when asked for
-
-            decoder = GpuJpegDecoder.create(self.embedder.preprocessing, self.embedder.device)
-            if decoder is not None:
-                threads = max(4, self.workers)
-                return GpuDecodeStage(decoder, config, threads=threads, batch=self.batch_size)
-            self.summary.warnings.append("--gpu-decode unavailable here; decoded on the CPU")
-        window = max(2 * self.batch_size, 4 * self.workers)
-        return DecodePool(config, self.workers, window)
-
-    def _worker_config(self) -> WorkerConfig:
-        options = self.options
-        return WorkerConfig(
-            self.embedder.preprocessing,
-            options.max_image_pixels,
-            max_file_bytes=options.max_file_bytes,
-            decode_timeout_s=options.decode_timeout_s,
-            follow_links=options.scan.follow_links,
-        )
-
-    def _ray_stage(
-        self, engine: RayEngine, config: WorkerConfig, files: list[ScannedFile]
-    ) -> RayStage:
-        job = EmbedJob(
-            loader=engine.loader,
-            settings=engine.settings,
-            model_id=self.embedder.model_id,
-            write_to_server=engine.settings.qdrant_url is not None,
-            collection=self.options.collection,
-            cpu_threads=engine.options.cpu_threads,
-        )
-        labels = {f.path: self.options.labels.label_for(f.path, f.relative_path) for f in files}
-        return RayStage(
-            engine.options,
-            job,
-            config,
-            known_ids=frozenset(self.catalog.points),
-            labels=labels,
-            batch_size=self.batch_size,
-        )
-
-    def _accept(self, file: ScannedFile, prepared: PreparedFile) -> None:
+    def _accept(
+        self, file: ScannedFile, result: EmbeddedFile | WrittenFile | StoredContent
+    ) -> None:
         path = file.path
-        point_id = point_id_for_sha256(prepared.sha256)
+        point_id = point_id_for_sha256(result.sha256)
         self._forget_path(path, keep=point_id)
         listed = self.catalog.points.get(point_id)
         already_listed = listed is not None and listed.has_file(path)
@@ -617,19 +386,21 @@ class IndexRun:
             path=path,
             root=file.root,
             relative_path=file.relative_path,
-            size=prepared.size,
-            mtime_ns=prepared.mtime_ns,
+            size=result.size,
+            mtime_ns=result.mtime_ns,
             label=self.options.labels.label_for(path, file.relative_path),
         )
-        indexed_at = prepared.indexed_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        content = content_of(prepared, self.embedder.model_id, indexed_at)
+        indexed_at = result.indexed_at if isinstance(result, WrittenFile) else _now()
+        content = content_of(result, self.embedder.model_id, indexed_at)
         self.failures.pop(path, None)
         if self.catalog.add_file(point_id, entry, content):
-            if prepared.written:  # a Ray actor wrote this very payload to the server
+            if isinstance(result, WrittenFile):  # a Ray actor wrote this very payload
                 self.summary.embedded += 1
                 self._embedded_ids.add(point_id)
                 return
-            self._batch.append(_Pending(point_id, path, prepared.pixels, prepared.vector))
+            # A stage yields stored content only while its point is in the catalog.
+            assert isinstance(result, EmbeddedFile), f"{path}: stored content, no point"
+            self._batch.append(_Pending(point_id, result.embedded))
             return
         if already_listed:
             self.summary.unchanged += 1  # touched, same content: only the mtime is refreshed
@@ -650,12 +421,11 @@ class IndexRun:
 
     def _flush_batch(self) -> None:
         batch, self._batch = self._batch, []
-        if not batch:
-            return
         records = []
-        for pending, embedded in self._embed(batch):
+        for pending in batch:
             point = self.catalog.points.get(pending.point_id)
             if point is not None:
+                embedded = pending.embedded
                 payload = build_payload(point)
                 records.append(
                     PointRecord(pending.point_id, embedded.vector, payload, embedded.regions)
@@ -664,38 +434,6 @@ class IndexRun:
             self._put(Upsert(records))  # one write per batch keeps the writer far ahead
             self.summary.embedded += len(records)
             self._embedded_ids.update(r.id for r in records)
-
-    def _embed(self, batch: list[_Pending]) -> list[tuple[_Pending, Embedded]]:
-        """Embed a batch (with region vectors in a run with regions); images that cannot be
-        embedded are reported, not fatal (the embedder splits a batch that runs out of
-        memory). Vectors already made are kept."""
-        done = [(p, Embedded(p.vector)) for p in batch if p.vector is not None]
-        todo = [p for p in batch if p.vector is None and self._has_pixels(p)]
-        if not todo:
-            return done
-        pixels = self.embedder.stack([p.pixels for p in todo])
-        vectors = embed_batch(self.embedder, pixels, self.regions)
-        for pending, vector in zip(todo, vectors, strict=True):
-            if isinstance(vector, EmbeddingError):
-                self._fail_point(pending.point_id, vector.code, vector.message)
-            else:
-                done.append((pending, vector))
-        return done
-
-    def _has_pixels(self, pending: _Pending) -> bool:
-        """Read a file again here when its content was not expected to be new (the Ray
-        engine skips embedding content the collection held when the run started)."""
-        if pending.pixels is not None:
-            return True
-        prepared = prepare_file(pending.path, self._worker_config())
-        if isinstance(prepared, FailedFile) or prepared.pixels is None:
-            failed = prepared if isinstance(prepared, FailedFile) else None
-            message = failed.message if failed else "could not be read again"
-            message = message.removeprefix(f"{pending.path}: ")
-            self._fail_point(pending.point_id, failed.code if failed else "decode_error", message)
-            return False
-        pending.pixels = prepared.pixels
-        return True
 
     def _report_rejected(self, rejected: list[tuple[str, str]]) -> None:
         """Points the store refused: their files are reported, and not counted as embedded."""
@@ -723,7 +461,7 @@ class IndexRun:
             message=message,
             size=stat.size if stat else None,
             mtime_ns=stat.mtime_ns if stat else None,
-            failed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            failed_at=_now(),
         )
         reasons = Counter(self.summary.failed_by_reason)
         reasons[code] += 1
@@ -734,32 +472,8 @@ class IndexRun:
         self._writer.put(operation)
 
 
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (store errors can run over many lines)."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
-def is_utf8(path: str) -> bool:
-    """Whether ``path`` can be stored: a name that is not valid UTF-8 comes from the file
-    system with surrogate escapes, which the store refuses."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def printable(path: str) -> str:
-    """``path`` with the bytes that are not UTF-8 shown as ``\\xNN``."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _not_utf8_message(path: str) -> str:
-    return (
-        f"{printable(path)}: the file name is not valid UTF-8, which the store cannot hold; "
-        "rename it (for example with `convmv -f latin1 -t utf-8 --notest`), then index again"
-    )
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def index_folders(

@@ -1,7 +1,9 @@
-"""``dinoseek index --engine ray``: decode and embed on a Ray cluster (Ray Data).
+"""``dinoseek index --engine ray``: decode and embed on a Ray cluster (Ray Data); this module
+is what runs on the cluster, and the options.
 
 The driver (the ``dinoseek index`` process) scans, plans and keeps the catalog exactly as the
-local engine does (``indexer.pipeline``); only the decode and embed stage differs:
+local engine does (``indexer.pipeline``); only the embedding stage differs (its driver side:
+``indexer.stages.ray``):
 
 - decode: CPU tasks (``map_batches`` with a function) read, hash, decode and preprocess
   files by path, so every node must see the folders at the same path (a shared file
@@ -9,9 +11,9 @@ local engine does (``indexer.pipeline``); only the decode and embed stage differ
   ``not_on_worker``, with the remedy;
 - embed: an actor pool (``map_batches`` with a class), each actor loading the model once:
   one actor per GPU (``num_gpus=1``), or CPU actors on a cluster without GPUs;
-- writes: with a Qdrant server the actors upsert their points straight to it (the driver
-  then only merges duplicates and updates payloads); with the embedded store the vectors
-  stream back to the driver, its only writer.
+- writes: with a Qdrant server the actors upsert their points straight to it through
+  ``indexer.writer`` (the driver then only merges duplicates and updates payloads); with the
+  embedded store the vectors stream back to the driver, its only writer.
 
 Ray retries tasks and restarts actors whose process dies; files whose blocks are lost for
 good are reported as ``worker_lost`` without their size and mtime, so the next run retries
@@ -20,40 +22,39 @@ them. Ray is an optional dependency (``pip install 'dinoseek[ray]'``), imported 
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import socket
 import sys
 import threading
-from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from dinoseek.errors import ConfigError, EmbeddingError, ImageErrorCode, PointRefusedError
+from dinoseek.errors import ConfigError, EmbeddingError
 from dinoseek.runtime import ModelLoader, Runtime
-from dinoseek.scan import ScannedFile
 from dinoseek.settings import Settings
 from dinoseek.store import PointRecord, VectorStore, point_id_for_sha256
 from indexer.catalog import FileEntry, PointEntry, build_payload, content_of
-from indexer.workers import DECODE_TIMEOUT, FailedFile, PreparedFile, WorkerConfig, prepare_file
-
-if TYPE_CHECKING:
-    from ray.data import Dataset
-
-log = logging.getLogger(__name__)
+from indexer.workers import (
+    DECODE_TIMEOUT,
+    DecodedFile,
+    FailedFile,
+    FileFacts,
+    WorkerConfig,
+    prepare_file,
+)
+from indexer.writer import upsert_isolating
 
 NOT_ON_WORKER = "not_on_worker"
 WORKER_LOST = "worker_lost"
 INSTALL_HINT = "install it with: pip install 'dinoseek[ray]'"
 DECODE_CPUS = 0.5
 RETRIED_NEXT_RUN = frozenset({NOT_ON_WORKER, WORKER_LOST})  # not the file's fault
-Result = PreparedFile | FailedFile
+Result = DecodedFile | FailedFile
 
 
 @dataclass(frozen=True)
@@ -106,153 +107,6 @@ def import_ray() -> Any:
     return ray
 
 
-class RayStage:
-    """The decode and embed stage on Ray: ``results(files, stop)`` yields each file with a
-    ``PreparedFile`` carrying its vector (or ``written`` by an actor), or a ``FailedFile``."""
-
-    def __init__(
-        self,
-        options: RayOptions,
-        job: EmbedJob,
-        config: WorkerConfig,
-        *,
-        known_ids: frozenset[str],
-        labels: dict[str, str | None],
-        batch_size: int,
-    ) -> None:
-        self.options = options
-        self.job = job
-        self.config = config
-        self.known_ids = known_ids
-        self.labels = labels
-        self.batch_size = batch_size
-        self._ray = import_ray()
-        self._connected = False
-
-    def results(
-        self, files: Sequence[ScannedFile], stop: threading.Event
-    ) -> Iterator[tuple[ScannedFile, Result]]:
-        """Run the cluster's pipeline over ``files``; results arrive as blocks finish (not in
-        order). Files of blocks lost for good are reported last as ``worker_lost``."""
-        if not files:
-            return
-        # Ray's driver prints its cluster's errors (a worker that died...) on stdout, where
-        # --json promises one document: they go to stderr while Ray runs.
-        with contextlib.redirect_stdout(sys.stderr):
-            self._connect()
-            yield from self._run(files, stop)
-
-    def _run(
-        self, files: Sequence[ScannedFile], stop: threading.Event
-    ) -> Iterator[tuple[ScannedFile, Result]]:
-        by_path = {f.path: f for f in files}
-        pending = set(by_path)
-        batches = self._dataset(files).iter_batches(
-            batch_size=None, batch_format="numpy", prefetch_batches=2
-        )
-        try:
-            for batch in batches:
-                for result in results_of(batch):
-                    if result.path not in pending:
-                        continue  # a retried block's second answer
-                    pending.discard(result.path)
-                    yield by_path[result.path], result
-                if stop.is_set():
-                    return
-        finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
-        for path in sorted(pending):
-            message = (
-                f"{path}: its Ray task was lost (a worker or node died more often than Ray "
-                "retries); it will be tried again on the next run"
-            )
-            yield by_path[path], FailedFile(path, WORKER_LOST, message)
-
-    def close(self) -> None:
-        """Disconnect from Ray if this stage connected (a Ray instance it started stops; a
-        cluster it joined stays up). A caller that connected first stays connected."""
-        if self._connected:
-            with contextlib.redirect_stdout(sys.stderr):
-                self._ray.shutdown()
-            self._connected = False
-
-    # -- internals --------------------------------------------------------------------------
-
-    def _connect(self) -> None:
-        ray = self._ray
-        if ray.is_initialized():
-            return
-        address = self.options.address
-        # Worker output is already in the driver's report; Ray's own lines would be noise:
-        # its notes that token authentication is on and that Ray Data's bars are off.
-        common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-        for name in ("ray._private.authentication.authentication_token_setup", "ray.data"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        try:
-            ray.init(address=address, include_dashboard=False, **common)
-            self._connected = True
-        except ConnectionError as exc:
-            raise ConfigError(
-                f"cannot reach the Ray cluster at {address} ({exc}); start it with "
-                "`ray start --head` or check --ray-address"
-            ) from None
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.max_errored_blocks = -1  # a block lost for good is reported, not fatal
-
-    def _dataset(self, files: Sequence[ScannedFile]) -> Dataset:
-        ray = self._ray
-        rows = [
-            {
-                "path": f.path,
-                "root": f.root,
-                "relative_path": f.relative_path,
-                "label": self.labels.get(f.path) or "",
-            }
-            for f in files
-        ]
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        actors = self.options.actors or max(1, gpus)
-        # Bookings in Ray's accounting, not limits: a CPU actor books a quarter of a CPU and
-        # runs torch on every core of its node, as the local engine does; a decode task books
-        # half of one. So a node of one CPU holds an actor and a decode task, and the unequal
-        # bookings keep Ray from fusing the decode into the actors (they would take turns).
-        booked = {"num_cpus": 0.25, **({"num_gpus": 1} if gpus else {})}
-        # One block per embedding batch, decoded by one task and embedded by one actor call,
-        # so that results stream back to the driver a batch at a time.
-        per_block = self.options.decode_batch or self.batch_size
-        blocks = max(1, -(-len(rows) // per_block))
-        dataset: Dataset = (
-            ray.data.from_items(rows, override_num_blocks=blocks)
-            .map_batches(
-                decode_batch,
-                batch_size=None,
-                num_cpus=DECODE_CPUS,
-                fn_kwargs={"config": self.config, "known_ids": self.known_ids},
-            )
-            .map_batches(
-                EmbedActor,
-                batch_size=self.batch_size,
-                compute=ray.data.ActorPoolStrategy(size=actors),
-                fn_constructor_kwargs={"job": self.job},
-                **booked,
-            )
-        )
-        return dataset
-
-
-def not_on_worker_message(path: str, node: str | None = None) -> str:
-    """The error for a path that this machine sees and a Ray worker does not."""
-    where = f"the Ray worker on {node}" if node else "a Ray worker"
-    return (
-        f"{path}: {where} cannot find it, but this machine can. Every node of the cluster "
-        "must see the folders at the same path: mount them on each node (NFS, a shared "
-        "volume; see docker-compose.ray.yml), then index again"
-    )
-
-
 # -- decode tasks ---------------------------------------------------------------------------
 
 
@@ -272,7 +126,7 @@ def decode_batch(
             rows.append({**_FAILED, "path": path, "code": result.code, "message": result.message})
             continue
         embed = point_id_for_sha256(result.sha256) not in known_ids
-        if embed and result.pixels is not None:
+        if embed:
             pixels[row] = np.asarray(result.pixels)
         rows.append({
             "path": path, "ok": True, "code": "", "message": "", "sha256": result.sha256,
@@ -324,7 +178,7 @@ class EmbedActor:
         self.job = job
         self.embedder = job.loader.load(job.model_id, job.settings)
         if self.embedder.device_type == "cpu" and "torch" in sys.modules:  # a torch model
-            from dinoseek.embedder import use_cpu_threads
+            from dinoseek.torch_embedder import use_cpu_threads
 
             use_cpu_threads(job.cpu_threads or os.cpu_count() or 1)
         if store is None and job.write_to_server:
@@ -361,35 +215,29 @@ class EmbedActor:
         here do not travel back to the driver."""
         assert self.store is not None
         rows = [row for row in range(len(out["path"])) if out["has_vector"][row]]
-        decoded = results_of(out)
         records = [
-            PointRecord(
-                _point_id(out, row), out["vector"][row], self._payload(out, row, decoded[row])
-            )
+            PointRecord(_point_id(out, row), out["vector"][row], self._payload(out, row))
             for row in rows
         ]
         if not records:
             return
-        try:
-            self.store.upsert(self.job.collection, records)
-            done = rows
-        except (PointRefusedError, TypeError, ValueError):
-            done = []
-            for row, record in zip(rows, records, strict=True):  # find the points it refuses
-                try:
-                    self.store.upsert(self.job.collection, [record])
-                    done.append(row)
-                except (PointRefusedError, TypeError, ValueError) as exc:
-                    _fail(out, row, "store_refused", f"the store refused it ({exc})")
-                    out["has_vector"][row] = False
+        refused = dict(upsert_isolating(self.store, self.job.collection, records))
+        done = []
+        for row, record in zip(rows, records, strict=True):
+            if record.id in refused:
+                _fail(out, row, "store_refused", f"the store refused it ({refused[record.id]})")
+                out["has_vector"][row] = False
+            else:
+                done.append(row)
         out["written"][done] = True
         out["has_vector"][done] = False
         out["vector"][done] = 0.0
 
-    def _payload(self, out: dict[str, np.ndarray], row: int, decoded: Result) -> dict[str, Any]:
-        assert isinstance(decoded, PreparedFile), "only rows with a vector are written"
+    def _payload(self, out: dict[str, np.ndarray], row: int) -> dict[str, Any]:
         entry = file_entry(out, row)
-        content = content_of(decoded, self.embedder.model_id, str(out["indexed_at"][row]))
+        content = content_of(
+            facts_of_row(out, row), self.embedder.model_id, str(out["indexed_at"][row])
+        )
         point = PointEntry(id=_point_id(out, row), files={entry.path: entry}, content=content)
         return build_payload(point)
 
@@ -420,36 +268,18 @@ def file_entry(batch: dict[str, np.ndarray], row: int) -> FileEntry:
     )
 
 
+def facts_of_row(batch: dict[str, np.ndarray], row: int) -> FileFacts:
+    """The facts of a decoded row."""
+    return FileFacts(
+        path=str(batch["path"][row]),
+        size=int(batch["size"][row]),
+        mtime_ns=int(batch["mtime_ns"][row]),
+        sha256=str(batch["sha256"][row]),
+        width=int(batch["width"][row]),
+        height=int(batch["height"][row]),
+        format=str(batch["format"][row]),
+    )
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# -- back on the driver ---------------------------------------------------------------------
-
-
-def results_of(batch: dict[str, np.ndarray]) -> list[Result]:
-    """The rows of an embedded batch as the pipeline's results."""
-    return list(_results(batch))
-
-
-def _results(batch: dict[str, np.ndarray]) -> Iterator[Result]:
-    for row in range(len(batch["path"])):
-        path = str(batch["path"][row])
-        if not bool(batch["ok"][row]):
-            code, message = str(batch["code"][row]), str(batch["message"][row])
-            if code == ImageErrorCode.FILE_NOT_FOUND and os.path.exists(path):
-                code, message = NOT_ON_WORKER, not_on_worker_message(path, str(batch["node"][row]))
-            yield FailedFile(path, code, message)
-            continue
-        yield PreparedFile(
-            path=path,
-            size=int(batch["size"][row]),
-            mtime_ns=int(batch["mtime_ns"][row]),
-            sha256=str(batch["sha256"][row]),
-            width=int(batch["width"][row]),
-            height=int(batch["height"][row]),
-            format=str(batch["format"][row]),
-            vector=batch["vector"][row].copy() if batch["has_vector"][row] else None,
-            written=bool(batch["written"][row]),
-            indexed_at=str(batch["indexed_at"][row]),
-        )

@@ -23,13 +23,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dinoseek.embedding import ImageEmbedder, Pixels
+from dinoseek.embedder_protocol import ImageEmbedder, Pixels, split_embedded
 from dinoseek.errors import ConfigError, EmbeddingError
 from dinoseek.regions import RegionSpec
 from dinoseek.scan import ScannedFile
 from dinoseek.store import VectorStore, point_id_for_sha256
 from indexer.catalog import Catalog
-from indexer.workers import FailedFile, PreparedFile
+from indexer.workers import DecodedFile, FailedFile
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def embed_batch(
 
 
 class DecodeStage(Protocol):
-    """What decodes files in a run (``indexer.decode``)."""
+    """What decodes files in a run (``indexer.decode``, ``indexer.stages.gpu``)."""
 
     def results(
         self, files: Sequence[ScannedFile], stop: threading.Event
@@ -138,7 +138,7 @@ def add_missing_regions(
     batch: list[tuple[str, Pixels]] = []
     try:
         for file, result in stage.results([file for _, file in files], stop):
-            if not isinstance(result, PreparedFile) or result.pixels is None:
+            if not isinstance(result, DecodedFile):
                 reason = result.message if isinstance(result, FailedFile) else "no pixels"
                 log.warning("no region vectors for %s: %s", file.path, reason)
                 counts.missing += 1
@@ -168,11 +168,8 @@ def _write(
     if not batch:
         return
     embedded = embed_batch(embedder, embedder.stack([pixels for _, pixels in batch]), spec)
-    regions = {}
-    for (point_id, _), result in zip(batch, embedded, strict=True):
-        if isinstance(result, EmbeddingError) or result.regions is None:
-            counts.missing += 1
-        else:
-            regions[point_id] = result.regions
+    made, failed = split_embedded([point_id for point_id, _ in batch], embedded)
+    regions = {point_id: e.regions for point_id, e in made if e.regions is not None}
+    counts.missing += len(failed) + len(made) - len(regions)
     store.set_regions(collection, regions)
     counts.added += len(regions)

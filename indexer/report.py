@@ -79,3 +79,26 @@ def _json_line(record: FailureRecord) -> str:
     except UnicodeEncodeError:
         return json.dumps(asdict(record))
     return line
+
+
+def is_utf8(path: str) -> bool:
+    """Whether ``path`` can be stored: a name that is not valid UTF-8 comes from the file
+    system with surrogate escapes, which the store refuses."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(path: str) -> str:
+    """``path`` with the bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def not_utf8_message(path: str) -> str:
+    """The failure of a file whose name the store cannot hold, with the remedy."""
+    return (
+        f"{printable(path)}: the file name is not valid UTF-8, which the store cannot hold; "
+        "rename it (for example with `convmv -f latin1 -t utf-8 --notest`), then index again"
+    )

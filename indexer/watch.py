@@ -29,11 +29,12 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.errors import DinoseekError
 from dinoseek.store import VectorStore
 from dinoseek.watch_status import WatchMode, WatchStatus
-from indexer.pipeline import IndexOptions, IndexSummary, ModelOnDemand, index_folders
+from indexer.options import IndexOptions, IndexSummary, ModelOnDemand
+from indexer.pipeline import index_folders
 from indexer.watch_changes import WATCHED_EVENTS, ChangeHandler, ChangeTracker, Settled
 
 log = logging.getLogger(__name__)

@@ -20,11 +20,12 @@ from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 
-from dinoseek.embedding import Pixels
+from dinoseek.embedder_protocol import Pixels
 from dinoseek.errors import FileReadError, ImageError
 from dinoseek.file_read import FileContent, ReadLimits
 from dinoseek.file_read import read_file as read_regular_file
-from dinoseek.images import Preprocessing, prepare_image
+from dinoseek.images import prepare_image
+from dinoseek.preprocessing import Preprocessing
 from dinoseek.settings import default_of
 
 DECODE_TIMEOUT = "decode_timeout"
@@ -42,12 +43,8 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
-class PreparedFile:
-    """A decoded file: its identity, facts for the payload, and the model-ready pixels
-    (uint8, H x W x 3): a numpy array, a tensor already on the model's device (GPU
-    decoding), or a shared-memory ``slot`` (between a worker and the parent). The Ray engine
-    delivers the ``vector`` instead, or none when an actor has ``written`` the point itself
-    (then ``indexed_at`` is the time it wrote in the payload)."""
+class FileFacts:
+    """A file read and decoded: its identity, and the facts a point's payload records."""
 
     path: str
     size: int
@@ -56,11 +53,21 @@ class PreparedFile:
     width: int
     height: int
     format: str
-    pixels: Pixels | None = None
-    slot: int | None = None
-    vector: np.ndarray | None = None
-    written: bool = False
-    indexed_at: str | None = None
+
+
+@dataclass(frozen=True)
+class DecodedFile(FileFacts):
+    """A decoded file with its model-ready pixels (uint8, H x W x 3): a numpy array, or a
+    tensor already on the model's device (GPU decoding)."""
+
+    pixels: Pixels
+
+
+@dataclass(frozen=True)
+class FileInSlot(FileFacts):
+    """A decoded file whose pixels a worker wrote into a shared-memory ``slot``."""
+
+    slot: int
 
 
 @dataclass(frozen=True)
@@ -123,16 +130,16 @@ def worker_started() -> int:
     return os.getpid()
 
 
-def prepare_into_slot(path: str, slot: int) -> PreparedFile | FailedFile:
+def prepare_into_slot(path: str, slot: int) -> FileInSlot | FailedFile:
     """Worker entry point: prepare ``path`` and put its pixels into ``slot``."""
     config, shared = _WorkerState.config, _WorkerState.shared
     if config is None or shared is None:
         raise RuntimeError("prepare_into_slot runs only in workers started by init_worker")
     result = prepare_file(path, config)
-    if isinstance(result, FailedFile) or result.pixels is None:
+    if isinstance(result, FailedFile):
         return result
     slot_view(shared_buffer(shared), slot, _WorkerState.shape)[...] = result.pixels
-    return PreparedFile(
+    return FileInSlot(
         path=result.path,
         size=result.size,
         mtime_ns=result.mtime_ns,
@@ -144,7 +151,7 @@ def prepare_into_slot(path: str, slot: int) -> PreparedFile | FailedFile:
     )
 
 
-def prepare_file(path: str, config: WorkerConfig) -> PreparedFile | FailedFile:
+def prepare_file(path: str, config: WorkerConfig) -> DecodedFile | FailedFile:
     """Read, hash, decode and preprocess ``path`` (in any process)."""
     read = read_for_index(path, config)
     if isinstance(read, FailedFile):
@@ -182,7 +189,7 @@ def read_file(
         return FailedFile(path, exc.code, exc.message)
 
 
-def prepare_bytes(read: FileContent, config: WorkerConfig) -> PreparedFile | FailedFile:
+def prepare_bytes(read: FileContent, config: WorkerConfig) -> DecodedFile | FailedFile:
     """Decode and preprocess a file's bytes with Pillow."""
     path = read.path
     try:
@@ -193,7 +200,7 @@ def prepare_bytes(read: FileContent, config: WorkerConfig) -> PreparedFile | Fai
         return FailedFile(path, exc.code, exc.message)
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
         return FailedFile(path, "decode_error", f"{path}: {type(exc).__name__}: {exc}")
-    return PreparedFile(
+    return DecodedFile(
         path=path,
         size=read.size,
         mtime_ns=read.mtime_ns,

@@ -19,7 +19,7 @@ from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
 from dinoseek import __version__
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.runtime import ModelLoader, ModelPolicy, Runtime
 from dinoseek.settings import Settings
 from dinoseek.store import VectorStore

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dinoseek.embedding import ImageEmbedder
-from dinoseek.errors import EmbeddingError
+from dinoseek.embedder_protocol import ImageEmbedder, split_embedded
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +122,10 @@ class MicroBatcher:
             return
         if self.on_batch is not None:
             self.on_batch(len(batch), time.perf_counter() - started)
-        for request, vector in zip(batch, vectors, strict=True):
-            if request.future.done():
-                continue
-            if isinstance(vector, EmbeddingError):
-                request.future.set_exception(vector)
-            else:
+        embedded, failed = split_embedded(batch, vectors)
+        for request, vector in embedded:
+            if not request.future.done():
                 request.future.set_result(vector)
+        for request, error in failed:
+            if not request.future.done():
+                request.future.set_exception(error)

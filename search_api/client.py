@@ -2,7 +2,7 @@
 
 ``dinoseek search`` and ``dinoseek info`` use it while ``dinoseek serve`` holds an embedded
 collection (Qdrant Edge lets one process open it; the server's URL is in the lock file). The
-request carries the same parameters as a local search (``dinoseek.search``: the filter names
+request carries the same parameters as a local search (``dinoseek.search_types``: the filter names
 are the same), and the answer is parsed with the response models of ``search_api.schemas``
 back into the core's result types, so the caller cannot tell the two paths apart.
 """
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from dinoseek.errors import DinoseekError, StoreUnavailableError
 from dinoseek.regions import Box
-from dinoseek.search import LabelRequest, NeighbourQuery, SearchResult
+from dinoseek.search_types import LabelRequest, NeighbourQuery, SearchResult
 from search_api.schemas import CollectionsResponse, ErrorBody, SearchResponse
 
 TIMEOUT_S = 60.0

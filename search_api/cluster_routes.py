@@ -21,7 +21,7 @@ from search_api.label_schemas import (
     LabelledResponse,
 )
 from search_api.labelling_service import LabellingService
-from search_api.routes import ERROR_RESPONSES, Collection, Service
+from search_api.route_params import ERROR_RESPONSES, Collection, Service
 from search_api.schemas import ErrorBody
 from search_api.writes import WRITE
 

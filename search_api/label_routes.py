@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request
 
 from dinoseek.labelling import MAX_CANDIDATES
 from dinoseek.probe import probe_summary
-from dinoseek.search import ListedPoint
+from dinoseek.search_types import ListedPoint
 from dinoseek.settings import COLLECTION_NAME_PATTERN, validate_collection_name
 from dinoseek.store import POINT_ID_PATTERN
 from search_api.errors import ApiError
@@ -28,7 +28,7 @@ from search_api.label_schemas import (
     UncertainResponse,
 )
 from search_api.labelling_service import LabellingService
-from search_api.routes import ERROR_RESPONSES, Collection, Service
+from search_api.route_params import ERROR_RESPONSES, Collection, Service
 from search_api.schemas import ErrorBody, ErrorDetail, PointResponse, ProbeSummary
 from search_api.service import SearchService
 from search_api.training import TrainingRequest

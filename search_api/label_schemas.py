@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dinoseek.labelling import LABEL_PATTERN, MAX_LABEL_LENGTH
 from dinoseek.labels import PredictedLabel
-from dinoseek.search import ListedPoint
+from dinoseek.search_types import ListedPoint
 from dinoseek.store import POINT_ID_PATTERN
 from search_api.schemas import ErrorDetail, ProbeSummary
 

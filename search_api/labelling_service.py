@@ -21,7 +21,7 @@ from dinoseek.labelling import (
 )
 from dinoseek.labels import PredictedLabel
 from dinoseek.probe import choose_probe
-from dinoseek.search import ListedPoint
+from dinoseek.search_types import ListedPoint
 from dinoseek.store import StoredProbe
 from search_api.clustering import ClusterCache, ClusterVersion
 from search_api.service import SearchService

@@ -15,7 +15,7 @@ from fastapi import APIRouter
 
 from search_api.admission import ADMITTED
 from search_api.region_params import MaxPairs, match_response
-from search_api.routes import (
+from search_api.route_params import (
     ERROR_RESPONSES,
     Collection,
     ImageUpload,

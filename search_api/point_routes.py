@@ -18,12 +18,12 @@ from fastapi import APIRouter, Depends, File, Form, Path, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from dinoseek.labelling import LABEL_PATTERN, MAX_LABEL_LENGTH
-from dinoseek.search import Neighbour
+from dinoseek.search_types import Neighbour
 from dinoseek.settings import COLLECTION_NAME_PATTERN, validate_collection_name
 from search_api.admission import ADMITTED
 from search_api.errors import ApiError
 from search_api.point_writes import PointWriter
-from search_api.routes import ERROR_RESPONSES, Collection, Neighbours, PointId
+from search_api.route_params import ERROR_RESPONSES, Collection, Neighbours, PointId
 from search_api.schemas import ErrorBody, Timings
 from search_api.service import StageClock
 from search_api.writes import WRITE

@@ -21,7 +21,7 @@ from dinoseek.errors import EmbeddingError
 from dinoseek.images import PreparedImage
 from dinoseek.labelling import check_label, set_labels
 from dinoseek.regions import RegionSpec
-from dinoseek.search import Neighbour, NeighbourQuery
+from dinoseek.search_types import Neighbour, NeighbourQuery
 from dinoseek.store import CollectionRename, PointRecord, StoredPoint
 from dinoseek.uploads import (
     AddedImage,

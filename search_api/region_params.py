@@ -14,7 +14,7 @@ from fastapi import Query, UploadFile
 
 from dinoseek.correspondence import MAX_PAIRS, Correspondence
 from dinoseek.regions import parse_box
-from dinoseek.search import LabelRequest, NeighbourQuery, SearchResult
+from dinoseek.search_types import LabelRequest, NeighbourQuery, SearchResult
 from search_api.schemas import MatchedRegions, MatchResponse, Timings
 from search_api.service import SearchService, StageClock
 

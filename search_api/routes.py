@@ -5,23 +5,37 @@ ASGI middleware before any of this runs."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Path, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from dinoseek.errors import DinoseekError, StoreLockedError, StoreUnavailableError
-from dinoseek.labels import LabelMethod
 from dinoseek.probe import choose_probe, probe_summary
-from dinoseek.search import Filters, LabelRequest, NeighbourQuery
-from dinoseek.settings import COLLECTION_NAME_PATTERN, validate_collection_name
+from dinoseek.search import QueryBatch
+from dinoseek.search_types import Filters, LabelRequest, SearchResult
 from dinoseek.store import POINT_ID_PATTERN, StoredPoint
 from search_api.admission import ADMITTED
 from search_api.auth import has_key
 from search_api.batching import OverloadedError
 from search_api.errors import RETRY_AFTER_S, ApiError
 from search_api.region_params import RegionBox, Regions, search_by_region
+from search_api.route_params import (
+    ERROR_RESPONSES,
+    MAX_BATCH_IMAGES,
+    Collection,
+    ImageUpload,
+    Label,
+    Labelling,
+    LabelMethodParam,
+    Neighbours,
+    PointId,
+    ProbeName,
+    QueryImages,
+    Root,
+    Service,
+    collection_of,
+)
 from search_api.schemas import (
     BatchItem,
     BatchSearchResponse,
@@ -45,139 +59,8 @@ from search_api.schemas import (
 from search_api.served_files import content_response
 from search_api.service import THUMBNAIL_QUALITY, SearchService, StageClock
 
-MAX_BATCH_IMAGES = 64
-T = TypeVar("T")
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in {
-        400: "a malformed request body (a multipart upload that cannot be parsed)",
-        401: "missing or wrong X-API-Key",
-        404: "unknown collection or point",
-        409: "the collection was built with another model (or has no region vectors)",
-        413: "upload or image too large",
-        415: "unsupported image format",
-        422: "corrupt image, invalid parameters or region",
-        503: "overloaded or store unreachable (see Retry-After)",
-    }.items()
-}
-
-
-def get_service(request: Request) -> SearchService:
-    """The app's service (built by the lifespan)."""
-    service: SearchService = request.app.state.service
-    return service
-
-
-Service = Annotated[SearchService, Depends(get_service)]
-
-
 open_routes = APIRouter(tags=["health"])
 routes = APIRouter(responses=ERROR_RESPONSES)
-
-
-# Query parameters shared by the search endpoints. The filter names are those of
-# dinoseek.search.Filters, as on the command line (--filter root=/photos).
-TopK = Annotated[int, Query(ge=1, le=1000, description="number of neighbours")]
-Offset = Annotated[int, Query(ge=0, le=10_000, description="skip the first N neighbours")]
-Threshold = Annotated[float | None, Query(ge=-1.0, le=1.0, description="minimum cosine similarity")]
-Label = Annotated[str | None, Query(description="only neighbours with this label")]
-Root = Annotated[str | None, Query(description="only neighbours indexed under this folder")]
-FilePath = Annotated[str | None, Query(description="only the neighbour with this file path")]
-Format = Annotated[str | None, Query(description="only neighbours of this format (JPEG, PNG...)")]
-Sha256 = Annotated[str | None, Query(description="only the neighbour with this content hash")]
-CollapseDuplicates = Annotated[
-    bool,
-    Query(description="one hit per group of near-duplicates (`dinoseek dedup`): its kept image"),
-]
-# What makes bytes an image cannot be said in a schema; that they are not empty can.
-ImageUpload = Annotated[
-    UploadFile, File(description="the image", json_schema_extra={"minLength": 1})
-]
-QueryImages = Annotated[
-    list[UploadFile],
-    File(
-        description=f"the query images (1 to {MAX_BATCH_IMAGES}; an empty or unusable one "
-        "gets an error item)",
-        json_schema_extra={"minItems": 1, "maxItems": MAX_BATCH_IMAGES},
-    ),
-]
-# The rules below are enforced by the core (with its own error codes); the schema states them.
-Collection = Annotated[
-    str | None,
-    Query(
-        description="collection (default: the service's)",
-        json_schema_extra={"pattern": COLLECTION_NAME_PATTERN.pattern},
-    ),
-]
-WithLabels = Annotated[
-    bool | None,
-    Query(description="predict labels (default: yes when the collection has a probe)"),
-]
-LabelMethodParam = Annotated[
-    LabelMethod | None,
-    Query(
-        description="probe: a trained linear probe; knn: a vote of the neighbours' labels "
-        "(default: the probe when there is one, else knn)"
-    ),
-]
-ProbeName = Annotated[
-    str | None, Query(description="which probe (default: 'default', else the newest)")
-]
-
-
-@dataclass
-class Neighbours:
-    """The query parameters every neighbour search takes (a FastAPI dependency)."""
-
-    top_k: TopK = 10
-    offset: Offset = 0
-    score_threshold: Threshold = None
-    label: Label = None
-    root: Root = None
-    path: FilePath = None
-    format: Format = None
-    sha256: Sha256 = None
-    collection: Collection = None
-    collapse_duplicates: CollapseDuplicates = False
-
-    def query(self) -> NeighbourQuery:
-        """The core's query for these parameters."""
-        filters = Filters(
-            label=self.label, root=self.root, path=self.path, format=self.format, sha256=self.sha256
-        )
-        return NeighbourQuery(
-            top_k=self.top_k,
-            offset=self.offset,
-            score_threshold=self.score_threshold,
-            filters=filters,
-            collapse_duplicates=self.collapse_duplicates,
-        )
-
-
-@dataclass
-class Labelling:
-    """How to predict labels (a FastAPI dependency)."""
-
-    with_labels: WithLabels = None
-    label_method: LabelMethodParam = None
-    probe: ProbeName = None
-
-    def request(self) -> LabelRequest:
-        """The core's label request."""
-        return LabelRequest(
-            with_labels=self.with_labels, method=self.label_method, probe=self.probe
-        )
-
-
-def collection_of(service: SearchService, collection: str | None) -> str:
-    """The collection a request names (the service's by default), checked."""
-    try:
-        return validate_collection_name(
-            service.settings.collection if collection is None else collection
-        )
-    except ValueError as exc:
-        raise ApiError(422, "invalid_request", str(exc)) from None
 
 
 async def _vector(service: SearchService, upload: UploadFile, clock: StageClock) -> Any:
@@ -246,7 +129,7 @@ async def search_batch(
         )
     clock = StageClock()
     name = collection_of(service, neighbours.collection)
-    items = [BatchItem(index=i, filename=upload.filename) for i, upload in enumerate(images)]
+    batch = QueryBatch(len(images))
     contents = [await upload.read() for upload in images]
     decoded = await asyncio.gather(
         *(
@@ -255,46 +138,36 @@ async def search_batch(
         ),
         return_exceptions=True,
     )
-    ready = [(i, p) for i, outcome in enumerate(decoded) if (p := _or_error(items[i], outcome))]
-    vectors = await service.embed_many([p.pixels for _, p in ready], clock)
-    embedded = [
-        (i, v)
-        for (i, _), outcome in zip(ready, vectors, strict=True)
-        if (v := _or_error(items[i], outcome)) is not None
-    ]
-    results = await service.search(
-        name, [v for _, v in embedded], neighbours.query(), labelling.request(), clock
-    )
-    for (index, _), result in zip(embedded, results, strict=True):
-        items[index].results = result.neighbours
-        items[index].labels = result.labels
-        items[index].near_duplicate = result.near_duplicate
+    ready = batch.prepared(decoded)
+    vectors = batch.embedded(await service.embed_many([p.pixels for p in ready], clock))
+    results = await service.search(name, vectors, neighbours.query(), labelling.request(), clock)
     return BatchSearchResponse(
         model=service.embedder.model_id,
         collection=name,
         timings_ms=Timings(**clock.as_dict()),
-        items=items,
+        items=[
+            _batch_item(index, upload.filename, outcome)
+            for index, (upload, outcome) in enumerate(
+                zip(images, batch.searched(results), strict=True)
+            )
+        ],
     )
 
 
-def _or_error(item: BatchItem, outcome: T | BaseException) -> T | None:
-    """The outcome, or None with its domain error recorded on the item (anything else is
-    re-raised: a bug, not a bad image)."""
+def _batch_item(
+    index: int, filename: str | None, outcome: SearchResult | DinoseekError
+) -> BatchItem:
+    """One image's item: its neighbours and labels, or its error."""
     if isinstance(outcome, DinoseekError):
-        item.error = ErrorDetail(code=outcome.code, message=outcome.message)
-        return None
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
-
-
-PointId = Annotated[
-    str,
-    Path(
-        description="a point id (a UUID), as returned by search",
-        json_schema_extra={"format": "uuid", "pattern": POINT_ID_PATTERN.pattern},
-    ),
-]
+        error = ErrorDetail(code=outcome.code, message=outcome.message)
+        return BatchItem(index=index, filename=filename, error=error)
+    return BatchItem(
+        index=index,
+        filename=filename,
+        results=outcome.neighbours,
+        labels=outcome.labels,
+        near_duplicate=outcome.near_duplicate,
+    )
 
 
 @routes.get(
@@ -532,7 +405,8 @@ async def probes(service: Service, collection: Collection = None) -> ProbesRespo
 
 @routes.get("/collections", response_model=CollectionsResponse, summary="Collections")
 async def collections(service: Service) -> CollectionsResponse:
-    """Every collection: its size and the model it was built with."""
+    """Every collection: its size, the model it was built with and whether it holds region
+    vectors."""
     summaries = [
         CollectionSummary(
             name=status.name,
@@ -540,6 +414,7 @@ async def collections(service: Service) -> CollectionsResponse:
             indexed_vectors=status.indexed_vectors,
             model=status.space.model_id if status.space else None,
             dim=status.space.dim if status.space else None,
+            regions=status.regions,
         )
         for status in await service.collections()
     ]

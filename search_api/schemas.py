@@ -1,6 +1,6 @@
 """Pydantic models of the HTTP API: what each endpoint returns, with OpenAPI examples.
 
-Results and labels are the core's own types (``dinoseek.search.Neighbour``,
+Results and labels are the core's own types (``dinoseek.search_types.Neighbour``,
 ``dinoseek.labels.PredictedLabel``): the CLI, the API and the client that goes through a
 running server (``search_api.client``) all speak them.
 """
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dinoseek.correspondence import PatchPair
 from dinoseek.labels import PredictedLabel
 from dinoseek.regions import Box
-from dinoseek.search import DuplicateGroupView, ListedPoint, NearDuplicate, Neighbour
+from dinoseek.search_types import DuplicateGroupView, ListedPoint, NearDuplicate, Neighbour
 
 EXAMPLE_ID = "6b1c1f6e-3d0e-5b8e-9c55-2d1b0e8f4a11"
 EXAMPLE_PAYLOAD: dict[str, Any] = {
@@ -223,6 +223,9 @@ class CollectionSummary(BaseModel):
     indexed_vectors: int | None
     model: str | None
     dim: int | None
+    regions: bool = Field(
+        False, description="it holds region vectors: search by region (regions=true) works on it"
+    )
 
 
 class CollectionsResponse(BaseModel):

@@ -24,7 +24,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from dinoseek.correspondence import Correspondence, match_images
-from dinoseek.embedding import ImageEmbedder, PatchEmbeddings, VectorOrError
+from dinoseek.embedder_protocol import ImageEmbedder, PatchEmbeddings, VectorOrError
 from dinoseek.errors import CollectionNotFoundError, StoreUnavailableError
 from dinoseek.images import PreparedImage, decode_image
 from dinoseek.labels import PredictedLabel
@@ -32,7 +32,7 @@ from dinoseek.patch_pca import patch_picture
 from dinoseek.region_search import collection_spec, pooling_for, region_query, search_regions
 from dinoseek.regions import Box
 from dinoseek.runtime import Runtime
-from dinoseek.search import (
+from dinoseek.search_types import (
     BrowsePage,
     DuplicatesPage,
     Filters,

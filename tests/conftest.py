@@ -18,7 +18,7 @@ import pytest
 # No hub in tests: a model that is not local or cached fails at once instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.runtime import ModelLoader
 from dinoseek.settings import Settings
@@ -74,7 +74,7 @@ def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_model_dir: Path) -> ImageEmbedder:
     """The tiny DINOv2 on the CPU in float32, through ``from_pretrained``."""
-    from dinoseek.embedder import Embedder
+    from dinoseek.torch_embedder import Embedder
 
     return Embedder.from_pretrained(str(tiny_model_dir), device="cpu", dtype="float32")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.store import EdgeStore
 from indexer.catalog import LabelSource
 from indexer.pipeline import IndexOptions, index_folders

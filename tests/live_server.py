@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from dinoseek.runtime import Runtime
-from search_api.server import server_config
+from search_api.uvicorn_server import server_config
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from dinoseek.embedding import Pixels, VectorOrError
+from dinoseek.embedder_protocol import Pixels, VectorOrError
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.runtime import ModelLoader
 from dinoseek.settings import Settings

@@ -13,6 +13,7 @@ from PIL import Image
 
 from dinoseek.adapt.augment import CropSpec, multi_crop
 from dinoseek.adapt.compare import held_out_split, knn_agreement, knn_k
+from dinoseek.adapt.config import AdaptConfig, RunOptions
 from dinoseek.adapt.data import (
     MIN_BATCH,
     DecodeLimits,
@@ -23,17 +24,11 @@ from dinoseek.adapt.data import (
 from dinoseek.adapt.losses import dino_loss, koleo_loss, sinkhorn_knopp
 from dinoseek.adapt.model import HeadSpec, Trainable, build_networks
 from dinoseek.adapt.schedules import warmup_cosine
-from dinoseek.adapt.training import (
-    AdaptConfig,
-    RunOptions,
-    Trained,
-    TrainingStoppedError,
-    train,
-)
-from dinoseek.embedder import load_dinov2
+from dinoseek.adapt.training import Trained, TrainingStoppedError, train
 from dinoseek.errors import ConfigError
-from dinoseek.images import DINOV2_PREPROCESSING
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from dinoseek.synthetic import write_image_folder
+from dinoseek.torch_embedder import load_dinov2
 
 pytestmark = pytest.mark.model
 

@@ -59,7 +59,7 @@ def test_the_saved_model_loads_through_transformers_and_dinoseek(
     import torch
     from transformers import AutoModel
 
-    from dinoseek.embedder import Embedder
+    from dinoseek.torch_embedder import Embedder
 
     out, _ = adapted
     model = AutoModel.from_pretrained(out)
@@ -101,8 +101,8 @@ def test_the_check_is_the_brute_force_answer_on_the_held_out_images(
     """4 classes of 6 images, half of each held out: 3 per class, so kNN takes k = 2 (with
     k = 20, or 11, every point was outvoted by the other classes: chance for any features).
     The reference embeds the listed held-out images with both models and scores them here."""
-    from dinoseek.embedder import Embedder
     from dinoseek.folder_vectors import embed_files
+    from dinoseek.torch_embedder import Embedder
 
     out, summary = adapted
     check = summary["check"]

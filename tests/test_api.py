@@ -23,7 +23,7 @@ from PIL import Image
 from pydantic import SecretStr
 from starlette.types import Receive, Scope, Send
 
-from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
+from dinoseek.embedder_protocol import ImageEmbedder, Pixels, VectorOrError
 from dinoseek.errors import CollectionMismatchError, StoreLockedError
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.settings import Settings

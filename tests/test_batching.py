@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from dinoseek.embedding import Pixels, VectorOrError
+from dinoseek.embedder_protocol import Pixels, VectorOrError
 from dinoseek.errors import EmbeddingError
 from dinoseek.fake_embedder import FakeEmbedder
 from search_api.batching import MicroBatcher, OverloadedError

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.store import EdgeStore, PointRecord
 from indexer.catalog import ApiLabel, Catalog, FileEntry, LabelSource, PointEntry
 from indexer.catalog_cache import catalog_cache_path, load_catalog, save_catalog

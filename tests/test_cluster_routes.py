@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dinoseek.clusters import ClusterTree, cluster_collection
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.store import PointRecord
 from search_api.clustering import ClusterCache, changed_enough
 from tests.label_support import HANG_S, data, ids_by_name, indexed, make_client, wait_for

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from dinoseek.embedding import ImageEmbedder
-from dinoseek.search import Filters, LabelRequest, NeighbourQuery, Searcher
+from dinoseek.embedder_protocol import ImageEmbedder
+from dinoseek.search import Searcher
+from dinoseek.search_types import Filters, LabelRequest, NeighbourQuery
 from dinoseek.store import EdgeStore, SearchHit, SearchQuery, ServerStore, VectorStore
 from tests.helpers import encode, photo, unit_vectors
 from tests.test_store_contract import DIM, make_space, records

@@ -18,7 +18,7 @@ from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.curate import balanced, by_neighbours, eligible_rows, level_sizes
 from dinoseek.kmeans import kmeans
 from dinoseek.store import EdgeStore
-from tests.commands import invoke, run_json
+from tests.cli_runner import invoke, run_json
 from tests.helpers import write_tree
 from tests.test_dedup import copy_of
 

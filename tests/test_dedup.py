@@ -32,7 +32,7 @@ from dinoseek.dedup import (
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, PointRecord, ServerStore, VectorStore
 from search_api.app import create_app
-from tests.commands import invoke, run_json
+from tests.cli_runner import invoke, run_json
 from tests.fakes import fake_model
 from tests.helpers import unit_vectors, write_tree
 from tests.test_store_contract import make_space

@@ -18,7 +18,7 @@ from dinoseek.dedup_keep import KeepRule, PointFacts, file_times
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
 from search_api.app import create_app
-from tests.commands import invoke, run_json
+from tests.cli_runner import invoke, run_json
 from tests.fakes import fake_model
 from tests.helpers import encode, photo
 

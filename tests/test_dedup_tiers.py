@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from dinoseek.store import EdgeStore
-from tests.commands import invoke, run_json
+from tests.cli_runner import invoke, run_json
 from tests.helpers import encode, photo, write_tree
 from tests.test_dedup import copy_of
 

@@ -1114,7 +1114,7 @@ def test_dockerignore_sends_only_what_the_build_needs() -> None:
         "README.md",
         "dinoseek/settings.py",
         "dinoseek/store/server.py",
-        "indexer/commands.py",
+        "indexer/index_command.py",
         "search_api/__init__.py",
         "dinoseek_cli/main.py",
     ):

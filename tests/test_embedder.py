@@ -11,16 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from dinoseek.embedder import (
+from dinoseek.embedder_protocol import ImageEmbedder, fingerprint_pixels
+from dinoseek.errors import ConfigError, EmbeddingError, ModelLoadError
+from dinoseek.images import decode_image
+from dinoseek.torch_embedder import (
     BATCH_BUCKETS,
     Embedder,
     bucket_for,
     resolve_device,
     resolve_dtype,
 )
-from dinoseek.embedding import ImageEmbedder, fingerprint_pixels
-from dinoseek.errors import ConfigError, EmbeddingError, ModelLoadError
-from dinoseek.images import decode_image
 from tests.helpers import encode, photo
 
 pytestmark = pytest.mark.model

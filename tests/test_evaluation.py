@@ -27,7 +27,7 @@ from dinoseek.evaluation import (
 from dinoseek.store import EdgeStore
 from dinoseek_cli.eval import render
 from dinoseek_cli.main import main
-from tests.commands import invoke, run_json
+from tests.cli_runner import invoke, run_json
 from tests.helpers import unit_vectors, write_tree
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from dinoseek.errors import CollectionMismatchError
 from dinoseek.fake_embedder import FakeEmbedder
-from dinoseek.images import DINOV2_PREPROCESSING, decode_image
+from dinoseek.images import decode_image
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from tests.helpers import encode, photo
 
 

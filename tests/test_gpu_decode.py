@@ -17,14 +17,14 @@ import pytest
 import torch
 from PIL import Image
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.gpu_decode import GpuJpegDecoder, JpegJob, center_crop, load_decode_jpeg, orient
 from dinoseek.images import decode_image
 from dinoseek.scan import ScannedFile, ScanOptions, scan
 from dinoseek.store import EdgeStore
-from indexer.decode import GpuDecodeStage
 from indexer.pipeline import IndexOptions, IndexRun
-from indexer.workers import FailedFile, PreparedFile, WorkerConfig
+from indexer.stages.gpu import GpuDecodePool
+from indexer.workers import DecodedFile, FailedFile, WorkerConfig
 from tests.helpers import encode, photo
 
 TRANSPOSES = {
@@ -119,14 +119,14 @@ def test_stage_mixes_gpu_jpegs_pillow_others_and_failures(
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 nope")
     (tmp_path / "huge.jpg").write_bytes(encode(photo(3, (300, 200))))
     config = WorkerConfig(embedder.preprocessing, max_image_pixels=50_000)
-    stage = GpuDecodeStage(decoder, config, threads=2, batch=4)
+    stage = GpuDecodePool(decoder, config, threads=2, batch=4)
     results = {Path(f.path).name: r for f, r in stage.results(scanned(tmp_path), threading.Event())}
     rotated = results["rotated.jpg"]
-    assert isinstance(rotated, PreparedFile)
+    assert isinstance(rotated, DecodedFile)
     assert isinstance(rotated.pixels, torch.Tensor)
     assert (rotated.width, rotated.height) == (20, 40)
     plain = results["plain.png"]
-    assert isinstance(plain, PreparedFile)
+    assert isinstance(plain, DecodedFile)
     assert isinstance(plain.pixels, np.ndarray)
     assert isinstance(results["broken.jpg"], FailedFile)
     huge = results["huge.jpg"]
@@ -211,7 +211,7 @@ def test_stage_reports_a_read_past_its_deadline_and_stops_at_once(
     gate = threading.Event()
     expired: list[str] = []  # reads the gate held to its end: nobody stopped waiting for them
 
-    class Stuck(GpuDecodeStage):
+    class Stuck(GpuDecodePool):
         def _read(self, path: str) -> object:  # type: ignore[override]
             if path.endswith("stuck.jpg") and not gate.wait(timeout=120):
                 expired.append(path)
@@ -222,7 +222,7 @@ def test_stage_reports_a_read_past_its_deadline_and_stops_at_once(
     stuck = results.pop("stuck.jpg")
     assert isinstance(stuck, FailedFile)
     assert stuck.code == "decode_timeout"
-    assert all(isinstance(r, PreparedFile) for r in results.values())
+    assert all(isinstance(r, DecodedFile) for r in results.values())
 
     stop = threading.Event()
     no_deadline_near = WorkerConfig(embedder.preprocessing, max_image_pixels=10**7)

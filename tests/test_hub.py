@@ -118,7 +118,7 @@ def cache_model(cache: Path, repo_id: str, model_dir: Path) -> None:
 def test_a_cached_model_loads_from_the_cache_when_the_hub_does_not_answer(
     empty_cache: Path, no_network: list[str], tiny_model_dir: Path
 ) -> None:
-    from dinoseek.embedder import load_dinov2
+    from dinoseek.torch_embedder import load_dinov2
 
     cache_model(empty_cache, HUB_ID, tiny_model_dir)
     source = model_source(HUB_ID, reachable=lambda endpoint: False)

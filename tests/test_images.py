@@ -19,19 +19,21 @@ from PIL import Image
 from dinoseek.errors import ImageError, ImageErrorCode
 from dinoseek.images import (
     BACKGROUND_RGB,
-    DINOV2_PREPROCESSING,
     ImageHeader,
-    Preprocessing,
     allowed_formats,
     decode_image,
     image_extensions,
     inspect_image,
     load_image,
     prepare_image,
-    preprocessing_from_processor_config,
     read_image_bytes,
     sniff_format,
     to_rgb,
+)
+from dinoseek.preprocessing import (
+    DINOV2_PREPROCESSING,
+    Preprocessing,
+    preprocessing_from_processor_config,
 )
 from dinoseek.synthetic import DINOV2_PROCESSOR
 from tests.helpers import bad_image_samples, encode, photo, png_chunk, png_header_only

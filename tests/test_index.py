@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
+from dinoseek.embedder_protocol import ImageEmbedder, Pixels, VectorOrError
 from dinoseek.errors import ConfigError, EmbeddingError
 from dinoseek.fake_embedder import FakeEmbedder
-from dinoseek.images import DINOV2_PREPROCESSING, load_image
+from dinoseek.images import load_image
 from dinoseek.labels_csv import read_labels_csv
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from dinoseek.store import EdgeStore, SearchQuery, point_id_for_sha256
 from indexer.catalog import (
     Catalog,

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.labelling import set_labels
 from dinoseek.store import EdgeStore
 from indexer.catalog import LabelSource
 from indexer.catalog_cache import catalog_cache_path, load_catalog
 from indexer.pipeline import IndexOptions, IndexSummary, index_folders
-from tests.commands import invoke
+from tests.cli_runner import invoke
 from tests.helpers import write_tree
 
 

@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.probe.collection import train_collection_probe
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
@@ -27,7 +27,7 @@ from search_api.admission import Admission, AdmittedRoutes
 from search_api.app import create_app
 from search_api.training import ProbeTrainer
 from search_api.writes import WRITE, WritePolicy, WriteRoutes, is_loopback_host
-from tests.commands import invoke
+from tests.cli_runner import invoke
 from tests.label_support import (  # the fixtures data and indexed too
     HANG_S,
     LOOPBACK,

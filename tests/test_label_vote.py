@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from dinoseek.embedding import ImageEmbedder
-from dinoseek.search import VOTE_NEIGHBOURS
+from dinoseek.embedder_protocol import ImageEmbedder
+from dinoseek.search_types import VOTE_NEIGHBOURS
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
 from dinoseek.synthetic import write_image_folder

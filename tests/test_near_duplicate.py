@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
 from search_api.app import create_app
-from tests.commands import invoke, run_json
+from tests.cli_runner import invoke, run_json
 from tests.fakes import fake_model
 from tests.helpers import encode, photo, write_tree
 from tests.test_dedup import copy_of

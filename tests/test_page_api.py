@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
 from search_api.app import create_app
@@ -120,9 +120,11 @@ def test_the_page_leaves_no_inline_script_or_handler() -> None:
     html = (STATIC_DIR / "index.html").read_text()
     assert "<script>" not in html
     assert not re.search(r"\son[a-z]+\s*=", html)  # no onclick= and the like
-    script = (STATIC_DIR / "app.js").read_text()
-    assert "innerHTML" not in script  # text goes in as text
-    assert "insertAdjacentHTML" not in script
+    for name in ("app.js", "labels.js", "regions.js"):
+        script = (STATIC_DIR / name).read_text()
+        assert "innerHTML" not in script, name  # text goes in as text
+        assert "insertAdjacentHTML" not in script, name
+        assert f'<script src="/ui/{name}" defer></script>' in html, name
 
 
 # -- browsing ---------------------------------------------------------------------------------

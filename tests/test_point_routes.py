@@ -19,14 +19,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, point_id_for_sha256
 from dinoseek.uploads import UPLOADS_DIR
 from indexer.catalog import Catalog, LabelSource, build_payload
 from indexer.pipeline import IndexOptions, index_folders
 from search_api.app import create_app
-from tests.commands import invoke
+from tests.cli_runner import invoke
 from tests.helpers import bad_image_samples, encode, photo, png_header_only
 from tests.label_support import data, indexed, make_client  # the fixtures data and indexed
 from tests.test_api import HeldEmbedder, WatchedBody, serving

@@ -11,11 +11,12 @@ import pytest
 from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.errors import ProbeMismatchError
 from dinoseek.probe import LinearProbe, ProbeCache, choose_probe
 from dinoseek.probe.collection import train_collection_probe
-from dinoseek.search import Neighbour, knn_labels
+from dinoseek.search import knn_labels
+from dinoseek.search_types import Neighbour
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, StoredProbe
 from dinoseek.synthetic import write_image_folder

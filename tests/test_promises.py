@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dinoseek.store import EdgeStore
-from tests.commands import invoke
+from tests.cli_runner import invoke
 from tests.helpers import encode, photo, write_tree
 
 

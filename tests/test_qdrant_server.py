@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.commands import invoke
+from tests.cli_runner import invoke
 from tests.helpers import write_tree
 
 SERVER = os.environ.get("DINOSEEK_TEST_QDRANT_URL")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.commands import invoke
+from tests.cli_runner import invoke
 from tests.helpers import write_bad_files, write_tree
 from tests.ray_support import embedded_by, ray_env, release, slow_loader
 from tests.test_kill_points import State, state_of

@@ -18,6 +18,7 @@ from dinoseek.scan import ScannedFile
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, point_id_for_sha256
 from dinoseek.store.server import ServerStore
+from indexer import pipeline
 from indexer.catalog import FileEntry, LabelSource, PointEntry, build_payload
 from indexer.pipeline import IndexOptions, IndexRun
 from indexer.ray_engine import (
@@ -28,11 +29,12 @@ from indexer.ray_engine import (
     RayEngine,
     RayOptions,
     decode_batch,
-    results_of,
 )
 from indexer.report import load_failures
-from indexer.workers import FailedFile, PreparedFile, WorkerConfig
-from tests.commands import invoke
+from indexer.stages.base import WrittenFile
+from indexer.stages.ray import results_of
+from indexer.workers import FailedFile, WorkerConfig
+from tests.cli_runner import invoke
 from tests.fakes import FAKE_LOADER
 from tests.helpers import write_bad_files, write_tree
 
@@ -115,9 +117,7 @@ def test_an_actor_writes_its_points_to_a_server_with_the_drivers_payload(
         stored = {p.id: p for p in store.scroll("images", with_vectors=True)}
     for row, path in enumerate(paths):
         result = results_of(out)[row]
-        assert isinstance(result, PreparedFile)
-        assert result.written
-        assert result.vector is None
+        assert isinstance(result, WrittenFile), "written, its vector not sent back"
         point_id = point_id_for_sha256(result.sha256)
         entry = FileEntry(
             str(path), str(photos), path.relative_to(photos).as_posix(),
@@ -165,7 +165,7 @@ def test_files_lost_by_the_cluster_are_retried_by_the_next_run(
         labels=LabelSource(from_folders=True),
         ray=RayEngine(RayOptions(), FAKE_LOADER, Settings()),
     )  # fmt: skip
-    monkeypatch.setattr(IndexRun, "_ray_stage", lambda *_: StandInStage(lost, unseen))
+    monkeypatch.setattr(pipeline, "open_stage", lambda *_, **__: StandInStage(lost, unseen))
     with EdgeStore(tmp_path / "data") as store:
         summary = IndexRun(embedder, store, options).run()
     assert summary.failed_by_reason == {NOT_ON_WORKER: 1, WORKER_LOST: 1}

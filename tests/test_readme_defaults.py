@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dinoseek.embedding import (
+from dinoseek.embedder_protocol import (
     CPU_BATCH_SIZE,
     GPU_BATCH_SIZE,
     LARGE_GPU_BATCH_SIZE,

@@ -17,15 +17,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dinoseek.embedding import ImageEmbedder
-from dinoseek.images import DINOV2_PREPROCESSING
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.input_geometry import InputGeometry
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from dinoseek.regions import Box
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
 from search_api.admission import AdmittedRoutes
 from search_api.app import create_app
-from tests.commands import invoke, run_json
+from tests.cli_runner import invoke, run_json
 from tests.helpers import admits, encode
 
 MODEL = "fake/dinov2"  # the ``embedder`` fixture's id
@@ -259,6 +259,8 @@ def test_the_api_refuses_region_search_on_a_collection_without_regions(
     )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "regions_not_indexed"
+    listed = {c["name"]: c["regions"] for c in client.get("/collections").json()["collections"]}
+    assert listed == {"images": True, "bare": False}  # what the page offers drawing a box on
     too_many = client.post(
         "/search", params={"regions": True, "top_k": 500}, files={"image": ("q.png", data)}
     )

@@ -11,8 +11,8 @@ import pytest
 from dinoseek.correspondence import correspond, mutual_neighbours
 from dinoseek.errors import InvalidRegionError, RegionsNotIndexedError
 from dinoseek.fake_embedder import FakeEmbedder
-from dinoseek.images import DINOV2_PREPROCESSING
 from dinoseek.input_geometry import InputGeometry
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from dinoseek.regions import Box, RegionSpec, parse_box, pooling_rows
 
 GRID = (16, 16)

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dinoseek.embedding import EmbeddingError, ImageEmbedder
+from dinoseek.embedder_protocol import EmbeddingError, ImageEmbedder
 from dinoseek.region_search import search_image_regions
 from dinoseek.regions import RegionSpec
-from dinoseek.search import LabelRequest, NeighbourQuery, Searcher
+from dinoseek.search import Searcher
+from dinoseek.search_types import LabelRequest, NeighbourQuery
 from dinoseek.store import EdgeStore
 from dinoseek.synthetic import CLASS_NAMES, draw_image
 from indexer.pipeline import IndexOptions, index_folders

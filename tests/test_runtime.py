@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,

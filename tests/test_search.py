@@ -4,20 +4,26 @@ the real embedded store with the stand-in model."""
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder, VectorOrError
 from dinoseek.errors import (
     ConfigError,
     DinoseekError,
+    EmbeddingError,
     InvalidPointIdError,
     PointNotFoundError,
     ProbeNotFoundError,
 )
-from dinoseek.search import Filters, LabelRequest, NeighbourQuery, Searcher, SearchResult
+from dinoseek.search import Searcher
+from dinoseek.search_types import Filters, LabelRequest, NeighbourQuery, SearchResult
 from dinoseek.store import EdgeStore, point_id_for_sha256
 from indexer.catalog import LabelSource
 from indexer.pipeline import IndexOptions, index_folders
@@ -87,6 +93,56 @@ def test_an_image_finds_its_exact_copy_first(
     assert isinstance(bad, DinoseekError)
     assert bad.code == "not_an_image"
     assert first.labels is None  # no probe, not asked for
+
+
+class RefusesDarkImages:
+    """The stand-in model, except that it cannot embed an all-dark image (as the real one
+    cannot embed an image it gives a non-finite vector)."""
+
+    def __init__(self, inner: ImageEmbedder) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def embed_each(self, pixels: np.ndarray) -> list[VectorOrError]:
+        return [
+            EmbeddingError("produced a non-finite embedding") if image.max() < 16 else vector
+            for image, vector in zip(pixels, self._inner.embed_each(pixels), strict=True)
+        ]
+
+
+def test_each_image_of_a_search_keeps_its_place_whichever_step_stops_it(
+    indexed: tuple[Path, list[Path]], embedder: ImageEmbedder
+) -> None:
+    data, paths = indexed
+    dark = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(dark, format="PNG")
+    refusing = cast(ImageEmbedder, RefusesDarkImages(embedder))
+    with EdgeStore(data) as store:
+        outcomes = Searcher(store, refusing, max_image_pixels=10**8).search_images(
+            "images",
+            [
+                (dark.getvalue(), "dark.png"),
+                (paths[3].read_bytes(), "b.jpg"),
+                (b"not an image", "c.jpg"),
+                (dark.getvalue(), "dark-again.png"),
+                (paths[5].read_bytes(), "e.jpg"),
+            ],
+            NeighbourQuery(top_k=1),
+            LabelRequest(),
+        )
+    assert [getattr(o, "code", None) for o in outcomes] == [
+        "embedding_failed",
+        None,
+        "not_an_image",
+        "embedding_failed",
+        None,
+    ]
+    assert [o.neighbours[0].path for o in outcomes if isinstance(o, SearchResult)] == [
+        str(paths[3]),
+        str(paths[5]),
+    ]
 
 
 def test_filters_reach_the_store(searcher: Searcher, indexed: tuple[Path, list[Path]]) -> None:

@@ -15,7 +15,7 @@ from dinoseek.settings import Settings
 from dinoseek.space import EmbeddingSpace
 from dinoseek.store import EdgeStore, PointRecord, SearchQuery, VectorIndex, point_id_for_sha256
 from dinoseek.store.server import ServerStore
-from tests.commands import invoke
+from tests.cli_runner import invoke
 from tests.helpers import write_tree
 
 DIM = 64

@@ -19,11 +19,11 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.scan import DEFAULT_EXCLUDES, ScanOptions, exclusion_matcher
 from dinoseek.store import EdgeStore
 from dinoseek.watch_status import WatchStatus
-from indexer.pipeline import IndexOptions
+from indexer.options import IndexOptions
 from indexer.watch import (
     FolderWatcher,
     WatchOptions,

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from dinoseek.adapt.augment import CropSpec, multi_crop
 from dinoseek.errors import ConfigError, DinoseekError
-from dinoseek.images import Preprocessing, load_image, prepare_image, read_image_bytes
+from dinoseek.images import load_image, prepare_image, read_image_bytes
+from dinoseek.preprocessing import Preprocessing
 
 # The smallest batch a run lowers --batch-size to when the folder holds fewer images: the
 # teacher's Sinkhorn-Knopp targets and KoLeo are taken over the batch.

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
+from dinoseek.adapt.config import AdaptConfig, StepMetrics
 from dinoseek.adapt.model import Network, merged_backbone
-from dinoseek.adapt.training import AdaptConfig, StepMetrics
-from dinoseek.embedder import ADAPTATION_KEY
 from dinoseek.synthetic import quiet_transformers
+from dinoseek.torch_embedder import ADAPTATION_KEY
 
 LOG = "adapt-log.jsonl"
 SUMMARY = "adapt-summary.json"

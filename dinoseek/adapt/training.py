@@ -16,19 +16,25 @@ never stopped.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from dinoseek.adapt.augment import CropSpec
+from dinoseek.adapt.checkpoint import (
+    CHECKPOINT,
+    TrainingParts,
+    TrainingState,
+    images_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from dinoseek.adapt.config import AdaptConfig, RunOptions, StepMetrics
 from dinoseek.adapt.data import Batch, DecodeLimits, StepBatches, batches
 from dinoseek.adapt.losses import (
     CentredSoftmax,
@@ -39,91 +45,17 @@ from dinoseek.adapt.losses import (
     sinkhorn_knopp,
 )
 from dinoseek.adapt.model import (
-    HeadSpec,
     Network,
-    Trainable,
     build_networks,
     parameter_groups,
     update_teacher,
 )
 from dinoseek.adapt.schedules import linear_warmup, warmup_cosine
-from dinoseek.embedder import Dinov2Checkpoint, load_dinov2, resolve_device
-from dinoseek.errors import ConfigError, DinoseekError
-from dinoseek.images import Preprocessing
+from dinoseek.errors import DinoseekError
+from dinoseek.preprocessing import Preprocessing
+from dinoseek.torch_embedder import Dinov2Checkpoint, load_dinov2, resolve_device
 
 log = logging.getLogger(__name__)
-
-Centring = Literal["sinkhorn", "centre"]
-CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class AdaptConfig:
-    """Everything that decides the numbers of a run (a resumed run must match it)."""
-
-    model: str
-    steps: int
-    batch_size: int = 32
-    crops: CropSpec = field(default_factory=CropSpec)
-    head: HeadSpec = field(default_factory=HeadSpec)
-    trainable: Trainable = field(default_factory=Trainable)
-    lr: float = 1e-4
-    min_lr: float = 1e-6
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.2
-    layer_decay: float = 0.9
-    momentum: float = 0.992
-    teacher_temp: float = 0.07
-    warmup_teacher_temp: float = 0.04
-    warmup_fraction: float = 0.1
-    teacher_temp_warmup_fraction: float = 0.3
-    koleo_weight: float = 0.1
-    ibot_weight: float = 0.0
-    mask_probability: float = 0.5
-    mask_ratio: tuple[float, float] = (0.1, 0.5)
-    centring: Centring = "sinkhorn"
-    clip_grad: float = 3.0
-    seed: int = 0
-
-    @property
-    def warmup_steps(self) -> int:
-        return round(self.steps * self.warmup_fraction)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (tuples as lists)."""
-        return _plain(asdict(self))
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How a run executes (none of it changes the numbers, except the device's arithmetic)."""
-
-    device: str = "auto"
-    workers: int = 1
-    checkpoint_every: int = 50
-    gradient_checkpointing: bool = False
-    min_teacher_entropy: float = 0.5
-    min_feature_spread: float = 0.02
-    collapse_patience: int = 10
-
-
-@dataclass(frozen=True)
-class StepMetrics:
-    """What one step measured."""
-
-    step: int
-    loss: float
-    dino: float
-    koleo: float
-    ibot: float
-    teacher_entropy: float
-    feature_spread: float
-    lr: float
-    weight_decay: float
-    momentum: float
-    teacher_temp: float
-    images_per_second: float
-    data_wait: float
 
 
 @dataclass
@@ -155,14 +87,6 @@ class TrainingCollapsedError(DinoseekError):
     code = "training_collapsed"
 
 
-def images_fingerprint(paths: Sequence[Path]) -> str:
-    """A hash of the training file list (a resumed run must train on the same files)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(os.fsencode(path) + b"\0")
-    return digest.hexdigest()
-
-
 def train(
     config: AdaptConfig,
     paths: Sequence[Path],
@@ -190,16 +114,16 @@ def train(
     student.to(device).train()
     teacher.to(device).eval()
     groups = parameter_groups(student, config.layer_decay)
-    parts = _Parts(
+    parts = TrainingParts(
         student=student,
         teacher=teacher,
         optimizer=torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999)),
         centre=CentredSoftmax(config.head.prototypes, device),
     )
-    state = _State(history=[], failed={}, start=0)
+    state = TrainingState(history=[], failed={}, start=0)
     fingerprint = images_fingerprint(paths)
     if resume:
-        state = _load(checkpoints / CHECKPOINT, config, fingerprint, parts)
+        state = load_checkpoint(checkpoints / CHECKPOINT, config, fingerprint, parts)
     step_runner = _Step(config, parts, checkpoint.preprocessing, device)
     guard = _CollapseGuard(run, config)
     dataset = StepBatches(
@@ -227,7 +151,7 @@ def train(
             guard.check(metrics)
             stopping = stop is not None and stop.is_set()
             if step % run.checkpoint_every == 0 or step == config.steps or stopping:
-                _save(checkpoints, step, config, fingerprint, parts, state)
+                save_checkpoint(checkpoints, step, config, fingerprint, parts, state)
             if stopping and step < config.steps:
                 raise TrainingStoppedError(step)
     finally:
@@ -247,30 +171,13 @@ def train(
     )
 
 
-@dataclass(frozen=True)
-class _Parts:
-    """What a checkpoint holds besides the step's bookkeeping."""
-
-    student: Network
-    teacher: Network
-    optimizer: torch.optim.Optimizer
-    centre: CentredSoftmax
-
-
-@dataclass
-class _State:
-    history: list[StepMetrics]
-    failed: dict[str, str]
-    start: int
-
-
 class _Step:
     """One optimisation step and its measures."""
 
     def __init__(
         self,
         config: AdaptConfig,
-        parts: _Parts,
+        parts: TrainingParts,
         preprocessing: Preprocessing,
         device: torch.device,
     ) -> None:
@@ -454,82 +361,9 @@ class _CollapseGuard:
         )
 
 
-def _save(
-    directory: Path,
-    step: int,
-    config: AdaptConfig,
-    fingerprint: str,
-    parts: _Parts,
-    state: _State,
-) -> None:
-    """Write the whole training state atomically (a kill leaves the previous one)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "step": step,
-        "config": config.to_dict(),
-        "images": fingerprint,
-        "student": parts.student.state_dict(),
-        "teacher": parts.teacher.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "centre": parts.centre.centre,
-        "history": [asdict(m) for m in state.history],
-        "failed": dict(state.failed),
-    }
-    partial = directory / (CHECKPOINT + ".partial")
-    with open(partial, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, directory / CHECKPOINT)
-
-
-def _load(
-    path: Path,
-    config: AdaptConfig,
-    fingerprint: str,
-    parts: _Parts,
-) -> _State:
-    if not path.is_file():
-        raise ConfigError(f"--resume: no checkpoint at {path}; start without --resume")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same answer
-        raise ConfigError(f"--resume: {path} cannot be read ({exc}); start again") from None
-    saved = payload.get("config", {})
-    differ = sorted(k for k, v in config.to_dict().items() if saved.get(k) != v)
-    if differ:
-        raise ConfigError(
-            f"--resume: the checkpoint at {path} was made with other settings "
-            f"({', '.join(differ)}); resume with the same options, or start again"
-        )
-    if payload.get("images") != fingerprint:
-        raise ConfigError(
-            f"--resume: the folder's images changed since the checkpoint at {path}; "
-            "resume on the same files, or start again"
-        )
-    parts.student.load_state_dict(payload["student"])
-    parts.teacher.load_state_dict(payload["teacher"])
-    parts.optimizer.load_state_dict(payload["optimizer"])
-    parts.centre.centre.copy_(payload["centre"])
-    history = [StepMetrics(**m) for m in payload["history"]]
-    return _State(history=history, failed=dict(payload["failed"]), start=int(payload["step"]))
-
-
 def _peak_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def _plain(value: dict[str, Any]) -> dict[str, Any]:
-    return {k: _plain_value(v) for k, v in value.items()}
-
-
-def _plain_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        return _plain(value)
-    if isinstance(value, list | tuple):
-        return [_plain_value(v) for v in value]
-    return value

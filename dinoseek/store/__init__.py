@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from dinoseek.errors import StoreLockedError
+from dinoseek.errors import RegionsNotIndexedError, StoreLockedError
 from dinoseek.settings import Settings
 from dinoseek.store.edge import EdgeStore
 from dinoseek.store.protocol import ProbeStore, SnapshotStore, VectorStore
@@ -99,10 +99,30 @@ def collection_statuses(store: VectorStore) -> list[CollectionStatus]:
             info = store.collection_info(name)
         except StoreLockedError as error:
             space = store.collection_space(name)
-            statuses.append(CollectionStatus(name, None, None, space, dict(error.holder)))
+            holder = dict(error.holder)
+            statuses.append(
+                CollectionStatus(name, None, None, space, holder, has_regions(store, name))
+            )
             continue
-        statuses.append(CollectionStatus(name, info.points, info.indexed_vectors, info.space))
+        statuses.append(
+            CollectionStatus(
+                name,
+                info.points,
+                info.indexed_vectors,
+                info.space,
+                regions=has_regions(store, name),
+            )
+        )
     return statuses
+
+
+def has_regions(store: VectorStore, name: str) -> bool:
+    """Whether the collection holds region vectors of a layout this version reads (its
+    layout is read from the collection's metadata: no lock needed)."""
+    try:
+        return store.collection_regions(name) is not None
+    except RegionsNotIndexedError:  # a layout recorded by another version
+        return False
 
 
 def __getattr__(name: str) -> Any:

@@ -23,7 +23,6 @@ import logging
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,7 +59,8 @@ from dinoseek.store.edge_requests import (
 )
 from dinoseek.store.edge_shards import SHARD_DIR, open_or_create_shard
 from dinoseek.store.edge_snapshots import EdgeSnapshots
-from dinoseek.store.files import write_bytes_atomic, write_json_atomic
+from dinoseek.store.edge_state import STATE_FILE, new_token, read_token
+from dinoseek.store.files import write_json_atomic
 from dinoseek.store.records import (
     CollectionInfo,
     CollectionRename,
@@ -73,8 +73,6 @@ from dinoseek.store.records import (
 )
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "state"
 
 
 class _Held:
@@ -353,7 +351,7 @@ class EdgeStore:
             if held.writing:
                 shard.flush()
             path = self.collection_dir(name) / STATE_FILE
-            token = _read_token(path) or _new_token(path)
+            token = read_token(path) or new_token(path)
             held.writing = False
             return token
 
@@ -458,7 +456,7 @@ class EdgeStore:
             shard = self._shard(name)
             held = self._held[name]
             if not held.writing:
-                _new_token(self.collection_dir(name) / STATE_FILE)
+                new_token(self.collection_dir(name) / STATE_FILE)
                 held.writing = True
             shard.update(operation)
 
@@ -486,21 +484,6 @@ def _info(name: str, held: _Held) -> CollectionInfo:
         indexed_vectors=int(info.indexed_vectors_count),
         space=held.space,
     )
-
-
-def _read_token(path: Path) -> str | None:
-    try:
-        token = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return token if len(token) == 32 and token.isalnum() else None
-
-
-def _new_token(path: Path) -> str:
-    """A fresh token, on disk (fsynced) before the caller goes on."""
-    token = uuid.uuid4().hex
-    write_bytes_atomic(path, token.encode("ascii"))
-    return token
 
 
 def _close(name: str, held: _Held) -> None:

@@ -189,13 +189,15 @@ class CollectionRename:
 class CollectionStatus:
     """A collection as ``info`` and ``GET /collections`` show it. ``points`` and
     ``indexed_vectors`` are None, and ``holder`` says who holds it, for an embedded collection
-    that another process holds (its counts cannot be read meanwhile)."""
+    that another process holds (its counts cannot be read meanwhile). ``regions``: it holds
+    region vectors of a layout this version reads (search by region works on it)."""
 
     name: str
     points: int | None
     indexed_vectors: int | None
     space: EmbeddingSpace | None
     holder: dict[str, object] | None = None
+    regions: bool = False
 
 
 @dataclass(frozen=True)

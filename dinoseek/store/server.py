@@ -16,7 +16,6 @@ path), which speaks the same API; a real server needs only ``ServerStore.connect
 
 from __future__ import annotations
 
-import json
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,7 +36,6 @@ from dinoseek.space import EmbeddingSpace
 from dinoseek.store.qdrant_rest import QdrantRest
 from dinoseek.store.records import (
     PAYLOAD_INDEXES,
-    QUANTIZATION_OVERSAMPLING,
     CollectionInfo,
     CollectionRename,
     FilterValue,
@@ -45,7 +43,6 @@ from dinoseek.store.records import (
     SearchHit,
     SearchQuery,
     StoredPoint,
-    Unset,
     VectorIndex,
 )
 from dinoseek.store.server_calls import RETRY_DELAYS_S, QdrantCalls
@@ -62,11 +59,15 @@ from dinoseek.store.server_regions import (
     stored_point,
 )
 from dinoseek.store.server_rename import copy_server_collection
+from dinoseek.store.server_requests import (
+    METADATA_KEY,
+    chunks_by_size,
+    hnsw_config,
+    quantization_config,
+    search_params,
+    server_filter,
+)
 from dinoseek.store.server_snapshots import ServerSnapshots
-
-METADATA_KEY = "dinoseek"
-# Qdrant refuses requests over 32 MiB by default; stay far below it.
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
 
 
 class ServerStore:
@@ -88,7 +89,7 @@ class ServerStore:
         ``index`` is how collections created here index their vectors."""
         self.client = client
         self.index = index or VectorIndex()
-        self._search_params = _search_params(self.index)
+        self._search_params = search_params(self.index)
         self._description = description
         self.shard_number = shard_number
         self.replication_factor = replication_factor
@@ -171,8 +172,8 @@ class ServerStore:
                     vectors_config=models.VectorParams(
                         size=space.dim, distance=models.Distance.COSINE
                     ),
-                    hnsw_config=_hnsw_config(self.index),
-                    quantization_config=_quantization_config(self.index),
+                    hnsw_config=hnsw_config(self.index),
+                    quantization_config=quantization_config(self.index),
                     shard_number=self.shard_number,
                     replication_factor=self.replication_factor,
                     write_consistency_factor=self.write_consistency_factor,
@@ -207,9 +208,7 @@ class ServerStore:
             spec.check_same(name, recorded)
             return
         space = self.collection_space(name)
-        add_region_vector(
-            self.client, self._call, name, space.dim, _quantization_config(self.index)
-        )
+        add_region_vector(self.client, self._call, name, space.dim, quantization_config(self.index))
         metadata = {METADATA_KEY: {**(self._metadata(name) or {}), "regions": spec.to_metadata()}}
         self._call(self.client.update_collection, name, metadata=metadata)
 
@@ -285,7 +284,7 @@ class ServerStore:
         ``named``: every CLS vector under its name, for a collection created with both
         vectors (``create_collection_like``)."""
         self._check_acquired(name)
-        for chunk in _chunks_by_size(points):
+        for chunk in chunks_by_size(points):
             structs = [point_struct(p, named) for p in chunk]
             self._call(self.client.upsert, name, points=structs, wait=True)
 
@@ -385,7 +384,7 @@ class ServerStore:
                 with_vector=[REGION_VECTOR] if q.regions else False,
                 limit=q.top_k,
                 offset=q.offset,
-                filter=_filter(q.filters, q.exclude_ids, q.exclude),
+                filter=server_filter(q.filters, q.exclude_ids, q.exclude),
                 score_threshold=q.score_threshold,
                 with_payload=True,
                 params=self._search_params,
@@ -411,7 +410,7 @@ class ServerStore:
             records, offset = self._call(
                 self.client.scroll,
                 name,
-                scroll_filter=_filter(filters or {}, ()),
+                scroll_filter=server_filter(filters or {}, ()),
                 limit=batch_size,
                 offset=offset,
                 with_payload=True,
@@ -476,66 +475,3 @@ class ServerStore:
                     ),
                     wait=True,
                 )
-
-
-def _chunks_by_size(points: Sequence[PointRecord]) -> Iterator[Sequence[PointRecord]]:
-    start, size = 0, 0
-    for index, point in enumerate(points):
-        # JSON floats take about 12 bytes each; payloads are measured as JSON.
-        values = int(point.vector.size) + (0 if point.regions is None else int(point.regions.size))
-        estimate = 12 * values + len(json.dumps(point.payload)) + 64
-        if index > start and size + estimate > MAX_REQUEST_BYTES:
-            yield points[start:index]
-            start, size = index, 0
-        size += estimate
-    if start < len(points):
-        yield points[start:]
-
-
-def _filter(
-    filters: Mapping[str, FilterValue],
-    exclude_ids: Sequence[str],
-    exclude: Mapping[str, FilterValue] | None = None,
-) -> models.Filter | None:
-    must: list[models.Condition] = [_condition(key, value) for key, value in filters.items()]
-    must_not: list[models.Condition] = (
-        [models.HasIdCondition(has_id=list(exclude_ids))] if exclude_ids else []
-    )
-    must_not += [_condition(key, value) for key, value in (exclude or {}).items()]
-    if not must and not must_not:
-        return None
-    return models.Filter(must=must or None, must_not=must_not or None)
-
-
-def _condition(key: str, value: FilterValue) -> models.Condition:
-    """An exact match, or for ``UNSET`` a field that is missing, null or empty."""
-    if isinstance(value, Unset):
-        return models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
-    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
-
-
-def _hnsw_config(index: VectorIndex) -> models.HnswConfigDiff | None:
-    if index.is_default:
-        return None
-    return models.HnswConfigDiff(m=index.hnsw_m, ef_construct=index.hnsw_ef_construct)
-
-
-def _quantization_config(index: VectorIndex) -> models.ScalarQuantization | None:
-    if index.quantization != "int8":
-        return None
-    return models.ScalarQuantization(
-        scalar=models.ScalarQuantizationConfig(
-            type=models.ScalarType.INT8, quantile=0.99, always_ram=True
-        )
-    )
-
-
-def _search_params(index: VectorIndex) -> models.SearchParams:
-    """``hnsw_ef`` candidates per query; a quantized collection's candidates are rescored with
-    the original vectors (ignored by a collection without quantization)."""
-    return models.SearchParams(
-        hnsw_ef=index.hnsw_ef,
-        quantization=models.QuantizationSearchParams(
-            rescore=True, oversampling=QUANTIZATION_OVERSAMPLING
-        ),
-    )

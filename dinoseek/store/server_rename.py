@@ -25,9 +25,9 @@ import dataclasses
 from dinoseek.errors import CollectionExistsError
 from dinoseek.store.records import CollectionRename, PointRecord
 from dinoseek.store.server_collections import ServerCollections
+from dinoseek.store.server_requests import METADATA_KEY
 
 RENAME_KEY = "dinoseek-rename-from"
-METADATA_KEY = "dinoseek"  # as in dinoseek.store.server
 COPY_BATCH = 256
 
 

@@ -175,6 +175,10 @@ function searchQuery(params, { withLabels = true } = {}) {
   }
   if (params.get("threshold")) query.set("score_threshold", params.get("threshold"));
   if (params.get("collapse") === "1") query.set("collapse_duplicates", "true");
+  if (params.get("region")) {
+    query.set("regions", "true");
+    query.set("region", params.get("region"));
+  }
   if (withLabels) query.set("with_labels", params.get("labels") === "0" ? "false" : "true");
   return query;
 }
@@ -203,7 +207,9 @@ function imageUrl(id, params, size) {
   return `/points/${encodeURIComponent(id)}/image${text ? `?${text}` : ""}`;
 }
 
-function card(result, params) {
+// ``query`` (when the view has one: {file} of an upload or {id} of a stored image, and its
+// name) gives the card a "Why?" button.
+function card(result, params, query = null) {
   const item = $("card-template").content.firstElementChild.cloneNode(true);
   const name = result.path || result.id;
   const image = item.querySelector("img");
@@ -223,6 +229,13 @@ function card(result, params) {
   path.title = name;
   item.querySelector(".open").href = imageUrl(result.id, params, null);
   item.querySelector(".copy").addEventListener("click", () => copyText(name));
+  if (query) {
+    const why = item.querySelector(".why");
+    why.hidden = false;
+    why.setAttribute("aria-label", `Why ${name} matches the query`);
+    why.addEventListener("click", () => showWhy(query, result, params));
+  }
+  if (result.region) drawHitRegion(item, result.region);
   item.dataset.id = result.id;
   return item;
 }
@@ -235,10 +248,10 @@ function resultCount(count, noun = "result") {
   return line;
 }
 
-function grid(results, params) {
+function grid(results, params, query = null) {
   const list = document.createElement("ul");
   list.className = "grid";
-  results.forEach((result) => list.append(card(result, params)));
+  results.forEach((result) => list.append(card(result, params, query)));
   if (!results.length) {
     const empty = document.createElement("li");
     empty.className = "empty";
@@ -359,11 +372,25 @@ async function showSimilar(params, ticket) {
   if (ticket !== showing) return;
   const name = point.payload.path || id;
   setTitle(`Similar to ${name}`);
-  replaceView(
-    queryCard({ preview: imageUrl(id, params, THUMBNAIL_SIZE), name }),
-    resultCount(found.results.length),
-    grid(found.results, params),
-  );
+  const article = queryCard({ preview: imageUrl(id, params, THUMBNAIL_SIZE), name });
+  replaceView(article, resultCount(found.results.length), grid(found.results, params, { id, name }));
+  // A box on a stored image searches with its original file, as an upload would.
+  if (collectionHasRegions()) {
+    attachBoxDrawing(article, {
+      box: null,
+      onBox: (box) =>
+        storedFile(id, params, name)
+          .then((file) => search([file], { region: box }))
+          .catch((error) => showMessage(explain(error))),
+      onClear: () => {},
+    });
+  }
+}
+
+async function storedFile(id, params, name) {
+  const blob = await (await api(imageUrl(id, params, null))).blob();
+  const base = name.split("/").pop() || id;
+  return new File([blob], base, { type: blob.type });
 }
 
 async function showBrowse(params, ticket) {
@@ -440,8 +467,18 @@ function showUpload(params, data) {
   for (const group of data.groups) {
     const article = queryCard(group);
     nodes.push(article);
-    if (group.results) nodes.push(resultCount(group.results.length), grid(group.results, params));
     const file = uploads.get(group.upload);
+    const query = file && !group.error ? { file, name: group.name } : null;
+    if (group.results) {
+      nodes.push(resultCount(group.results.length), grid(group.results, params, query));
+    }
+    if (file && collectionHasRegions()) {
+      attachBoxDrawing(article, {
+        box: group.region,
+        onBox: (box) => search([file], { region: box }),
+        onClear: () => search([file], { region: null }),
+      });
+    }
     if (file && !group.error) {
       if (data.groups.length === 1) {
         attachPca(article, file).catch((error) => showMessage(explain(error)));
@@ -469,16 +506,18 @@ function keepUpload(key, file) {
   while (uploads.size > MAX_UPLOADS_KEPT) uploads.delete(uploads.keys().next().value);
 }
 
-async function search(files) {
+// ``region``: search one image by that box of it (fractions of its width and height).
+async function search(files, { region = null } = {}) {
   files = [...files].filter((file) => file instanceof File);
   if (!files.length) return;
-  const params = pageParams("upload");
+  const params = pageParams("upload", region ? { region: boxText(region) } : {});
   const query = searchQuery(params);
   const form = new FormData();
   const single = files.length === 1;
   files.forEach((file) => form.append(single ? "image" : "images", file, file.name));
   hideMessage();
-  showMessage(single ? `Searching with ${files[0].name}…` : `Searching with ${files.length} images…`, "info");
+  const what = region ? `the box drawn on ${files[0].name}` : files[0].name;
+  showMessage(single ? `Searching with ${what}…` : `Searching with ${files.length} images…`, "info");
   const ticket = ++showing;
   try {
     const response = await api(single ? `/search?${query}` : `/search/batch?${query}`, {
@@ -499,6 +538,7 @@ async function search(files) {
         labels: item.labels || null,
         nearDuplicate: item.near_duplicate || null,
         error: item.error || null,
+        region: region ? parseBoxText(boxText(region)) : null,
       };
     });
     if (ticket !== showing) return;
@@ -591,6 +631,14 @@ function showCollectionStatus() {
   } else {
     $("status-points").textContent = points === undefined ? "…" : points.toLocaleString();
   }
+}
+
+// Whether the collection shown holds region vectors (a box can be drawn on a query).
+function collectionHasRegions() {
+  if (service === null) return false;
+  const name = $("collection").value || service.collection;
+  const listed = listedCollections.find((collection) => collection.name === name);
+  return Boolean(listed && listed.regions);
 }
 
 async function loadCollections(serviceCollection) {
@@ -688,6 +736,7 @@ function wireInput() {
 
 async function start() {
   wireInput();
+  wireWhy();
   const params = new URLSearchParams(location.search);
   setControls(params);
   await loadStatus().catch((error) => showMessage(explain(error)));

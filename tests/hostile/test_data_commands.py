@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
+from dinoseek.embedder_protocol import ImageEmbedder, Pixels, VectorOrError
 from dinoseek.errors import CollectionNotFoundError, ProbeTrainingError
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.runtime import ModelLoader

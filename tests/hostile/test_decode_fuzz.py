@@ -28,12 +28,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from dinoseek.errors import ImageError, ImageErrorCode
-from dinoseek.images import (
-    DINOV2_PREPROCESSING,
-    PreparedImage,
-    allowed_formats,
-    prepare_image,
-)
+from dinoseek.images import PreparedImage, allowed_formats, prepare_image
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 
 IMAGE_ERROR_CODES = {
     value for key, value in vars(ImageErrorCode).items() if key.isupper() and isinstance(value, str)

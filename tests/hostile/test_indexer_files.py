@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from dinoseek.embedding import ImageEmbedder
-from dinoseek.images import DINOV2_PREPROCESSING
+from dinoseek.embedder_protocol import ImageEmbedder
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from dinoseek.scan import ScannedFile, ScanOptions
 from dinoseek.store import EdgeStore
-from indexer.decode import DecodePool, _result, _StoppedError
+from indexer.decode import DecodePool, StoppedError, result_within
 from indexer.pipeline import IndexOptions, index_folders
-from indexer.workers import FailedFile, PreparedFile, WorkerConfig, prepare_file, read_file
+from indexer.workers import DecodedFile, FailedFile, WorkerConfig, prepare_file, read_file
 from tests.helpers import encode, photo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def test_a_slow_decode_is_reported_and_the_others_go_on(
     gate = threading.Event()
     expired: list[str] = []  # decodes the gate held to its end: the pool waited for them
 
-    def slow_on_file_1(path: str, worker_config: WorkerConfig) -> PreparedFile | FailedFile:
+    def slow_on_file_1(path: str, worker_config: WorkerConfig) -> DecodedFile | FailedFile:
         if path.endswith("1.jpg") and not gate.wait(timeout=120):
             expired.append(path)
         return prepare_file(path, worker_config)
@@ -85,21 +85,21 @@ def test_a_slow_decode_is_reported_and_the_others_go_on(
     gate.set()
     assert isinstance(results[1], FailedFile)
     assert results[1].code == "decode_timeout"
-    assert all(isinstance(results[i], PreparedFile) for i in (0, 2, 3))
+    assert all(isinstance(results[i], DecodedFile) for i in (0, 2, 3))
     assert not expired, "the pool waited for the slow decode past its deadline"
 
 
 def test_waiting_for_a_decode_stops_when_asked() -> None:
-    never: Future[PreparedFile | FailedFile] = Future()
+    never: Future[DecodedFile | FailedFile] = Future()
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()
-    with pytest.raises(_StoppedError):  # not the TimeoutError of a wait that ignored the stop
-        _result(never, stop, timeout_s=60)
+    with pytest.raises(StoppedError):  # not the TimeoutError of a wait that ignored the stop
+        result_within(never, stop, timeout_s=60)
 
 
 STUCK = """
 import threading, time
-from dinoseek.images import DINOV2_PREPROCESSING
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from indexer.decode import _DecodeThread
 from indexer.workers import WorkerConfig
 blocked = threading.Event()
@@ -141,7 +141,7 @@ def test_a_link_swapped_in_after_the_scan_is_read_only_with_follow_links(
     assert refused.code == "not_a_regular_file"
     assert "symbolic link" in refused.message
     followed = prepare_file(str(swapped), config(follow_links=True))
-    assert isinstance(followed, PreparedFile)
+    assert isinstance(followed, DecodedFile)
     assert followed.sha256 == hashlib.sha256(private.read_bytes()).hexdigest()
     # A run with --follow-links indexes the linked image (its option reaches the reads).
     options = IndexOptions(

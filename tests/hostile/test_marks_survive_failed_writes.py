@@ -35,7 +35,7 @@ from dinoseek.dedup import (
 )
 from dinoseek.errors import ConfigError
 from dinoseek.store import EdgeStore, PointRecord, ServerStore, VectorStore
-from tests.commands import invoke, run_json
+from tests.cli_runner import invoke, run_json
 from tests.helpers import write_tree
 from tests.test_store_contract import make_space
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.store import EdgeStore, PointRecord
 from indexer.catalog import LabelSource
 from indexer.pipeline import IndexOptions, IndexSummary, index_folders

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from dinoseek.settings import Settings
 from dinoseek_cli.main import main
-from tests.commands import invoke
+from tests.cli_runner import invoke
 
 NOT_NUMBERS = ("nan", "NaN", "inf", "-inf")
 

@@ -18,8 +18,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dinoseek.embedding import ImageEmbedder
-from dinoseek.images import DINOV2_PREPROCESSING, MAX_RESIZE_FACTOR, prepare_image
+from dinoseek.embedder_protocol import ImageEmbedder
+from dinoseek.images import prepare_image
+from dinoseek.preprocessing import DINOV2_PREPROCESSING, MAX_RESIZE_FACTOR
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
 from indexer.pipeline import IndexOptions, index_folders
@@ -35,7 +36,8 @@ UNDER_A_MEMORY_CAP = textwrap.dedent(
     """
     import resource, sys
     resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20))
-    from dinoseek.images import DINOV2_PREPROCESSING, prepare_image
+    from dinoseek.images import prepare_image
+    from dinoseek.preprocessing import DINOV2_PREPROCESSING
     from tests.hostile.bombs import strip_png
     for text in sys.argv[1:]:
         width, height = map(int, text.split("x"))

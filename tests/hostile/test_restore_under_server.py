@@ -18,11 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 from qdrant_client import QdrantClient
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, PointRecord, ServerStore
 from search_api.app import create_app
-from tests.commands import invoke
+from tests.cli_runner import invoke
 from tests.helpers import encode, photo, unit_vectors, write_tree
 
 QUERY = encode(photo(5))

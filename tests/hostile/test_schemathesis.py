@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.probe.collection import train_collection_probe
 from dinoseek.runtime import ModelPolicy, Runtime
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore
-from search_api.routes import MAX_BATCH_IMAGES
+from search_api.route_params import MAX_BATCH_IMAGES
 from tests.indexing import indexed_tree
 from tests.live_server import LiveServer, live_server
 

@@ -28,7 +28,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore, point_id_for_sha256
 from search_api.app import create_app

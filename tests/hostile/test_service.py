@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from dinoseek.embedding import ImageEmbedder, Pixels, VectorOrError
+from dinoseek.embedder_protocol import ImageEmbedder, Pixels, VectorOrError
 from dinoseek.fake_embedder import FakeEmbedder
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore

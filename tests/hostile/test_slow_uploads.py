@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dinoseek.embedding import ImageEmbedder
+from dinoseek.embedder_protocol import ImageEmbedder
 from dinoseek.runtime import ModelPolicy, Runtime
 from dinoseek.settings import Settings
 from dinoseek.store import EdgeStore

@@ -3,11 +3,11 @@
 Loaded with ``transformers`` ``from_pretrained`` from a hub id or a local directory, so it
 works offline (``HF_HUB_OFFLINE=1``) when the model is cached or local. Geometric
 preprocessing (resize, crop) follows the model's own ``preprocessor_config.json`` and runs with
-Pillow wherever the image is decoded (see ``images.Preprocessing``); rescaling and
+Pillow wherever the image is decoded (see ``preprocessing.Preprocessing``); rescaling and
 normalisation run batched on the model's device.
 
 Only ``dinoseek.runtime`` loads an embedder (``load_embedder``); everything else receives one
-through the ``ImageEmbedder`` interface (``dinoseek.embedding``) and never sees torch.
+through the ``ImageEmbedder`` interface (``dinoseek.embedder_protocol``) and never sees torch.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from dinoseek.embedding import (
+from dinoseek.embedder_protocol import (
     CPU_BATCH_SIZE,
     GPU_BATCH_SIZE,
     LARGE_GPU_BATCH_SIZE,
@@ -42,7 +42,7 @@ from dinoseek.embedding import (
 )
 from dinoseek.errors import ConfigError, EmbeddingError, ModelLoadError
 from dinoseek.hub import ModelSource, hub_client_mode, model_source
-from dinoseek.images import Preprocessing, preprocessing_from_processor_config
+from dinoseek.preprocessing import Preprocessing, preprocessing_from_processor_config
 from dinoseek.space import EmbeddingSpace
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from dinoseek.commandline import (
 from dinoseek.errors import ConfigError
 from dinoseek.runtime import ModelPolicy, Runtime
 from search_api.extras import ServiceExtras
-from search_api.server import ALLOW_WRITES_LOOPBACK_ONLY, public_url, run_server
+from search_api.uvicorn_server import ALLOW_WRITES_LOOPBACK_ONLY, public_url, run_server
 from search_api.writes import is_loopback_host
 
 

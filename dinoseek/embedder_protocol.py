@@ -1,9 +1,9 @@
 """What dinoseek needs from an image embedder, without importing torch.
 
 ``ImageEmbedder`` is the interface that the runtime, the search path, the indexer and the
-service use. ``dinoseek.embedder.Embedder`` (DINOv2 through transformers and torch) is the real
-one; ``dinoseek.fake_embedder.FakeEmbedder`` (numpy only) stands in where a test is not about
-the model.
+service use. ``dinoseek.torch_embedder.Embedder`` (DINOv2 through transformers and torch) is
+the real one; ``dinoseek.fake_embedder.FakeEmbedder`` (numpy only) stands in where a test is
+not about the model.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from dinoseek.errors import EmbeddingError
-from dinoseek.images import Preprocessing
+from dinoseek.preprocessing import Preprocessing
 from dinoseek.space import EmbeddingSpace
 
 # Model-ready uint8 pixels (N, H, W, 3): a numpy array on the host, or a tensor already on the
@@ -56,6 +56,24 @@ class PooledEmbedding:
 
 # One image's pooled embedding, or the reason it could not be embedded.
 PooledOrError = PooledEmbedding | EmbeddingError
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def split_embedded(
+    items: Sequence[Item], results: Sequence[Result | EmbeddingError]
+) -> tuple[list[tuple[Item, Result]], list[tuple[Item, EmbeddingError]]]:
+    """Pair each item with its result from ``embed_each`` or ``embed_each_pooled`` (in
+    order): those that were embedded, and those with the reason they were not."""
+    embedded: list[tuple[Item, Result]] = []
+    failed: list[tuple[Item, EmbeddingError]] = []
+    for item, result in zip(items, results, strict=True):
+        if isinstance(result, EmbeddingError):
+            failed.append((item, result))
+        else:
+            embedded.append((item, result))
+    return embedded, failed
 
 
 @runtime_checkable
