@@ -90,16 +90,7 @@ class _Generation:
             return result
         pixels = slot_view(shared_buffer(self.shared), slot, self.shape).copy()
         self.free.append(slot)
-        return DecodedFile(
-            path=result.path,
-            size=result.size,
-            mtime_ns=result.mtime_ns,
-            sha256=result.sha256,
-            width=result.width,
-            height=result.height,
-            format=result.format,
-            pixels=pixels,
-        )
+        return DecodedFile(**result.facts(), pixels=pixels)
 
     def close(self) -> None:
         """Stop the workers (killing any still busy after a moment) and free the memory."""

@@ -15,8 +15,9 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from multiprocessing.shared_memory import SharedMemory
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,10 @@ class FileFacts:
     width: int
     height: int
     format: str
+
+    def facts(self) -> dict[str, Any]:
+        """Only the facts, as keyword arguments for another kind of file (no pixels copied)."""
+        return {field.name: getattr(self, field.name) for field in fields(FileFacts)}
 
 
 @dataclass(frozen=True)
@@ -139,16 +144,7 @@ def prepare_into_slot(path: str, slot: int) -> FileInSlot | FailedFile:
     if isinstance(result, FailedFile):
         return result
     slot_view(shared_buffer(shared), slot, _WorkerState.shape)[...] = result.pixels
-    return FileInSlot(
-        path=result.path,
-        size=result.size,
-        mtime_ns=result.mtime_ns,
-        sha256=result.sha256,
-        width=result.width,
-        height=result.height,
-        format=result.format,
-        slot=slot,
-    )
+    return FileInSlot(**result.facts(), slot=slot)
 
 
 def prepare_file(path: str, config: WorkerConfig) -> DecodedFile | FailedFile:

@@ -16,7 +16,6 @@ last file changed in between).
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -82,17 +81,17 @@ class Model:
 
 def facts_of(file: FileFacts) -> FileFacts:
     """Only the facts of ``file``."""
-    return FileFacts(**{f.name: getattr(file, f.name) for f in dataclasses.fields(FileFacts)})
+    return FileFacts(**file.facts())
 
 
 def embedded_file(file: FileFacts, embedded: Embedded) -> EmbeddedFile:
     """``file`` with its vectors."""
-    return EmbeddedFile(**dataclasses.asdict(facts_of(file)), embedded=embedded)
+    return EmbeddedFile(**file.facts(), embedded=embedded)
 
 
 def stored_content(file: FileFacts) -> StoredContent:
     """``file`` as content the collection holds."""
-    return StoredContent(**dataclasses.asdict(facts_of(file)))
+    return StoredContent(**file.facts())
 
 
 def embedding_failure(path: str, error: EmbeddingError) -> FailedFile:
