@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import (
+    PEAK_RSS_LAUNCHER,
     CpuMeter,
     child_env,
     command_line,
@@ -61,6 +63,7 @@ from curation_data import Generator, fill, pairs_at, point_id, runtime_store, sa
 
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.dedup import UnionFind, plan_dedup
+from dinoseek.payload_table import PayloadTable
 from dinoseek.similarity import best_matches, top_matches
 from dinoseek.store import SearchQuery, VectorStore
 
@@ -72,32 +75,32 @@ HNSW_BATCH = 256
 
 def run_command(args: list[str], timeout_s: float) -> dict[str, Any]:
     """``dinoseek ARGS --json`` in a process of its own: its document, wall time, peak
-    memory (maximum resident set, GiB) and the other processes' CPU meanwhile."""
+    memory (its maximum resident set, GiB, measured by ``PEAK_RSS_LAUNCHER``) and the other
+    processes' CPU meanwhile."""
     meter = CpuMeter()
     load = _load()
     started = time.perf_counter()
+    command = [sys.executable, "-c", PEAK_RSS_LAUNCHER, sys.executable, "-m", "dinoseek_cli"]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dinoseek_cli", *args, "--json"],
-            stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=child_env(),
+            [*command, *args, "--json"], stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+            env=child_env(), start_new_session=True,
         )  # fmt: skip
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - started > timeout_s:
-                process.kill()
-            time.sleep(0.1)
+        try:
+            code = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and the command
+            code = process.wait()
         wall = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-    if os.waitstatus_to_exitcode(status) != 0:
+    if code != 0:
         raise RuntimeError(f"dinoseek {' '.join(args)} failed:\n{stderr[-3000:]}")
     return {
         "document": json.loads(stdout),
         "wall_s": wall,
-        "peak_gib": usage.ru_maxrss * 1024 / 2**30,  # kilobytes on Linux
+        "peak_gib": int(stderr.strip().splitlines()[-1]) / 2**20,  # KiB on Linux
         "other_cpu": meter.other_cores(),
         "load": load,
     }
@@ -140,7 +143,9 @@ def recall(links: UnionFind, pairs: np.ndarray) -> float | None:
 def exact_baseline(vectors: np.ndarray, count: int, total: int) -> dict[str, Any]:
     """All-pairs on the first ``count`` points, timed, extrapolated to ``total``."""
     data = CollectionVectors(
-        [point_id(i) for i in range(count)], vectors[:count], [{} for _ in range(count)]
+        [point_id(i) for i in range(count)],
+        vectors[:count],
+        PayloadTable.of({} for _ in range(count)),
     )
     meter, load = CpuMeter(), _load()
     started = time.perf_counter()

@@ -37,9 +37,11 @@ from dinoseek.similarity import (
 
 MARGIN_SPREADS = 2.2
 MAX_PROBES = 12
-# Nearest-neighbour queries (curate) probe at least this many clusters: their neighbours lie
-# much farther away than a near-duplicate does.
+# Nearest-neighbour queries (curate) probe at least this many clusters, and at least this
+# share of them: their neighbours lie much farther away than a near-duplicate does, and spread
+# over more clusters as a larger base is cut into more (bench/curation.py measures the recall).
 NEIGHBOUR_PROBES = 32
+NEIGHBOUR_PROBE_SHARE = 8
 SAMPLE_PER_CLUSTER = 20
 ITERATIONS = 5
 
@@ -59,6 +61,12 @@ class ClusterParameters:
     def describe(self) -> dict[str, Any]:
         """The parameters as a report states them."""
         return {**asdict(self), "margin": round(self.margin, 6)}
+
+
+def neighbour_probes(clusters: int) -> int:
+    """How many clusters a nearest-neighbour query probes: ``NEIGHBOUR_PROBES``, or an
+    ``NEIGHBOUR_PROBE_SHARE``-th of the clusters when that is more (all when fewer)."""
+    return min(clusters, max(NEIGHBOUR_PROBES, clusters // NEIGHBOUR_PROBE_SHARE))
 
 
 def default_clusters(count: int) -> int:
@@ -237,12 +245,12 @@ def nearest_in_clusters(
     device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """For each query, the ``k`` most similar allowed base rows among the members of its
-    ``probes`` (default ``NEIGHBOUR_PROBES``) nearest clusters, best first (-1 and -inf where
+    ``probes`` (default ``neighbour_probes``) nearest clusters, best first (-1 and -inf where
     there are fewer), and the number of similarities computed. ``allowed`` is a mask over the
     base rows (None: all)."""
     import torch
 
-    count = min(probes or NEIGHBOUR_PROBES, len(clustered.centroids))
+    count = min(probes or neighbour_probes(len(clustered.centroids)), len(clustered.centroids))
     fixed = replace(clustered.parameters, margin=0.0, min_probes=count, max_probes=count)
     query_probes = probe(queries, clustered.centroids, fixed, device=device)
     by_cluster, starts = _by_cluster(query_probes, len(clustered.centroids))

@@ -1,10 +1,11 @@
 """A collection's vectors in one matrix, read from the store a page at a time.
 
 The vectors go straight into a preallocated matrix (never a list of arrays), with the point
-ids and the few payload fields a job asks for beside them. The matrix is float32, or float16
-to halve the memory of a large collection (dedup: the store's own mapping of the vectors is
-resident beside it); a float16 matrix only finds candidates, and ``CollectionVectors.exact``
-fetches the stored float32 vectors of the rows to decide on.
+ids and the few payload fields a job asks for beside them, kept by field
+(``dinoseek.payload_table``: a dict per point costs several hundred bytes a point). The matrix
+is float32, or float16 to halve the memory of a large collection (dedup: the store's own
+mapping of the vectors is resident beside it); a float16 matrix only finds candidates, and
+``CollectionVectors.exact`` fetches the stored float32 vectors of the rows to decide on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from dinoseek.payload_table import PayloadTable
 from dinoseek.store import VectorStore
 
 PAGE = 2048
@@ -27,7 +29,7 @@ class CollectionVectors:
 
     ids: list[str]
     vectors: np.ndarray
-    payloads: list[dict[str, Any]]
+    payloads: PayloadTable
     fetch: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None
 
     def exact(self, rows: np.ndarray) -> np.ndarray:
@@ -61,7 +63,7 @@ def read_vectors(
     capacity = max(1, store.count(collection))
     vectors = np.empty((capacity, dim), dtype=dtype)
     ids: list[str] = []
-    payloads: list[dict[str, Any]] = []
+    payloads = PayloadTable(capacity)
     pending = 0
     for point in store.scroll(collection, with_vectors=True, batch_size=PAGE):
         if point.vector is None:

@@ -13,9 +13,10 @@ selected.
 The reference images are compared with the pool as ``PoolSearch`` says: with every pool point
 (``exact``), or through the pool's clusters (``clusters``, ``dinoseek.cluster_index``): a
 reference image's near-duplicates among the clusters within a margin of its nearest, its
-nearest points among its ``NEIGHBOUR_PROBES`` nearest clusters. A reference image whose
-clusters hold fewer than N eligible points is compared with the whole pool, so each gets N
-(or every eligible point when the pool has fewer).
+nearest points among its ``neighbour_probes`` nearest clusters (32, or an eighth of the
+clusters when that is more). A reference image whose clusters hold fewer than N eligible
+points is compared with the whole pool, so each gets N (or every eligible point when the pool
+has fewer).
 
 Balanced sampling from a hierarchical k-means ("Automatic Data Curation for Self-Supervised
 Learning") needs no reference set: ``balanced``.
@@ -99,7 +100,7 @@ def eligible_rows(
     reference image; with the count each step removed."""
     search = search or exact_search()
     rows = np.array(
-        [i for i, payload in enumerate(pool.payloads) if payload.get(ROLE) != DUPLICATE],
+        [i for i, role in enumerate(pool.payloads.values(ROLE)) if role != DUPLICATE],
         dtype=np.int64,
     )
     steps = {"pool": len(pool.ids), "marked_duplicates": len(pool.ids) - len(rows)}

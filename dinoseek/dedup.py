@@ -50,6 +50,7 @@ from dinoseek.pair_search import (
     each_once,
     find_pairs,
 )
+from dinoseek.payload_table import PayloadTable
 from dinoseek.similarity import Pairs, best_matches, exact_scores, rounded
 from dinoseek.store import VectorStore
 
@@ -160,7 +161,7 @@ def plan_dedup(
     count = len(data.ids)
     if similar is None:
         compared = np.array(
-            [i for i, p in enumerate(data.payloads) if p.get(THRESHOLD) != threshold],
+            [i for i, t in enumerate(data.payloads.values(THRESHOLD)) if t != threshold],
             dtype=np.int64,
         )
     else:
@@ -240,19 +241,20 @@ def _trusted_groups(data: CollectionVectors, threshold: float) -> dict[str, list
     """The groups recorded by earlier runs at this threshold, among the points they compared
     (a point not compared at this threshold is compared again, and its old marks ignored)."""
     groups: dict[str, list[int]] = {}
-    for index, payload in enumerate(data.payloads):
+    for index in data.payloads.having([GROUP]):
+        payload = data.payloads[index]
         group = payload.get(GROUP)
         if payload.get(THRESHOLD) == threshold and isinstance(group, str):
             groups.setdefault(group, []).append(index)
     return groups
 
 
-def exact_copies(payloads: Sequence[Mapping[str, Any]]) -> list[tuple[int, list[str]]]:
+def exact_copies(payloads: PayloadTable) -> list[tuple[int, list[str]]]:
     """The points with several files of one content (the same hash: one point already), and
     their paths."""
     found = []
-    for index, payload in enumerate(payloads):
-        listed = payload.get("paths")
+    for index in payloads.having(["paths"]):
+        listed = payloads[index].get("paths")
         paths = sorted(p for p in listed if isinstance(p, str)) if isinstance(listed, list) else []
         if len(paths) > 1:
             found.append((index, paths))
@@ -309,7 +311,9 @@ def _changes(
     left as it was)."""
     marks = marks_of(data, groups)
     changes: dict[int, dict[str, Any]] = {}
-    for index, payload in enumerate(data.payloads):
+    # A point in no group and without marks stays as it is: only the others are looked at.
+    for index in sorted(set(marks) | set(data.payloads.having(GROUP_MARKS))):
+        payload = data.payloads[index]
         wanted = marks.get(index, {})
         current = {key: payload[key] for key in MARK_FIELDS if key in payload and key != THRESHOLD}
         if current != wanted:
@@ -469,8 +473,8 @@ def apply_leaks(
         leak.pool_index: {**describe(leak.other_index), "score": leak.score} for leak in leaks
     }
     updates: list[tuple[str, Mapping[str, Any]]] = []
-    for index, payload in enumerate(data.payloads):
-        current = (payload.get(AGAINST) or {}).get(against)
+    for index in sorted(set(wanted) | set(data.payloads.having([AGAINST]))):
+        current = (data.payloads[index].get(AGAINST) or {}).get(against)
         if current != wanted.get(index):
             updates.append((data.ids[index], {against: wanted.get(index)}))
     updates.sort(key=lambda update: update[1][against] is None)  # stable: removals last

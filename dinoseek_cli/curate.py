@@ -15,6 +15,7 @@ from typing import Any
 import click
 import numpy as np
 
+from dinoseek.cluster_index import neighbour_probes
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.commandline import (
     CollectionName,
@@ -222,6 +223,10 @@ def curate(
                 document.update(method="neighbours", per_image=per_image)
             document.update(reference=reference, reference_images=len(names))
             document["search"] = {**method.describe(), "comparisons": search.comparisons}
+            if method.parameters is not None and cluster_sample is None:
+                document["search"]["neighbour_probes"] = neighbour_probes(
+                    method.parameters.clusters
+                )
         steps["selected"] = len(selected)
         entries = [manifest_entry(vectors_of_pool, s, names) for s in selected]
         if into is not None:
@@ -324,9 +329,15 @@ def render(document: dict[str, Any]) -> str:
         )
     if "search" in document:
         search = document["search"]
+        probed = (
+            f", nearest images among the {search['neighbour_probes']:,} nearest of "
+            f"{search['parameters']['clusters']:,} clusters"
+            if "neighbour_probes" in search
+            else ""
+        )
         lines.append(
             f"reference images compared with the pool: {search['name']} ({search['reason']}), "
-            f"{search['comparisons']:,} similarities"
+            f"{search['comparisons']:,} similarities{probed}"
         )
     if "into" in document:
         lines.append(

@@ -193,10 +193,12 @@ def _preferred_folders(data: CollectionVectors, prefer: tuple[str, ...]) -> tupl
     folders = []
     for given in prefer:
         folder = os.path.abspath(given)
+        listed = (data.payloads[i].get("paths") for i in data.payloads.having(["paths"]))
         held = any(
             in_folder(path, folder)
-            for payload in data.payloads
-            for path in [payload.get("path"), *(payload.get("paths") or ())]
+            for paths in [data.payloads.values("path"), *listed]
+            if isinstance(paths, list)
+            for path in paths
             if isinstance(path, str)
         )
         if not held:

@@ -270,9 +270,12 @@ def _measure(
 ) -> dict[str, Any]:
     labelled, left_out = labelled_set(
         data.vectors,
-        [p.get("label") or None for p in data.payloads],
-        [p.get(GROUP) for p in data.payloads],
-        [str(p.get("path", i)) for i, p in zip(data.ids, data.payloads, strict=True)],
+        [label or None for label in data.payloads.values("label")],
+        data.payloads.values(GROUP),
+        [
+            str(i if path is None else path)
+            for i, path in zip(data.ids, data.payloads.values("path"), strict=True)
+        ],
         min_per_class=min_per_class,
     )
     started = time.perf_counter()

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dinoseek.cluster_index import neighbour_probes
 from dinoseek.collection_vectors import CollectionVectors
 from dinoseek.curate import balanced, by_neighbours, eligible_rows, level_sizes
 from dinoseek.kmeans import kmeans
+from dinoseek.payload_table import PayloadTable
 from dinoseek.store import EdgeStore
 from tests.cli_runner import invoke, run_json
 from tests.helpers import write_tree
@@ -108,7 +110,9 @@ def test_balanced_sampling_flattens_a_skewed_pool() -> None:
         [centres[i] + 0.05 * rng.standard_normal((n, 16)) for i, n in enumerate(sizes)]
     ).astype(np.float32)
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-    data = CollectionVectors([f"id{i}" for i in range(len(rows))], rows, [{}] * len(rows))
+    data = CollectionVectors(
+        [f"id{i}" for i in range(len(rows))], rows, PayloadTable.of([{}] * len(rows))
+    )
     outcome = balanced(data, np.arange(len(rows)), 30, [12, 3], seed=1)
     print(
         f"largest/smallest top-cluster share: before {max(outcome.shares_before):.3f}/"
@@ -139,7 +143,7 @@ def test_kmeans_finds_separated_clusters_and_levels_shrink() -> None:
 
 def test_a_point_chosen_by_several_references_keeps_the_most_similar() -> None:
     vectors = np.eye(6, dtype=np.float32)
-    data = CollectionVectors([f"p{i}" for i in range(6)], vectors, [{}] * 6)
+    data = CollectionVectors([f"p{i}" for i in range(6)], vectors, PayloadTable.of([{}] * 6))
     reference = np.zeros((3, 6), dtype=np.float32)
     reference[0, [1, 2]] = (0.8, 0.6)
     reference[1, [1, 2]] = (0.6, 0.8)
@@ -224,7 +228,7 @@ def test_the_selection_is_copied_into_a_new_collection_on_both_stores(
 def test_balanced_sampling_of_an_empty_pool_is_a_clear_error(tmp_path: Path) -> None:
     from dinoseek.errors import ConfigError
 
-    empty = CollectionVectors([], np.zeros((0, 4), dtype=np.float32), [])
+    empty = CollectionVectors([], np.zeros((0, 4), dtype=np.float32), PayloadTable())
     with pytest.raises(ConfigError, match="no pool image is eligible"):
         balanced(empty, np.zeros(0, dtype=np.int64), 5, [2])
 
@@ -253,11 +257,20 @@ def test_per_image_returns_n_per_reference_image(
                             "--data-dir", data)  # fmt: skip
         assert document["per_image"] == (n or 4)
         assert document["search"]["name"] == search
+        if search == "clusters":  # the probes used are stated
+            clusters = document["search"]["parameters"]["clusters"]
+            assert document["search"]["neighbour_probes"] == neighbour_probes(clusters)
         wanted = set()
         for row in similar:
             order = [i for i in np.argsort(-row, kind="stable") if eligible[i]]
             wanted |= {pooled[i].id for i in order[: n or 4]}
         assert {entry["id"] for entry in document["selection"]} == wanted, n
+
+
+def test_a_larger_pool_probes_a_share_of_its_clusters() -> None:
+    """Neighbours spread over more clusters as a larger pool is cut into more: at least 32
+    are probed, and an eighth of them once that is more (never more than there are)."""
+    assert [neighbour_probes(k) for k in (10, 100, 256, 264, 1732)] == [10, 32, 32, 33, 216]
 
 
 def test_each_reference_gets_n_even_when_its_clusters_hold_fewer(
@@ -271,6 +284,7 @@ def test_each_reference_gets_n_even_when_its_clusters_hold_fewer(
     from tests.helpers import unit_vectors
 
     monkeypatch.setattr(cluster_index, "NEIGHBOUR_PROBES", 1)
+    monkeypatch.setattr(cluster_index, "NEIGHBOUR_PROBE_SHARE", 10**9)
     vectors = unit_vectors(3000, 16, seed=4)
     references = unit_vectors(40, 16, seed=5)
     rows = np.arange(0, 3000, 2)

@@ -19,6 +19,7 @@ from dinoseek.collection_vectors import CollectionVectors, read_vectors
 from dinoseek.dedup import PAYLOAD_FIELDS, apply_plan, plan_dedup
 from dinoseek.errors import ConfigError
 from dinoseek.pair_search import EXACT_MAX_COMPARISONS, choose_method
+from dinoseek.payload_table import PayloadTable
 from dinoseek.store import EdgeStore, PointRecord
 from tests.helpers import unit_vectors
 from tests.test_store_contract import make_space
@@ -49,7 +50,7 @@ def reference_groups(vectors: np.ndarray, threshold: float) -> set[frozenset[int
 def in_memory(vectors: np.ndarray) -> CollectionVectors:
     ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(len(vectors))]
     payloads = [{"path": f"/p/{i:04d}.jpg", "width": 10, "height": 10} for i in range(len(ids))]
-    return CollectionVectors(ids, vectors, payloads)
+    return CollectionVectors(ids, vectors, PayloadTable.of(payloads))
 
 
 def groups_of(plan_groups: list, data: CollectionVectors) -> set[frozenset[int]]:  # type: ignore[type-arg]
