@@ -36,6 +36,16 @@ DEFAULT_CACHE = DEFAULT_OUT / "cache"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 RANDOM_PREFIX = "random:"
 
+# Runs a command (argv[1:]) and prints its peak RSS (KiB) as the last line of stderr. A
+# benchmark measures a command's memory through this small process because Linux starts a
+# child's peak RSS at its parent's RSS when it forks (and keeps it across exec), and a
+# benchmark's own process is large.
+PEAK_RSS_LAUNCHER = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+    "sys.exit(code)"
+)
+
 # Run in a fresh interpreter when a GPU may be there: what torch sees (threads, CUDA) without
 # this process importing torch or creating a CUDA context.
 _WHAT_TORCH_SEES = r"""

@@ -363,25 +363,15 @@ def catalog_bytes_per_entry(data_dir: Path, collection: str) -> tuple[float, int
     return size / max(1, len(catalog)), len(catalog)
 
 
-# Runs a command and prints its peak RSS (KiB) on stderr. The rerun goes through this small
-# process because Linux starts a child's peak RSS at its parent's RSS when it forks, and this
-# benchmark's own process is large.
-_PEAK_RSS_LAUNCHER = (
-    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
-    "sys.exit(code)"
-)
-
-
 def run_rerun(
     folder: Path, model: str, data_dir: Path, collection: str, timeout_s: float
 ) -> dict[str, Any]:
     """``dinoseek index`` over the unchanged folder, in a process of its own: wall time, its
     own peak RSS, its summary."""
     command = [
-        sys.executable, "-c", _PEAK_RSS_LAUNCHER, sys.executable, "-m", "indexer", str(folder),
-        "--model", model, "--data-dir", str(data_dir), "-c", collection, "--json", "--quiet",
-        "--device", "cpu",
+        sys.executable, "-c", common.PEAK_RSS_LAUNCHER, sys.executable, "-m", "indexer",
+        str(folder), "--model", model, "--data-dir", str(data_dir), "-c", collection, "--json",
+        "--quiet", "--device", "cpu",
     ]  # fmt: skip
     started = time.perf_counter()
     done = subprocess.run(
