@@ -62,6 +62,7 @@ def info_document(settings: Settings, store: VectorStore) -> dict[str, Any]:
             entry["in_use_by"] = status.holder
         if status.space is not None:
             entry.update(model=status.space.model_id, dim=status.space.dim)
+        entry["regions"] = status.regions
         collections.append(entry)
     document: dict[str, Any] = {"store": store.describe(), "collections": collections}
     if not settings.uses_server:
@@ -146,6 +147,11 @@ def _index_notes(collections: list[dict[str, Any]]) -> list[str]:
             "  until then each search compares every vector: exact, and as fast at this size",
         ]
     for entry in collections:
+        if entry.get("regions"):
+            notes.append(
+                f"{entry['name']}: region vectors stored: `dinoseek search --regions` or "
+                "`--region x,y,w,h` searches by part of an image (docs/regions.md)"
+            )
         if entry.get("search") == "pending":
             pending = entry["points"] - entry["indexed_vectors"]
             notes.append(

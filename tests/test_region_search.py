@@ -163,6 +163,16 @@ def test_the_cli_refuses_what_it_cannot_search(quadrants: Path, indexed: Path) -
     assert "no region vectors" in bare.output
 
 
+def test_info_says_which_collections_hold_region_vectors(quadrants: Path, indexed: Path) -> None:
+    run_json("index", quadrants / "photos", "--data-dir", indexed, "--model", MODEL, "-c", "bare")
+    document = run_json("info", "--data-dir", indexed)
+    held = {entry["name"]: entry["regions"] for entry in document["collections"]}
+    assert held == {"images": True, "bare": False}
+    text = invoke("info", "--data-dir", indexed).stdout
+    assert "images: region vectors stored: `dinoseek search --regions`" in text
+    assert "bare: region" not in text
+
+
 @pytest.fixture
 def client(embedder: ImageEmbedder, indexed: Path) -> Iterator[TestClient]:
     settings = Settings(model=embedder.model_id, device="cpu", data_dir=indexed)
