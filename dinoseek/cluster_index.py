@@ -43,6 +43,11 @@ MAX_PROBES = 12
 NEIGHBOUR_PROBES = 32
 NEIGHBOUR_PROBE_SHARE = 8
 SAMPLE_PER_CLUSTER = 20
+# On a CPU, queries are compared with a cluster at most this many at a time: a small cluster
+# would otherwise take tens of thousands of queries per block, copied to float32 beside the
+# collection's matrix.
+CPU_QUERY_ROWS = 4096
+PROBE_ROWS = 65536
 ITERATIONS = 5
 
 
@@ -140,19 +145,33 @@ def probe(
     on_rows: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """The clusters each vector probes, nearest first, -1 after the last (int32, one row per
-    vector, ``max_probes`` columns)."""
-    index, scores = top_matches(
-        vectors, centroids, parameters.max_probes, device=device, on_rows=on_rows
-    )
-    rank = np.arange(index.shape[1])[None, :]
-    wanted = (scores >= scores[:, :1] - parameters.margin) | (rank < parameters.min_probes)
-    return np.where(wanted, index, -1).astype(np.int32)
+    vector, ``max_probes`` columns, fewer when there are fewer clusters). Worked out a block
+    of vectors at a time, so only the int32 answer grows with the vectors."""
+    width = max(1, min(parameters.max_probes, len(centroids)))
+    probes = np.empty((vectors.shape[0], width), dtype=np.int32)
+    rank = np.arange(width)[None, :]
+    for start in range(0, vectors.shape[0], PROBE_ROWS):
+        stop = min(start + PROBE_ROWS, vectors.shape[0])
+        index, scores = top_matches(vectors[start:stop], centroids, width, device=device)
+        wanted = (scores >= scores[:, :1] - parameters.margin) | (rank < parameters.min_probes)
+        probes[start:stop] = np.where(wanted, index, -1)
+        if on_rows is not None:
+            on_rows(stop - start)
+    return probes
+
+
+def _query_rows(members: int, device: str) -> int:
+    """How many queries are compared with a cluster of ``members`` at a time."""
+    if device.startswith("cuda"):
+        return max(1, BLOCK_ELEMENTS_GPU // members)
+    return max(1, min(CPU_QUERY_ROWS, BLOCK_ELEMENTS // members))
 
 
 def _by_cluster(probes: np.ndarray, clusters: int) -> tuple[np.ndarray, np.ndarray]:
     """The queries probing each cluster: query indices sorted by cluster, and where each
     cluster's start (cluster j's are ``queries[starts[j]:starts[j + 1]]``)."""
-    queries = np.repeat(np.arange(probes.shape[0], dtype=np.int64), probes.shape[1])
+    index = np.int32 if probes.shape[0] < 2**31 else np.int64  # a row per probe: keep it small
+    queries = np.repeat(np.arange(probes.shape[0], dtype=index), probes.shape[1])
     probed = probes.reshape(-1)
     kept = probed >= 0
     queries, probed = queries[kept], probed[kept]
@@ -194,7 +213,6 @@ def pairs_in_clusters(
     if on_rows is not None and int((last < 0).sum()):
         on_rows(int((last < 0).sum()))
     cut = candidate_cut(threshold, device)
-    budget = BLOCK_ELEMENTS_GPU if device.startswith("cuda") else BLOCK_ELEMENTS
     found: list[Pairs] = []
     comparisons = 0
     for cluster in range(len(clustered.centroids)):
@@ -202,7 +220,7 @@ def pairs_in_clusters(
         asking = by_cluster[starts[cluster] : starts[cluster + 1]]
         if len(members) and len(asking):
             member_vectors = as_tensor(base[members], device)
-            block = max(1, budget // len(members))
+            block = _query_rows(len(members), device)
             for start in range(0, len(asking), block):
                 chunk = asking[start : start + block]
                 chunk_rows = rows[chunk]
@@ -256,7 +274,6 @@ def nearest_in_clusters(
     by_cluster, starts = _by_cluster(query_probes, len(clustered.centroids))
     best = np.full((len(queries), k), -1, dtype=np.int64)
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    budget = BLOCK_ELEMENTS_GPU if device.startswith("cuda") else BLOCK_ELEMENTS
     comparisons = 0
     for cluster in range(len(clustered.centroids)):
         members = clustered.members(cluster)
@@ -267,8 +284,9 @@ def nearest_in_clusters(
             continue
         member_vectors = as_tensor(base[members], device)
         take = min(k, len(members))
-        for start in range(0, len(asking), max(1, budget // len(members))):
-            chunk = asking[start : start + max(1, budget // len(members))]
+        block = _query_rows(len(members), device)
+        for start in range(0, len(asking), block):
+            chunk = asking[start : start + block]
             similar = as_tensor(queries[chunk], device) @ member_vectors.T
             top = torch.topk(similar, take, dim=1)
             comparisons += len(chunk) * len(members)

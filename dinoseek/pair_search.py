@@ -27,6 +27,7 @@ from dinoseek.similarity import FLOAT16_MARGIN, Pairs, exact_scores, pairs_above
 
 METHODS = ("auto", "exact", "clusters")
 EXACT_MAX_COMPARISONS = 200_000_000
+DECIDE_PAIRS = 4096
 
 # A stage of the work and its size -> what to call with the units done.
 StageProgress = Callable[[str, int], Callable[[int], None]]
@@ -126,13 +127,17 @@ def _decided(
     threshold: float,
     exact: Callable[[np.ndarray], np.ndarray],
 ) -> Pairs:
-    """The candidates whose exact similarity is at or above ``threshold``, with it."""
+    """The candidates whose exact similarity is at or above ``threshold``, with it (decided
+    ``DECIDE_PAIRS`` at a time: the stored vectors of all of them could be a large read)."""
     first = candidates.rows if query_rows is None else query_rows[candidates.rows]
-    rows = np.unique(np.concatenate([first, candidates.columns]))
-    stored = exact(rows)
-    scores = exact_scores(
-        stored[np.searchsorted(rows, first)], stored[np.searchsorted(rows, candidates.columns)]
-    )
+    scores = np.empty(len(first), dtype=np.float64)
+    for start in range(0, len(first), DECIDE_PAIRS):
+        ends = first[start : start + DECIDE_PAIRS], candidates.columns[start : start + DECIDE_PAIRS]
+        rows = np.unique(np.concatenate(ends))
+        stored = exact(rows)
+        scores[start : start + len(ends[0])] = exact_scores(
+            stored[np.searchsorted(rows, ends[0])], stored[np.searchsorted(rows, ends[1])]
+        )
     kept = scores >= threshold
     return Pairs(candidates.rows[kept], candidates.columns[kept], scores[kept])
 

@@ -43,6 +43,7 @@ from dinoseek.curate import (
 )
 from dinoseek.dedup import DEFAULT_THRESHOLD, PAYLOAD_FIELDS
 from dinoseek.errors import ConfigError
+from dinoseek.heap import map_large_blocks
 from dinoseek.pair_search import EXACT_MAX_COMPARISONS, METHODS, choose_method
 from dinoseek.runtime import Runtime
 from dinoseek.similarity import compute_device
@@ -186,6 +187,7 @@ def curate(
     started = time.perf_counter()
     progress_mode = "off" if quiet or as_json else "auto"
     embeds_folder = reference is not None and Path(reference).is_dir()
+    map_large_blocks()  # the blocks of a large pool's comparison go back when freed
     with open_runtime(settings, "curate", with_model=False) as runtime:
         store, name = runtime.store, settings.collection
         if into is not None:

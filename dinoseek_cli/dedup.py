@@ -39,6 +39,7 @@ from dinoseek.dedup import (
 )
 from dinoseek.dedup_keep import DEFAULT_KEEP_RULE, KEEP_RULES, KeepRule, file_times, in_folder
 from dinoseek.errors import ConfigError
+from dinoseek.heap import map_large_blocks, release_free_memory
 from dinoseek.pair_search import EXACT_MAX_COMPARISONS, METHODS
 from dinoseek.runtime import Runtime
 from dinoseek.similarity import compute_device
@@ -142,6 +143,7 @@ def dedup(
     progress_mode = "off" if quiet or as_json else "auto"
     started = time.perf_counter()
     embeds_folder = against is not None and Path(against).is_dir()
+    map_large_blocks()  # the blocks of a large collection's comparison go back when freed
     with open_runtime(settings, "dedup", with_model=embeds_folder) as runtime:
         store, name = runtime.store, settings.collection
         if clear:
@@ -174,6 +176,7 @@ def dedup(
                     progress=bars.start,
                 )
             stages["compare"] = time.perf_counter() - started - stages["read"]
+            release_free_memory()  # before the writes add the store's pages
             written = apply_plan(store, name, data, plan, threshold)
             stages["write"] = time.perf_counter() - started - stages["read"] - stages["compare"]
             document = _document(name, data, plan, threshold, written, rule)
