@@ -10,11 +10,13 @@ breadth-first search over the pairs numpy finds by comparing everything in float
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dinoseek import pair_search
 from dinoseek.collection_vectors import CollectionVectors, read_vectors
 from dinoseek.dedup import PAYLOAD_FIELDS, apply_plan, plan_dedup
 from dinoseek.errors import ConfigError
@@ -81,6 +83,33 @@ def test_clustered_groups_match_the_reference(seed: int) -> None:
     assert plan.method.parameters is not None
     assert plan.comparisons < 400 * 399 // 2
     assert groups_of(plan.groups, data) == expected
+
+
+@pytest.mark.parametrize("method", ["exact", "clusters"])
+def test_float16_candidates_decided_a_few_pairs_at_a_time_give_the_same_groups(
+    method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command's way: candidates found on a float16 copy, decided on the float32 vectors
+    fetched a block of pairs at a time (7 here, so hundreds of blocks)."""
+    monkeypatch.setattr(pair_search, "DECIDE_PAIRS", 7)
+    vectors = unit_vectors(400, 3, seed=5)
+    expected = reference_groups(vectors, 0.992)
+    exact = in_memory(vectors)
+    fetched: list[int] = []
+
+    def fetch(ids: Sequence[str]) -> dict[str, np.ndarray]:
+        fetched.append(len(ids))
+        return {i: exact.vectors[exact.ids.index(i)] for i in ids}
+
+    half = CollectionVectors(exact.ids, vectors.astype(np.float16), exact.payloads, fetch)
+    plan = plan_dedup(half, 0.992, method=method)
+    assert groups_of(plan.groups, half) == expected
+    assert max(fetched) <= 2 * 7
+    assert len(fetched) > 50
+    for group in plan.groups:  # the scores reported are the float32 vectors'
+        kept = vectors[group.keep].astype(np.float64)
+        for other, score in zip(group.others, group.scores, strict=True):
+            assert score == pytest.approx(float(vectors[other].astype(np.float64) @ kept), abs=1e-6)
 
 
 @pytest.mark.parametrize("method", ["exact", "clusters"])
