@@ -11,7 +11,7 @@ mapping of the vectors is resident beside it); a float16 matrix only finds candi
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,12 @@ class CollectionVectors:
     vectors: np.ndarray
     payloads: PayloadTable
     fetch: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None
+
+    def without_vectors(self) -> CollectionVectors:
+        """The same points and payloads without the matrix (what writing marks needs), so
+        that dropping this object's last reference frees the matrix."""
+        empty = np.empty((0, self.vectors.shape[1]), dtype=self.vectors.dtype)
+        return replace(self, vectors=empty, fetch=None)
 
     def exact(self, rows: np.ndarray) -> np.ndarray:
         """The float32 vectors of ``rows``: the matrix's own, or the stored ones for a float16

@@ -176,7 +176,10 @@ def dedup(
                     progress=bars.start,
                 )
             stages["compare"] = time.perf_counter() - started - stages["read"]
-            release_free_memory()  # before the writes add the store's pages
+            # The writes need ids and payloads: the matrix is freed before the store's pages
+            # grow with them, and so is what the comparison left in the heap.
+            data = data.without_vectors()
+            release_free_memory()
             written = apply_plan(store, name, data, plan, threshold)
             stages["write"] = time.perf_counter() - started - stages["read"] - stages["compare"]
             document = _document(name, data, plan, threshold, written, rule)

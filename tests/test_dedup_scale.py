@@ -199,3 +199,13 @@ def test_similar_pairs_are_listed_apart_and_never_grouped() -> None:
     assert len(plan.compared) == 4
     with pytest.raises(ConfigError, match="below --threshold"):
         plan_dedup(data, 0.95, similar=0.95)
+
+
+def test_without_vectors_keeps_what_the_writes_need_and_lets_the_matrix_go() -> None:
+    data = in_memory(unit_vectors(50, 3, seed=1))
+    light = data.without_vectors()
+    assert light.ids == data.ids
+    assert list(light.payloads) == list(data.payloads)
+    assert light.vectors.shape == (0, 3)
+    assert light.fetch is None
+    assert not np.shares_memory(light.vectors, data.vectors)
