@@ -42,9 +42,7 @@ def test_every_payload_comes_back_as_it_was_read(
         assert table[index] == payload
         assert table[index - len(payloads)] == payload
         # The same type, not only an equal value: True stays a bool, 1.0 a float.
-        assert [type(v) for v in table[index].values()] == [
-            type(payload[k]) for k in table[index]
-        ]
+        assert [type(v) for v in table[index].values()] == [type(payload[k]) for k in table[index]]
     assert table[1:3] == payloads[1:3]
     for key in ("path", "width", "dedup_threshold", "paths", "missing"):
         assert table.values(key) == [p.get(key) for p in payloads]
