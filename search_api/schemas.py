@@ -257,6 +257,17 @@ class WatchInfo(BaseModel):
     last_error: str | None = None
 
 
+class ModelInput(BaseModel):
+    """How the model's input is cut from an image: resized so its shortest edge is
+    ``resize_shortest_edge`` (or to ``resize_to``, height and width), then centre-cropped to
+    ``crop`` (height and width). What the crop leaves out the model never sees (the page
+    shades it on a query image)."""
+
+    resize_shortest_edge: int | None = None
+    resize_to: list[int] | None = None
+    crop: list[int] | None = None
+
+
 class ReadyResponse(BaseModel):
     """The service can answer queries. When the service has an API key, a request without it
     gets ``ready`` alone: the rest says where the data lives."""
@@ -269,3 +280,4 @@ class ReadyResponse(BaseModel):
     collection_exists: bool | None = None
     points: int | None = None
     watch: WatchInfo | None = None  # with ``dinoseek serve --watch`` only
+    input: ModelInput | None = None

@@ -29,6 +29,7 @@ from dinoseek.errors import CollectionNotFoundError, StoreUnavailableError
 from dinoseek.images import PreparedImage, decode_image
 from dinoseek.labels import PredictedLabel
 from dinoseek.patch_pca import patch_picture
+from dinoseek.preprocessing import Preprocessing
 from dinoseek.region_search import collection_spec, pooling_for, region_query, search_regions
 from dinoseek.regions import Box
 from dinoseek.runtime import Runtime
@@ -356,6 +357,7 @@ class SearchService:
             "collection_exists": exists,
             "points": points,
             "watch": self.watch.snapshot().to_dict() if self.watch is not None else None,
+            "input": model_input(self.embedder.preprocessing),
         }
 
     async def in_thread(self, function: Callable[..., T], *args: Any) -> T:
@@ -366,3 +368,9 @@ class SearchService:
         seconds = time.perf_counter() - started
         clock.add(stage, seconds)
         self.metrics.observe_stage(stage, seconds)
+
+
+def model_input(preprocessing: Preprocessing) -> dict[str, Any]:
+    """How the model's input is cut from an image, as /ready states it (``ModelInput``)."""
+    described = preprocessing.describe()
+    return {key: described[key] for key in ("resize_shortest_edge", "resize_to", "crop")}

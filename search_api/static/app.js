@@ -378,6 +378,7 @@ async function showSimilar(params, ticket) {
   if (collectionHasRegions()) {
     attachBoxDrawing(article, {
       box: null,
+      input: service && service.input,
       onBox: (box) =>
         storedFile(id, params, name)
           .then((file) => search([file], { region: box }))
@@ -475,6 +476,7 @@ function showUpload(params, data) {
     if (file && collectionHasRegions()) {
       attachBoxDrawing(article, {
         box: group.region,
+        input: service && service.input,
         onBox: (box) => search([file], { region: box }),
         onClear: () => search([file], { region: null }),
       });
@@ -571,7 +573,7 @@ async function loadStatus(attempt = 0) {
   }
   $("status-model").textContent = ready.model;
   $("status-device").textContent = ready.device;
-  service = { collection: ready.collection, points: ready.points };
+  service = { collection: ready.collection, points: ready.points, input: ready.input || null };
   showCollectionStatus();
   showWatch(ready.watch);
   await loadCollections(ready.collection);

@@ -79,11 +79,54 @@ function drawHitRegion(item, region) {
   item.dataset.region = boxText(region);
 }
 
+// -- what the model sees of the query image ------------------------------------------------
+
+// The part of an image of ``width`` x ``height`` pixels the model sees, in fractions of it,
+// from /ready's ``input`` (resized so the shortest edge is resize_shortest_edge, or to
+// resize_to, then centre-cropped to crop), as dinoseek.input_geometry computes it; the whole
+// image when the page does not know.
+function visibleBox(input, width, height) {
+  const whole = { x: 0, y: 0, w: 1, h: 1 };
+  if (!input || !input.crop || !width || !height) return whole;
+  let resized = [width, height];
+  if (input.resize_to) {
+    resized = [input.resize_to[1], input.resize_to[0]];
+  } else if (input.resize_shortest_edge) {
+    const short = Math.min(width, height);
+    const long = Math.trunc((input.resize_shortest_edge * Math.max(width, height)) / short);
+    resized = width <= height ? [input.resize_shortest_edge, long] : [long, input.resize_shortest_edge];
+  }
+  const [newWidth, newHeight] = resized;
+  const [cropHeight, cropWidth] = input.crop;
+  const left = Math.floor((newWidth - cropWidth) / 2) / newWidth;
+  const top = Math.floor((newHeight - cropHeight) / 2) / newHeight;
+  const x = clamp(left);
+  const y = clamp(top);
+  return { x, y, w: clamp(left + cropWidth / newWidth) - x, h: clamp(top + cropHeight / newHeight) - y };
+}
+
+// Shades the parts of the query image the crop leaves out (a box there cannot be searched).
+function shadeUnseen(layer, input, width, height) {
+  const seen = visibleBox(input, width, height);
+  if (seen.w >= 0.999 && seen.h >= 0.999) return;
+  const [x0, y0, x1, y1] = [seen.x * width, seen.y * height, (seen.x + seen.w) * width, (seen.y + seen.h) * height];
+  const shade = svgElement("path", {
+    class: "unseen",
+    "fill-rule": "evenodd",
+    d: `M0 0H${width}V${height}H0Z M${x0} ${y0}V${y1}H${x1}V${y0}Z`,
+  });
+  shade.dataset.seen = boxText(seen);
+  const title = svgElement("title");
+  title.textContent = "The model does not see the shaded part: it is cropped off before the image is embedded";
+  shade.append(title);
+  layer.prepend(shade);
+}
+
 // -- drawing a box on the query image -----------------------------------------------------
 
 // On a query card's image; ``box`` is the box already searched (or null). ``onBox`` gets a
 // new box, ``onClear`` asks for the whole image again.
-function attachBoxDrawing(article, { box, onBox, onClear }) {
+function attachBoxDrawing(article, { box, input, onBox, onClear }) {
   const image = article.querySelector(".preview img");
   if (!image) return;
   const tools = article.querySelector(".region-tools");
@@ -100,7 +143,10 @@ function attachBoxDrawing(article, { box, onBox, onClear }) {
   help.id = `region-help-${++drawings}`;
   layer.setAttribute("aria-describedby", help.id);
   const drawing = new BoxDrawing(layer, box, onBox);
-  whenLoaded(image, () => drawing.show(drawing.searched));
+  whenLoaded(image, (width, height) => {
+    shadeUnseen(layer, input, width, height);
+    drawing.show(drawing.searched);
+  });
   layer.addEventListener("pointerdown", (event) => drawing.press(event));
   layer.addEventListener("pointermove", (event) => drawing.drag(event));
   layer.addEventListener("pointerup", (event) => drawing.release(event));

@@ -24,6 +24,8 @@ import pytest
 from click.testing import CliRunner
 from playwright.sync_api import Browser, Page, Request, Route
 
+from dinoseek.input_geometry import InputGeometry
+from dinoseek.preprocessing import DINOV2_PREPROCESSING
 from dinoseek_cli.main import main
 from tests.browser.test_page import (
     SCREENSHOTS,
@@ -324,6 +326,37 @@ def test_a_box_the_model_cannot_see_is_refused_in_words(
     assert message.startswith("Not usable: region ")
     assert "It sees the centre of the image" in message
     screenshot(page, "region-2-refused")
+
+
+def test_the_part_the_model_does_not_see_is_shaded(page: Page, region_served: RegionServed) -> None:
+    """The wide query's cut-off ends are shaded where the server's own geometry puts them
+    (/ready states the model input; ``InputGeometry`` is what refuses a box there), and the
+    middle is not; a drag that starts on the shade still draws a box."""
+    ready = page.request.get(f"{region_served.url}/ready").json()
+    described = DINOV2_PREPROCESSING.describe()
+    geometric = ("resize_shortest_edge", "resize_to", "crop")
+    stated = {key: described[key] for key in geometric if described[key] is not None}
+    assert ready["input"] == stated  # an unset field is left out, as everywhere in /ready
+    seen = InputGeometry.of(DINOV2_PREPROCESSING, *QUERY_SIZE).visible()
+    assert seen.x > 0.2  # a wide query: both ends are cut off
+    upload(page, region_served)
+    shade = page.wait_for_selector(".query-card .unseen")
+    assert shade is not None
+    drawn = [float(v) for v in (shade.get_attribute("data-seen") or "").split(",")]
+    assert drawn == pytest.approx([seen.x, seen.y, seen.w, seen.h], abs=1e-4)
+    preview = content_rect(page, ".query-card .frame img")
+
+    def shaded(fx: float, fy: float) -> bool:
+        x, y = on_screen(preview, fx, fy)
+        hit = f"document.elementFromPoint({x}, {y}).classList.contains('unseen')"
+        return bool(page.evaluate(hit))
+
+    assert shaded(seen.x / 2, 0.5)
+    assert shaded(seen.x + seen.w + (1 - seen.x - seen.w) / 2, 0.5)
+    assert shaded(0.5, seen.y / 2)
+    assert not shaded(0.5, 0.5)
+    assert not shaded(seen.x + 0.02, seen.y + 0.02)
+    screenshot(page, "region-0-shaded")
 
 
 def test_no_box_is_offered_on_a_collection_without_region_vectors(
