@@ -34,7 +34,7 @@ def test_the_header_follows_the_watched_folder(
         expect(page.locator("#status-points")).to_have_text("1")
         expect(page.locator("#status-watch")).to_have_attribute("title", re.compile("passes: 1$"))
         # The header is filled from /ready before /collections fills the selector.
-        expect(page.locator("#collection option")).to_have_text(["photos (the service's)"])
+        expect(page.locator("#collection option")).to_have_text(["images (the service's)"])
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "watch-idle.png"))
         shutil.copyfile(pool[1], folder / "cats" / pool[1].name)
