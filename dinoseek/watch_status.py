@@ -78,19 +78,13 @@ class WatchStatus:
 
     def pass_done(self, counts: dict[str, int], *, pending: int) -> None:
         """A pass finished: its counts, the time, and what is still pending."""
-        with self._lock:
-            self._state = replace(
-                self._state,
-                phase="pending" if pending else "idle",
-                pending=pending,
-                passes=self._state.passes + 1,
-                last_pass_at=now_text(),
-                last_pass=counts,
-                last_error=None,
-            )
+        self._pass_ended(pending, last_pass=counts, last_error=None)
 
     def pass_failed(self, error: str, *, pending: int) -> None:
         """A pass ended with an error (the store's, say): kept until a pass succeeds."""
+        self._pass_ended(pending, last_error=error)
+
+    def _pass_ended(self, pending: int, **outcome: Any) -> None:
         with self._lock:
             self._state = replace(
                 self._state,
@@ -98,7 +92,7 @@ class WatchStatus:
                 pending=pending,
                 passes=self._state.passes + 1,
                 last_pass_at=now_text(),
-                last_error=error,
+                **outcome,
             )
 
 
