@@ -196,17 +196,20 @@ def dedup(
 def _preferred_folders(data: CollectionVectors, prefer: tuple[str, ...]) -> tuple[str, ...]:
     """The --prefer folders as absolute paths (``ConfigError`` for one that holds no point:
     a mistyped folder would otherwise change nothing, silently)."""
+    if not prefer:
+        return ()
+    listed = [data.payloads[i].get("paths") for i in data.payloads.having(["paths"])]
+    every_path = [
+        path
+        for paths in [data.payloads.values("path"), *listed]
+        if isinstance(paths, list)
+        for path in paths
+        if isinstance(path, str)
+    ]
     folders = []
     for given in prefer:
         folder = os.path.abspath(given)
-        listed = (data.payloads[i].get("paths") for i in data.payloads.having(["paths"]))
-        held = any(
-            in_folder(path, folder)
-            for paths in [data.payloads.values("path"), *listed]
-            if isinstance(paths, list)
-            for path in paths
-            if isinstance(path, str)
-        )
+        held = any(in_folder(path, folder) for path in every_path)
         if not held:
             raise ConfigError(f"--prefer {given}: no indexed file of the collection lies under it")
         folders.append(folder)
